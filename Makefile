@@ -1,0 +1,30 @@
+# Two commands for a new user: `make run` and `make test`. Both create .venv from
+# pyproject.toml when it is missing (or older than pyproject.toml).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+SAMPLE_INPUT ?= data/L7_ETMs.tif
+SAMPLE_MODEL ?= data/sample_model.keras
+SAMPLE_OUTPUT ?= out/sample
+
+.PHONY: run test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	./spark-submit.sh --input $(SAMPLE_INPUT) --model $(SAMPLE_MODEL) --output $(SAMPLE_OUTPUT)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf out build dist *.egg-info

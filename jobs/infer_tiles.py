@@ -1,0 +1,38 @@
+"""spark-submit entry point: parse options, check inputs, build the session, run the job.
+
+    ./spark-submit.sh --input data/L7_ETMs.tif --model data/sample_model.keras --output out/x
+"""
+
+import sys
+from pathlib import Path
+
+from sparkinfer.cli import config_from_args, print_summary
+from sparkinfer.errors import UserError
+from sparkinfer.job import prepare_job, run_job
+
+# Absent where only this script travels (cluster deploy mode): the built-in defaults are the same.
+DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+
+
+def main(argv: list[str]) -> int:
+    try:
+        defaults = DEFAULTS if DEFAULTS.is_file() else None
+        job = prepare_job(config_from_args(argv, defaults_file=defaults))
+    except UserError as exc:  # found before Spark starts: one line, nothing written
+        print(f"sparkinfer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName("sparkinfer").getOrCreate()
+    try:
+        print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
+        report = run_job(spark, job)
+    finally:
+        spark.stop()
+    print_summary(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

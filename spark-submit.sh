@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Submit jobs/infer_tiles.py with the project's interpreter and library.
+#   SPARK_MASTER       master URL (default local[*]): spark://host:7077, yarn, k8s://https://...
+#   SPARK_SUBMIT_ARGS  extra spark-submit options, e.g. "--executor-memory 4g --num-executors 8"
+#   SPARKINFER_VENV    virtual environment holding pyspark and the dependencies (default .venv)
+# Every argument after the script name goes to the job (see --help).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${SPARKINFER_VENV:-$here/.venv}"
+python="$venv/bin/python"
+if [[ ! -x "$python" ]]; then
+    echo "spark-submit.sh: no Python at $python; run 'make venv' first" >&2
+    exit 2
+fi
+
+export PATH="$venv/bin:$PATH"
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$python}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$python}"
+master="${SPARK_MASTER:-local[*]}"
+if [[ "$master" == local* ]]; then
+    export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+fi
+
+# The library travels to executors as a zip; on a cluster whose image already has the package
+# installed, the zip simply shadows it with the same code.
+mkdir -p "$here/build"
+"$python" - "$here" <<'PY'
+import pathlib, sys, zipfile
+root = pathlib.Path(sys.argv[1])
+with zipfile.ZipFile(root / "build" / "sparkinfer.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+    for path in sorted((root / "sparkinfer").rglob("*.py")):
+        zf.write(path, path.relative_to(root))
+PY
+
+extra=()
+if [[ -n "${SPARK_SUBMIT_ARGS:-}" ]]; then
+    read -r -a extra <<< "$SPARK_SUBMIT_ARGS"
+fi
+
+exec "$venv/bin/spark-submit" \
+    --master "$master" \
+    --name sparkinfer \
+    --properties-file "$here/conf/spark-defaults.conf" \
+    --driver-java-options "-Dlog4j2.configurationFile=file:$here/conf/log4j2.properties" \
+    --conf "spark.executorEnv.PYSPARK_PYTHON=$PYSPARK_PYTHON" \
+    --py-files "$here/build/sparkinfer.zip" \
+    "${extra[@]}" \
+    "$here/jobs/infer_tiles.py" "$@"

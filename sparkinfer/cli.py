@@ -1,0 +1,110 @@
+"""Command-line parsing and the printed summary of `jobs/infer_tiles.py`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sparkinfer.config import JobConfig, load_config
+from sparkinfer.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise ConfigError(f"command line: {message} (see --help)")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        message = f"expected comma-separated numbers, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        message = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _halo(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        message = f"expected a number of pixels or 'auto', got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="infer_tiles.py",
+        description="Seam-free tiled inference of a Keras/TensorFlow model over georeferenced "
+        "rasters with Spark; writes one Cloud-Optimized GeoTIFF per input.",
+    )
+    add = parser.add_argument
+    add("--config", metavar="YAML", help="YAML file of options (flags override it)")
+    add("--input", nargs="+", action="extend", metavar="PATH",
+        help="raster files, folders or glob patterns (quote globs)")  # fmt: skip
+    add("--model", metavar="MODEL", help="a .keras file or a TensorFlow SavedModel folder")
+    add("--output", metavar="DIR", help="output folder")
+    add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
+    add("--halo", type=_halo, metavar="PIXELS|auto",
+        help="context around each tile; auto: from the model's receptive field")  # fmt: skip
+    add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
+    add("--scale", type=float, help="normalisation: pixels * scale + offset")
+    add("--offset", type=float, help="normalisation: added after --scale")
+    add("--mean", type=_floats, metavar="M1,M2,..", help="normalisation: per-band mean")
+    add("--std", type=_floats, metavar="S1,S2,..", help="normalisation: per-band std")
+    add("--batch-size", type=int, metavar="N", help="tiles per model call (default 8)")
+    add("--scores", action="store_true", default=None, help="also write per-class scores")
+    add("--chunk-tiles", type=int, metavar="N",
+        help="a Spark task writes chunks of N x N tiles (default 4)")  # fmt: skip
+    add("--cog-compression", choices=["deflate", "zstd", "lzw", "none"],
+        help="compression of the output COGs")  # fmt: skip
+    add("--cog-blocksize", type=int, metavar="PIXELS", help="COG tile side (default 512)")
+    return parser
+
+
+def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -> JobConfig:
+    """Parse flags and merge them over the defaults file and the --config file."""
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {
+        "input": args.input,
+        "model": args.model,
+        "output": args.output,
+        "tile_size": args.tile_size,
+        "halo": args.halo,
+        "bands": args.bands,
+        "batch_size": args.batch_size,
+        "scores": args.scores,
+        "chunk_tiles": args.chunk_tiles,
+    }
+    norm = {"scale": args.scale, "offset": args.offset, "mean": args.mean, "std": args.std}
+    if any(v is not None for v in norm.values()):
+        overrides["normalization"] = {k: v for k, v in norm.items() if v is not None}
+    cog = {"compression": args.cog_compression, "blocksize": args.cog_blocksize}
+    if any(v is not None for v in cog.values()):
+        overrides["cog"] = {k: v for k, v in cog.items() if v is not None}
+    return load_config(overrides, config_file=args.config, defaults_file=defaults_file)
+
+
+def print_summary(report: dict, stream=sys.stdout) -> None:
+    tiles = report["tiles"]
+    timings = report["timings"]
+    print(
+        f"sparkinfer: {len(report['rasters'])} raster(s), {tiles['inferred']} tiles inferred, "
+        f"{tiles['skipped_nodata']} all-nodata tiles skipped, in {timings['total_s']:.1f} s",
+        file=stream,
+    )
+    for raster in report["rasters"]:
+        for output in raster["outputs"]:
+            print(f"  {raster['input']} -> {output}", file=stream)
+    output_dir = report["config"]["output"]
+    print(f"  run report: {output_dir}/_run.json", file=stream)

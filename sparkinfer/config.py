@@ -1,0 +1,207 @@
+"""The job configuration: pydantic models, validated before Spark starts.
+
+Sources merge in this order, later ones winning: the field defaults below, the job's defaults
+file (`conf/default.yaml`, which states the same values for people to read and edit), the YAML
+file given with `--config`, then command-line flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sparkinfer.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Normalization(_Strict):
+    """How pixels are scaled before they reach the model (after band selection).
+
+    Either `scale`/`offset` (x * scale + offset, same for every band) or per-band `mean`/`std`
+    ((x - mean) / std); neither means float32 pixels unchanged.
+    """
+
+    scale: float | None = Field(None, description="Multiplier applied to every band.")
+    offset: float | None = Field(None, description="Added to every band after `scale`.")
+    mean: list[float] | None = Field(None, description="Per-band mean subtracted from pixels.")
+    std: list[float] | None = Field(None, description="Per-band standard deviation divisor.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Normalization:
+        linear = self.scale is not None or self.offset is not None
+        standard = self.mean is not None or self.std is not None
+        if linear and standard:
+            raise ValueError("use either scale/offset or mean/std, not both")
+        if standard:
+            if self.mean is None or self.std is None:
+                raise ValueError("mean and std must be given together")
+            if len(self.mean) != len(self.std):
+                raise ValueError(
+                    f"mean has {len(self.mean)} values but std has {len(self.std)}"
+                )
+            if any(s <= 0 for s in self.std):
+                raise ValueError("every std must be > 0")
+        return self
+
+    @property
+    def band_count(self) -> int | None:
+        """Number of bands the per-band statistics are for, or None when band-independent."""
+        return None if self.mean is None else len(self.mean)
+
+
+class CogOptions(_Strict):
+    """Layout of the Cloud-Optimized GeoTIFFs written."""
+
+    compression: Literal["deflate", "zstd", "lzw", "none"] = Field(
+        "deflate", description="Compression of the COG's tiles."
+    )
+    blocksize: int = Field(512, ge=64, le=4096, description="COG tile side in pixels.")
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> CogOptions:
+        if self.blocksize & (self.blocksize - 1):
+            raise ValueError(f"cog.blocksize must be a power of two, got {self.blocksize}")
+        return self
+
+
+class JobConfig(_Strict):
+    """Everything one run of the job needs."""
+
+    input: list[str] = Field(
+        ..., min_length=1, description="Raster files, folders or glob patterns to run on."
+    )
+    model: str = Field(..., description="A .keras file or a TensorFlow SavedModel folder.")
+    output: str = Field(..., description="Folder where the COGs and _run.json are written.")
+    tile_size: int = Field(
+        512,
+        gt=0,
+        description="Side of a core tile in pixels: the part of each model input that is kept. "
+        "Must be a multiple of the model's total stride.",
+    )
+    halo: int | Literal["auto"] = Field(
+        "auto",
+        description="Pixels of context read around each core tile and cropped after inference; "
+        "'auto' derives it from the model's receptive field, which makes the output seam-free.",
+    )
+    bands: list[int] | None = Field(
+        None, description="1-based input bands fed to the model, in order; default all bands."
+    )
+    normalization: Normalization = Field(
+        default_factory=Normalization, description="Pixel scaling before inference."
+    )
+    batch_size: int = Field(8, gt=0, description="Tiles per model call.")
+    scores: bool = Field(False, description="Also write per-class float32 scores.")
+    chunk_tiles: int = Field(
+        4,
+        gt=0,
+        description="Side, in tiles, of the square block of tiles one Spark task infers and "
+        "writes as one chunk file.",
+    )
+    cog: CogOptions = Field(default_factory=CogOptions, description="Output COG layout.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobConfig:
+        if isinstance(self.halo, int):
+            if self.halo < 0:
+                raise ValueError(f"halo must be >= 0 or 'auto', got {self.halo}")
+            if self.halo > self.tile_size:
+                raise ValueError(
+                    f"halo {self.halo} is larger than tile_size {self.tile_size}; "
+                    "use a larger tile_size"
+                )
+        if self.bands is not None:
+            if not self.bands:
+                raise ValueError("bands must list at least one band")
+            if any(b < 1 for b in self.bands):
+                raise ValueError(f"bands are 1-based, got {self.bands}")
+        count = self.normalization.band_count
+        if count is not None and self.bands is not None and count != len(self.bands):
+            raise ValueError(
+                f"normalization has statistics for {count} bands but {len(self.bands)} "
+                "bands are selected"
+            )
+        return self
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a one-line error naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem of a pydantic error, as `key: problem (got value)`."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown option '{key}'"
+    if err["type"] == "missing":
+        return f"missing required option '{key}'"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"].startswith("value_error") or not err["loc"]:
+        return f"{key}: {message}" if err["loc"] else message
+    return f"{key}: {message} (got {err.get('input')!r})"
+
+
+def load_config(
+    overrides: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    defaults_file: str | Path | None = None,
+) -> JobConfig:
+    """Merge defaults, an optional YAML file and flag overrides into a validated `JobConfig`.
+
+    A validation error names where the offending option came from (a file or the flags).
+    """
+    layers = [(str(defaults_file), read_yaml(defaults_file))] if defaults_file else []
+    if config_file is not None:
+        layers.append((str(config_file), read_yaml(config_file)))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    layers.append(("command line", flags))
+
+    merged: dict[str, Any] = {}
+    source_of: dict[str, str] = {}
+    for source, layer in layers:
+        merged = _deep_merge(merged, layer)
+        source_of.update(dict.fromkeys(layer, source))
+    if isinstance(merged.get("input"), str):
+        merged["input"] = [merged["input"]]
+    try:
+        return JobConfig.model_validate(merged)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        message = describe_validation_error(exc)
+        # A check across options has no location: blame the first option its message names.
+        key = str(loc[0]) if loc else next((w for w in message.split() if w in source_of), "")
+        given = " / ".join(name for name, _ in layers if name != str(defaults_file))
+        source = source_of.get(key, given)
+        raise ConfigError(f"{source}: {message}") from None

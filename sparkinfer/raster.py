@@ -1,0 +1,146 @@
+"""Raster I/O with rasterio: finding inputs, reading their metadata, reading tile windows.
+
+Only metadata is read on the driver. Pixels are read on executors, one read window at a time.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from sparkinfer.config import Normalization
+from sparkinfer.errors import InputError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
+
+# GDAL settings for every read: no directory listing next to each file, a bounded block cache.
+GDAL_READ_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 256}
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """Metadata of one input raster: all the driver ever reads of it."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str | None  # WKT
+    transform: tuple[float, ...]  # affine a, b, c, d, e, f
+    nodata: float | None
+    has_mask: bool  # any band masked by nodata, an internal mask or alpha
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+
+def resolve_inputs(patterns: list[str]) -> list[Path]:
+    """Expand files, folders (their rasters, not recursive) and glob patterns, in order."""
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if glob.has_magic(pattern):
+            matches = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
+            if not matches:
+                raise InputError(f"{pattern}: no files match this pattern")
+            found.extend(matches)
+        elif path.is_dir():
+            rasters = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+            if not rasters:
+                suffixes = ", ".join(RASTER_SUFFIXES)
+                raise InputError(f"{pattern}: folder holds no rasters ({suffixes})")
+            found.extend(rasters)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"{pattern}: input not found")
+    unique: dict[Path, None] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), None)
+    return list(unique)
+
+
+def read_info(path: str | Path) -> RasterInfo:
+    """Open a raster's metadata, or raise `InputError` saying what is wrong with it."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    try:
+        with rasterio.Env(**GDAL_READ_OPTIONS), rasterio.open(path) as src:
+            if src.count < 1:
+                raise InputError(f"{path}: raster has no bands")
+            if len(set(src.dtypes)) != 1:
+                raise InputError(f"{path}: bands have different data types {src.dtypes}")
+            if src.crs is None or src.transform.is_identity:
+                raise InputError(f"{path}: raster has no georeference (CRS and transform)")
+            flags = [f for band in src.mask_flag_enums for f in band]
+            return RasterInfo(
+                path=str(path),
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=src.dtypes[0],
+                crs=src.crs.to_wkt(),
+                transform=tuple(src.transform)[:6],
+                nodata=src.nodata,
+                has_mask=any(f != MaskFlags.all_valid for f in flags),
+            )
+    except RasterioError as exc:
+        raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def read_window(
+    src: rasterio.DatasetReader,
+    bands: list[int],
+    row_off: int,
+    col_off: int,
+    height: int,
+    width: int,
+    check_mask: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (height, width, bands) as float32 and validity (height, width) of a window.
+
+    The window may reach past the raster's bottom and right edges (padding for strided models):
+    those pixels are zero and invalid. A pixel is invalid where any selected band is masked
+    (nodata, internal mask or alpha) or not finite.
+    """
+    pixels = np.zeros((height, width, len(bands)), np.float32)
+    valid = np.zeros((height, width), bool)
+    h = max(0, min(height, src.height - row_off))
+    w = max(0, min(width, src.width - col_off))
+    if h and w:
+        window = Window(col_off, row_off, w, h)
+        data = src.read(bands, window=window, out_dtype=np.float32)
+        pixels[:h, :w] = np.moveaxis(data, 0, -1)
+        inside = np.isfinite(data).all(axis=0)
+        if check_mask:
+            inside &= src.read_masks(bands, window=window).all(axis=0)
+        valid[:h, :w] = inside
+    return pixels, valid
+
+
+def normalize(pixels: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Scale pixels in place as configured; invalid pixels become 0 after scaling."""
+    if norm.scale is not None:
+        pixels *= np.float32(norm.scale)
+    if norm.offset is not None:
+        pixels += np.float32(norm.offset)
+    if norm.mean is not None:
+        pixels -= np.asarray(norm.mean, np.float32)
+        pixels /= np.asarray(norm.std, np.float32)
+    pixels[~valid] = 0.0
+    return pixels

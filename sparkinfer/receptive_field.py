@@ -1,0 +1,225 @@
+"""The receptive field and total stride of a Keras model, traced layer by layer.
+
+Following DeepThings' fused tile partitioning, each tensor of the graph carries, per spatial
+axis, the interval of input pixels that its element `j` depends on:
+`[j * jump + lo, j * jump + hi]`, where `jump` is the tensor's cumulative stride in input pixels.
+A convolution, pooling, upsampling, padding or cropping layer widens or shifts the interval;
+per-pixel layers (activations, normalisation, dense layers on the channel axis) keep it; merges
+take the union. At the model's output (`jump` = 1) the halo that makes tiled inference equal to
+whole-image inference is the largest distance `max(-lo, hi)`.
+
+Only layers whose spatial behaviour is known are traced; anything else (a Lambda, a resize, a
+reshape) raises `UntraceableLayer`, and the user must give the halo explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+
+class UntraceableLayer(Exception):
+    """A layer whose effect on the receptive field is not known."""
+
+    def __init__(self, layer) -> None:
+        super().__init__(f"layer '{layer.name}' ({type(layer).__name__})")
+        self.layer = layer
+
+
+@dataclass(frozen=True)
+class AxisExtent:
+    """Element j of a tensor depends on input pixels [j*jump + lo, j*jump + hi] along one axis."""
+
+    jump: Fraction
+    lo: Fraction
+    hi: Fraction
+
+
+@dataclass(frozen=True)
+class Extent:
+    """The receptive field of a tensor's elements along rows and columns."""
+
+    rows: AxisExtent
+    cols: AxisExtent
+
+    def map(self, fn) -> Extent:
+        return Extent(fn(self.rows, 0), fn(self.cols, 1))
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Result of a trace: the halo needed and the model's total stride."""
+
+    halo: int
+    stride: int
+
+
+IDENTITY = AxisExtent(Fraction(1), Fraction(0), Fraction(0))
+
+# Layers that act on each pixel independently (along the channel axis only).
+_PER_PIXEL = {
+    "InputLayer", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
+    "BatchNormalization", "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
+    "AlphaDropout", "Rescaling", "Dense", "Identity", "ActivityRegularization", "Masking",
+}  # fmt: skip
+_CHANNEL_AXIS_LAYERS = {"LayerNormalization", "Normalization", "Softmax", "BatchNormalization"}
+_MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _windowed(kernel: int, stride: int, dilation: int, padding: str):
+    """Extent of a sliding window (convolution or pooling) over aligned inputs."""
+    effective = (kernel - 1) * dilation + 1
+    # TensorFlow's 'same' padding for input sizes that are multiples of the stride.
+    before = max(effective - stride, 0) // 2 if padding == "same" else 0
+
+    def apply(ext: AxisExtent, _axis: int) -> AxisExtent:
+        return AxisExtent(
+            ext.jump * stride,
+            ext.lo - before * ext.jump,
+            ext.hi + (effective - 1 - before) * ext.jump,
+        )
+
+    return apply
+
+
+def _channel_axis_only(layer) -> bool:
+    axis = getattr(layer, "axis", -1)
+    axes = axis if isinstance(axis, list | tuple) else [axis]
+    return all(a in (-1, 3) for a in axes)
+
+
+def _layer_transform(layer):
+    """The function mapping a layer's input Extent to its output Extent."""
+    kind = type(layer).__name__
+    if kind in _CHANNEL_AXIS_LAYERS and not _channel_axis_only(layer):
+        raise UntraceableLayer(layer)
+    if kind in _PER_PIXEL or kind in _CHANNEL_AXIS_LAYERS:
+        return lambda ext, axis: ext
+    if kind in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
+        kernels, strides = _pair(layer.kernel_size), _pair(layer.strides)
+        dilations = _pair(layer.dilation_rate)
+        fns = [_windowed(kernels[a], strides[a], dilations[a], layer.padding) for a in (0, 1)]
+        return lambda ext, axis: fns[axis](ext, axis)
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        pools, strides = _pair(layer.pool_size), _pair(layer.strides or layer.pool_size)
+        fns = [_windowed(pools[a], strides[a], 1, layer.padding) for a in (0, 1)]
+        return lambda ext, axis: fns[axis](ext, axis)
+    if kind == "Conv2DTranspose":
+        kernels, strides = _pair(layer.kernel_size), _pair(layer.strides)
+        if layer.padding != "same" or _pair(layer.dilation_rate) != (1, 1):
+            raise UntraceableLayer(layer)
+
+        def transpose(ext: AxisExtent, axis: int) -> AxisExtent:
+            k, s = kernels[axis], strides[axis]
+            jump = ext.jump / s
+            before = max(k - s, 0) // 2
+            return AxisExtent(jump, ext.lo + (before - k + 1) * jump, ext.hi + before * jump)
+
+        return transpose
+    if kind == "UpSampling2D":
+        sizes = _pair(layer.size)
+        interpolation = layer.interpolation
+
+        def upsample(ext: AxisExtent, axis: int) -> AxisExtent:
+            u = sizes[axis]
+            jump = ext.jump / u
+            if interpolation == "nearest":
+                return AxisExtent(jump, ext.lo - (u - 1) * jump, ext.hi)
+            if interpolation == "bilinear":
+                half = Fraction(1, 2)
+                return AxisExtent(
+                    jump, ext.lo + (half - 3 * half * u) * jump, ext.hi + (half + half * u) * jump
+                )
+            return AxisExtent(jump, ext.lo - 2 * u * jump, ext.hi + 2 * u * jump)
+
+        return upsample
+    if kind in ("ZeroPadding2D", "Cropping2D"):
+        amounts = layer.padding if kind == "ZeroPadding2D" else layer.cropping
+        sign = -1 if kind == "ZeroPadding2D" else 1
+
+        def shift(ext: AxisExtent, axis: int) -> AxisExtent:
+            before = amounts[axis][0]
+            return AxisExtent(ext.jump, ext.lo + sign * before * ext.jump,
+                              ext.hi + sign * before * ext.jump)  # fmt: skip
+
+        return shift
+    raise UntraceableLayer(layer)
+
+
+def _merge(layer, extents: list[Extent]) -> Extent:
+    def union(axis: int) -> AxisExtent:
+        parts = [e.rows if axis == 0 else e.cols for e in extents]
+        jumps = {p.jump for p in parts}
+        if len(jumps) != 1:
+            raise UntraceableLayer(layer)
+        return AxisExtent(parts[0].jump, min(p.lo for p in parts), max(p.hi for p in parts))
+
+    return Extent(union(0), union(1))
+
+
+def _extents_in(value):
+    if isinstance(value, Extent):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _extents_in(item)
+
+
+class _Tracer:
+    """Runs a Keras graph on Extents instead of tensors, remembering every jump seen."""
+
+    def __init__(self) -> None:
+        self.jumps: set[Fraction] = set()
+
+    def operation(self, op):
+        from keras import Model, Sequential
+
+        if isinstance(op, Sequential):
+            def run_sequential(x, *args, **kwargs):
+                for layer in op.layers:
+                    x = self.operation(layer)(x)
+                return x
+
+            return run_sequential
+        if isinstance(op, Model):
+            return lambda *args, **kwargs: op._run_through_graph(args[0], self.operation)
+        kind = type(op).__name__
+        if kind in _MERGES:
+            # Merge layers take a list; keras.ops merges (x + y) take positional tensors.
+            return lambda *args, **kwargs: _merge(op, list(_extents_in(args)))
+        transform = _layer_transform(op)
+
+        def run_layer(x, *args, **kwargs):
+            if not isinstance(x, Extent):
+                raise UntraceableLayer(op)
+            out = x.map(transform)
+            self.jumps.update((out.rows.jump, out.cols.jump))
+            return out
+
+        return run_layer
+
+
+def trace(model) -> ReceptiveField:
+    """Halo and total stride of a Keras model with one 4-D input and one per-pixel output.
+
+    Raises `UntraceableLayer` for a layer of unknown spatial behaviour, and `ValueError` when
+    the output is not at input resolution.
+    """
+    tracer = _Tracer()
+    start = Extent(IDENTITY, IDENTITY)
+    out = tracer.operation(model)(start)
+    if isinstance(out, list | tuple):
+        out = out[0]
+    if out.rows.jump != 1 or out.cols.jump != 1:
+        raise ValueError(f"the output is at 1/{out.rows.jump} of the input resolution")
+    reach = max(-out.rows.lo, out.rows.hi, -out.cols.lo, out.cols.hi, 0)
+    stride = 1
+    for jump in tracer.jumps:
+        if jump.denominator == 1:
+            stride = math.lcm(stride, jump.numerator)
+    return ReceptiveField(halo=math.ceil(reach), stride=stride)

@@ -1,0 +1,209 @@
+"""Writing predictions: per-task GeoTIFF chunks, then one Cloud-Optimized GeoTIFF per raster.
+
+A Spark task streams each tile's cropped prediction into its chunk's GeoTIFF under a temporary
+name and renames it into place when the chunk is complete. The chunk's name comes from the plan
+(its position in the chunk grid), so a retried task replaces the file instead of adding one.
+Assembly reads the chunks through a VRT and lets GDAL's COG driver write the final file block by
+block (with overviews), under a temporary name, renamed at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import rasterio.windows
+from affine import Affine
+
+from sparkinfer.config import CogOptions
+from sparkinfer.raster import RasterInfo
+
+CLASS_NODATA = 255
+SCORE_NODATA = float("nan")
+# Chunks are intermediate: fast compression, tiled so the COG driver reads them by block.
+CHUNK_PROFILE = {
+    "driver": "GTiff",
+    "tiled": True,
+    "blockxsize": 256,
+    "blockysize": 256,
+    "compress": "zstd",
+    "zstd_level": 1,
+    "bigtiff": "if_safer",
+}
+
+
+def temporary_name(path: Path) -> Path:
+    """A unique sibling of `path` that readers ignore (leading dot, .tmp suffix)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def chunk_name(chunk_row: int, chunk_col: int) -> str:
+    return f"chunk_r{chunk_row:05d}_c{chunk_col:05d}.tif"
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """Where one chunk lies in its raster, and where its files go."""
+
+    folder: Path
+    chunk_row: int
+    chunk_col: int
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    @property
+    def classes_path(self) -> Path:
+        return self.folder / chunk_name(self.chunk_row, self.chunk_col)
+
+    @property
+    def scores_path(self) -> Path:
+        return self.classes_path.with_suffix(".scores.tif")
+
+
+class ChunkWriter:
+    """Writes one chunk's class map (and optionally scores) tile by tile, then commits it."""
+
+    def __init__(
+        self, spec: ChunkSpec, raster: RasterInfo, classes: int, write_scores: bool
+    ) -> None:
+        self.spec = spec
+        transform = Affine(*raster.transform) * Affine.translation(spec.col_off, spec.row_off)
+        common = dict(
+            CHUNK_PROFILE,
+            width=spec.width,
+            height=spec.height,
+            crs=raster.crs,
+            transform=transform,
+        )
+        self._files: list[tuple[Path, Path, rasterio.io.DatasetWriter]] = []
+        self._classes = self._open(spec.classes_path, common, 1, "uint8", CLASS_NODATA)
+        self._scores = (
+            self._open(spec.scores_path, common, classes, "float32", SCORE_NODATA)
+            if write_scores
+            else None
+        )
+
+    def _open(self, final: Path, profile: dict, count: int, dtype: str, nodata: float):
+        tmp = temporary_name(final)
+        dst = rasterio.open(tmp, "w", count=count, dtype=dtype, nodata=nodata, **profile)
+        self._files.append((tmp, final, dst))
+        return dst
+
+    def write(
+        self, row_off: int, col_off: int, classes: np.ndarray, scores: np.ndarray | None
+    ) -> None:
+        """Write one tile's core at raster offsets (row_off, col_off)."""
+        window = rasterio.windows.Window(
+            col_off - self.spec.col_off, row_off - self.spec.row_off,
+            classes.shape[1], classes.shape[0],
+        )  # fmt: skip
+        self._classes.write(classes, 1, window=window)
+        if self._scores is not None and scores is not None:
+            self._scores.write(np.moveaxis(scores, -1, 0), window=window)
+
+    def commit(self) -> None:
+        """Close the files and move them to their final names."""
+        for _, _, dst in self._files:
+            dst.close()
+        for tmp, final, _ in self._files:
+            os.replace(tmp, final)
+
+    def abort(self) -> None:
+        for tmp, _, dst in self._files:
+            dst.close()
+            tmp.unlink(missing_ok=True)
+
+
+def _vrt_xml(
+    raster: RasterInfo,
+    chunks: list[ChunkSpec],
+    source_of,
+    bands: int,
+    dtype: str,
+    nodata: float,
+    descriptions: list[str],
+    metadata: dict[str, str],
+) -> str:
+    a, b, c, d, e, f = raster.transform
+    lines = [
+        f'<VRTDataset rasterXSize="{raster.width}" rasterYSize="{raster.height}">',
+        f"  <SRS>{escape(raster.crs or '')}</SRS>",
+        f"  <GeoTransform>{c!r}, {a!r}, {b!r}, {f!r}, {d!r}, {e!r}</GeoTransform>",
+        "  <Metadata>",
+        *(f'    <MDI key="{escape(k)}">{escape(v)}</MDI>' for k, v in metadata.items()),
+        "  </Metadata>",
+    ]
+    vrt_type = {"uint8": "Byte", "float32": "Float32"}[dtype]
+    nodata_text = "nan" if math.isnan(nodata) else str(int(nodata))
+    for band in range(1, bands + 1):
+        lines += [
+            f'  <VRTRasterBand dataType="{vrt_type}" band="{band}">',
+            f"    <Description>{escape(descriptions[band - 1])}</Description>",
+            f"    <NoDataValue>{nodata_text}</NoDataValue>",
+        ]
+        for chunk in chunks:
+            size = f'xSize="{chunk.width}" ySize="{chunk.height}"'
+            lines += [
+                "    <SimpleSource>",
+                f"      <SourceFilename>{escape(str(source_of(chunk)))}</SourceFilename>",
+                f"      <SourceBand>{band}</SourceBand>",
+                f'      <SrcRect xOff="0" yOff="0" {size}/>',
+                f'      <DstRect xOff="{chunk.col_off}" yOff="{chunk.row_off}" {size}/>',
+                "    </SimpleSource>",
+            ]
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    return "\n".join(lines)
+
+
+def assemble_cog(
+    raster: RasterInfo,
+    chunks: list[ChunkSpec],
+    destination: Path,
+    options: CogOptions,
+    *,
+    scores: bool,
+    classes: int,
+    metadata: dict[str, str],
+) -> None:
+    """Mosaic chunk files into one COG at `destination`, atomically."""
+    if scores:
+        bands, dtype, nodata = classes, "float32", SCORE_NODATA
+        descriptions = [f"score_{i}" for i in range(classes)]
+        source_of, resampling = (lambda ch: ch.scores_path), "AVERAGE"
+    else:
+        bands, dtype, nodata = 1, "uint8", CLASS_NODATA
+        descriptions = ["class"]
+        source_of, resampling = (lambda ch: ch.classes_path), "NEAREST"
+    vrt = temporary_name(destination.with_suffix(".vrt"))
+    tmp = temporary_name(destination)
+    vrt.write_text(
+        _vrt_xml(raster, chunks, source_of, bands, dtype, nodata, descriptions, metadata),
+        encoding="utf-8",
+    )
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
+            rasterio.shutil.copy(
+                str(vrt),
+                str(tmp),
+                driver="COG",
+                COMPRESS=options.compression.upper(),
+                PREDICTOR="YES",
+                BLOCKSIZE=options.blocksize,
+                OVERVIEWS="AUTO",
+                RESAMPLING=resampling,
+                BIGTIFF="IF_SAFER",
+            )
+        os.replace(tmp, destination)
+    finally:
+        vrt.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)

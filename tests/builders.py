@@ -1,0 +1,130 @@
+"""Small rasters and models made by code, for the tests (the TorchGeo way: no fixtures on disk)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+
+def smooth_field(rng: np.random.Generator, height: int, width: int, bands: int) -> np.ndarray:
+    """(bands, height, width) values in 0..250 with structure at several scales."""
+    out = np.zeros((bands, height, width), np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for b in range(bands):
+        for scale in (7.0, 19.0, 43.0):
+            fy, fx, phase = rng.uniform(0.5, 1.5, 3)
+            out[b] += np.sin(yy / scale * fy + phase) * np.cos(xx / scale * fx - phase)
+        out[b] += rng.normal(0, 0.3, (height, width))
+    out -= out.min()
+    return out / out.max() * 250
+
+
+def write_raster(
+    path: Path,
+    height: int,
+    width: int,
+    bands: int = 4,
+    *,
+    crs: str = "EPSG:32633",
+    transform=None,
+    dtype: str = "uint8",
+    nodata: float | None = None,
+    nodata_mask: np.ndarray | None = None,
+    seed: int = 0,
+) -> Path:
+    """A georeferenced GeoTIFF of smooth random pixels; `nodata_mask` (True = nodata) is set
+    to `nodata` in every band."""
+    rng = np.random.default_rng(seed)
+    data = smooth_field(rng, height, width, bands).astype(dtype)
+    if nodata_mask is not None:
+        data[:, nodata_mask] = nodata
+    if transform is None:
+        transform = (
+            from_origin(12.5, 48.2, 0.0001, 0.0001)
+            if crs == "EPSG:4326"
+            else from_origin(500_000.0, 5_300_000.0, 10.0, 10.0)
+        )
+    # Multispectral, not RGB(A): GDAL would take a 4th byte band for alpha.
+    profile = dict(driver="GTiff", height=height, width=width, count=bands, dtype=dtype,
+                   crs=crs, transform=transform, nodata=nodata,
+                   photometric="minisblack")  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def conv_stack(path: Path, bands: int = 4, classes: int = 3, depth: int = 4, seed: int = 1) -> Path:
+    """'same' 3x3 convolutions: stride 1, receptive radius `depth`."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((None, None, bands)), layers.Rescaling(1 / 64)]
+        + [layers.Conv2D(12, 3, padding="same", activation="relu") for _ in range(depth)]
+        + [layers.Conv2D(classes, 1, activation="softmax")]
+    )
+    model.save(path)
+    return path
+
+
+def unet(path: Path, bands: int = 4, classes: int = 3, seed: int = 2) -> Path:
+    """A small U-Net with two 2x2 poolings: total stride 4."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+
+    def block(x, filters):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        return layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+
+    inputs = keras.Input((None, None, bands))
+    c1 = block(layers.Rescaling(1 / 64)(inputs), 8)
+    c2 = block(layers.MaxPooling2D()(c1), 16)
+    bottom = block(layers.MaxPooling2D()(c2), 24)
+    u2 = block(layers.Concatenate()([layers.UpSampling2D()(bottom), c2]), 16)
+    u1 = block(layers.Concatenate()([layers.UpSampling2D()(u2), c1]), 8)
+    outputs = layers.Conv2D(classes, 1, activation="softmax")(u1)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def dense_classifier(path: Path, bands: int = 4) -> Path:
+    """An image-level classifier: not fully convolutional."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential(
+        [keras.Input((None, None, bands)), layers.Conv2D(4, 3), layers.GlobalAveragePooling2D(),
+         layers.Dense(3, activation="softmax")]
+    )  # fmt: skip
+    model.save(path)
+    return path
+
+
+def whole_image_outputs(model_path: Path, raster_path: Path, stride: int = 1):
+    """Reference: the model on the whole raster at once (nodata as 0, padded to the stride)."""
+    import keras
+
+    model = keras.models.load_model(model_path, compile=False)
+    with rasterio.open(raster_path) as src:
+        pixels = src.read(out_dtype=np.float32)
+        valid = src.read_masks().all(axis=0)
+    pixels[:, ~valid] = 0
+    height, width = valid.shape
+    padded_h, padded_w = -(-height // stride) * stride, -(-width // stride) * stride
+    batch = np.zeros((1, padded_h, padded_w, pixels.shape[0]), np.float32)
+    batch[0, :height, :width] = np.moveaxis(pixels, 0, -1)
+    scores = np.array(model(batch))[0, :height, :width]
+    classes = scores.argmax(-1).astype(np.uint8)
+    classes[~valid] = 255
+    scores[~valid] = np.nan
+    return classes, scores, valid

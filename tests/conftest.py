@@ -1,0 +1,57 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Executors and Python workers must run this interpreter (the project's venv).
+os.environ["PYSPARK_PYTHON"] = sys.executable
+os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("sparkinfer-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """The test models, built once per session."""
+    from builders import conv_stack, dense_classifier, unet
+
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "conv": conv_stack(folder / "conv.keras"),
+        "unet": unet(folder / "unet.keras"),
+        "dense": dense_classifier(folder / "dense.keras"),
+    }
+
+
+@pytest.fixture
+def run(spark):
+    """Run the job in-process on the shared local[2] session; returns the run report."""
+    from sparkinfer.config import load_config
+    from sparkinfer.job import prepare_job, run_job
+
+    def _run(**options):
+        config = load_config(options, defaults_file=ROOT / "conf" / "default.yaml")
+        return run_job(spark, prepare_job(config))
+
+    return _run

@@ -1,0 +1,64 @@
+"""Configuration: defaults, merge order and one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from sparkinfer.cli import config_from_args
+from sparkinfer.config import JobConfig, load_config, read_yaml
+from sparkinfer.errors import ConfigError
+
+DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+REQUIRED = {"input": ["a.tif"], "model": "m.keras", "output": "out"}
+
+
+def test_conf_default_yaml_states_the_built_in_defaults():
+    from_file = load_config(REQUIRED, defaults_file=DEFAULTS)
+    assert from_file == JobConfig(**REQUIRED)
+    assert set(read_yaml(DEFAULTS)) <= set(JobConfig.model_fields)
+
+
+def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text("tile_size: 256\nbatch_size: 4\ncog:\n  compression: zstd\n")
+    config = config_from_args(
+        ["--input", "x.tif", "y/*.tif", "--model", "m.keras", "--output", "o",
+         "--config", str(config_file), "--tile-size", "128", "--bands", "3,2,1",
+         "--mean", "1,2,3", "--std", "2,2,2", "--halo", "16"],
+        defaults_file=DEFAULTS,
+    )  # fmt: skip
+    assert config.tile_size == 128 and config.batch_size == 4 and config.halo == 16
+    assert config.cog.compression == "zstd" and config.cog.blocksize == 512
+    assert config.input == ["x.tif", "y/*.tif"] and config.bands == [3, 2, 1]
+    assert config.normalization.mean == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("tile_sise: 256\n", "unknown option 'tile_sise'"),
+        ("tile_size: big\n", "tile_size: Input should be a valid integer"),
+        ("tile_size: -5\n", "tile_size: Input should be greater than 0"),
+        ("tile_size: 64\nhalo: 100\n", "halo 100 is larger than tile_size 64"),
+        ("bands: [0, 1]\n", "bands are 1-based"),
+        ("normalization: {scale: 2, mean: [1]}\n", "scale/offset or mean/std"),
+        ("cog: {blocksize: 300}\n", "power of two"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("tile_size: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_file_is_one_line_naming_the_file(tmp_path, yaml_text, message):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(REQUIRED, config_file=config_file, defaults_file=DEFAULTS)
+    text = str(caught.value)
+    assert message in text and "\n" not in text
+    assert text.startswith(str(config_file)) or "expected a mapping" in text
+
+
+def test_bad_flag_is_reported_against_the_command_line():
+    with pytest.raises(ConfigError, match="^command line: argument --tile-size"):
+        config_from_args(["--tile-size", "x"])
+    with pytest.raises(ConfigError, match="^command line: missing required option 'model'"):
+        config_from_args(["--input", "a.tif", "--output", "o"], defaults_file=DEFAULTS)

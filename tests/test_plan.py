@@ -1,0 +1,99 @@
+"""The tiling plan: pure arithmetic, no Spark, no pixels."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparkinfer.plan import RasterPlan, Tiling, plan_axis, round_up
+
+
+@st.composite
+def axis_cases(draw):
+    stride = draw(st.sampled_from([1, 2, 4, 8]))
+    tile = stride * draw(st.integers(1, 40))
+    halo = stride * draw(st.integers(0, tile // stride))
+    length = draw(st.integers(1, 3000))
+    return length, Tiling(tile, halo, stride)
+
+
+@settings(max_examples=400, deadline=None)
+@given(axis_cases())
+def test_axis_cores_cover_once_and_reads_hold_core_plus_halo(case):
+    length, tiling = case
+    axis = plan_axis(length, tiling)
+    coverage = np.zeros(length, int)
+    for start, stop in zip(axis.core_start, axis.core_stop, strict=True):
+        coverage[start:stop] += 1
+    assert (coverage == 1).all()
+
+    padded = round_up(length, tiling.stride)
+    sizes = set((axis.read_stop - axis.read_start).tolist())
+    assert len(sizes) == 1, "every read window of an axis has one size"
+    size = sizes.pop()
+    assert size == (tiling.window_size if padded > tiling.window_size else padded)
+    assert (axis.read_start >= 0).all() and (axis.read_stop <= padded).all()
+    assert (axis.read_start % tiling.stride == 0).all(), "windows on the model's stride grid"
+    # Each read window holds its core plus the halo, clipped to the (padded) raster.
+    assert (axis.read_start <= np.maximum(axis.core_start - tiling.halo, 0)).all()
+    assert (axis.read_stop >= np.minimum(axis.core_stop + tiling.halo, padded)).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 700), st.integers(1, 700), st.integers(2, 40), st.integers(1, 5))
+def test_chunks_partition_tiles_in_adjacent_blocks(height, width, tile, chunk_tiles):
+    tiling = Tiling(tile * 4, 4, 4, chunk_tiles)
+    plan = RasterPlan(height, width, tiling)
+    table = plan.chunks()
+    assert len(table) == plan.chunk_count
+    covered = np.zeros((height, width), np.uint8)
+    seen = set()
+    for chunk in table.to_pylist():
+        block = covered[chunk["row_off"] : chunk["row_off"] + chunk["height"],
+                        chunk["col_off"] : chunk["col_off"] + chunk["width"]]  # fmt: skip
+        block += 1
+        for tile in chunk["tiles"]:
+            seen.add((tile["tile_row"], tile["tile_col"]))
+            assert tile["tile_row"] // chunk_tiles == chunk["chunk_row"]
+            assert tile["tile_col"] // chunk_tiles == chunk["chunk_col"]
+            assert chunk["row_off"] <= tile["core_row_off"]
+            assert tile["core_row_off"] + tile["core_height"] <= chunk["row_off"] + chunk["height"]
+    assert (covered == 1).all(), "chunks cover the raster exactly once"
+    assert len(seen) == plan.tile_count
+
+
+def test_edge_windows_shift_inward_and_keep_their_shape():
+    axis = plan_axis(1000, Tiling(256, 32, 1))
+    assert axis.core_start.tolist() == [0, 256, 512, 768]
+    assert axis.core_stop.tolist() == [256, 512, 768, 1000]
+    assert axis.read_start.tolist() == [0, 224, 480, 680]
+    assert (axis.read_stop - axis.read_start).tolist() == [320] * 4
+
+
+def test_raster_smaller_than_a_window_is_read_whole_padded_to_the_stride():
+    axis = plan_axis(50, Tiling(64, 8, 4))
+    assert axis.core_start.tolist() == [0] and axis.core_stop.tolist() == [50]
+    assert axis.read_start.tolist() == [0] and axis.read_stop.tolist() == [52]
+
+
+def test_plan_of_a_huge_raster_is_metadata_only():
+    plan = RasterPlan(1_000_000, 1_000_000, Tiling(1024, 32, 1, chunk_tiles=16))
+    assert plan.tile_count == 977 * 977
+    assert plan.chunk_count == 62 * 62
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(tile_size=100, halo=0, stride=8), "multiple of the model's total stride 8"),
+        (dict(tile_size=64, halo=6, stride=4), "halo 6 must be a multiple"),
+        (dict(tile_size=64, halo=0, stride=1, chunk_tiles=0), "chunk_tiles"),
+    ],
+)
+def test_tiling_refuses_sizes_off_the_stride_grid(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Tiling(**kwargs)
+
+
+def test_halo_share_is_the_computed_but_discarded_fraction():
+    assert Tiling(512, 16, 1).halo_share == pytest.approx(1 - (512 / 544) ** 2)

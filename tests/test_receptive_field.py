@@ -1,0 +1,70 @@
+"""Receptive field and stride traced from Keras graphs, and the model checks on the driver."""
+
+import keras
+import numpy as np
+import pytest
+from builders import conv_stack, dense_classifier, unet
+from keras import layers
+
+from sparkinfer.errors import ModelError
+from sparkinfer.model import inspect_model, load_package, package_model
+from sparkinfer.receptive_field import UntraceableLayer, trace
+
+
+def test_conv_stack_radius_is_one_pixel_per_3x3_layer(tmp_path):
+    model = keras.models.load_model(conv_stack(tmp_path / "m.keras", depth=5))
+    assert trace(model) == trace(model).__class__(halo=5, stride=1)
+
+
+def test_unet_with_two_poolings_has_stride_4(tmp_path):
+    field = trace(keras.models.load_model(unet(tmp_path / "u.keras")))
+    assert field.stride == 4
+    # Two 3x3 convs per level at jumps 1, 2, 4 down and 2, 1 up, plus the upsampling shifts.
+    assert field.halo == 23
+
+
+def test_dilation_strided_convs_and_nested_models():
+    inner = keras.Sequential([keras.Input((None, None, 4)),
+                              layers.Conv2D(4, 3, padding="same", dilation_rate=3)])  # fmt: skip
+    inputs = keras.Input((None, None, 4))
+    x = layers.Conv2D(8, 3, strides=2, padding="same")(inner(inputs))
+    x = layers.Conv2DTranspose(4, 3, strides=2, padding="same")(x)
+    x = x + inner(inputs)  # a keras.ops merge, not a layer
+    field = trace(keras.Model(inputs, layers.Conv2D(2, 1)(x)))
+    assert field.stride == 2
+    assert field.halo >= 3 + 2  # dilated 3x3 reaches 3; the strided pair adds at least 2
+
+
+def test_lambda_layer_cannot_be_traced():
+    inputs = keras.Input((None, None, 4))
+    x = layers.Lambda(lambda t: t * 2)(inputs)
+    with pytest.raises(UntraceableLayer, match="Lambda"):
+        trace(keras.Model(inputs, layers.Conv2D(2, 3, padding="same")(x)))
+
+
+def test_inspect_reports_bands_classes_stride_and_halo(tmp_path):
+    info = inspect_model(unet(tmp_path / "u.keras", bands=5, classes=7))
+    assert (info.bands, info.classes, info.stride, info.receptive_halo) == (5, 7, 4, 23)
+
+
+def test_inspect_refuses_a_model_that_is_not_fully_convolutional(tmp_path):
+    with pytest.raises(ModelError, match="not fully convolutional"):
+        inspect_model(dense_classifier(tmp_path / "d.keras"))
+
+
+def test_savedmodel_stride_is_probed_and_halo_must_be_given(tmp_path):
+    model = keras.models.load_model(unet(tmp_path / "u.keras"))
+    model.export(tmp_path / "saved", verbose=False)
+    info = inspect_model(tmp_path / "saved")
+    assert info.format == "savedmodel"
+    assert (info.bands, info.classes, info.stride, info.receptive_halo) == (4, 3, 4, None)
+
+
+def test_package_round_trip_gives_the_same_predictions(tmp_path):
+    path = conv_stack(tmp_path / "m.keras")
+    package = package_model(path)
+    assert len(package.payload) < path.stat().st_size
+    x = np.random.default_rng(0).uniform(0, 200, (2, 24, 40, 4)).astype(np.float32)
+    expected = np.asarray(keras.models.load_model(path)(x))
+    np.testing.assert_array_equal(load_package(package)(x), expected)
+    assert load_package(package) is load_package(package), "cached per worker by digest"
