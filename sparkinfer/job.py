@@ -98,7 +98,7 @@ def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling
 
 
 def prepare_job(config: JobConfig) -> Job:
-    """Check inputs, model and output, and plan every raster; raise a UserError if anything is off."""
+    """Check inputs, model and output, then plan every raster; a UserError if anything is off."""
     output = Path(config.output)
     inputs = resolve_inputs(config.input)
     _check_output_folder(output, inputs)

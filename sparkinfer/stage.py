@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def plan_dataframe(spark, chunk_tables: list[pa.Table], partitions: int):
         for i, t in enumerate(chunk_tables)
     ).combine_chunks()
     bounds = np.linspace(0, len(table), min(partitions, len(table)) + 1).astype(int)
-    batches = [table.slice(a, b - a).to_batches()[0] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    batches = [table.slice(a, b - a).to_batches()[0] for a, b in pairwise(bounds)]
     return spark.createDataFrame(pa.Table.from_batches(batches))
 
 

@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 
 
 def smooth_field(rng: np.random.Generator, height: int, width: int, bands: int) -> np.ndarray:
-    """(bands, height, width) values in 0..250 with structure at several scales."""
+    """(bands, height, width) values in 1..250 (never 0, a common nodata) at several scales."""
     out = np.zeros((bands, height, width), np.float32)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     for b in range(bands):
@@ -23,7 +23,7 @@ def smooth_field(rng: np.random.Generator, height: int, width: int, bands: int) 
             out[b] += np.sin(yy / scale * fy + phase) * np.cos(xx / scale * fx - phase)
         out[b] += rng.normal(0, 0.3, (height, width))
     out -= out.min()
-    return out / out.max() * 250
+    return 1 + out / out.max() * 249
 
 
 def write_raster(

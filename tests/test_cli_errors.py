@@ -1,0 +1,75 @@
+"""Bad input: one clear line naming the file, a non-zero exit, nothing written."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from builders import write_raster
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def infer(*args, **env):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "infer_tiles.py"), *map(str, args)],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, **env),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def scene(tmp_path):
+    (tmp_path / "in").mkdir()
+    return write_raster(tmp_path / "in" / "scene.tif", 64, 64)
+
+
+def _bad_inputs(tmp_path, scene, models):
+    text_tif = tmp_path / "in" / "notes.tif"
+    text_tif.write_text("not a raster\n")
+    five_bands = write_raster(tmp_path / "in" / "five.tif", 32, 32, bands=5)
+    bad_yaml = tmp_path / "job.yaml"
+    bad_yaml.write_text("tile_size: 128\nhalo_pixels: 8\n")
+    missing = tmp_path / "in" / "nope.tif"
+    # case: (input, model, extra flags, the file the line must name, what it must say)
+    return {
+        "missing file": (missing, models["conv"], [], missing, "input not found"),
+        "not a raster": (text_tif, models["conv"], [], text_tif, "not a readable raster"),
+        "band mismatch": (five_bands, models["conv"], [], five_bands,
+                          "5 bands selected but the model takes 4"),
+        "not convolutional": (scene, models["dense"], [], models["dense"],
+                              "not fully convolutional"),
+        "bad config key": (scene, models["conv"], ["--config", bad_yaml], bad_yaml,
+                           "unknown option 'halo_pixels'"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case", ["missing file", "not a raster", "band mismatch", "not convolutional", "bad config key"]
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene, models, case):
+    raster, model, extra, named, message = _bad_inputs(tmp_path, scene, models)[case]
+    out = tmp_path / "out"
+    done = infer("--input", raster, "--model", model, "--output", out, *extra)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("sparkinfer: error: ")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+    assert errors[0].startswith(f"sparkinfer: error: {named}: ")
+    assert "Traceback" not in done.stderr
+    assert not out.exists(), "nothing written for a bad input"
+
+
+def test_bad_input_through_spark_submit(tmp_path, scene):
+    out = tmp_path / "out"
+    env = dict(os.environ, SPARKINFER_VENV=str(Path(sys.executable).parent.parent))
+    done = subprocess.run(
+        [str(ROOT / "spark-submit.sh"), "--input", scene, "--model", tmp_path / "missing.keras",
+         "--output", out],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    # spark-submit merges the Python driver's stderr into its stdout.
+    output = done.stdout + done.stderr
+    assert done.returncode == 2
+    assert f"sparkinfer: error: {tmp_path / 'missing.keras'}: model not found\n" in output
+    assert "Traceback" not in output and not out.exists()

@@ -1,0 +1,95 @@
+"""Outputs: georeferencing, COG layout, nodata, several inputs, run report."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from builders import whole_image_outputs, write_raster
+from rasterio.transform import Affine
+from rio_cogeo.cogeo import cog_validate
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326"])
+def test_output_is_a_valid_cog_with_the_inputs_georeference(tmp_path, run, models, crs):
+    (tmp_path / "in").mkdir()
+    transform = (Affine(0.0002, 0, -47.9, 0, -0.0002, -15.7) if crs == "EPSG:4326"
+                 else Affine(30.0, 0, 290_000.0, 0, -30.0, 9_120_000.0))  # fmt: skip
+    raster = write_raster(tmp_path / "in" / "scene.tif", 333, 301, crs=crs, transform=transform)
+    run(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"),
+        tile_size=96, cog={"blocksize": 128})  # fmt: skip
+    output = tmp_path / "out" / "scene.tif"
+    with rasterio.open(raster) as src, rasterio.open(output) as out:
+        assert out.crs == src.crs and out.crs.to_epsg() == int(crs.split(":")[1])
+        assert out.transform == src.transform
+        assert (out.width, out.height) == (src.width, src.height)
+        assert out.nodata == 255 and out.dtypes == ("uint8",) and out.count == 1
+        assert out.descriptions == ("class",)
+        factors = out.overviews(1)
+        assert factors and max(out.shape) / factors[-1] <= 128, "overviews down to one block"
+        assert out.tags()["halo"] == "4" and out.tags()["source"] == str(raster.resolve())
+    valid, errors, warnings = cog_validate(str(output), strict=True)
+    assert valid, (errors, warnings)
+
+
+def test_nodata_tiles_are_skipped_and_nodata_pixels_kept_exactly(tmp_path, run, models):
+    (tmp_path / "in").mkdir()
+    mask = np.zeros((256, 320), bool)
+    mask[:, :128] = True  # two whole columns of 64-pixel tiles
+    mask[150:170, 200:215] = True  # part of one tile
+    mask[3, 300] = True  # a single pixel
+    raster = write_raster(tmp_path / "in" / "scene.tif", 256, 320, dtype="uint16", nodata=0,
+                          nodata_mask=mask)  # fmt: skip
+    report = run(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"),
+                 tile_size=64, scores=True)  # fmt: skip
+    assert report["tiles"] == {"planned": 20, "skipped_nodata": 8, "inferred": 12}
+
+    with rasterio.open(tmp_path / "out" / "scene.tif") as out:
+        classes = out.read(1)
+    with rasterio.open(tmp_path / "out" / "scene.scores.tif") as out:
+        scores = out.read()
+    np.testing.assert_array_equal(classes == 255, mask)
+    np.testing.assert_array_equal(np.isnan(scores).all(axis=0), mask)
+    expected, _, _ = whole_image_outputs(models["conv"], raster)
+    assert (classes == expected).mean() >= 0.9999
+
+
+def test_several_inputs_of_different_sizes_and_crs_in_one_run(tmp_path, run, models):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "more").mkdir()
+    a = write_raster(tmp_path / "in" / "a.tif", 200, 150, crs="EPSG:32633", seed=1)
+    b = write_raster(tmp_path / "in" / "b.tif", 97, 130, crs="EPSG:4326", seed=2)
+    tiny = write_raster(tmp_path / "more" / "tiny.tif", 20, 13, crs="EPSG:3857", seed=4)
+    report = run(input=[str(tmp_path / "in"), str(tmp_path / "more" / "*.tif")],
+                 model=str(models["conv"]), output=str(tmp_path / "out"), tile_size=64)  # fmt: skip
+    assert [r["input"] for r in report["rasters"]] == [str(p.resolve()) for p in (a, b, tiny)]
+    for raster in (a, b, tiny):
+        with rasterio.open(raster) as src, rasterio.open(tmp_path / "out" / raster.name) as out:
+            assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        expected, _, _ = whole_image_outputs(models["conv"], raster)
+        with rasterio.open(tmp_path / "out" / raster.name) as out:
+            assert (out.read(1) == expected).mean() >= 0.9999
+    assert report["rasters"][2]["tiles"]["planned"] == 1, "smaller than one tile: one tile"
+
+    saved = json.loads((tmp_path / "out" / "_run.json").read_text())
+    assert saved["tiles"] == {"planned": 12 + 6 + 1, "skipped_nodata": 0, "inferred": 19}
+    assert set(saved["timings"]) >= {"plan_s", "infer_write_s", "assemble_s", "total_s"}
+    assert saved["config"]["tile_size"] == 64 and saved["model"]["receptive_halo"] == 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "_run.json", "a.tif", "b.tif", "tiny.tif"]  # fmt: skip
+
+
+def test_savedmodel_folder_with_explicit_halo_matches_the_keras_file(tmp_path, run, models):
+    import keras
+
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 150, 170)
+    keras.models.load_model(models["unet"]).export(tmp_path / "saved", verbose=False)
+    run(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "k"),
+        tile_size=64)  # fmt: skip
+    run(input=[str(raster)], model=str(tmp_path / "saved"), output=str(tmp_path / "s"),
+        tile_size=64, halo=24)  # fmt: skip
+    with rasterio.open(tmp_path / "k" / "scene.tif") as k:
+        from_keras = k.read(1)
+    with rasterio.open(tmp_path / "s" / "scene.tif") as s:
+        assert (s.read(1) == from_keras).mean() >= 0.9999
