@@ -1,10 +1,10 @@
 # Two commands for a new user: `make run` and `make test`. Both create .venv from
 # pyproject.toml when it is missing (or older than pyproject.toml).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 STAMP := $(VENV)/.installed
-SAMPLE_INPUT ?= data/L7_ETMs.tif
-SAMPLE_MODEL ?= data/sample_model.keras
+SAMPLE_INPUT ?= data/nc_landsat7_2000.tif data/L7_ETMs.tif
+SAMPLE_MODEL ?= data/landcover.keras
 SAMPLE_OUTPUT ?= out/sample
 
 .PHONY: run test lint venv clean
@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	./spark-submit.sh --input $(SAMPLE_INPUT) --model $(SAMPLE_MODEL) --output $(SAMPLE_OUTPUT)
+	./spark-submit.sh --input $(SAMPLE_INPUT) --model $(SAMPLE_MODEL) --output $(SAMPLE_OUTPUT) \
+		--tile-size 128 --quicklook
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--std", type=_floats, metavar="S1,S2,..", help="normalisation: per-band std")
     add("--batch-size", type=int, metavar="N", help="tiles per model call (default 8)")
     add("--scores", action="store_true", default=None, help="also write per-class scores")
+    add("--quicklook", action="store_true", default=None,
+        help="also write NAME.png, the class map with a legend")  # fmt: skip
     add("--chunk-tiles", type=int, metavar="N",
         help="a Spark task writes chunks of N x N tiles (default 4)")  # fmt: skip
     add("--cog-compression", choices=["deflate", "zstd", "lzw", "none"],
@@ -84,6 +86,7 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "bands": args.bands,
         "batch_size": args.batch_size,
         "scores": args.scores,
+        "quicklook": args.quicklook,
         "chunk_tiles": args.chunk_tiles,
     }
     norm = {"scale": args.scale, "offset": args.offset, "mean": args.mean, "std": args.std}

@@ -97,6 +97,9 @@ class JobConfig(_Strict):
     )
     batch_size: int = Field(8, gt=0, description="Tiles per model call.")
     scores: bool = Field(False, description="Also write per-class float32 scores.")
+    quicklook: bool = Field(
+        False, description="Also write NAME.png: the class map in the model's colours, a legend."
+    )
     chunk_tiles: int = Field(
         4,
         gt=0,

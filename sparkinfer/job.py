@@ -24,6 +24,7 @@ from sparkinfer.config import JobConfig
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError
 from sparkinfer.model import ModelInfo, ModelPackage, inspect_model, package_model
 from sparkinfer.plan import RasterPlan, Tiling, round_up
+from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.stage import StageSpec, infer_and_write, plan_dataframe
 from sparkinfer.writers import ChunkSpec, assemble_cog
@@ -41,6 +42,7 @@ class RasterJob:
     plan: RasterPlan
     classes_path: Path
     scores_path: Path | None
+    quicklook_path: Path | None
     staging: Path
 
 
@@ -99,7 +101,7 @@ def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling
 
 def prepare_job(config: JobConfig) -> Job:
     """Check inputs, model and output, then plan every raster; a UserError if anything is off."""
-    output = Path(config.output)
+    output = Path(config.output).absolute()
     inputs = resolve_inputs(config.input)
     _check_output_folder(output, inputs)
     infos = [read_info(path) for path in inputs]
@@ -151,6 +153,7 @@ def prepare_job(config: JobConfig) -> Job:
                 plan=RasterPlan(info.height, info.width, tiling),
                 classes_path=output / f"{info.name}.tif",
                 scores_path=output / f"{info.name}.scores.tif" if config.scores else None,
+                quicklook_path=output / f"{info.name}.png" if config.quicklook else None,
                 staging=output / STAGING_FOLDER / f"{info.name}-{identity}",
             )
         )
@@ -165,14 +168,17 @@ def _chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
 
 def _assemble(task: tuple) -> dict:
     """Executor side: mosaic one raster's chunks into its COG(s), then drop the chunks."""
-    raster, options, classes, metadata = task
+    raster, options, model, metadata = task
     started = time.perf_counter()
     chunks = _chunk_specs(raster)
-    assemble_cog(raster.info, chunks, raster.classes_path, options,
-                 scores=False, classes=classes, metadata=metadata)  # fmt: skip
+    common = dict(classes=model.classes, metadata=metadata, class_names=model.class_names,
+                  class_colors=model.class_colors)  # fmt: skip
+    assemble_cog(raster.info, chunks, raster.classes_path, options, scores=False, **common)
     if raster.scores_path is not None:
-        assemble_cog(raster.info, chunks, raster.scores_path, options,
-                     scores=True, classes=classes, metadata=metadata)  # fmt: skip
+        assemble_cog(raster.info, chunks, raster.scores_path, options, scores=True, **common)
+    if raster.quicklook_path is not None:
+        write_quicklook(raster.classes_path, raster.quicklook_path, model.class_names,
+                        model.class_colors)  # fmt: skip
     shutil.rmtree(raster.staging, ignore_errors=True)
     return {"input": raster.info.path, "assemble_s": time.perf_counter() - started}
 
@@ -215,7 +221,7 @@ def run_job(spark, job: Job) -> dict:
         "tile_size": str(job.tiling.tile_size),
     }
     tasks = [
-        (r, job.config.cog, job.model.classes, metadata | {"source": r.info.path})
+        (r, job.config.cog, job.model, metadata | {"source": r.info.path})
         for r in job.rasters
     ]
     assembled = spark.sparkContext.parallelize(tasks, len(tasks)).map(_assemble).collect()
@@ -237,7 +243,8 @@ def _report(job: Job, results, assembled, timings, spark) -> dict:
         per_raster.append(
             {
                 "input": raster.info.path,
-                "outputs": [str(p) for p in (raster.classes_path, raster.scores_path) if p],
+                "outputs": [str(p) for p in (raster.classes_path, raster.scores_path,
+                                             raster.quicklook_path) if p],  # fmt: skip
                 "width": raster.info.width,
                 "height": raster.info.height,
                 "tiles": {
@@ -263,6 +270,7 @@ def _report(job: Job, results, assembled, timings, spark) -> dict:
             "classes": job.model.classes,
             "stride": job.model.stride,
             "receptive_halo": job.model.receptive_halo,
+            "class_names": list(job.model.class_names),
         },
         "tiling": asdict(job.tiling) | {"halo_share": round(job.tiling.halo_share, 4)},
         "rasters": per_raster,

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,8 @@ class ModelInfo:
     stride: int
     receptive_halo: int | None  # None when the graph could not be traced
     untraceable: str | None  # why the halo could not be derived
+    class_names: tuple[str, ...] = ()  # from the model's sparkinfer.json, when it has one
+    class_colors: tuple[str, ...] = ()  # "#rrggbb", one per class
 
 
 def model_format(path: Path) -> str:
@@ -170,6 +174,7 @@ def inspect_model(path: str | Path) -> ModelInfo:
         untraceable = untraceable or "a SavedModel has no layer graph to trace"
         stride = _probe_stride(predictor, path)
     classes = _probe_classes(predictor, path, stride)
+    names, colors = read_class_table(path, classes)
     return ModelInfo(
         path=str(path),
         format=predictor.format,
@@ -178,7 +183,37 @@ def inspect_model(path: str | Path) -> ModelInfo:
         stride=stride,
         receptive_halo=halo,
         untraceable=untraceable,
+        class_names=names,
+        class_colors=colors,
     )
+
+
+CLASS_TABLE = "sparkinfer.json"
+
+
+def read_class_table(path: Path, classes: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Class names and colours stored with the model: `sparkinfer.json` inside the .keras
+    archive or in a SavedModel's assets/ folder, as {"classes": [{"name", "color"}, ...]}."""
+    try:
+        if path.is_dir():
+            table = path / "assets" / CLASS_TABLE
+            text = table.read_text(encoding="utf-8") if table.is_file() else None
+        else:
+            with zipfile.ZipFile(path) as zf:
+                has_table = CLASS_TABLE in zf.namelist()
+                text = zf.read(CLASS_TABLE).decode("utf-8") if has_table else None
+        if text is None:
+            return (), ()
+        entries = json.loads(text)["classes"]
+        names = tuple(str(e["name"]) for e in entries)
+        colors = tuple(str(e["color"]) for e in entries)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: unreadable {CLASS_TABLE} ({exc})") from None
+    if len(names) != classes:
+        raise ModelError(f"{path}: {CLASS_TABLE} names {len(names)} classes, model has {classes}")
+    if not all(len(c) == 7 and c.startswith("#") for c in colors):
+        raise ModelError(f"{path}: {CLASS_TABLE} colours must be '#rrggbb'")
+    return names, colors
 
 
 def _run_probe(predictor: Predictor, height: int, width: int) -> np.ndarray | None:

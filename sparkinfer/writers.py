@@ -9,6 +9,7 @@ block (with overviews), under a temporary name, renamed at the end.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import uuid
@@ -132,6 +133,7 @@ def _vrt_xml(
     nodata: float,
     descriptions: list[str],
     metadata: dict[str, str],
+    colors: tuple[str, ...] = (),
 ) -> str:
     a, b, c, d, e, f = raster.transform
     lines = [
@@ -150,6 +152,11 @@ def _vrt_xml(
             f"    <Description>{escape(descriptions[band - 1])}</Description>",
             f"    <NoDataValue>{nodata_text}</NoDataValue>",
         ]
+        if colors:
+            rgb = [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in colors]
+            lines += ["    <ColorInterp>Palette</ColorInterp>", "    <ColorTable>"]
+            lines += [f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="255"/>' for r, g, b in rgb]
+            lines.append("    </ColorTable>")
         for chunk in chunks:
             size = f'xSize="{chunk.width}" ySize="{chunk.height}"'
             lines += [
@@ -174,20 +181,29 @@ def assemble_cog(
     scores: bool,
     classes: int,
     metadata: dict[str, str],
+    class_names: tuple[str, ...] = (),
+    class_colors: tuple[str, ...] = (),
 ) -> None:
-    """Mosaic chunk files into one COG at `destination`, atomically."""
+    """Mosaic chunk files into one COG at `destination`, atomically.
+
+    The class map carries the model's class names (tag CLASS_NAMES, a JSON list) and colours
+    (the band's colour table); scores bands are described by class name."""
+    names = class_names or tuple(str(i) for i in range(classes))
+    metadata = metadata | {"CLASS_NAMES": json.dumps(list(names))}
+    colors: tuple[str, ...] = ()
     if scores:
         bands, dtype, nodata = classes, "float32", SCORE_NODATA
-        descriptions = [f"score_{i}" for i in range(classes)]
+        descriptions = [f"score {name}" for name in names]
         source_of, resampling = (lambda ch: ch.scores_path), "AVERAGE"
     else:
         bands, dtype, nodata = 1, "uint8", CLASS_NODATA
         descriptions = ["class"]
         source_of, resampling = (lambda ch: ch.classes_path), "NEAREST"
+        colors = class_colors
     vrt = temporary_name(destination.with_suffix(".vrt"))
     tmp = temporary_name(destination)
     vrt.write_text(
-        _vrt_xml(raster, chunks, source_of, bands, dtype, nodata, descriptions, metadata),
+        _vrt_xml(raster, chunks, source_of, bands, dtype, nodata, descriptions, metadata, colors),
         encoding="utf-8",
     )
     try:

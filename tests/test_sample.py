@@ -1,0 +1,73 @@
+"""The real sample in data/: Landsat 7 scenes and the land-cover model trained on NC labels."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from builders import whole_image_outputs
+from PIL import Image
+from rio_cogeo.cogeo import cog_validate
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENE = ROOT / "data" / "nc_landsat7_2000.tif"
+OLINDA = ROOT / "data" / "L7_ETMs.tif"
+MODEL = ROOT / "data" / "landcover.keras"
+
+
+def model_classes():
+    with zipfile.ZipFile(MODEL) as zf:
+        return json.loads(zf.read("sparkinfer.json"))["classes"]
+
+
+def test_job_over_the_real_scene_equals_whole_raster_inference(tmp_path, run):
+    report = run(input=[str(SCENE)], model=str(MODEL), output=str(tmp_path / "out"),
+                 tile_size=128, scores=True)  # fmt: skip
+    assert report["tiling"]["halo"] == 7 and report["tiles"]["planned"] == 16
+    expected, expected_scores, valid = whole_image_outputs(MODEL, SCENE)
+    with rasterio.open(tmp_path / "out" / SCENE.name) as out:
+        classes = out.read(1)
+    with rasterio.open(tmp_path / "out" / "nc_landsat7_2000.scores.tif") as out:
+        scores = np.moveaxis(out.read(), 0, -1)
+    assert (classes == expected).mean() >= 0.9999
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    assert (classes[~valid] == 255).all() and (~valid).sum() > 10_000, "the scene's nodata border"
+    present = np.unique(classes[valid])
+    assert len(present) >= 5, "a real land-cover map, not a constant"
+
+
+def test_output_carries_the_models_class_names_and_colours(tmp_path, run):
+    run(input=[str(OLINDA)], model=str(MODEL), output=str(tmp_path / "out"), tile_size=128)
+    classes = model_classes()
+    with rasterio.open(tmp_path / "out" / OLINDA.name) as out:
+        assert out.descriptions == ("class",)
+        assert json.loads(out.tags()["CLASS_NAMES"]) == [c["name"] for c in classes]
+        colormap = out.colormap(1)
+        for index, entry in enumerate(classes):
+            rgb = tuple(int(entry["color"][i : i + 2], 16) for i in (1, 3, 5))
+            assert colormap[index][:3] == rgb
+        water = [c["name"] for c in classes].index("water")
+        # Olinda's scene is one third Atlantic Ocean: its right-hand edge must be water.
+        assert (out.read(1)[:, -20:] == water).mean() > 0.8
+
+
+def test_make_run_writes_cogs_and_quicklooks_of_the_sample(tmp_path):
+    out = tmp_path / "sample"
+    venv = Path(sys.executable).parent.parent
+    done = subprocess.run(["make", "run", f"SAMPLE_OUTPUT={out}", f"VENV={venv}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, SPARKINFER_VENV=str(venv)))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name in ("nc_landsat7_2000", "L7_ETMs"):
+        assert f"-> {out / name}.tif" in done.stdout
+        assert cog_validate(str(out / f"{name}.tif"))[0]
+        with rasterio.open(ROOT / "data" / f"{name}.tif") as src:
+            shape = src.shape
+        with Image.open(out / f"{name}.png") as png:
+            assert png.height >= shape[0] and png.width > shape[1], "map plus legend"
+    report = json.loads((out / "_run.json").read_text())
+    assert report["model"]["class_names"][0] == "developed"
