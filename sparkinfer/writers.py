@@ -197,7 +197,8 @@ def assemble_cog(
         source_of, resampling = (lambda ch: ch.scores_path), "AVERAGE"
     else:
         bands, dtype, nodata = 1, "uint8", CLASS_NODATA
-        descriptions = ["class"]
+        listed = ", ".join(f"{i} {name}" for i, name in enumerate(class_names))
+        descriptions = [f"class ({listed})" if class_names else "class"]
         source_of, resampling = (lambda ch: ch.classes_path), "NEAREST"
         colors = class_colors
     vrt = temporary_name(destination.with_suffix(".vrt"))

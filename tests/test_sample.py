@@ -44,7 +44,8 @@ def test_output_carries_the_models_class_names_and_colours(tmp_path, run):
     run(input=[str(OLINDA)], model=str(MODEL), output=str(tmp_path / "out"), tile_size=128)
     classes = model_classes()
     with rasterio.open(tmp_path / "out" / OLINDA.name) as out:
-        assert out.descriptions == ("class",)
+        names = ", ".join(f"{i} {c['name']}" for i, c in enumerate(classes))
+        assert out.descriptions == (f"class ({names})",)
         assert json.loads(out.tags()["CLASS_NAMES"]) == [c["name"] for c in classes]
         colormap = out.colormap(1)
         for index, entry in enumerate(classes):
