@@ -12,16 +12,12 @@ import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
-from sparkinfer.writers import CLASS_NODATA
+from sparkinfer.writers import CLASS_NODATA, hex_rgb
 
 MAX_SIDE = 1024
 NODATA_RGB = (255, 255, 255)
 # Colours for models that bring none (Okabe-Ito, readable by colour-blind people).
 FALLBACK = ("#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#cc79a7")
-
-
-def _rgb(color: str) -> tuple[int, int, int]:
-    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def write_quicklook(
@@ -37,7 +33,7 @@ def write_quicklook(
     names = names or tuple(f"class {i}" for i in range(present))
     colors = colors or tuple(FALLBACK[i % len(FALLBACK)] for i in range(len(names)))
     palette = np.full((256, 3), NODATA_RGB, np.uint8)
-    palette[: len(colors)] = [_rgb(c) for c in colors]
+    palette[: len(colors)] = [hex_rgb(c) for c in colors]
     image = Image.fromarray(palette[classes])
 
     font = ImageFont.load_default(size=14)
@@ -49,7 +45,7 @@ def write_quicklook(
     draw = ImageDraw.Draw(canvas)
     for i, (name, color) in enumerate(zip(names, colors, strict=True)):
         x, y = image.width + pad, pad + i * (swatch + pad)
-        draw.rectangle([x, y, x + swatch, y + swatch], fill=_rgb(color), outline="black")
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=hex_rgb(color), outline="black")
         draw.text((x + swatch + pad, y), name, fill="black", font=font)
     tmp = destination.with_name(f".{destination.name}.tmp")
     canvas.save(tmp, format="PNG")

@@ -40,6 +40,11 @@ CHUNK_PROFILE = {
 }
 
 
+def hex_rgb(color: str) -> tuple[int, int, int]:
+    """'#rrggbb' as an (r, g, b) tuple of 0-255 integers."""
+    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
+
+
 def temporary_name(path: Path) -> Path:
     """A unique sibling of `path` that readers ignore (leading dot, .tmp suffix)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -153,9 +158,9 @@ def _vrt_xml(
             f"    <NoDataValue>{nodata_text}</NoDataValue>",
         ]
         if colors:
-            rgb = [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in colors]
             lines += ["    <ColorInterp>Palette</ColorInterp>", "    <ColorTable>"]
-            lines += [f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="255"/>' for r, g, b in rgb]
+            lines += [f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="255"/>'
+                      for r, g, b in map(hex_rgb, colors)]  # fmt: skip
             lines.append("    </ColorTable>")
         for chunk in chunks:
             size = f'xSize="{chunk.width}" ySize="{chunk.height}"'
