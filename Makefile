@@ -7,7 +7,7 @@ SAMPLE_INPUT ?= data/nc_landsat7_2000.tif data/L7_ETMs.tif
 SAMPLE_MODEL ?= data/landcover.keras
 SAMPLE_OUTPUT ?= out/sample
 
-.PHONY: run test lint venv clean
+.PHONY: run test bench lint venv clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# Speed and memory against the bare model, a plain script and predict_batch_udf (about 25 min).
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

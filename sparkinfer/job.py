@@ -13,10 +13,12 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparkinfer import __version__
@@ -26,7 +28,13 @@ from sparkinfer.model import ModelInfo, ModelPackage, inspect_model, package_mod
 from sparkinfer.plan import RasterPlan, Tiling, round_up
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
-from sparkinfer.stage import StageSpec, infer_and_write, plan_dataframe
+from sparkinfer.stage import (
+    StageSpec,
+    infer_and_write,
+    ordered_dataframe,
+    plan_dataframe,
+    spark_schema,
+)
 from sparkinfer.writers import ChunkSpec, assemble_cog
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
@@ -162,7 +170,8 @@ def prepare_job(config: JobConfig) -> Job:
 
 
 def _chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
-    chunks = raster.plan.chunks().drop_columns(["tiles"]).to_pylist()
+    fields = ["chunk_row", "chunk_col", "row_off", "col_off", "height", "width"]
+    chunks = raster.plan.chunks().select(fields).to_pylist()
     return [ChunkSpec(folder=raster.staging, **c) for c in chunks]
 
 
@@ -181,6 +190,26 @@ def _assemble(task: tuple) -> dict:
                         model.class_colors)  # fmt: skip
     shutil.rmtree(raster.staging, ignore_errors=True)
     return {"input": raster.info.path, "assemble_s": time.perf_counter() - started}
+
+
+ASSEMBLED_SCHEMA = pa.schema([("input", pa.string()), ("assemble_s", pa.float64())])
+
+
+def assemble_on_executors(spark, tasks: list[tuple]) -> list[dict]:
+    """One Spark task per raster assembles its COG, so the driver never touches pixels.
+
+    A DataFrame stage, like inference, so it runs in the Python workers already started (an
+    RDD job would start others).
+    """
+
+    def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            done = [_assemble(tasks[i]) for i in batch.column("task").to_pylist()]
+            yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
+
+    frame = ordered_dataframe(spark, pa.table({"task": list(range(len(tasks)))}), len(tasks))
+    rows = frame.mapInArrow(assemble, spark_schema(ASSEMBLED_SCHEMA)).collect()
+    return [row.asDict() for row in rows]
 
 
 def run_job(spark, job: Job) -> dict:
@@ -224,7 +253,7 @@ def run_job(spark, job: Job) -> dict:
         (r, job.config.cog, job.model, metadata | {"source": r.info.path})
         for r in job.rasters
     ]
-    assembled = spark.sparkContext.parallelize(tasks, len(tasks)).map(_assemble).collect()
+    assembled = assemble_on_executors(spark, tasks)
     timings["assemble_s"] = time.perf_counter() - t
     staging_root = job.output / STAGING_FOLDER
     if staging_root.is_dir() and not any(staging_root.iterdir()):

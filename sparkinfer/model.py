@@ -99,7 +99,16 @@ class Predictor:
                 return signature(x)[output_key]
 
             self.input_key = next(iter(signature.structured_input_signature[1]))
+        def classify(x):
+            scores = call(x)
+            if scores.shape[-1] == 1:  # one sigmoid channel: binary segmentation
+                return tf.cast(scores[..., 0] >= 0.5, tf.uint8)
+            return tf.cast(tf.argmax(scores, axis=-1), tf.uint8)
+
         self._fn = tf.function(call, reduce_retracing=True)
+        # Classes computed in the graph: a quarter of the bytes of float scores (or less) leave
+        # TensorFlow, and no argmax in numpy.
+        self._classify = tf.function(classify, reduce_retracing=True)
         self.bands = self._input_bands()
 
     def _input_bands(self) -> int:
@@ -116,7 +125,12 @@ class Predictor:
         return int(shape[-1])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """The model's outputs (scores) for a batch."""
         return np.asarray(self._fn(batch))
+
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        """Class per pixel, uint8 (N, H, W): argmax of the scores, or score >= 0.5 for one."""
+        return np.asarray(self._classify(batch))
 
 
 def _load(path: Path, fmt: str) -> Predictor:

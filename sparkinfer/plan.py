@@ -149,7 +149,8 @@ class RasterPlan:
         """One row per chunk, in row-major order, with its core window and its tiles.
 
         Columns: `chunk_row`, `chunk_col`, `row_off`, `col_off`, `height`, `width` (the chunk's
-        core window) and `tiles`, a list of `TILE_TYPE` structs in row-major order.
+        core window), `read_row_off`, `read_col_off`, `read_height`, `read_width` (the union of
+        its tiles' read windows) and `tiles`, a list of `TILE_TYPE` structs in row-major order.
         """
         rows, cols = self.rows, self.cols
         side = self.tiling.chunk_tiles
@@ -185,6 +186,11 @@ class RasterPlan:
         col_off = columns["core_col_off"][first]
         height = columns["core_row_off"][last] + columns["core_height"][last] - row_off
         width = columns["core_col_off"][last] + columns["core_width"][last] - col_off
+        # The chunk's read window: the union of its tiles' read windows, read in one piece.
+        read_row_off = np.minimum.reduceat(columns["read_row_off"], first)
+        read_col_off = np.minimum.reduceat(columns["read_col_off"], first)
+        read_row_end = np.maximum.reduceat(columns["read_row_off"] + columns["read_height"], first)
+        read_col_end = np.maximum.reduceat(columns["read_col_off"] + columns["read_width"], first)
         return pa.table(
             {
                 "chunk_row": pa.array(tr[first] // side, pa.int32()),
@@ -193,6 +199,10 @@ class RasterPlan:
                 "col_off": pa.array(col_off, pa.int32()),
                 "height": pa.array(height, pa.int32()),
                 "width": pa.array(width, pa.int32()),
+                "read_row_off": pa.array(read_row_off, pa.int32()),
+                "read_col_off": pa.array(read_col_off, pa.int32()),
+                "read_height": pa.array(read_row_end - read_row_off, pa.int32()),
+                "read_width": pa.array(read_col_end - read_col_off, pa.int32()),
                 "tiles": pa.ListArray.from_arrays(pa.array(offsets), tiles),
             }
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import rasterio
@@ -24,6 +25,11 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 GDAL_READ_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 256}
 
 
+# "none": every pixel is valid; "nodata": bands mark invalid pixels with their nodata value
+# (found by comparing the pixels already read); "mask": an internal mask or an alpha band.
+Masking = Literal["none", "nodata", "mask"]
+
+
 @dataclass(frozen=True)
 class RasterInfo:
     """Metadata of one input raster: all the driver ever reads of it."""
@@ -36,7 +42,8 @@ class RasterInfo:
     crs: str | None  # WKT
     transform: tuple[float, ...]  # affine a, b, c, d, e, f
     nodata: float | None
-    has_mask: bool  # any band masked by nodata, an internal mask or alpha
+    masking: Masking  # how invalid pixels are marked in the bands
+
 
     @property
     def name(self) -> str:
@@ -82,7 +89,6 @@ def read_info(path: str | Path) -> RasterInfo:
                 raise InputError(f"{path}: bands have different data types {src.dtypes}")
             if src.crs is None or src.transform.is_identity:
                 raise InputError(f"{path}: raster has no georeference (CRS and transform)")
-            flags = [f for band in src.mask_flag_enums for f in band]
             return RasterInfo(
                 path=str(path),
                 width=src.width,
@@ -92,10 +98,19 @@ def read_info(path: str | Path) -> RasterInfo:
                 crs=src.crs.to_wkt(),
                 transform=tuple(src.transform)[:6],
                 nodata=src.nodata,
-                has_mask=any(f != MaskFlags.all_valid for f in flags),
+                masking=_masking(src),
             )
     except RasterioError as exc:
         raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from None
+
+
+def _masking(src: rasterio.DatasetReader) -> Masking:
+    flags = {f for band in src.mask_flag_enums for f in band}
+    if flags == {MaskFlags.all_valid}:
+        return "none"
+    if flags == {MaskFlags.nodata}:
+        return "nodata"
+    return "mask"
 
 
 def _first_line(exc: Exception) -> str:
@@ -110,27 +125,52 @@ def read_window(
     col_off: int,
     height: int,
     width: int,
-    check_mask: bool,
+    masking: Masking,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels (height, width, bands) as float32 and validity (height, width) of a window.
+    """Pixels (bands, height, width) in the raster's own type and validity (height, width).
 
     The window may reach past the raster's bottom and right edges (padding for strided models):
     those pixels are zero and invalid. A pixel is invalid where any selected band is masked
     (nodata, internal mask or alpha) or not finite.
     """
-    pixels = np.zeros((height, width, len(bands)), np.float32)
+    data = np.zeros((len(bands), height, width), src.dtypes[bands[0] - 1])
     valid = np.zeros((height, width), bool)
     h = max(0, min(height, src.height - row_off))
     w = max(0, min(width, src.width - col_off))
     if h and w:
         window = Window(col_off, row_off, w, h)
-        data = src.read(bands, window=window, out_dtype=np.float32)
-        pixels[:h, :w] = np.moveaxis(data, 0, -1)
-        inside = np.isfinite(data).all(axis=0)
-        if check_mask:
-            inside &= src.read_masks(bands, window=window).all(axis=0)
-        valid[:h, :w] = inside
-    return pixels, valid
+        inside = data[:, :h, :w]
+        src.read(bands, window=window, out=inside)
+        ok = valid[:h, :w]
+        ok[:] = True
+        if data.dtype.kind == "f":
+            ok &= np.isfinite(inside).all(axis=0)
+        if masking == "nodata":  # compared in the band's own type, before any conversion
+            for values, band in zip(inside, bands, strict=True):
+                marker = _nodata_marker(values.dtype, src.nodatavals[band - 1])
+                if marker is not None:
+                    ok &= values != marker
+        elif masking == "mask":
+            ok &= src.read_masks(bands, window=window).all(axis=0)
+    return data, valid
+
+
+def model_input(data: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.ndarray:
+    """A window as the model takes it: float32 (height, width, bands), normalised."""
+    pixels = np.empty((*data.shape[1:], data.shape[0]), np.float32)
+    pixels[:] = np.moveaxis(data, 0, -1)
+    return normalize(pixels, valid, norm)
+
+
+def _nodata_marker(dtype: np.dtype, nodata: float | None):
+    """The band's nodata value in its own type; None where no pixel can equal it."""
+    if nodata is None or np.isnan(nodata):  # NaN is caught as non-finite
+        return None
+    if dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        if nodata != int(nodata) or not limits.min <= nodata <= limits.max:
+            return None
+    return dtype.type(nodata)
 
 
 def normalize(pixels: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.ndarray:
@@ -142,5 +182,6 @@ def normalize(pixels: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.
     if norm.mean is not None:
         pixels -= np.asarray(norm.mean, np.float32)
         pixels /= np.asarray(norm.std, np.float32)
-    pixels[~valid] = 0.0
+    if not valid.all():
+        pixels[~valid] = 0.0
     return pixels

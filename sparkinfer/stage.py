@@ -2,17 +2,19 @@
 
 Spark is only at the edges of this module. `plan_dataframe` turns the plan (an Arrow table, one
 row per chunk with its tiles) into a DataFrame whose partitions are runs of spatially adjacent
-chunks. `predict_tiles` and `write_chunks` are the per-partition functions given to
-`mapInArrow`: the first reads read windows with rasterio, runs the model on batches of tiles and
-yields each tile's cropped prediction as Arrow binary columns; the second streams those into the
-chunk GeoTIFFs and yields one small row per chunk. Both run in the same Python worker, one after
-the other on the same iterator, so predictions never leave the executor.
+chunks. `predict_tiles` and `write_chunks` run, chained, in each partition's `mapInArrow`: the
+first reads read windows with rasterio on a background thread (ahead of the model), runs the
+model on batches of tiles and yields each tile's prediction cropped to its core; the second
+streams those into the chunk GeoTIFFs and yields one small row per chunk. Predictions stay numpy
+arrays inside the Python worker: they never leave the executor.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -23,7 +25,7 @@ import rasterio
 
 from sparkinfer.config import Normalization
 from sparkinfer.model import ModelPackage, load_package
-from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, normalize, read_window
+from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, model_input, read_window
 from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter
 
 
@@ -40,31 +42,7 @@ class StageSpec:
     scores: bool
 
 
-CHUNK_KEY = ("raster_index", "chunk_row", "chunk_col")
-
-PREDICTION_SCHEMA = pa.schema(
-    [
-        ("raster_index", pa.int32()),
-        ("chunk_row", pa.int32()),
-        ("chunk_col", pa.int32()),
-        ("chunk_row_off", pa.int32()),
-        ("chunk_col_off", pa.int32()),
-        ("chunk_height", pa.int32()),
-        ("chunk_width", pa.int32()),
-        ("chunk_tiles", pa.int32()),
-        ("tile_row", pa.int32()),
-        ("tile_col", pa.int32()),
-        ("row_off", pa.int32()),
-        ("col_off", pa.int32()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("inferred", pa.bool_()),
-        ("classes", pa.binary()),  # uint8 (height, width), CLASS_NODATA where invalid
-        ("scores", pa.binary()),  # float32 (height, width, classes), NaN where invalid; or null
-        ("read_s", pa.float64()),
-        ("infer_s", pa.float64()),
-    ]
-)
+CHUNK_FIELDS = ("raster_index", "chunk_row", "chunk_col")
 
 CHUNK_RESULT_SCHEMA = pa.schema(
     [
@@ -82,25 +60,42 @@ CHUNK_RESULT_SCHEMA = pa.schema(
 
 
 def plan_dataframe(spark, chunk_tables: list[pa.Table], partitions: int):
-    """A DataFrame of chunks with `partitions` partitions of consecutive chunks.
-
-    `createDataFrame` makes one partition per record batch of the Arrow table, so the table is
-    built from exactly one batch per partition.
-    """
+    """A DataFrame of the chunks of every raster, in `partitions` runs of consecutive chunks."""
     table = pa.concat_tables(
         t.add_column(0, "raster_index", pa.array(np.full(len(t), i, np.int32)))
         for i, t in enumerate(chunk_tables)
-    ).combine_chunks()
+    )
+    return ordered_dataframe(spark, table, partitions)
+
+
+def ordered_dataframe(spark, table: pa.Table, partitions: int):
+    """`table` as a DataFrame of `partitions` partitions that keep its rows in order.
+
+    `createDataFrame` makes one partition per record batch of an Arrow table, so the table is
+    rebuilt from exactly one batch per partition.
+    """
+    table = table.combine_chunks()
     bounds = np.linspace(0, len(table), min(partitions, len(table)) + 1).astype(int)
     batches = [table.slice(a, b - a).to_batches()[0] for a, b in pairwise(bounds)]
     return spark.createDataFrame(pa.Table.from_batches(batches))
 
 
 @dataclass
-class _PendingTile:
-    row: dict
-    pixels: np.ndarray
-    valid: np.ndarray  # of the core only
+class TileResult:
+    """One tile's prediction, cropped to its core, on its way from the model to a chunk file."""
+
+    tile: dict  # the plan's chunk fields (raster_index, chunk_*) and tile fields
+    classes: np.ndarray | None  # uint8 (core_height, core_width); None: core all nodata, skipped
+    scores: np.ndarray | None  # float32 (core_height, core_width, classes), when asked for
+    read_s: float
+    infer_s: float = 0.0
+
+
+@dataclass
+class _ReadTile:
+    tile: dict
+    pixels: np.ndarray | None  # normalised read window; None when its core is all nodata
+    valid: np.ndarray | None  # of the core
     read_s: float
 
 
@@ -111,163 +106,186 @@ def _task_cpus() -> int:
     return context.cpus() if context is not None else 1
 
 
+def _plan_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[dict]:
+    """The tiles of each chunk row, each with its chunk's fields."""
+    for batch in batches:
+        for chunk in batch.to_pylist():
+            fields = {
+                "raster_index": chunk["raster_index"],
+                "chunk_row": chunk["chunk_row"],
+                "chunk_col": chunk["chunk_col"],
+                "chunk_row_off": chunk["row_off"],
+                "chunk_col_off": chunk["col_off"],
+                "chunk_height": chunk["height"],
+                "chunk_width": chunk["width"],
+                "chunk_tiles": len(chunk["tiles"]),
+                "chunk_read_row_off": chunk["read_row_off"],
+                "chunk_read_col_off": chunk["read_col_off"],
+                "chunk_read_height": chunk["read_height"],
+                "chunk_read_width": chunk["read_width"],
+            }
+            for tile in chunk["tiles"]:
+                yield fields | tile
+
+
+class _TileReader:
+    """Reads tiles' windows; used from one thread only.
+
+    Each chunk's read window is read once and its tiles are cut from it: tiles' windows overlap
+    by the halo and cross GeoTIFF blocks, so reading them one by one would decode most blocks
+    several times. Memory holds one chunk window, in the raster's own type.
+    """
+
+    def __init__(self, spec: StageSpec) -> None:
+        self.spec = spec
+        self.datasets: dict[int, rasterio.DatasetReader] = {}
+        self.chunk_key: tuple | None = None
+        self.chunk: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _read_chunk(self, tile: dict) -> tuple[np.ndarray, np.ndarray]:
+        key = tuple(tile[k] for k in CHUNK_FIELDS)
+        if key != self.chunk_key:
+            self.chunk = None  # release the previous window before reading the next
+            index = tile["raster_index"]
+            info = self.spec.rasters[index]
+            with rasterio.Env(**GDAL_READ_OPTIONS):
+                if index not in self.datasets:
+                    self.datasets[index] = rasterio.open(info.path)
+                self.chunk = read_window(
+                    self.datasets[index], list(self.spec.bands), tile["chunk_read_row_off"],
+                    tile["chunk_read_col_off"], tile["chunk_read_height"],
+                    tile["chunk_read_width"], info.masking,
+                )  # fmt: skip
+            self.chunk_key = key
+        return self.chunk
+
+    def read(self, tile: dict) -> _ReadTile:
+        started = time.perf_counter()
+        data, valid = self._read_chunk(tile)
+        top = tile["read_row_off"] - tile["chunk_read_row_off"]
+        left = tile["read_col_off"] - tile["chunk_read_col_off"]
+        rows = slice(top, top + tile["read_height"])
+        cols = slice(left, left + tile["read_width"])
+        window_valid = valid[rows, cols]
+        top = tile["core_row_off"] - tile["read_row_off"]
+        left = tile["core_col_off"] - tile["read_col_off"]
+        core_valid = window_valid[top : top + tile["core_height"], left : left + tile["core_width"]]
+        if not core_valid.any():
+            return _ReadTile(tile, None, None, time.perf_counter() - started)
+        pixels = model_input(data[:, rows, cols], window_valid, self.spec.normalization)
+        return _ReadTile(tile, pixels, core_valid.copy(), time.perf_counter() - started)
+
+    def close(self) -> None:
+        for src in self.datasets.values():
+            src.close()
+
+
+def _prefetched(tiles: Iterator[dict], spec: StageSpec) -> Iterator[_ReadTile]:
+    """Tiles read by a background thread, up to a batch ahead of the model.
+
+    GDAL reads and TensorFlow both release the GIL, so the next batch's windows are read and
+    decoded while the model runs on this one. The plan rows are consumed on the calling thread.
+    """
+    reader = _TileReader(spec)
+    ahead: deque[Future] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="sparkinfer-read") as pool:
+        try:
+            for tile in tiles:
+                ahead.append(pool.submit(reader.read, tile))
+                if len(ahead) > spec.batch_size:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+            pool.submit(reader.close).result()
+
+
 def predict_tiles(
     batches: Iterator[pa.RecordBatch], spec: StageSpec, package: ModelPackage
-) -> Iterator[pa.RecordBatch]:
-    """Per partition of chunk rows: each tile's cropped prediction, one record batch per model call.
+) -> Iterator[TileResult]:
+    """Per partition of chunk rows: each tile's prediction cropped to its core.
 
-    Tiles whose core is all nodata are not sent to the model; they come back with
-    `inferred=False` and a class map of CLASS_NODATA.
+    Tiles whose core is all nodata are not sent to the model.
     """
     predictor = None
-    datasets: dict[int, rasterio.DatasetReader] = {}
-    pending: list[_PendingTile] = []
-    bands = list(spec.bands)
+    pending: list[_ReadTile] = []
 
-    def run_batch() -> pa.RecordBatch:
+    def run_batch() -> Iterator[TileResult]:
         nonlocal predictor
         if predictor is None:
             predictor = load_package(package, threads=_task_cpus())
         started = time.perf_counter()
-        output = predictor(np.stack([p.pixels for p in pending]))
+        pixels = np.stack([p.pixels for p in pending])
+        outputs = predictor(pixels) if spec.scores else predictor.classify(pixels)
         share = (time.perf_counter() - started) / len(pending)
-        rows = []
-        for tile, out in zip(pending, output, strict=True):
-            r = tile.row
-            top, left = r["core_row_off"] - r["read_row_off"], r["core_col_off"] - r["read_col_off"]
-            core = out[top : top + r["core_height"], left : left + r["core_width"]]
-            rows.append(_prediction_row(r, core, tile.valid, spec.scores, tile.read_s, share))
+        for read, out in zip(pending, outputs, strict=True):
+            t = read.tile
+            top, left = t["core_row_off"] - t["read_row_off"], t["core_col_off"] - t["read_col_off"]
+            core = out[top : top + t["core_height"], left : left + t["core_width"]]
+            classes, scores = _core_outputs(core, read.valid, spec.scores)
+            yield TileResult(t, classes, scores, read.read_s, share)
         pending.clear()
-        return _to_batch(rows)
 
-    with rasterio.Env(**GDAL_READ_OPTIONS):
-        try:
-            for batch in batches:
-                for chunk in batch.to_pylist():
-                    index = chunk["raster_index"]
-                    info = spec.rasters[index]
-                    if index not in datasets:
-                        datasets[index] = rasterio.open(info.path)
-                    src = datasets[index]
-                    chunk_fields = {
-                        "raster_index": index,
-                        "chunk_row": chunk["chunk_row"],
-                        "chunk_col": chunk["chunk_col"],
-                        "chunk_row_off": chunk["row_off"],
-                        "chunk_col_off": chunk["col_off"],
-                        "chunk_height": chunk["height"],
-                        "chunk_width": chunk["width"],
-                        "chunk_tiles": len(chunk["tiles"]),
-                    }
-                    for tile in chunk["tiles"]:
-                        row = chunk_fields | tile
-                        started = time.perf_counter()
-                        pixels, valid = read_window(
-                            src, bands, tile["read_row_off"], tile["read_col_off"],
-                            tile["read_height"], tile["read_width"], check_mask=info.has_mask,
-                        )  # fmt: skip
-                        top = tile["core_row_off"] - tile["read_row_off"]
-                        left = tile["core_col_off"] - tile["read_col_off"]
-                        core_valid = valid[
-                            top : top + tile["core_height"], left : left + tile["core_width"]
-                        ]
-                        if not core_valid.any():
-                            read_s = time.perf_counter() - started
-                            yield _to_batch([_skipped_row(row, read_s)])
-                            continue
-                        normalize(pixels, valid, spec.normalization)
-                        read_s = time.perf_counter() - started
-                        if pending and pending[0].pixels.shape != pixels.shape:
-                            yield run_batch()
-                        pending.append(_PendingTile(row, pixels, core_valid.copy(), read_s))
-                        if len(pending) >= spec.batch_size:
-                            yield run_batch()
-            if pending:
-                yield run_batch()
-        finally:
-            for src in datasets.values():
-                src.close()
+    for read in _prefetched(_plan_tiles(batches), spec):
+        if read.pixels is None:
+            yield TileResult(read.tile, None, None, read.read_s)
+            continue
+        if pending and pending[0].pixels.shape != read.pixels.shape:
+            yield from run_batch()
+        pending.append(read)
+        if len(pending) >= spec.batch_size:
+            yield from run_batch()
+    if pending:
+        yield from run_batch()
 
 
-def _prediction_row(row, core, valid, with_scores, read_s, infer_s) -> dict:
-    if core.shape[-1] == 1:  # one sigmoid channel: binary segmentation
-        classes = (core[..., 0] >= 0.5).astype(np.uint8)
-    else:
-        classes = core.argmax(axis=-1).astype(np.uint8)
-    classes[~valid] = CLASS_NODATA
+def _core_outputs(core: np.ndarray, valid: np.ndarray, with_scores: bool):
+    """Class map and scores (when asked for) of a tile's core, nodata where it is invalid."""
     scores = None
     if with_scores:
+        if core.shape[-1] == 1:  # one sigmoid channel: binary segmentation
+            classes = (core[..., 0] >= 0.5).astype(np.uint8)
+        else:
+            classes = core.argmax(axis=-1).astype(np.uint8)
         scores = core.astype(np.float32, copy=True)
         scores[~valid] = np.nan
-        scores = scores.tobytes()
-    return _output_row(row, True, classes.tobytes(), scores, read_s, infer_s)
+    else:
+        classes = core.copy()
+    classes[~valid] = CLASS_NODATA
+    return classes, scores
 
 
-def _skipped_row(row, read_s) -> dict:
-    return _output_row(row, False, None, None, read_s, 0.0)
-
-
-def _output_row(row, inferred, classes, scores, read_s, infer_s) -> dict:
-    return {
-        **{k: row[k] for k in PREDICTION_SCHEMA.names[:8]},
-        "tile_row": row["tile_row"],
-        "tile_col": row["tile_col"],
-        "row_off": row["core_row_off"],
-        "col_off": row["core_col_off"],
-        "height": row["core_height"],
-        "width": row["core_width"],
-        "inferred": inferred,
-        "classes": classes,
-        "scores": scores,
-        "read_s": read_s,
-        "infer_s": infer_s,
-    }
-
-
-def _to_batch(rows: list[dict]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=PREDICTION_SCHEMA)
-
-
-def write_chunks(
-    predictions: Iterator[pa.RecordBatch], spec: StageSpec
-) -> Iterator[pa.RecordBatch]:
+def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.RecordBatch]:
     """Stream tile predictions into chunk files; one result row per chunk once it is complete."""
     open_chunks: dict[tuple, tuple[ChunkWriter, dict]] = {}
     try:
-        for batch in predictions:
-            for row in batch.to_pylist():
-                key = tuple(row[k] for k in CHUNK_KEY)
-                if key not in open_chunks:
-                    open_chunks[key] = (_open_chunk(row, spec), _new_result(row))
-                writer, result = open_chunks[key]
-                started = time.perf_counter()
-                height, width = row["height"], row["width"]
-                if row["inferred"]:
-                    classes = np.frombuffer(row["classes"], np.uint8).reshape(height, width)
-                    scores = None
-                    if row["scores"] is not None:
-                        scores = np.frombuffer(row["scores"], np.float32).reshape(
-                            height, width, spec.classes
-                        )
-                    result["inferred"] += 1
-                else:
-                    classes = np.full((height, width), CLASS_NODATA, np.uint8)
-                    scores = (
-                        np.full((height, width, spec.classes), np.nan, np.float32)
-                        if spec.scores
-                        else None
-                    )
-                    result["skipped"] += 1
-                writer.write(row["row_off"], row["col_off"], classes, scores)
-                result["read_s"] += row["read_s"]
-                result["infer_s"] += row["infer_s"]
-                result["write_s"] += time.perf_counter() - started
-                if result["inferred"] + result["skipped"] == result["tiles"]:
-                    started = time.perf_counter()
-                    writer.commit()
-                    result["write_s"] += time.perf_counter() - started
-                    del open_chunks[key]
-                    yield pa.RecordBatch.from_pylist([result], schema=CHUNK_RESULT_SCHEMA)
+        for result in results:
+            tile = result.tile
+            key = tuple(tile[k] for k in CHUNK_FIELDS)
+            if key not in open_chunks:
+                open_chunks[key] = (_open_chunk(tile, spec), _new_summary(tile))
+            writer, summary = open_chunks[key]
+            started = time.perf_counter()
+            height, width = tile["core_height"], tile["core_width"]
+            classes, scores = result.classes, result.scores
+            if classes is None:
+                classes = np.full((height, width), CLASS_NODATA, np.uint8)
+                if spec.scores:
+                    scores = np.full((height, width, spec.classes), np.nan, np.float32)
+                summary["skipped"] += 1
+            else:
+                summary["inferred"] += 1
+            writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
+            summary["read_s"] += result.read_s
+            summary["infer_s"] += result.infer_s
+            if summary["inferred"] + summary["skipped"] == summary["tiles"]:
+                writer.commit()
+                del open_chunks[key]
+            summary["write_s"] += time.perf_counter() - started
+            if key not in open_chunks:
+                yield pa.RecordBatch.from_pylist([summary], schema=CHUNK_RESULT_SCHEMA)
         if open_chunks:
             raise RuntimeError(f"chunks left incomplete: {sorted(open_chunks)}")
     finally:
@@ -288,7 +306,7 @@ def _open_chunk(row: dict, spec: StageSpec) -> ChunkWriter:
     return ChunkWriter(chunk, spec.rasters[row["raster_index"]], spec.classes, spec.scores)
 
 
-def _new_result(row: dict) -> dict:
+def _new_summary(row: dict) -> dict:
     return {
         "raster_index": row["raster_index"],
         "chunk_row": row["chunk_row"],
@@ -310,22 +328,14 @@ def infer_and_write(spark, plan_df, spec: StageSpec, package: ModelPackage) -> p
         yield from write_chunks(predict_tiles(batches, spec, model.value), spec)
 
     try:
-        rows = plan_df.mapInArrow(partition, _spark_schema(CHUNK_RESULT_SCHEMA)).collect()
+        rows = plan_df.mapInArrow(partition, spark_schema(CHUNK_RESULT_SCHEMA)).collect()
     finally:
         model.unpersist()
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
 
 
-def prediction_dataframe(spark, plan_df, spec: StageSpec, package: ModelPackage):
-    """Tile predictions as a DataFrame (PREDICTION_SCHEMA), for callers that write elsewhere."""
-    model = spark.sparkContext.broadcast(package)
-    return plan_df.mapInArrow(
-        lambda batches: predict_tiles(batches, spec, model.value),
-        _spark_schema(PREDICTION_SCHEMA),
-    )
-
-
-def _spark_schema(schema: pa.Schema):
+def spark_schema(schema: pa.Schema):
+    """The Spark StructType of an Arrow schema."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(schema)

@@ -58,6 +58,12 @@ def test_chunks_partition_tiles_in_adjacent_blocks(height, width, tile, chunk_ti
             assert tile["tile_col"] // chunk_tiles == chunk["chunk_col"]
             assert chunk["row_off"] <= tile["core_row_off"]
             assert tile["core_row_off"] + tile["core_height"] <= chunk["row_off"] + chunk["height"]
+            # The chunk's read window (read in one piece) holds every tile's read window.
+            for axis, size in (("row", "height"), ("col", "width")):
+                start = chunk[f"read_{axis}_off"]
+                assert start <= tile[f"read_{axis}_off"]
+                stop = start + chunk[f"read_{size}"]
+                assert tile[f"read_{axis}_off"] + tile[f"read_{size}"] <= stop
     assert (covered == 1).all(), "chunks cover the raster exactly once"
     assert len(seen) == plan.tile_count
 

@@ -1,0 +1,329 @@
+"""The four ways to run a model over a raster that the benchmark compares, one per process.
+
+    python -m benchmarks.paths PATH --raster R --model M --output DIR --result R.json [...]
+
+Every path gets its tiles from sparkinfer's plan for the same config, so all four compute the
+same read windows (core + halo) and produce the same useful pixels; only how they get there
+differs. Each prints nothing and writes one JSON result: seconds, useful pixels and the peak
+resident memory (VmHWM) of this process and of every process it started (the JVM, the Python
+workers), read before Spark stops.
+
+- model_only: the model on tensors already in memory, batch by batch (the limit).
+- plain_script: what a user writes instead: one process, rasterio + TensorFlow, a sliding window
+  over the raster that writes a tiled GeoTIFF.
+- predict_batch_udf: Spark's built-in UDF, fed tile windows it reads itself, its class maps
+  written to tile files and assembled into the same COG as sparkinfer's.
+- sparkinfer: the job itself, end to end (prepare_job + run_job), COG included.
+
+Start-up is timed apart from a path's seconds, since a long job pays it once: the interpreter and
+the TensorFlow import of every path, and for the Spark paths the session start and a first job
+that starts one Python worker per core and imports TensorFlow there (`spark_warmup_s`). Model
+loading and graph tracing stay inside every path's seconds, on every worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS = ROOT / "conf" / "default.yaml"
+SPARK_DEFAULTS = ROOT / "conf" / "spark-defaults.conf"
+SCALE = 1 / 255
+
+
+def _vm_hwm_mb(pid: int | str) -> float:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def peak_memory() -> dict:
+    """Peak resident memory in MiB of this process, its JVM and its Python workers."""
+    jvm, workers = 0.0, []
+    for pid in _descendants(os.getpid()):
+        try:
+            exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        except OSError:
+            continue
+        if exe == "java":
+            jvm = max(jvm, _vm_hwm_mb(pid))
+        elif exe.startswith("python"):
+            workers.append(_vm_hwm_mb(pid))
+    return {
+        "driver_mb": round(_vm_hwm_mb("self"), 1),
+        "jvm_mb": round(jvm, 1),
+        "worker_max_mb": round(max(workers, default=0.0), 1),
+        "python_processes": len(workers),
+    }
+
+
+def _job(args):
+    from sparkinfer.cli import config_from_args
+    from sparkinfer.job import prepare_job
+
+    argv = ["--input", str(args.raster), "--model", str(args.model), "--output", str(args.output),
+            "--tile-size", str(args.tile_size), "--scale", str(SCALE)]  # fmt: skip
+    return prepare_job(config_from_args(argv, defaults_file=DEFAULTS))
+
+
+def _tiles(job) -> list[dict]:
+    return [t for chunk in job.rasters[0].plan.chunks().to_pylist() for t in chunk["tiles"]]
+
+
+def _read(src, tile: dict) -> np.ndarray:
+    from sparkinfer.raster import model_input, read_window
+
+    data, valid = read_window(src, list(range(1, src.count + 1)), tile["read_row_off"],
+                              tile["read_col_off"], tile["read_height"], tile["read_width"],
+                              masking="nodata")  # fmt: skip
+    return model_input(data, valid, _normalization())
+
+
+def _normalization():
+    from sparkinfer.config import Normalization
+
+    return Normalization(scale=SCALE)
+
+
+def model_only(args) -> dict:
+    import rasterio
+
+    from sparkinfer.model import load_model
+
+    job = _job(args)
+    tiles = _tiles(job)
+    with rasterio.open(args.raster) as src:
+        windows = [_read(src, t) for t in tiles]
+    size = job.config.batch_size
+    batches = [np.stack(windows[i : i + size]) for i in range(0, len(windows), size)]
+    del windows
+    predictor = load_model(args.model)
+    predictor(batches[0])  # trace the graph once, outside the timing
+    started = time.perf_counter()
+    for batch in batches:
+        predictor(batch)
+    return {"seconds": time.perf_counter() - started, "memory": peak_memory()}
+
+
+def plain_script(args) -> dict:
+    """A single-process sliding window, written the way a user would."""
+    import keras
+    import rasterio
+    from rasterio.windows import Window
+
+    job = _job(args)
+    tiles = _tiles(job)
+    started = time.perf_counter()
+    model = keras.models.load_model(args.model, compile=False)
+    output = Path(args.output) / "plain.tif"
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    with rasterio.open(args.raster) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 255, "tiled": True,
+                                 "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+                                 "predictor": 2}  # fmt: skip
+        with rasterio.open(output, "w", **profile) as dst:
+            for i in range(0, len(tiles), job.config.batch_size):
+                batch = tiles[i : i + job.config.batch_size]
+                scores = model.predict_on_batch(np.stack([_read(src, t) for t in batch]))
+                for tile, score in zip(batch, scores, strict=True):
+                    top = tile["core_row_off"] - tile["read_row_off"]
+                    left = tile["core_col_off"] - tile["read_col_off"]
+                    h, w = tile["core_height"], tile["core_width"]
+                    window = Window(tile["core_col_off"], tile["core_row_off"], w, h)
+                    classes = score[top : top + h, left : left + w].argmax(-1).astype(np.uint8)
+                    classes[~src.read_masks(1, window=window).astype(bool)] = 255
+                    dst.write(classes, 1, window=window)
+    return {"seconds": time.perf_counter() - started, "memory": peak_memory()}
+
+
+def _spark(cores: int):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master(f"local[{cores}]").appName("sparkinfer-bench")
+    for line in SPARK_DEFAULTS.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = line.split(None, 1)
+            builder = builder.config(key, value.strip())
+    spark = builder.config("spark.ui.enabled", "false").getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _warm_up(spark, cores: int) -> None:
+    """Start one Python worker per core and import TensorFlow in it, as a first job would."""
+
+    def import_tensorflow(batches):
+        import tensorflow  # noqa: F401
+
+        yield from batches
+
+    spark.range(cores, numPartitions=cores).mapInArrow(import_tensorflow, "id long").collect()
+
+
+def _started_spark(cores: int) -> tuple[object, dict]:
+    t = time.perf_counter()
+    spark = _spark(cores)
+    session_s = time.perf_counter() - t
+    t = time.perf_counter()
+    _warm_up(spark, cores)
+    return spark, {"session_start_s": session_s, "spark_warmup_s": time.perf_counter() - t}
+
+
+def sparkinfer(args) -> dict:
+    from sparkinfer.job import run_job
+
+    spark, startup = _started_spark(args.cores)
+    try:
+        started = time.perf_counter()
+        report = run_job(spark, _job(args))
+        seconds = time.perf_counter() - started
+        memory = peak_memory()
+    finally:
+        spark.stop()
+    return {"seconds": seconds, "startup": startup, "memory": memory, "report": report}
+
+
+def predict_batch_udf(args) -> dict:
+    import pyarrow as pa
+    from pyspark.ml.functions import predict_batch_udf as spark_predict_batch_udf
+    from pyspark.sql.functions import array
+    from pyspark.sql.types import ArrayType, ByteType
+
+    from sparkinfer.config import CogOptions
+    from sparkinfer.stage import ordered_dataframe
+    from sparkinfer.writers import assemble_cog
+
+    spark, startup = _started_spark(args.cores)
+    try:
+        started = time.perf_counter()
+        job = _job(args)
+        tiles = _tiles(job)
+        info, tile_size = job.rasters[0].info, job.tiling.tile_size
+        folder = Path(args.output) / "_tiles"
+        folder.mkdir(parents=True, exist_ok=True)
+        raster, model_path = str(args.raster), str(args.model)
+
+        def make_predict_fn():
+            import keras
+            import rasterio
+
+            from sparkinfer.model import configure_tensorflow_threads
+
+            configure_tensorflow_threads(1)  # one core per task, as Spark scheduled it
+            model = keras.models.load_model(model_path, compile=False)
+            src = rasterio.open(raster)
+
+            def predict(windows: np.ndarray) -> np.ndarray:
+                batch = [dict(zip(FIELDS, map(int, values), strict=True)) for values in windows]
+                pixels = np.stack([_read(src, t) for t in batch])
+                scores = model.predict_on_batch(pixels)
+                out = np.full((len(batch), tile_size * tile_size), 255, np.uint8)
+                for i, (t, score) in enumerate(zip(batch, scores, strict=True)):
+                    top = t["core_row_off"] - t["read_row_off"]
+                    left = t["core_col_off"] - t["read_col_off"]
+                    h, w = t["core_height"], t["core_width"]
+                    out[i, : h * w] = score[top : top + h, left : left + w].argmax(-1).ravel()
+                return out.view(np.int8)  # Spark has no unsigned byte
+
+            return predict
+
+        classify = spark_predict_batch_udf(
+            make_predict_fn, return_type=ArrayType(ByteType()), batch_size=job.config.batch_size,
+            input_tensor_shapes=[[len(FIELDS)]],
+        )  # fmt: skip
+        frame = ordered_dataframe(
+            spark, pa.Table.from_pylist(tiles), 4 * spark.sparkContext.defaultParallelism
+        )
+        predicted = frame.withColumn("classes", classify(array(*FIELDS)))
+
+        def write_tiles(batches):
+            from sparkinfer.writers import ChunkWriter
+
+            for batch in batches:
+                flat = batch.column("classes").flatten().to_numpy().view(np.uint8)
+                for i, t in enumerate(batch.drop_columns(["classes"]).to_pylist()):
+                    h, w = t["core_height"], t["core_width"]
+                    start = i * tile_size * tile_size
+                    classes = flat[start : start + h * w].reshape(h, w)
+                    writer = ChunkWriter(_tile_chunk(folder, t), info, 8, False)
+                    writer.write(t["core_row_off"], t["core_col_off"], classes, None)
+                    writer.commit()
+                yield pa.RecordBatch.from_pydict({"tiles": [batch.num_rows]})
+
+        predicted.mapInArrow(write_tiles, "tiles long").collect()
+        chunks = [_tile_chunk(folder, t) for t in tiles]
+        assemble_cog(info, chunks, Path(args.output) / "udf.tif", CogOptions(), scores=False,
+                     classes=job.model.classes, metadata={})  # fmt: skip
+        seconds = time.perf_counter() - started
+        memory = peak_memory()
+    finally:
+        spark.stop()
+    return {"seconds": seconds, "startup": startup, "memory": memory}
+
+
+FIELDS = ("tile_row", "tile_col", "core_row_off", "core_col_off", "core_height", "core_width",
+          "read_row_off", "read_col_off", "read_height", "read_width")  # fmt: skip
+
+
+def _tile_chunk(folder: Path, tile: dict):
+    from sparkinfer.writers import ChunkSpec
+
+    return ChunkSpec(folder, tile["tile_row"], tile["tile_col"], tile["core_row_off"],
+                     tile["core_col_off"], tile["core_height"], tile["core_width"])  # fmt: skip
+
+
+PATHS = {f.__name__: f for f in (model_only, plain_script, predict_batch_udf, sparkinfer)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", choices=sorted(PATHS))
+    parser.add_argument("--raster", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    import tensorflow  # noqa: F401  (start-up, outside every path's timing)
+
+    result = PATHS[args.path](args)
+    args.result.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
