@@ -95,6 +95,8 @@ def _job(args):
 
     argv = ["--input", str(args.raster), "--model", str(args.model), "--output", str(args.output),
             "--tile-size", str(args.tile_size), "--scale", str(SCALE)]  # fmt: skip
+    if args.batch_size:
+        argv += ["--batch-size", str(args.batch_size)]
     return prepare_job(config_from_args(argv, defaults_file=DEFAULTS))
 
 
@@ -315,6 +317,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, help="default: conf/default.yaml's")
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     args = parser.parse_args()
     os.environ["PYSPARK_PYTHON"] = sys.executable

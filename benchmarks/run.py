@@ -44,7 +44,9 @@ TARGETS = {  # (model, ratio, at least)
 }
 
 
-def run_path(path: str, raster: Path, model: Path, tile: int, work: Path, cores: int) -> dict:
+def run_path(
+    path: str, raster: Path, model: Path, tile: int, batch: int | None, work: Path, cores: int
+) -> dict:
     """One path in a fresh process; its result with the process's wall time."""
     output = work / "out"
     result_file = work / "result.json"
@@ -52,6 +54,8 @@ def run_path(path: str, raster: Path, model: Path, tile: int, work: Path, cores:
     command = [sys.executable, "-m", "benchmarks.paths", path, "--raster", str(raster),
                "--model", str(model), "--output", str(output), "--result", str(result_file),
                "--tile-size", str(tile), "--cores", str(cores)]  # fmt: skip
+    if batch:
+        command += ["--batch-size", str(batch)]
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -73,7 +77,7 @@ def agreement(first: Path, second: Path) -> float:
     return same / total
 
 
-def benchmark_model(name: str, raster: Path, tile: int, args) -> dict:
+def benchmark_model(name: str, raster: Path, tile: int, batch: int | None, args) -> dict:
     model = save_model(name, args.work / "models")
     with rasterio.open(raster) as src:
         pixels = src.width * src.height
@@ -83,7 +87,7 @@ def benchmark_model(name: str, raster: Path, tile: int, args) -> dict:
         shift = repeat % len(PATHS)
         for path in PATHS[shift:] + PATHS[:shift]:
             work = args.work / "runs" / name / path
-            result = run_path(path, raster, model, tile, work, args.cores)
+            result = run_path(path, raster, model, tile, batch, work, args.cores)
             runs[path].append(result)
             if path in OUTPUTS:
                 outputs[path] = work / "out" / OUTPUTS[path]
@@ -140,7 +144,7 @@ def memory_scaling(args) -> dict:
     for size in args.memory_sizes:
         raster = make_large_raster(args.work / "rasters" / f"nc_{size}.tif", size)
         work = args.work / "runs" / "memory" / str(size)
-        result = run_path("sparkinfer", raster, model, DEFAULT_TILE, work, args.cores)
+        result = run_path("sparkinfer", raster, model, DEFAULT_TILE, None, work, args.cores)
         found[size] = {"seconds": round(result["seconds"], 2), "memory_mb": result["memory"],
                        "tiles": result["report"]["tiles"]["planned"]}  # fmt: skip
         print(f"  memory {size}: {result['memory']}", flush=True)
@@ -202,6 +206,7 @@ def main() -> None:
     parser.add_argument("--tiny-size", type=int, default=8192, help="raster side for tiny")
     parser.add_argument("--unet-size", type=int, default=4096, help="raster side for unet")
     parser.add_argument("--unet-tile", type=int, default=1024, help="tile size for unet")
+    parser.add_argument("--unet-batch", type=int, default=2, help="batch size for unet")
     parser.add_argument("--memory-sizes", type=int, nargs=2, default=[4096, 16384])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")
@@ -213,9 +218,9 @@ def main() -> None:
     rasters = args.work / "rasters"
     plan = {
         "tiny": (make_large_raster(rasters / f"nc_{args.tiny_size}.tif", args.tiny_size),
-                 DEFAULT_TILE),
+                 DEFAULT_TILE, None),
         "unet": (make_large_raster(rasters / f"nc_{args.unet_size}.tif", args.unet_size),
-                 args.unet_tile),
+                 args.unet_tile, args.unet_batch),
     }  # fmt: skip
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -223,9 +228,9 @@ def main() -> None:
         "settings": {"repeats": args.repeats, "cores": args.cores, "quick": args.quick},
         "models": {},
     }
-    for name, (raster, tile) in plan.items():
+    for name, (raster, tile, batch) in plan.items():
         print(f"{name}: {raster.name}, tile {tile}", flush=True)
-        results["models"][name] = benchmark_model(name, raster, tile, args)
+        results["models"][name] = benchmark_model(name, raster, tile, batch, args)
     print("memory", flush=True)
     results["memory_scaling"] = memory_scaling(args)
     results["targets"] = {

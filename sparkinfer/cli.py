@@ -32,13 +32,13 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(message) from None
 
 
-def _halo(text: str) -> int | str:
+def _int_or_auto(text: str) -> int | str:
     if text == "auto":
         return text
     try:
         return int(text)
     except ValueError:
-        message = f"expected a number of pixels or 'auto', got {text!r}"
+        message = f"expected a whole number or 'auto', got {text!r}"
         raise argparse.ArgumentTypeError(message) from None
 
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", metavar="MODEL", help="a .keras file or a TensorFlow SavedModel folder")
     add("--output", metavar="DIR", help="output folder")
     add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
-    add("--halo", type=_halo, metavar="PIXELS|auto",
+    add("--halo", type=_int_or_auto, metavar="PIXELS|auto",
         help="context around each tile; auto: from the model's receptive field")  # fmt: skip
     add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
     add("--scale", type=float, help="normalisation: pixels * scale + offset")
@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--scores", action="store_true", default=None, help="also write per-class scores")
     add("--quicklook", action="store_true", default=None,
         help="also write NAME.png, the class map with a legend")  # fmt: skip
-    add("--chunk-tiles", type=int, metavar="N",
-        help="a Spark task writes chunks of N x N tiles (default 4)")  # fmt: skip
+    add("--chunk-tiles", type=_int_or_auto, metavar="N|auto",
+        help="a Spark task reads, infers and writes chunks of N x N tiles (default auto: "
+             "about 2048 pixels)")  # fmt: skip
     add("--cog-compression", choices=["deflate", "zstd", "lzw", "none"],
         help="compression of the output COGs")  # fmt: skip
     add("--cog-blocksize", type=int, metavar="PIXELS", help="COG tile side (default 512)")

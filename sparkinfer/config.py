@@ -8,12 +8,16 @@ file given with `--config`, then command-line flags.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sparkinfer.errors import ConfigError
+
+# chunk_tiles 'auto': chunks of about this many pixels on a side. A chunk's window is read in one
+# piece (a few tens of MB for 4 bands) and there are enough chunks to keep every core busy.
+CHUNK_PIXELS = 2048
 
 
 class _Strict(BaseModel):
@@ -100,11 +104,11 @@ class JobConfig(_Strict):
     quicklook: bool = Field(
         False, description="Also write NAME.png: the class map in the model's colours, a legend."
     )
-    chunk_tiles: int = Field(
-        4,
-        gt=0,
-        description="Side, in tiles, of the square block of tiles one Spark task infers and "
-        "writes as one chunk file.",
+    chunk_tiles: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Side, in tiles, of the square block of tiles one Spark task reads in one "
+        f"piece, infers and writes as one chunk file; 'auto' makes chunks about {CHUNK_PIXELS} "
+        "pixels on a side.",
     )
     cog: CogOptions = Field(default_factory=CogOptions, description="Output COG layout.")
 
@@ -162,15 +166,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _option_key(loc: tuple) -> str:
+    """`a.b` of a pydantic error location, without the union members it names."""
+    members = {"int", "float", "str", "bool"}
+    parts = [str(p) for p in loc if not (p in members or "-" in str(p) or "[" in str(p))]
+    return ".".join(parts)
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """The first problem of a pydantic error, as `key: problem (got value)`."""
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "config"
+    errors = exc.errors()
+    err = errors[0]
+    key = _option_key(err["loc"]) or "config"
     if err["type"] == "extra_forbidden":
         return f"unknown option '{key}'"
     if err["type"] == "missing":
         return f"missing required option '{key}'"
     message = err["msg"].removeprefix("Value error, ")
+    # A value that fits no member of a union (a number or 'auto'): name the other choices too.
+    for other in errors[1:]:
+        if _option_key(other["loc"]) == key and other["type"] == "literal_error":
+            message += f" or {other['ctx']['expected']}"
     if err["type"].startswith("value_error") or not err["loc"]:
         return f"{key}: {message}" if err["loc"] else message
     return f"{key}: {message} (got {err.get('input')!r})"

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparkinfer import __version__
-from sparkinfer.config import JobConfig
+from sparkinfer.config import CHUNK_PIXELS, JobConfig
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError
 from sparkinfer.model import ModelInfo, ModelPackage, inspect_model, package_model
 from sparkinfer.plan import RasterPlan, Tiling, round_up
@@ -141,7 +141,10 @@ def prepare_job(config: JobConfig) -> Job:
 
     halo = _resolve_halo(config, model)
     try:
-        tiling = Tiling(config.tile_size, halo, model.stride, config.chunk_tiles)
+        chunk_tiles = config.chunk_tiles
+        if chunk_tiles == "auto":
+            chunk_tiles = max(1, CHUNK_PIXELS // config.tile_size)
+        tiling = Tiling(config.tile_size, halo, model.stride, chunk_tiles)
     except ValueError as exc:
         raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
 

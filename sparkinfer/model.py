@@ -230,24 +230,33 @@ def read_class_table(path: Path, classes: int) -> tuple[tuple[str, ...], tuple[s
     return names, colors
 
 
-def _run_probe(predictor: Predictor, height: int, width: int) -> np.ndarray | None:
+def _probe_shape(predictor: Predictor, height: int, width: int) -> tuple[int, ...] | None:
+    """The output shape for a (1, height, width, bands) input; None where the model fails.
+
+    A Keras model's shape is inferred symbolically (no tracing, no compute); a SavedModel runs.
+    """
+    shape = (1, height, width, predictor.bands)
     try:
-        return predictor(np.zeros((1, height, width, predictor.bands), np.float32))
+        if predictor.format == "keras":
+            import keras
+
+            return tuple(predictor.model.compute_output_spec(keras.KerasTensor(shape)).shape)
+        return predictor(np.zeros(shape, np.float32)).shape
     except Exception:  # a shape a strided model cannot take fails somewhere inside it
         return None
 
 
 def _probe_classes(predictor: Predictor, path: Path, stride: int) -> int:
-    """Run the model on a small input to check its output is at input resolution."""
+    """Check the model's output is at input resolution on a small input; its classes."""
     height, width = 2 * stride * 8, 3 * stride * 8
-    out = _run_probe(predictor, height, width)
-    if out is None or out.ndim != 4 or out.shape[1:3] != (height, width):
-        got = "an error" if out is None else f"shape {out.shape}"
+    shape = _probe_shape(predictor, height, width)
+    if shape is None or len(shape) != 4 or shape[1:3] != (height, width):
+        got = "an error" if shape is None else f"shape {shape}"
         raise ModelError(
             f"{path}: an input of {height}x{width} pixels gave {got}; a per-pixel model must "
             "output (batch, height, width, classes) -- it is not fully convolutional"
         )
-    classes = int(out.shape[-1])
+    classes = int(shape[-1])
     if not 1 <= classes <= 255:
         raise ModelError(f"{path}: model outputs {classes} classes; at most 255 are supported")
     return classes
@@ -256,8 +265,8 @@ def _probe_classes(predictor: Predictor, path: Path, stride: int) -> int:
 def _probe_stride(predictor: Predictor, path: Path) -> int:
     """Smallest power of two s for which inputs of odd multiples of s come back the same size."""
     for stride in (1, 2, 4, 8, 16, 32, 64):
-        out = _run_probe(predictor, 3 * stride, 5 * stride)
-        if out is not None and out.ndim == 4 and out.shape[1:3] == (3 * stride, 5 * stride):
+        shape = _probe_shape(predictor, 3 * stride, 5 * stride)
+        if shape is not None and len(shape) == 4 and shape[1:3] == (3 * stride, 5 * stride):
             return stride
     raise ModelError(f"{path}: model gives no output at input resolution for any stride <= 64")
 

@@ -209,13 +209,10 @@ def predict_tiles(
 
     Tiles whose core is all nodata are not sent to the model.
     """
-    predictor = None
+    predictor = load_package(package, threads=_task_cpus())
     pending: list[_ReadTile] = []
 
     def run_batch() -> Iterator[TileResult]:
-        nonlocal predictor
-        if predictor is None:
-            predictor = load_package(package, threads=_task_cpus())
         started = time.perf_counter()
         pixels = np.stack([p.pixels for p in pending])
         outputs = predictor(pixels) if spec.scores else predictor.classify(pixels)

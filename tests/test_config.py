@@ -31,6 +31,13 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
     assert config.cog.compression == "zstd" and config.cog.blocksize == 512
     assert config.input == ["x.tif", "y/*.tif"] and config.bands == [3, 2, 1]
     assert config.normalization.mean == [1, 2, 3]
+    assert config.chunk_tiles == "auto"
+
+
+@pytest.mark.parametrize("flag, expected", [("auto", "auto"), ("3", 3)])
+def test_chunk_tiles_is_a_number_or_auto(flag, expected):
+    argv = ["--input", "x.tif", "--model", "m.keras", "--output", "o", "--chunk-tiles", flag]
+    assert config_from_args(argv, defaults_file=DEFAULTS).chunk_tiles == expected
 
 
 @pytest.mark.parametrize(
@@ -43,6 +50,7 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
         ("bands: [0, 1]\n", "bands are 1-based"),
         ("normalization: {scale: 2, mean: [1]}\n", "scale/offset or mean/std"),
         ("cog: {blocksize: 300}\n", "power of two"),
+        ("chunk_tiles: 0\n", "chunk_tiles: Input should be greater than 0 or 'auto'"),
         ("- a\n- b\n", "expected a mapping"),
         ("tile_size: [\n", "not valid YAML"),
     ],
@@ -60,5 +68,7 @@ def test_bad_config_file_is_one_line_naming_the_file(tmp_path, yaml_text, messag
 def test_bad_flag_is_reported_against_the_command_line():
     with pytest.raises(ConfigError, match="^command line: argument --tile-size"):
         config_from_args(["--tile-size", "x"])
+    with pytest.raises(ConfigError, match="--chunk-tiles: expected a whole number or 'auto'"):
+        config_from_args(["--chunk-tiles", "some"])
     with pytest.raises(ConfigError, match="^command line: missing required option 'model'"):
         config_from_args(["--input", "a.tif", "--output", "o"], defaults_file=DEFAULTS)
