@@ -104,13 +104,27 @@ def _tiles(job) -> list[dict]:
     return [t for chunk in job.rasters[0].plan.chunks().to_pylist() for t in chunk["tiles"]]
 
 
-def _read(src, tile: dict) -> np.ndarray:
+def _read(src, tile: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's model input and the validity of its core (nodata in any band is invalid)."""
     from sparkinfer.raster import model_input, read_window
 
     data, valid = read_window(src, list(range(1, src.count + 1)), tile["read_row_off"],
                               tile["read_col_off"], tile["read_height"], tile["read_width"],
                               masking="nodata")  # fmt: skip
-    return model_input(data, valid, _normalization())
+    top = tile["core_row_off"] - tile["read_row_off"]
+    left = tile["core_col_off"] - tile["read_col_off"]
+    core = valid[top : top + tile["core_height"], left : left + tile["core_width"]]
+    return model_input(data, valid, _normalization()), core
+
+
+def _core_classes(tile: dict, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The tile's class map: argmax of its core's scores, 255 where the input is nodata."""
+    top = tile["core_row_off"] - tile["read_row_off"]
+    left = tile["core_col_off"] - tile["read_col_off"]
+    core = scores[top : top + tile["core_height"], left : left + tile["core_width"]]
+    classes = core.argmax(-1).astype(np.uint8)
+    classes[~valid] = 255
+    return classes
 
 
 def _normalization():
@@ -127,7 +141,7 @@ def model_only(args) -> dict:
     job = _job(args)
     tiles = _tiles(job)
     with rasterio.open(args.raster) as src:
-        windows = [_read(src, t) for t in tiles]
+        windows = [_read(src, t)[0] for t in tiles]
     size = job.config.batch_size
     batches = [np.stack(windows[i : i + size]) for i in range(0, len(windows), size)]
     del windows
@@ -158,15 +172,12 @@ def plain_script(args) -> dict:
         with rasterio.open(output, "w", **profile) as dst:
             for i in range(0, len(tiles), job.config.batch_size):
                 batch = tiles[i : i + job.config.batch_size]
-                scores = model.predict_on_batch(np.stack([_read(src, t) for t in batch]))
-                for tile, score in zip(batch, scores, strict=True):
-                    top = tile["core_row_off"] - tile["read_row_off"]
-                    left = tile["core_col_off"] - tile["read_col_off"]
-                    h, w = tile["core_height"], tile["core_width"]
-                    window = Window(tile["core_col_off"], tile["core_row_off"], w, h)
-                    classes = score[top : top + h, left : left + w].argmax(-1).astype(np.uint8)
-                    classes[~src.read_masks(1, window=window).astype(bool)] = 255
-                    dst.write(classes, 1, window=window)
+                pixels, valid = zip(*(_read(src, t) for t in batch), strict=True)
+                scores = model.predict_on_batch(np.stack(pixels))
+                for tile, score, core_valid in zip(batch, scores, valid, strict=True):
+                    window = Window(tile["core_col_off"], tile["core_row_off"],
+                                    tile["core_width"], tile["core_height"])  # fmt: skip
+                    dst.write(_core_classes(tile, score, core_valid), 1, window=window)
     return {"seconds": time.perf_counter() - started, "memory": peak_memory()}
 
 
@@ -249,14 +260,12 @@ def predict_batch_udf(args) -> dict:
 
             def predict(windows: np.ndarray) -> np.ndarray:
                 batch = [dict(zip(FIELDS, map(int, values), strict=True)) for values in windows]
-                pixels = np.stack([_read(src, t) for t in batch])
-                scores = model.predict_on_batch(pixels)
+                pixels, valid = zip(*(_read(src, t) for t in batch), strict=True)
+                scores = model.predict_on_batch(np.stack(pixels))
                 out = np.full((len(batch), tile_size * tile_size), 255, np.uint8)
-                for i, (t, score) in enumerate(zip(batch, scores, strict=True)):
-                    top = t["core_row_off"] - t["read_row_off"]
-                    left = t["core_col_off"] - t["read_col_off"]
+                for i, (t, score, core_valid) in enumerate(zip(batch, scores, valid, strict=True)):
                     h, w = t["core_height"], t["core_width"]
-                    out[i, : h * w] = score[top : top + h, left : left + w].argmax(-1).ravel()
+                    out[i, : h * w] = _core_classes(t, score, core_valid).ravel()
                 return out.view(np.int8)  # Spark has no unsigned byte
 
             return predict
