@@ -10,6 +10,10 @@ from sparkinfer.cli import config_from_args, print_summary
 from sparkinfer.errors import UserError
 from sparkinfer.job import prepare_job, run_job
 
+# Exit codes: 0 every output written; 2 a user error before Spark (one line, nothing written);
+# 3 some rasters failed (listed, also in _run.json) and the others were written.
+EXIT_SOME_FAILED = 3
+
 # Absent where only this script travels (cluster deploy mode): the built-in defaults are the same.
 DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 
@@ -28,10 +32,13 @@ def main(argv: list[str]) -> int:
     try:
         print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
         report = run_job(spark, job)
+    except UserError as exc:  # the output folder was taken by another run meanwhile
+        print(f"sparkinfer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     finally:
         spark.stop()
     print_summary(report)
-    return 0
+    return EXIT_SOME_FAILED if report["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cog-compression", choices=["deflate", "zstd", "lzw", "none"],
         help="compression of the output COGs")  # fmt: skip
     add("--cog-blocksize", type=int, metavar="PIXELS", help="COG tile side (default 512)")
+    add("--fail-fast", action="store_true", default=None,
+        help="stop at the first failing raster instead of writing the others")  # fmt: skip
+    add("--overwrite", action="store_true", default=None,
+        help="redo every raster; by default complete outputs are skipped and unfinished "
+             "ones resume")  # fmt: skip
+    add("--trust-model", action="store_true", default=None,
+        help="run code held in the model file (Lambda layers); only for files you "
+             "trust")  # fmt: skip
     return parser
 
 
@@ -89,6 +97,9 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "scores": args.scores,
         "quicklook": args.quicklook,
         "chunk_tiles": args.chunk_tiles,
+        "fail_fast": args.fail_fast,
+        "overwrite": args.overwrite,
+        "trust_model": args.trust_model,
     }
     norm = {"scale": args.scale, "offset": args.offset, "mean": args.mean, "std": args.std}
     if any(v is not None for v in norm.values()):
@@ -99,11 +110,15 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
     return load_config(overrides, config_file=args.config, defaults_file=defaults_file)
 
 
-def print_summary(report: dict, stream=sys.stdout) -> None:
+def print_summary(report: dict, stream=sys.stdout, errors=sys.stderr) -> None:
+    """What was written, kept and where; then one line per failed raster on `errors`."""
     tiles = report["tiles"]
     timings = report["timings"]
+    written = [r for r in report["rasters"] if r["status"] == "written"]
+    kept = [r for r in report["rasters"] if r["status"] == "complete"]
     print(
-        f"sparkinfer: {len(report['rasters'])} raster(s), {tiles['inferred']} tiles inferred, "
+        f"sparkinfer: {len(written)} raster(s) written, {len(kept)} already complete, "
+        f"{len(report['failed'])} failed; {tiles['inferred']} tiles inferred, "
         f"{tiles['skipped_nodata']} all-nodata tiles skipped, in {timings['total_s']:.1f} s",
         file=stream,
     )
@@ -112,3 +127,5 @@ def print_summary(report: dict, stream=sys.stdout) -> None:
             print(f"  {raster['input']} -> {output}", file=stream)
     output_dir = report["config"]["output"]
     print(f"  run report: {output_dir}/_run.json", file=stream)
+    for failure in report["failed"]:
+        print(f"sparkinfer: failed ({failure['stage']}): {failure['error']}", file=errors)

@@ -111,6 +111,20 @@ class JobConfig(_Strict):
         "pixels on a side.",
     )
     cog: CogOptions = Field(default_factory=CogOptions, description="Output COG layout.")
+    fail_fast: bool = Field(
+        False,
+        description="Stop at the first raster that fails instead of writing the others.",
+    )
+    overwrite: bool = Field(
+        False,
+        description="Redo every raster, even those whose outputs are complete for this input, "
+        "model and configuration (by default they are skipped, and unfinished ones resume).",
+    )
+    trust_model: bool = Field(
+        False,
+        description="Load the model with Keras safe_mode off, running any code it holds "
+        "(Lambda layers); only for model files you trust.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:

@@ -1,8 +1,11 @@
 """One run of the job: check everything on the driver, then plan, infer, write and report.
 
-`prepare_job` does all the checks that need no Spark (config, inputs, model, output folder) and
-raises a `UserError` with one clear line for anything wrong; nothing is written before it passes.
-`run_job` then runs the Spark stages and writes `_run.json`.
+`prepare_job` does all the checks that need no Spark. A problem of the whole run (config, model,
+output folder, no usable input) raises a `UserError` with one clear line, before anything is
+written. A problem of one raster is recorded as a `Failure` and the others go on (unless
+`fail_fast`). `run_job` then takes the output folder's lock, skips rasters already complete for
+the same input, model and config, resumes unfinished ones from their chunks, runs the Spark
+stages and writes `_run.json`.
 """
 
 from __future__ import annotations
@@ -10,16 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
+import unicodedata
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import rasterio
 
 from sparkinfer import __version__
 from sparkinfer.config import CHUNK_PIXELS, JobConfig
@@ -29,6 +37,7 @@ from sparkinfer.plan import RasterPlan, Tiling, round_up
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.stage import (
+    CHUNK_RESULT_SCHEMA,
     StageSpec,
     infer_and_write,
     ordered_dataframe,
@@ -40,6 +49,17 @@ from sparkinfer.writers import ChunkSpec, assemble_cog
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 STAGING_FOLDER = "_staging"
 RUN_REPORT = "_run.json"
+LOCK_FILE = "_sparkinfer.lock"
+IDENTITY_TAG = "SPARKINFER_IDENTITY"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A raster that could not be processed: which, at what stage, and why (one line)."""
+
+    input: str
+    stage: str  # "input", "plan", "infer" or "assemble"
+    error: str
 
 
 @dataclass(frozen=True)
@@ -48,10 +68,15 @@ class RasterJob:
 
     info: RasterInfo
     plan: RasterPlan
+    identity: str  # hash of input, model and config: what the outputs were made from
     classes_path: Path
     scores_path: Path | None
     quicklook_path: Path | None
     staging: Path
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.classes_path, self.scores_path, self.quicklook_path) if p]
 
 
 @dataclass(frozen=True)
@@ -65,6 +90,7 @@ class Job:
     bands: tuple[int, ...]
     output: Path
     rasters: tuple[RasterJob, ...]
+    failed: tuple[Failure, ...] = ()  # rasters refused before Spark
 
 
 def _check_output_folder(output: Path, inputs: list[Path]) -> None:
@@ -107,38 +133,80 @@ def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_job(config: JobConfig) -> Job:
-    """Check inputs, model and output, then plan every raster; a UserError if anything is off."""
-    output = Path(config.output).absolute()
-    inputs = resolve_inputs(config.input)
-    _check_output_folder(output, inputs)
-    infos = [read_info(path) for path in inputs]
-    for info in infos:
-        if info.dtype not in SUPPORTED_DTYPES:
-            raise InputError(
-                f"{info.path}: pixel type {info.dtype} is not supported "
-                f"(use one of {', '.join(sorted(SUPPORTED_DTYPES))})"
-            )
+def output_names(paths: list[str]) -> list[str]:
+    """Output file stems: input stems made safe (ASCII letters, digits, '.', '_', '-'; never
+    starting with '.' or '_', so never a hidden or reserved name), and distinct: stems that
+    clash get a suffix from a hash of their input's full path."""
+    stems = []
+    for path in paths:
+        ascii_stem = unicodedata.normalize("NFKD", Path(path).stem).encode("ascii", "ignore")
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem.decode()).strip("._-")
+        stems.append(safe or "raster")
+    counts = Counter(stem.casefold() for stem in stems)  # case-insensitive file systems too
+    return [
+        stem if counts[stem.casefold()] == 1
+        else f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+        for stem, path in zip(stems, paths, strict=True)
+    ]
 
-    model = inspect_model(config.model)
-    package = package_model(config.model)
-    for info in infos:
-        bands = config.bands or list(range(1, info.count + 1))
-        if max(bands) > info.count:
-            raise InputError(
-                f"{info.path}: band {max(bands)} requested but the raster has {info.count} bands"
-            )
-        if len(bands) != model.bands:
-            raise InputError(
-                f"{info.path}: {len(bands)} bands selected but the model takes {model.bands}; "
-                "choose them with --bands"
-            )
+
+def _resolve(config: JobConfig) -> tuple[list[Path], list[Failure]]:
+    """Every input pattern's rasters, in order and once each; patterns that find none fail."""
+    found: dict[Path, None] = {}
+    failed = []
+    for pattern in config.input:
+        try:
+            for path in resolve_inputs([pattern]):
+                found.setdefault(path, None)
+        except InputError as exc:
+            if config.fail_fast:
+                raise
+            failed.append(Failure(pattern, "input", str(exc)))
+    return list(found), failed
+
+
+def _checked_info(path: Path, config: JobConfig, model: ModelInfo) -> RasterInfo:
+    info = read_info(path)
+    if info.dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{info.path}: pixel type {info.dtype} is not supported "
+            f"(use one of {', '.join(sorted(SUPPORTED_DTYPES))})"
+        )
+    if info.transform[1] != 0 or info.transform[3] != 0:
+        raise InputError(
+            f"{info.path}: the geotransform is rotated or sheared; warp the raster to a "
+            "north-up grid first (gdalwarp)"
+        )
+    bands = config.bands or list(range(1, info.count + 1))
+    if max(bands) > info.count:
+        raise InputError(
+            f"{info.path}: band {max(bands)} requested but the raster has {info.count} bands"
+        )
+    if len(bands) != model.bands:
+        raise InputError(
+            f"{info.path}: {len(bands)} bands selected but the model takes {model.bands}; "
+            "choose them with --bands"
+        )
+    return info
+
+
+def prepare_job(config: JobConfig) -> Job:
+    """Check model, output and inputs, then plan every raster.
+
+    Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
+    `Failure` in `Job.failed` (or raises, with `fail_fast`).
+    """
+    output = Path(config.output).absolute()
+    inputs, failed = _resolve(config)
+    _check_output_folder(output, inputs)
+    OutputLock(output).check()
+    model = inspect_model(config.model, config.trust_model)
+    package = package_model(config.model, config.trust_model)
     count = config.normalization.band_count
     if count is not None and count != model.bands:
         raise ConfigError(
             f"normalization has statistics for {count} bands but the model takes {model.bands}"
         )
-
     halo = _resolve_halo(config, model)
     try:
         chunk_tiles = config.chunk_tiles
@@ -148,28 +216,91 @@ def prepare_job(config: JobConfig) -> Job:
     except ValueError as exc:
         raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
 
-    names: dict[str, str] = {}
+    infos = []
+    for path in inputs:
+        try:
+            infos.append(_checked_info(path, config, model))
+        except InputError as exc:
+            if config.fail_fast:
+                raise
+            failed.append(Failure(str(path), "plan", str(exc)))
+    if not infos:
+        first = failed[0].error if failed else "no inputs"
+        more = f" (and {len(failed) - 1} more inputs failed)" if len(failed) > 1 else ""
+        raise InputError(first + more)
+
     rasters = []
-    for info in infos:
-        if info.name in names:
-            raise InputError(
-                f"{info.path}: has the same name as {names[info.name]}; both would write "
-                f"{info.name}.tif -- run them into separate output folders"
-            )
-        names[info.name] = info.path
+    for info, name in zip(infos, output_names([i.path for i in infos]), strict=True):
         identity = _identity(info, package, config, tiling)
         rasters.append(
             RasterJob(
                 info=info,
                 plan=RasterPlan(info.height, info.width, tiling),
-                classes_path=output / f"{info.name}.tif",
-                scores_path=output / f"{info.name}.scores.tif" if config.scores else None,
-                quicklook_path=output / f"{info.name}.png" if config.quicklook else None,
-                staging=output / STAGING_FOLDER / f"{info.name}-{identity}",
+                identity=identity,
+                classes_path=output / f"{name}.tif",
+                scores_path=output / f"{name}.scores.tif" if config.scores else None,
+                quicklook_path=output / f"{name}.png" if config.quicklook else None,
+                staging=output / STAGING_FOLDER / f"{name}-{identity}",
             )
         )
-    bands = tuple(config.bands or range(1, infos[0].count + 1))
-    return Job(config, model, package, tiling, bands, output, tuple(rasters))
+    bands = tuple(config.bands or range(1, model.bands + 1))
+    return Job(config, model, package, tiling, bands, output, tuple(rasters), tuple(failed))
+
+
+class OutputLock:
+    """One run at a time per output folder: a lock file naming its holder (host, pid, start).
+
+    A lock left by a run that died on this host (its pid is gone) is taken over.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.path = output / LOCK_FILE
+
+    def _live_holder(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if holder.get("host") == socket.gethostname():
+            try:
+                os.kill(int(holder["pid"]), 0)
+            except ProcessLookupError:
+                return None  # that run is gone
+            except PermissionError:
+                pass  # alive, another user's
+        return holder
+
+    def check(self) -> None:
+        """Raise OutputError if a live run holds the folder."""
+        holder = self._live_holder() if self.path.exists() else None
+        if holder is not None:
+            raise OutputError(
+                f"{self.path.parent}: in use by another run (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, since {holder.get('started')}); wait for it, or delete "
+                f"{self.path} if that run is gone"
+            )
+
+    @contextmanager
+    def held(self):
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except FileExistsError:
+            self.check()
+            self.path.unlink(missing_ok=True)  # stale: its run is gone
+            try:
+                fd = os.open(self.path, flags, 0o644)
+            except FileExistsError:  # another run took it in between
+                self.check()
+                raise OutputError(f"{self.path.parent}: in use by another run") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as lock:
+            json.dump(me, lock)
+        try:
+            yield
+        finally:
+            self.path.unlink(missing_ok=True)
 
 
 def _chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
@@ -179,23 +310,38 @@ def _chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
 
 
 def _assemble(task: tuple) -> dict:
-    """Executor side: mosaic one raster's chunks into its COG(s), then drop the chunks."""
+    """Executor side: mosaic one raster's chunks into its COG(s), then drop the chunks.
+
+    A failure is returned, not raised: the other rasters' assembly goes on."""
     raster, options, model, metadata = task
     started = time.perf_counter()
-    chunks = _chunk_specs(raster)
-    common = dict(classes=model.classes, metadata=metadata, class_names=model.class_names,
-                  class_colors=model.class_colors)  # fmt: skip
-    assemble_cog(raster.info, chunks, raster.classes_path, options, scores=False, **common)
-    if raster.scores_path is not None:
-        assemble_cog(raster.info, chunks, raster.scores_path, options, scores=True, **common)
-    if raster.quicklook_path is not None:
-        write_quicklook(raster.classes_path, raster.quicklook_path, model.class_names,
-                        model.class_colors)  # fmt: skip
+    try:
+        chunks = _chunk_specs(raster)
+        common = dict(classes=model.classes, metadata=metadata, class_names=model.class_names,
+                      class_colors=model.class_colors)  # fmt: skip
+        # Each output appears whole (temporary name, then rename); the chunks go only once all
+        # are there, so a run that dies here redoes this raster from its chunks.
+        if raster.scores_path is not None:
+            assemble_cog(raster.info, chunks, raster.scores_path, options, scores=True, **common)
+        assemble_cog(raster.info, chunks, raster.classes_path, options, scores=False, **common)
+        if raster.quicklook_path is not None:
+            write_quicklook(raster.classes_path, raster.quicklook_path, model.class_names,
+                            model.class_colors)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 -- recorded per raster, reported at the end
+        return {"input": raster.info.path, "assemble_s": time.perf_counter() - started,
+                "error": f"{raster.info.path}: {_one_line(exc)}"}  # fmt: skip
     shutil.rmtree(raster.staging, ignore_errors=True)
-    return {"input": raster.info.path, "assemble_s": time.perf_counter() - started}
+    return {"input": raster.info.path, "assemble_s": time.perf_counter() - started, "error": None}
 
 
-ASSEMBLED_SCHEMA = pa.schema([("input", pa.string()), ("assemble_s", pa.float64())])
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+ASSEMBLED_SCHEMA = pa.schema(
+    [("input", pa.string()), ("assemble_s", pa.float64()), ("error", pa.string())]
+)
 
 
 def assemble_on_executors(spark, tasks: list[tuple]) -> list[dict]:
@@ -215,36 +361,92 @@ def assemble_on_executors(spark, tasks: list[tuple]) -> list[dict]:
     return [row.asDict() for row in rows]
 
 
-def run_job(spark, job: Job) -> dict:
-    """Run the Spark stages for a prepared job; write and return the run report."""
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    job.output.mkdir(parents=True, exist_ok=True)
-    for raster in job.rasters:
-        raster.staging.mkdir(parents=True, exist_ok=True)
+def is_complete(raster: RasterJob) -> bool:
+    """Whether the raster's outputs are all there and made from the same input, model, config."""
+    if not all(p.is_file() for p in raster.outputs):
+        return False
+    try:
+        with rasterio.open(raster.classes_path) as done:
+            return done.tags().get(IDENTITY_TAG) == raster.identity
+    except rasterio.errors.RasterioError:
+        return False
 
-    t = time.perf_counter()
-    chunk_tables = [r.plan.chunks() for r in job.rasters]
-    parallelism = spark.sparkContext.defaultParallelism
-    total_chunks = sum(len(t) for t in chunk_tables)
-    plan_df = plan_dataframe(spark, chunk_tables, partitions=max(1, 4 * parallelism))
-    timings["plan_s"] = time.perf_counter() - t
 
-    spec = StageSpec(
-        rasters=tuple(r.info for r in job.rasters),
-        staging=tuple(str(r.staging) for r in job.rasters),
+def _prepare_staging(raster: RasterJob, overwrite: bool) -> None:
+    """Keep this raster's chunks of the same identity (resume); drop any other run's."""
+    name = raster.staging.name.rsplit("-", 1)[0]
+    for folder in raster.staging.parent.glob(f"{name}-*"):
+        if folder != raster.staging or overwrite:
+            shutil.rmtree(folder, ignore_errors=True)
+    raster.staging.mkdir(parents=True, exist_ok=True)
+
+
+def _chunks_to_do(raster: RasterJob) -> pa.Table:
+    """The raster's chunks without committed files in its staging folder."""
+    scores = raster.scores_path is not None
+    done = [
+        spec.classes_path.is_file() and (not scores or spec.scores_path.is_file())
+        for spec in _chunk_specs(raster)
+    ]
+    return raster.plan.chunks().filter(pa.array([not d for d in done], pa.bool_()))
+
+
+def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
+    """What the executors need to infer and write `rasters` (in this order) for `job`."""
+    return StageSpec(
+        rasters=tuple(r.info for r in rasters),
+        staging=tuple(str(r.staging) for r in rasters),
         bands=job.bands,
         normalization=job.config.normalization,
         batch_size=job.config.batch_size,
         classes=job.model.classes,
         scores=job.config.scores,
     )
-    t = time.perf_counter()
-    results = infer_and_write(spark, plan_df, spec, job.package)
-    timings["infer_write_s"] = time.perf_counter() - t
-    if len(results) != total_chunks:
-        raise RuntimeError(f"{len(results)} chunk results for {total_chunks} planned chunks")
 
+
+def run_job(spark, job: Job) -> dict:
+    """Run the Spark stages for a prepared job under the output folder's lock; write and return
+    the run report. Rasters already complete are skipped, unfinished ones resume."""
+    job.output.mkdir(parents=True, exist_ok=True)
+    with OutputLock(job.output).held():
+        return _run(spark, job)
+
+
+def _run(spark, job: Job) -> dict:
+    started = time.perf_counter()
+    timings: dict[str, float] = {"infer_write_s": 0.0}
+    failed = list(job.failed)
+    complete = [r for r in job.rasters if not job.config.overwrite and is_complete(r)]
+    todo = [r for r in job.rasters if r not in complete]
+    for raster in todo:
+        _prepare_staging(raster, job.config.overwrite)
+
+    t = time.perf_counter()
+    chunk_tables = [_chunks_to_do(r) for r in todo]
+    resumed = {r.info.path: r.plan.chunk_count - len(c) for r, c in zip(todo, chunk_tables,
+                                                                      strict=True)}  # fmt: skip
+    total_chunks = sum(len(c) for c in chunk_tables)
+    timings["plan_s"] = time.perf_counter() - t
+
+    results = pa.Table.from_pylist([], schema=CHUNK_RESULT_SCHEMA)
+    if total_chunks:
+        parallelism = spark.sparkContext.defaultParallelism
+        plan_df = plan_dataframe(spark, chunk_tables, partitions=max(1, 4 * parallelism))
+        t = time.perf_counter()
+        results = infer_and_write(spark, plan_df, stage_spec(job, todo), job.package)
+        timings["infer_write_s"] = time.perf_counter() - t
+        if len(results) != total_chunks:
+            raise RuntimeError(f"{len(results)} chunk results for {total_chunks} planned chunks")
+    errors = results.filter(pc.is_valid(results["error"])).to_pylist()
+    failed_indexes = {}
+    for row in errors:
+        failed_indexes.setdefault(row["raster_index"], row["error"])
+    for index, error in failed_indexes.items():
+        failed.append(Failure(todo[index].info.path, "infer", error))
+
+    to_assemble = [r for i, r in enumerate(todo) if i not in failed_indexes]
+    if job.config.fail_fast and failed:
+        to_assemble = []
     t = time.perf_counter()
     metadata = {
         "sparkinfer_version": __version__,
@@ -253,30 +455,39 @@ def run_job(spark, job: Job) -> dict:
         "tile_size": str(job.tiling.tile_size),
     }
     tasks = [
-        (r, job.config.cog, job.model, metadata | {"source": r.info.path})
-        for r in job.rasters
-    ]
-    assembled = assemble_on_executors(spark, tasks)
+        (r, job.config.cog, job.model,
+         metadata | {"source": r.info.path, IDENTITY_TAG: r.identity})
+        for r in to_assemble
+    ]  # fmt: skip
+    assembled = assemble_on_executors(spark, tasks) if tasks else []
     timings["assemble_s"] = time.perf_counter() - t
+    for done in assembled:
+        if done["error"]:
+            failed.append(Failure(done["input"], "assemble", done["error"]))
     staging_root = job.output / STAGING_FOLDER
     if staging_root.is_dir() and not any(staging_root.iterdir()):
         staging_root.rmdir()
     timings["total_s"] = time.perf_counter() - started
 
-    report = _report(job, results, assembled, timings, spark)
+    report = _report(job, todo, results, assembled, complete, failed, resumed, timings, spark)
     _write_json_atomically(job.output / RUN_REPORT, report)
     return report
 
 
-def _report(job: Job, results, assembled, timings, spark) -> dict:
+def _report(job, todo, results, assembled, complete, failed, resumed, timings, spark) -> dict:
+    failed_inputs = {f.input for f in failed}
+    assembled_s = {a["input"]: a["assemble_s"] for a in assembled}
     per_raster = []
-    for index, raster in enumerate(job.rasters):
+    for index, raster in enumerate(todo):
+        if raster.info.path in failed_inputs:
+            continue
         mine = results.filter(pc.equal(results["raster_index"], index))
+        written = raster.info.path in assembled_s  # or stopped by --fail-fast
         per_raster.append(
             {
                 "input": raster.info.path,
-                "outputs": [str(p) for p in (raster.classes_path, raster.scores_path,
-                                             raster.quicklook_path) if p],  # fmt: skip
+                "status": "written" if written else "stopped",
+                "outputs": [str(p) for p in raster.outputs] if written else [],
                 "width": raster.info.width,
                 "height": raster.info.height,
                 "tiles": {
@@ -284,9 +495,20 @@ def _report(job: Job, results, assembled, timings, spark) -> dict:
                     "skipped_nodata": pc.sum(mine["skipped"]).as_py() or 0,
                     "inferred": pc.sum(mine["inferred"]).as_py() or 0,
                 },
-                "chunks": raster.plan.chunk_count,
-                "assemble_s": next(a["assemble_s"] for a in assembled
-                                   if a["input"] == raster.info.path),  # fmt: skip
+                "chunks": {"planned": raster.plan.chunk_count,
+                           "resumed": resumed[raster.info.path]},  # fmt: skip
+                "assemble_s": assembled_s.get(raster.info.path),
+            }
+        )
+    for raster in complete:
+        per_raster.append(
+            {
+                "input": raster.info.path,
+                "status": "complete",  # outputs of the same input, model and config: kept
+                "outputs": [str(p) for p in raster.outputs],
+                "width": raster.info.width,
+                "height": raster.info.height,
+                "tiles": {"planned": raster.plan.tile_count, "skipped_nodata": 0, "inferred": 0},
             }
         )
     task_time = {k: pc.sum(results[k]).as_py() or 0.0 for k in ("read_s", "infer_s", "write_s")}
@@ -306,6 +528,7 @@ def _report(job: Job, results, assembled, timings, spark) -> dict:
         },
         "tiling": asdict(job.tiling) | {"halo_share": round(job.tiling.halo_share, 4)},
         "rasters": per_raster,
+        "failed": [asdict(f) for f in failed],
         "tiles": {
             key: sum(r["tiles"][key] for r in per_raster)
             for key in ("planned", "skipped_nodata", "inferred")

@@ -35,6 +35,7 @@ class ModelPackage:
     format: str  # "keras" (a single file) or "savedmodel" (a tar of the folder)
     payload: bytes
     digest: str
+    trusted: bool = False  # load with Keras safe_mode off (--trust-model)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def model_format(path: Path) -> str:
     return "keras"
 
 
-def package_model(path: str | Path) -> ModelPackage:
+def package_model(path: str | Path, trusted: bool = False) -> ModelPackage:
     """Read a model's files into a compressed package."""
     path = Path(path)
     fmt = model_format(path)
@@ -78,7 +79,7 @@ def package_model(path: str | Path) -> ModelPackage:
                     tar.addfile(info, fh)
         raw = buffer.getvalue()
     digest = hashlib.sha256(raw).hexdigest()
-    return ModelPackage(fmt, zstandard.ZstdCompressor(level=10).compress(raw), digest)
+    return ModelPackage(fmt, zstandard.ZstdCompressor(level=10).compress(raw), digest, trusted)
 
 
 class Predictor:
@@ -133,34 +134,42 @@ class Predictor:
         return np.asarray(self._classify(batch))
 
 
-def _load(path: Path, fmt: str) -> Predictor:
+def _load(path: Path, fmt: str, trusted: bool) -> Predictor:
     import keras
     import tensorflow as tf
 
     try:
         if fmt == "keras":
-            model = keras.models.load_model(path, compile=False, safe_mode=True)
+            # safe_mode refuses to deserialise code (Lambda layers and the like): a model file
+            # runs nothing unless the user said it may.
+            model = keras.models.load_model(path, compile=False, safe_mode=not trusted)
         else:
             model = tf.saved_model.load(str(path))
     except Exception as exc:  # Keras raises many types for a bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "safe_mode" in text:
+            raise ModelError(
+                f"{path}: the model holds code (a Lambda layer or similar) that safe mode will "
+                "not run; pass --trust-model only if you trust this file"
+            ) from None
+        reason = text.splitlines()[0] if text else type(exc).__name__
         raise ModelError(f"{path}: cannot load model ({reason[:200]})") from None
     return Predictor(model, fmt)
 
 
-def load_model(path: str | Path) -> Predictor:
+def load_model(path: str | Path, trusted: bool = False) -> Predictor:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model not found")
-    return _load(path, model_format(path))
+    return _load(path, model_format(path), trusted)
 
 
-def inspect_model(path: str | Path) -> ModelInfo:
+def inspect_model(path: str | Path, trusted: bool = False) -> ModelInfo:
     """Load a model on the driver and check it can be used for tiled per-pixel inference."""
     from sparkinfer.receptive_field import UntraceableLayer, trace
 
     path = Path(path)
-    predictor = load_model(path)
+    predictor = load_model(path, trusted)
     stride = 1
     halo: int | None = None
     untraceable: str | None = None
@@ -305,7 +314,7 @@ def load_package(package: ModelPackage, threads: int | None = None) -> Predictor
             path = folder / "savedmodel"
             with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
                 tar.extractall(path, filter="data")
-        predictor = _load(path, package.format)
+        predictor = _load(path, package.format, package.trusted)
     finally:  # loading restores every variable, so the files are no longer needed
         shutil.rmtree(folder, ignore_errors=True)
     while len(_WORKER_CACHE) >= _WORKER_CACHE_SIZE:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import rasterio
+from rasterio.errors import RasterioError
 
 from sparkinfer.config import Normalization
 from sparkinfer.model import ModelPackage, load_package
@@ -55,6 +56,7 @@ CHUNK_RESULT_SCHEMA = pa.schema(
         ("read_s", pa.float64()),
         ("infer_s", pa.float64()),
         ("write_s", pa.float64()),
+        ("error", pa.string()),  # why the chunk could not be read; null when it was written
     ]
 )
 
@@ -89,6 +91,7 @@ class TileResult:
     scores: np.ndarray | None  # float32 (core_height, core_width, classes), when asked for
     read_s: float
     infer_s: float = 0.0
+    error: str | None = None  # the tile's chunk could not be read
 
 
 @dataclass
@@ -97,6 +100,7 @@ class _ReadTile:
     pixels: np.ndarray | None  # normalised read window; None when its core is all nodata
     valid: np.ndarray | None  # of the core
     read_s: float
+    error: str | None = None
 
 
 def _task_cpus() -> int:
@@ -141,27 +145,36 @@ class _TileReader:
         self.datasets: dict[int, rasterio.DatasetReader] = {}
         self.chunk_key: tuple | None = None
         self.chunk: tuple[np.ndarray, np.ndarray] | None = None
+        self.chunk_error: str | None = None
 
-    def _read_chunk(self, tile: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _read_chunk(self, tile: dict) -> tuple[np.ndarray, np.ndarray] | None:
         key = tuple(tile[k] for k in CHUNK_FIELDS)
         if key != self.chunk_key:
             self.chunk = None  # release the previous window before reading the next
             index = tile["raster_index"]
             info = self.spec.rasters[index]
-            with rasterio.Env(**GDAL_READ_OPTIONS):
-                if index not in self.datasets:
-                    self.datasets[index] = rasterio.open(info.path)
-                self.chunk = read_window(
-                    self.datasets[index], list(self.spec.bands), tile["chunk_read_row_off"],
-                    tile["chunk_read_col_off"], tile["chunk_read_height"],
-                    tile["chunk_read_width"], info.masking,
-                )  # fmt: skip
+            self.chunk_error = None
+            try:
+                with rasterio.Env(**GDAL_READ_OPTIONS):
+                    if index not in self.datasets:
+                        self.datasets[index] = rasterio.open(info.path)
+                    self.chunk = read_window(
+                        self.datasets[index], list(self.spec.bands), tile["chunk_read_row_off"],
+                        tile["chunk_read_col_off"], tile["chunk_read_height"],
+                        tile["chunk_read_width"], info.masking,
+                    )  # fmt: skip
+            except (RasterioError, OSError) as exc:  # a broken file fails its raster, not the job
+                text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+                self.chunk_error = f"{info.path}: cannot read pixels ({text})"
             self.chunk_key = key
         return self.chunk
 
     def read(self, tile: dict) -> _ReadTile:
         started = time.perf_counter()
-        data, valid = self._read_chunk(tile)
+        chunk = self._read_chunk(tile)
+        if chunk is None:
+            return _ReadTile(tile, None, None, time.perf_counter() - started, self.chunk_error)
+        data, valid = chunk
         top = tile["read_row_off"] - tile["chunk_read_row_off"]
         left = tile["read_col_off"] - tile["chunk_read_col_off"]
         rows = slice(top, top + tile["read_height"])
@@ -227,7 +240,7 @@ def predict_tiles(
 
     for read in _prefetched(_plan_tiles(batches), spec):
         if read.pixels is None:
-            yield TileResult(read.tile, None, None, read.read_s)
+            yield TileResult(read.tile, None, None, read.read_s, error=read.error)
             continue
         if pending and pending[0].pixels.shape != read.pixels.shape:
             yield from run_batch()
@@ -267,21 +280,29 @@ def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.
             started = time.perf_counter()
             height, width = tile["core_height"], tile["core_width"]
             classes, scores = result.classes, result.scores
-            if classes is None:
+            if result.error is not None:
+                summary["error"] = summary["error"] or result.error
+                summary["failed"] += 1
+            elif classes is None:
                 classes = np.full((height, width), CLASS_NODATA, np.uint8)
                 if spec.scores:
                     scores = np.full((height, width, spec.classes), np.nan, np.float32)
                 summary["skipped"] += 1
             else:
                 summary["inferred"] += 1
-            writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
+            if result.error is None:
+                writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
             summary["read_s"] += result.read_s
             summary["infer_s"] += result.infer_s
-            if summary["inferred"] + summary["skipped"] == summary["tiles"]:
-                writer.commit()
+            if summary["inferred"] + summary["skipped"] + summary["failed"] == summary["tiles"]:
+                if summary["error"] is None:
+                    writer.commit()
+                else:
+                    writer.abort()
                 del open_chunks[key]
             summary["write_s"] += time.perf_counter() - started
             if key not in open_chunks:
+                del summary["failed"]
                 yield pa.RecordBatch.from_pylist([summary], schema=CHUNK_RESULT_SCHEMA)
         if open_chunks:
             raise RuntimeError(f"chunks left incomplete: {sorted(open_chunks)}")
@@ -314,6 +335,8 @@ def _new_summary(row: dict) -> dict:
         "read_s": 0.0,
         "infer_s": 0.0,
         "write_s": 0.0,
+        "failed": 0,  # tiles of a chunk that could not be read; not a result column
+        "error": None,
     }
 
 

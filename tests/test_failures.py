@@ -1,0 +1,219 @@
+"""Nothing lost, nothing duplicated: per-raster failures, resume, the lock, safe models, names."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import rasterio
+from builders import lambda_model, whole_image_outputs, write_raster
+
+from sparkinfer.config import load_config
+from sparkinfer.errors import InputError, ModelError, OutputError
+from sparkinfer.job import (
+    LOCK_FILE,
+    STAGING_FOLDER,
+    output_names,
+    prepare_job,
+    run_job,
+    stage_spec,
+)
+from sparkinfer.stage import infer_and_write, plan_dataframe
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS = ROOT / "conf" / "default.yaml"
+
+
+def infer(*args):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "infer_tiles.py"), *map(str, args)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def broken_geotiff(path: Path) -> Path:
+    """A compressed GeoTIFF whose header reads but whose pixel data is garbage past a third."""
+    write_raster(path, 256, 256, seed=5)
+    with rasterio.open(path) as src:
+        profile = src.profile | {"compress": "deflate", "tiled": True, "blockxsize": 64,
+                                 "blockysize": 64}  # fmt: skip
+        data = src.read()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    raw = bytearray(path.read_bytes())
+    third = len(raw) // 3
+    raw[third : 2 * third] = os.urandom(third)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_broken_raster_fails_alone_and_a_rerun_keeps_what_was_written(tmp_path, models):
+    (tmp_path / "in").mkdir()
+    good = write_raster(tmp_path / "in" / "good.tif", 150, 130, seed=1)
+    broken = broken_geotiff(tmp_path / "in" / "broken.tif")
+    five = write_raster(tmp_path / "in" / "five.tif", 40, 40, bands=5)
+    out = tmp_path / "out"
+    args = ["--input", tmp_path / "in", "--model", models["conv"], "--output", out,
+            "--tile-size", 64]  # fmt: skip
+
+    done = infer(*args)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("sparkinfer: failed")]
+    assert len(lines) == 2, done.stderr
+    assert any(f": {broken}: " in line for line in lines)
+    assert any(line.startswith(f"sparkinfer: failed (plan): {five}: 5 bands selected")
+               for line in lines)  # fmt: skip
+    report = json.loads((out / "_run.json").read_text())
+    assert {(f["input"], f["stage"]) for f in report["failed"]} >= {(str(five), "plan")}
+    assert {f["input"] for f in report["failed"]} == {str(broken), str(five)}
+    expected, _, _ = whole_image_outputs(models["conv"], good)
+    with rasterio.open(out / "good.tif") as written:
+        assert (written.read(1) == expected).mean() >= 0.9999
+    outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("_"))
+    assert outputs == ["good.tif"], "no half outputs"
+    # What the broken raster had written stays staged for a resume, under its identity.
+    assert [p.name.rsplit("-", 1)[0] for p in (out / "_staging").iterdir()] == ["broken"]
+    written_at = (out / "good.tif").stat().st_mtime_ns
+
+    again = infer(*args)
+    assert again.returncode == 3
+    report = json.loads((out / "_run.json").read_text())
+    assert [(r["input"], r["status"]) for r in report["rasters"]] == [(str(good), "complete")]
+    assert (out / "good.tif").stat().st_mtime_ns == written_at, "a complete output is kept"
+
+
+def test_fail_fast_stops_at_the_first_failing_raster(tmp_path, models):
+    (tmp_path / "in").mkdir()
+    write_raster(tmp_path / "in" / "a.tif", 64, 64)
+    five = write_raster(tmp_path / "in" / "b.tif", 64, 64, bands=5)
+    out = tmp_path / "out"
+    done = infer("--input", tmp_path / "in", "--model", models["conv"], "--output", out,
+                 "--fail-fast")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"sparkinfer: error: {five}: ")
+    assert not out.exists()
+
+
+def config(**options):
+    return load_config(options, defaults_file=DEFAULTS)
+
+
+def scene_in(tmp_path: Path, name: str = "scene.tif", *args, **kwargs) -> Path:
+    """A test raster in tmp_path/in (outputs go to tmp_path/out: never an input's folder)."""
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return write_raster(tmp_path / "in" / name, *args, **kwargs)
+
+
+def test_complete_outputs_are_kept_and_a_changed_config_redoes_them(tmp_path, spark, models):
+    raster = scene_in(tmp_path, "scene.tif", 100, 90)
+    common = dict(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"))
+    first = run_job(spark, prepare_job(config(**common, tile_size=64)))
+    assert first["rasters"][0]["status"] == "written"
+    output = tmp_path / "out" / "scene.tif"
+    written_at = output.stat().st_mtime_ns
+
+    again = run_job(spark, prepare_job(config(**common, tile_size=64)))
+    assert again["rasters"][0]["status"] == "complete" and again["tiles"]["inferred"] == 0
+    assert output.stat().st_mtime_ns == written_at
+
+    changed = run_job(spark, prepare_job(config(**common, tile_size=32)))
+    assert changed["rasters"][0]["status"] == "written" and changed["tiles"]["inferred"] == 12
+    forced = run_job(spark, prepare_job(config(**common, tile_size=32, overwrite=True)))
+    assert forced["rasters"][0]["status"] == "written" and forced["tiles"]["inferred"] == 12
+
+
+def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
+    raster = scene_in(tmp_path, "scene.tif", 200, 190, seed=3)
+    options = dict(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "out"))
+    job = prepare_job(config(**options, tile_size=32, chunk_tiles=2))
+    (only,) = job.rasters
+    stale = only.staging.parent / "scene-0123456789abcdef"  # another model's or config's chunks
+    stale.mkdir(parents=True)
+    (stale / "chunk_r0000_c0000.tif").write_bytes(b"old")
+    # A run that died after writing the first 5 of its 12 chunks:
+    only.staging.mkdir(parents=True)
+    chunks = only.plan.chunks()
+    assert len(chunks) == 12
+    infer_and_write(spark, plan_dataframe(spark, [chunks.slice(0, 5)], 2), stage_spec(job, [only]),
+                    job.package)  # fmt: skip
+    assert len(list(only.staging.glob("*.tif"))) == 5
+
+    report = run_job(spark, job)
+    assert report["rasters"][0]["chunks"] == {"planned": 12, "resumed": 5}
+    tiles_left = sum(len(t) for t in chunks.slice(5)["tiles"].to_pylist())
+    assert report["tiles"]["inferred"] == tiles_left
+    assert not stale.exists(), "chunks of another identity never mix with this run's"
+    assert not (tmp_path / "out" / STAGING_FOLDER).exists()
+    expected, _, _ = whole_image_outputs(models["unet"], raster, stride=4)
+    with rasterio.open(tmp_path / "out" / "scene.tif") as written:
+        assert (written.read(1) == expected).mean() >= 0.9999
+
+
+def test_a_running_job_holds_the_output_folder(tmp_path, spark, models):
+    raster = scene_in(tmp_path, "scene.tif", 64, 64)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / LOCK_FILE
+    options = dict(input=[str(raster)], model=str(models["conv"]), output=str(out))
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                "started": "2026-11-26T00:00:00+00:00"}))  # fmt: skip
+    with pytest.raises(OutputError, match=f"in use by another run \\(pid {os.getpid()} on "):
+        prepare_job(config(**options))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    report = run_job(spark, prepare_job(config(**options)))  # a dead run's lock is taken over
+    assert report["rasters"][0]["status"] == "written" and not lock.exists()
+
+
+def test_output_names_are_safe_and_distinct():
+    names = output_names(["/a/scene.tif", "/b/scene.tif", "/c/São Paulo (2020).tif",
+                          "/d/..tif", "/e/_staging.tif", "/f/Scene.TIF"])  # fmt: skip
+    assert names[2] == "Sao_Paulo_2020" and names[3] == "raster" and names[4] == "staging"
+    assert len(set(n.casefold() for n in names)) == len(names)
+    assert names[0].startswith("scene-") and names[1].startswith("scene-")
+    assert all("/" not in n and not n.startswith((".", "_")) for n in names)
+
+
+def test_same_stems_and_unusual_names_get_distinct_safe_outputs(tmp_path, spark, models):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+    a = write_raster(tmp_path / "x" / "scène 1.tif", 70, 50, seed=1)
+    b = write_raster(tmp_path / "y" / "scène 1.tif", 40, 60, crs="EPSG:4326", seed=2)
+    report = run_job(spark, prepare_job(config(input=[str(a), str(b)], model=str(models["conv"]),
+                                               output=str(tmp_path / "out"))))  # fmt: skip
+    outputs = [Path(r["outputs"][0]) for r in report["rasters"]]
+    assert len(set(outputs)) == 2 and all(p.name.startswith("scene_1-") for p in outputs)
+    for raster, output in zip((a, b), outputs, strict=True):
+        with rasterio.open(raster) as src, rasterio.open(output) as out:
+            assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+
+
+def test_a_model_with_code_is_refused_unless_trusted(tmp_path, spark):
+    model = lambda_model(tmp_path / "lambda.keras")
+    raster = scene_in(tmp_path, "scene.tif", 64, 64)
+    options = dict(input=[str(raster)], model=str(model), output=str(tmp_path / "out"), halo=2)
+    with pytest.raises(ModelError, match="safe mode will not run; pass --trust-model"):
+        prepare_job(config(**options))
+    report = run_job(spark, prepare_job(config(**options, trust_model=True)))
+    assert report["rasters"][0]["status"] == "written"
+
+
+def test_a_rotated_raster_is_refused_and_the_others_planned(tmp_path, models):
+    from rasterio.transform import Affine
+
+    good = scene_in(tmp_path, "good.tif", 64, 64)
+    rotated = scene_in(tmp_path, "rotated.tif", 64, 64,
+                       transform=Affine(10, 2, 500_000, 2, -10, 5_300_000))  # fmt: skip
+    job = prepare_job(config(input=[str(good), str(rotated)], model=str(models["conv"]),
+                             output=str(tmp_path / "out")))  # fmt: skip
+    assert [r.info.path for r in job.rasters] == [str(good)]
+    (failure,) = job.failed
+    assert failure.stage == "plan" and "rotated or sheared" in failure.error
+    with pytest.raises(InputError, match="rotated or sheared"):
+        prepare_job(config(input=[str(rotated)], model=str(models["conv"]),
+                           output=str(tmp_path / "out")))  # fmt: skip
