@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ def run_path(
     """One path in a fresh process; its result with the process's wall time."""
     output = work / "out"
     result_file = work / "result.json"
+    shutil.rmtree(output, ignore_errors=True)  # a fresh run each time: nothing to resume
     work.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "benchmarks.paths", path, "--raster", str(raster),
                "--model", str(model), "--output", str(output), "--result", str(result_file),

@@ -6,6 +6,7 @@ Only metadata is read on the driver. Pixels are read on executors, one read wind
 from __future__ import annotations
 
 import glob
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,7 @@ from typing import Literal
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from sparkinfer.config import Normalization
@@ -82,24 +83,26 @@ def read_info(path: str | Path) -> RasterInfo:
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     try:
-        with rasterio.Env(**GDAL_READ_OPTIONS), rasterio.open(path) as src:
-            if src.count < 1:
-                raise InputError(f"{path}: raster has no bands")
-            if len(set(src.dtypes)) != 1:
-                raise InputError(f"{path}: bands have different data types {src.dtypes}")
-            if src.crs is None or src.transform.is_identity:
-                raise InputError(f"{path}: raster has no georeference (CRS and transform)")
-            return RasterInfo(
-                path=str(path),
-                width=src.width,
-                height=src.height,
-                count=src.count,
-                dtype=src.dtypes[0],
-                crs=src.crs.to_wkt(),
-                transform=tuple(src.transform)[:6],
-                nodata=src.nodata,
-                masking=_masking(src),
-            )
+        with warnings.catch_warnings():  # no georeference is reported below, in one line
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.Env(**GDAL_READ_OPTIONS), rasterio.open(path) as src:
+                if src.count < 1:
+                    raise InputError(f"{path}: raster has no bands")
+                if len(set(src.dtypes)) != 1:
+                    raise InputError(f"{path}: bands have different data types {src.dtypes}")
+                if src.crs is None or src.transform.is_identity:
+                    raise InputError(f"{path}: raster has no georeference (CRS and transform)")
+                return RasterInfo(
+                    path=str(path),
+                    width=src.width,
+                    height=src.height,
+                    count=src.count,
+                    dtype=src.dtypes[0],
+                    crs=src.crs.to_wkt(),
+                    transform=tuple(src.transform)[:6],
+                    nodata=src.nodata,
+                    masking=_masking(src),
+                )
     except RasterioError as exc:
         raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from None
 
