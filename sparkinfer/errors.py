@@ -36,3 +36,9 @@ class JobFailed(SparkInferError):
     """The Spark stage failed after the inputs were accepted."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message as one line of at most `limit` characters (its type if empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -31,7 +31,7 @@ import rasterio
 
 from sparkinfer import __version__
 from sparkinfer.config import CHUNK_PIXELS, JobConfig
-from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError
+from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, first_line
 from sparkinfer.model import ModelInfo, ModelPackage, inspect_model, package_model
 from sparkinfer.plan import RasterPlan, Tiling, round_up
 from sparkinfer.quicklook import write_quicklook
@@ -329,14 +329,9 @@ def _assemble(task: tuple) -> dict:
                             model.class_colors)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 -- recorded per raster, reported at the end
         return {"input": raster.info.path, "assemble_s": time.perf_counter() - started,
-                "error": f"{raster.info.path}: {_one_line(exc)}"}  # fmt: skip
+                "error": f"{raster.info.path}: {first_line(exc, 300)}"}  # fmt: skip
     shutil.rmtree(raster.staging, ignore_errors=True)
     return {"input": raster.info.path, "assemble_s": time.perf_counter() - started, "error": None}
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 ASSEMBLED_SCHEMA = pa.schema(

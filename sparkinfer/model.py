@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from sparkinfer.errors import ModelError
+from sparkinfer.errors import ModelError, first_line
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -146,14 +146,12 @@ def _load(path: Path, fmt: str, trusted: bool) -> Predictor:
         else:
             model = tf.saved_model.load(str(path))
     except Exception as exc:  # Keras raises many types for a bad file
-        text = str(exc).strip()
-        if "safe_mode" in text:
+        if "safe_mode" in str(exc):
             raise ModelError(
                 f"{path}: the model holds code (a Lambda layer or similar) that safe mode will "
                 "not run; pass --trust-model only if you trust this file"
             ) from None
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise ModelError(f"{path}: cannot load model ({reason[:200]})") from None
+        raise ModelError(f"{path}: cannot load model ({first_line(exc)})") from None
     return Predictor(model, fmt)
 
 

@@ -18,7 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from sparkinfer.config import Normalization
-from sparkinfer.errors import InputError
+from sparkinfer.errors import InputError, first_line
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 
@@ -104,7 +104,7 @@ def read_info(path: str | Path) -> RasterInfo:
                     masking=_masking(src),
                 )
     except RasterioError as exc:
-        raise InputError(f"{path}: not a readable raster ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from None
 
 
 def _masking(src: rasterio.DatasetReader) -> Masking:
@@ -114,11 +114,6 @@ def _masking(src: rasterio.DatasetReader) -> Masking:
     if flags == {MaskFlags.nodata}:
         return "nodata"
     return "mask"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def read_window(

@@ -25,6 +25,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from sparkinfer.config import Normalization
+from sparkinfer.errors import first_line
 from sparkinfer.model import ModelPackage, load_package
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, model_input, read_window
 from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter
@@ -164,8 +165,7 @@ class _TileReader:
                         tile["chunk_read_width"], info.masking,
                     )  # fmt: skip
             except (RasterioError, OSError) as exc:  # a broken file fails its raster, not the job
-                text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
-                self.chunk_error = f"{info.path}: cannot read pixels ({text})"
+                self.chunk_error = f"{info.path}: cannot read pixels ({first_line(exc, 300)})"
             self.chunk_key = key
         return self.chunk
 
