@@ -303,10 +303,11 @@ class OutputLock:
             self.path.unlink(missing_ok=True)
 
 
-def _chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
+def _chunk_specs(raster: RasterJob, chunks: pa.Table | None = None) -> list[ChunkSpec]:
+    """Where each chunk of the raster's plan (or of `chunks`, rows of that plan) is written."""
+    chunks = raster.plan.chunks() if chunks is None else chunks
     fields = ["chunk_row", "chunk_col", "row_off", "col_off", "height", "width"]
-    chunks = raster.plan.chunks().select(fields).to_pylist()
-    return [ChunkSpec(folder=raster.staging, **c) for c in chunks]
+    return [ChunkSpec(folder=raster.staging, **c) for c in chunks.select(fields).to_pylist()]
 
 
 def _assemble(task: tuple) -> dict:
@@ -378,12 +379,13 @@ def _prepare_staging(raster: RasterJob, overwrite: bool) -> None:
 
 def _chunks_to_do(raster: RasterJob) -> pa.Table:
     """The raster's chunks without committed files in its staging folder."""
+    chunks = raster.plan.chunks()
     scores = raster.scores_path is not None
     done = [
         spec.classes_path.is_file() and (not scores or spec.scores_path.is_file())
-        for spec in _chunk_specs(raster)
+        for spec in _chunk_specs(raster, chunks)
     ]
-    return raster.plan.chunks().filter(pa.array([not d for d in done], pa.bool_()))
+    return chunks.filter(pa.array([not d for d in done], pa.bool_()))
 
 
 def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
