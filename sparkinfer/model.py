@@ -100,16 +100,24 @@ class Predictor:
                 return signature(x)[output_key]
 
             self.input_key = next(iter(signature.structured_input_signature[1]))
-        def classify(x):
-            scores = call(x)
+
+        def classes_of(scores):
             if scores.shape[-1] == 1:  # one sigmoid channel: binary segmentation
                 return tf.cast(scores[..., 0] >= 0.5, tf.uint8)
             return tf.cast(tf.argmax(scores, axis=-1), tf.uint8)
 
+        def classify(x):
+            return classes_of(call(x))
+
+        def classify_with_scores(x):
+            scores = call(x)
+            return classes_of(scores), scores
+
         self._fn = tf.function(call, reduce_retracing=True)
-        # Classes computed in the graph: a quarter of the bytes of float scores (or less) leave
-        # TensorFlow, and no argmax in numpy.
+        # Classes are taken in the graph: without scores, only uint8 class maps leave
+        # TensorFlow, and both kinds of run classify alike.
         self._classify = tf.function(classify, reduce_retracing=True)
+        self._classify_with_scores = tf.function(classify_with_scores, reduce_retracing=True)
         self.bands = self._input_bands()
 
     def _input_bands(self) -> int:
@@ -129,9 +137,15 @@ class Predictor:
         """The model's outputs (scores) for a batch."""
         return np.asarray(self._fn(batch))
 
-    def classify(self, batch: np.ndarray) -> np.ndarray:
-        """Class per pixel, uint8 (N, H, W): argmax of the scores, or score >= 0.5 for one."""
-        return np.asarray(self._classify(batch))
+    def classify(
+        self, batch: np.ndarray, with_scores: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class per pixel, uint8 (N, H, W): argmax of the scores, or score >= 0.5 for one
+        channel; and the scores (N, H, W, classes) when asked for."""
+        if not with_scores:
+            return np.asarray(self._classify(batch)), None
+        classes, scores = self._classify_with_scores(batch)
+        return np.asarray(classes), np.asarray(scores)
 
 
 def _load(path: Path, fmt: str, trusted: bool) -> Predictor:

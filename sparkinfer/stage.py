@@ -227,15 +227,19 @@ def predict_tiles(
 
     def run_batch() -> Iterator[TileResult]:
         started = time.perf_counter()
-        pixels = np.stack([p.pixels for p in pending])
-        outputs = predictor(pixels) if spec.scores else predictor.classify(pixels)
+        classes, scores = predictor.classify(np.stack([p.pixels for p in pending]), spec.scores)
         share = (time.perf_counter() - started) / len(pending)
-        for read, out in zip(pending, outputs, strict=True):
+        for i, read in enumerate(pending):
             t = read.tile
             top, left = t["core_row_off"] - t["read_row_off"], t["core_col_off"] - t["read_col_off"]
-            core = out[top : top + t["core_height"], left : left + t["core_width"]]
-            classes, scores = _core_outputs(core, read.valid, spec.scores)
-            yield TileResult(t, classes, scores, read.read_s, share)
+            core = (i, slice(top, top + t["core_height"]), slice(left, left + t["core_width"]))
+            core_classes = classes[core].copy()
+            core_classes[~read.valid] = CLASS_NODATA
+            core_scores = None
+            if scores is not None:
+                core_scores = scores[core].astype(np.float32, copy=True)
+                core_scores[~read.valid] = np.nan
+            yield TileResult(t, core_classes, core_scores, read.read_s, share)
         pending.clear()
 
     for read in _prefetched(_plan_tiles(batches), spec):
@@ -249,22 +253,6 @@ def predict_tiles(
             yield from run_batch()
     if pending:
         yield from run_batch()
-
-
-def _core_outputs(core: np.ndarray, valid: np.ndarray, with_scores: bool):
-    """Class map and scores (when asked for) of a tile's core, nodata where it is invalid."""
-    scores = None
-    if with_scores:
-        if core.shape[-1] == 1:  # one sigmoid channel: binary segmentation
-            classes = (core[..., 0] >= 0.5).astype(np.uint8)
-        else:
-            classes = core.argmax(axis=-1).astype(np.uint8)
-        scores = core.astype(np.float32, copy=True)
-        scores[~valid] = np.nan
-    else:
-        classes = core.copy()
-    classes[~valid] = CLASS_NODATA
-    return classes, scores
 
 
 def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.RecordBatch]:
