@@ -45,7 +45,6 @@ class RasterInfo:
     nodata: float | None
     masking: Masking  # how invalid pixels are marked in the bands
 
-
     @property
     def name(self) -> str:
         return Path(self.path).stem

@@ -255,48 +255,62 @@ def predict_tiles(
         yield from run_batch()
 
 
+@dataclass
+class _OpenChunk:
+    writer: ChunkWriter | None  # None once the chunk failed: nothing of it is kept
+    summary: dict  # its CHUNK_RESULT_SCHEMA row, filled as its tiles arrive
+    received: int = 0
+
+
 def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.RecordBatch]:
-    """Stream tile predictions into chunk files; one result row per chunk once it is complete."""
-    open_chunks: dict[tuple, tuple[ChunkWriter, dict]] = {}
+    """Stream tile predictions into chunk files; one result row per chunk once it is complete.
+
+    A chunk whose pixels could not be read is not written: its row carries the error."""
+    open_chunks: dict[tuple, _OpenChunk] = {}
     try:
         for result in results:
             tile = result.tile
             key = tuple(tile[k] for k in CHUNK_FIELDS)
-            if key not in open_chunks:
-                open_chunks[key] = (_open_chunk(tile, spec), _new_summary(tile))
-            writer, summary = open_chunks[key]
+            chunk = open_chunks.get(key)
+            if chunk is None:
+                writer = None if result.error else _open_chunk(tile, spec)
+                chunk = open_chunks[key] = _OpenChunk(writer, _new_summary(tile))
+            summary = chunk.summary
             started = time.perf_counter()
-            height, width = tile["core_height"], tile["core_width"]
-            classes, scores = result.classes, result.scores
             if result.error is not None:
                 summary["error"] = summary["error"] or result.error
-                summary["failed"] += 1
-            elif classes is None:
-                classes = np.full((height, width), CLASS_NODATA, np.uint8)
-                if spec.scores:
-                    scores = np.full((height, width, spec.classes), np.nan, np.float32)
-                summary["skipped"] += 1
+                if chunk.writer is not None:
+                    chunk.writer.abort()
+                    chunk.writer = None
             else:
-                summary["inferred"] += 1
-            if result.error is None:
-                writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
+                height, width = tile["core_height"], tile["core_width"]
+                classes, scores = result.classes, result.scores
+                if classes is None:
+                    classes = np.full((height, width), CLASS_NODATA, np.uint8)
+                    if spec.scores:
+                        scores = np.full((height, width, spec.classes), np.nan, np.float32)
+                    summary["skipped"] += 1
+                else:
+                    summary["inferred"] += 1
+                if chunk.writer is not None:
+                    chunk.writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
             summary["read_s"] += result.read_s
             summary["infer_s"] += result.infer_s
-            if summary["inferred"] + summary["skipped"] + summary["failed"] == summary["tiles"]:
-                if summary["error"] is None:
-                    writer.commit()
-                else:
-                    writer.abort()
+            chunk.received += 1
+            complete = chunk.received == summary["tiles"]
+            if complete:
+                if chunk.writer is not None:
+                    chunk.writer.commit()
                 del open_chunks[key]
             summary["write_s"] += time.perf_counter() - started
-            if key not in open_chunks:
-                del summary["failed"]
+            if complete:
                 yield pa.RecordBatch.from_pylist([summary], schema=CHUNK_RESULT_SCHEMA)
         if open_chunks:
             raise RuntimeError(f"chunks left incomplete: {sorted(open_chunks)}")
     finally:
-        for writer, _ in open_chunks.values():
-            writer.abort()
+        for chunk in open_chunks.values():
+            if chunk.writer is not None:
+                chunk.writer.abort()
 
 
 def _open_chunk(row: dict, spec: StageSpec) -> ChunkWriter:
@@ -323,7 +337,6 @@ def _new_summary(row: dict) -> dict:
         "read_s": 0.0,
         "infer_s": 0.0,
         "write_s": 0.0,
-        "failed": 0,  # tiles of a chunk that could not be read; not a result column
         "error": None,
     }
 
