@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Submit jobs/infer_tiles.py with the project's interpreter and library.
-#   SPARK_MASTER       master URL (default local[*]): spark://host:7077, yarn, k8s://https://...
+#   SPARK_MASTER       master URL (default local[*,4]: all cores, a failed task tried up to 4
+#                      times, as on a cluster): spark://host:7077, yarn, k8s://https://...
 #   SPARK_SUBMIT_ARGS  extra spark-submit options, e.g. "--executor-memory 4g --num-executors 8"
 #   SPARKINFER_VENV    virtual environment holding pyspark and the dependencies (default .venv)
 # Every argument after the script name goes to the job (see --help).
@@ -17,7 +18,7 @@ fi
 export PATH="$venv/bin:$PATH"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$python}"
-master="${SPARK_MASTER:-local[*]}"
+master="${SPARK_MASTER:-local[*,4]}"
 if [[ "$master" == local* ]]; then
     export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 fi

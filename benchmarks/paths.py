@@ -235,7 +235,6 @@ def predict_batch_udf(args) -> dict:
     from pyspark.sql.types import ArrayType, ByteType
 
     from sparkinfer.config import CogOptions
-    from sparkinfer.stage import ordered_dataframe
     from sparkinfer.writers import assemble_cog
 
     spark, startup = _started_spark(args.cores)
@@ -274,9 +273,7 @@ def predict_batch_udf(args) -> dict:
             make_predict_fn, return_type=ArrayType(ByteType()), batch_size=job.config.batch_size,
             input_tensor_shapes=[[len(FIELDS)]],
         )  # fmt: skip
-        frame = ordered_dataframe(
-            spark, pa.Table.from_pylist(tiles), 4 * spark.sparkContext.defaultParallelism
-        )
+        frame = spark.createDataFrame(pa.Table.from_pylist(tiles))  # a slice per core
         predicted = frame.withColumn("classes", classify(array(*FIELDS)))
 
         def write_tiles(batches):

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from sparkinfer.cli import config_from_args, print_summary
-from sparkinfer.errors import UserError
+from sparkinfer.errors import JobFailed, UserError
 from sparkinfer.job import prepare_job, run_job
 
-# Exit codes: 0 every output written; 2 a user error before Spark (one line, nothing written);
-# 3 some rasters failed (listed, also in _run.json) and the others were written.
+# Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
+# error before Spark (one line, nothing written); 3 some rasters failed (listed, also in
+# _run.json) and the others were written.
 EXIT_SOME_FAILED = 3
 
 # Absent where only this script travels (cluster deploy mode): the built-in defaults are the same.
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> int:
     try:
         print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
         report = run_job(spark, job)
-    except UserError as exc:  # the output folder was taken by another run meanwhile
+    except (UserError, JobFailed) as exc:  # the folder was taken meanwhile; a Spark job failed
         print(f"sparkinfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:

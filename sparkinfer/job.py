@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 import unicodedata
 from collections import Counter
@@ -40,17 +41,18 @@ from sparkinfer.stage import (
     CHUNK_RESULT_SCHEMA,
     StageSpec,
     infer_and_write,
-    ordered_dataframe,
-    plan_dataframe,
-    spark_schema,
+    map_in_partitions,
+    plan_table,
+    spark_failures,
 )
-from sparkinfer.writers import ChunkSpec, assemble_cog
+from sparkinfer.writers import ChunkSpec, assemble_cog, chunk_name, scores_name
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 STAGING_FOLDER = "_staging"
 RUN_REPORT = "_run.json"
 LOCK_FILE = "_sparkinfer.lock"
 IDENTITY_TAG = "SPARKINFER_IDENTITY"
+RESUME_HINT = "the chunks written so far are kept: run the same command again to resume"
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,15 @@ def _check_output_folder(output: Path, inputs: list[Path]) -> None:
         raise OutputError(
             f"{output}: cannot create the output folder ({existing} is not a folder)"
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{output}: output folder is not writable")
+    # A real write, not os.access: that says yes to root, on read-only mounts and under ACLs.
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".sparkinfer-probe-"):
+            pass
+    except OSError as exc:
+        where = "output folder" if existing == resolved else f"folder {existing}"
+        raise OutputError(
+            f"{output}: cannot write in the {where} ({exc.strerror}); choose another --output"
+        ) from None
 
 
 def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
@@ -352,8 +361,8 @@ def assemble_on_executors(spark, tasks: list[tuple]) -> list[dict]:
             done = [_assemble(tasks[i]) for i in batch.column("task").to_pylist()]
             yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
 
-    frame = ordered_dataframe(spark, pa.table({"task": list(range(len(tasks)))}), len(tasks))
-    rows = frame.mapInArrow(assemble, spark_schema(ASSEMBLED_SCHEMA)).collect()
+    table = pa.table({"task": list(range(len(tasks)))})
+    rows = map_in_partitions(spark, table, len(tasks), assemble, ASSEMBLED_SCHEMA)
     return [row.asDict() for row in rows]
 
 
@@ -368,7 +377,7 @@ def is_complete(raster: RasterJob) -> bool:
         return False
 
 
-def _prepare_staging(raster: RasterJob, overwrite: bool) -> None:
+def prepare_staging(raster: RasterJob, overwrite: bool) -> None:
     """Keep this raster's chunks of the same identity (resume); drop any other run's."""
     name = raster.staging.name.rsplit("-", 1)[0]
     for folder in raster.staging.parent.glob(f"{name}-*"):
@@ -377,14 +386,18 @@ def _prepare_staging(raster: RasterJob, overwrite: bool) -> None:
     raster.staging.mkdir(parents=True, exist_ok=True)
 
 
-def _chunks_to_do(raster: RasterJob) -> pa.Table:
+def chunks_to_do(raster: RasterJob) -> pa.Table:
     """The raster's chunks without committed files in its staging folder."""
     chunks = raster.plan.chunks()
+    committed = set(os.listdir(raster.staging))  # one listing, not a stat per chunk
+    if not committed:
+        return chunks
     scores = raster.scores_path is not None
-    done = [
-        spec.classes_path.is_file() and (not scores or spec.scores_path.is_file())
-        for spec in _chunk_specs(raster, chunks)
-    ]
+    done = []
+    for row, col in zip(chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(),
+                        strict=True):  # fmt: skip
+        name = chunk_name(row, col)
+        done.append(name in committed and (not scores or scores_name(name) in committed))
     return chunks.filter(pa.array([not d for d in done], pa.bool_()))
 
 
@@ -416,10 +429,10 @@ def _run(spark, job: Job) -> dict:
     complete = [r for r in job.rasters if not job.config.overwrite and is_complete(r)]
     todo = [r for r in job.rasters if r not in complete]
     for raster in todo:
-        _prepare_staging(raster, job.config.overwrite)
+        prepare_staging(raster, job.config.overwrite)
 
     t = time.perf_counter()
-    chunk_tables = [_chunks_to_do(r) for r in todo]
+    chunk_tables = [chunks_to_do(r) for r in todo]
     resumed = {r.info.path: r.plan.chunk_count - len(c) for r, c in zip(todo, chunk_tables,
                                                                       strict=True)}  # fmt: skip
     total_chunks = sum(len(c) for c in chunk_tables)
@@ -428,9 +441,11 @@ def _run(spark, job: Job) -> dict:
     results = pa.Table.from_pylist([], schema=CHUNK_RESULT_SCHEMA)
     if total_chunks:
         parallelism = spark.sparkContext.defaultParallelism
-        plan_df = plan_dataframe(spark, chunk_tables, partitions=max(1, 4 * parallelism))
         t = time.perf_counter()
-        results = infer_and_write(spark, plan_df, stage_spec(job, todo), job.package)
+        with spark_failures(f"{job.output}: inference failed", RESUME_HINT):
+            # A few tasks per core: even load, and a lost task is a small share of the work.
+            results = infer_and_write(spark, plan_table(chunk_tables), 4 * parallelism,
+                                      stage_spec(job, todo), job.package)  # fmt: skip
         timings["infer_write_s"] = time.perf_counter() - t
         if len(results) != total_chunks:
             raise RuntimeError(f"{len(results)} chunk results for {total_chunks} planned chunks")
@@ -456,7 +471,10 @@ def _run(spark, job: Job) -> dict:
          metadata | {"source": r.info.path, IDENTITY_TAG: r.identity})
         for r in to_assemble
     ]  # fmt: skip
-    assembled = assemble_on_executors(spark, tasks) if tasks else []
+    assembled = []
+    if tasks:
+        with spark_failures(f"{job.output}: assembly failed", RESUME_HINT):
+            assembled = assemble_on_executors(spark, tasks)
     timings["assemble_s"] = time.perf_counter() - t
     for done in assembled:
         if done["error"]:
@@ -492,8 +510,11 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
                     "skipped_nodata": pc.sum(mine["skipped"]).as_py() or 0,
                     "inferred": pc.sum(mine["inferred"]).as_py() or 0,
                 },
-                "chunks": {"planned": raster.plan.chunk_count,
-                           "resumed": resumed[raster.info.path]},  # fmt: skip
+                "chunks": {
+                    "planned": raster.plan.chunk_count,
+                    "resumed": resumed[raster.info.path],  # committed by an earlier run
+                    "kept_on_retry": pc.sum(mine["reused"].cast(pa.int32())).as_py() or 0,
+                },
                 "assemble_s": assembled_s.get(raster.info.path),
             }
         )

@@ -1,34 +1,37 @@
 """The Spark stage: the plan as a DataFrame of chunks, inference and writing on executors.
 
-Spark is only at the edges of this module. `plan_dataframe` turns the plan (an Arrow table, one
-row per chunk with its tiles) into a DataFrame whose partitions are runs of spatially adjacent
-chunks. `predict_tiles` and `write_chunks` run, chained, in each partition's `mapInArrow`: the
-first reads read windows with rasterio on a background thread (ahead of the model), runs the
-model on batches of tiles and yields each tile's prediction cropped to its core; the second
-streams those into the chunk GeoTIFFs and yields one small row per chunk. Predictions stay numpy
+Spark is only at the edges of this module. `map_in_partitions` turns the plan (an Arrow table,
+one row per chunk with its tiles) into a DataFrame whose partitions are runs of spatially
+adjacent chunks. `predict_tiles` and `write_chunks` run, chained, in each partition's
+`mapInArrow`: the first reads read windows with rasterio on a background thread (ahead of the
+model), runs the model on batches of tiles and yields each tile's prediction cropped to its
+core; the second streams those into the chunk GeoTIFFs and yields one small row per chunk. A
+retried task keeps the chunks its failed attempt committed. Predictions stay numpy
 arrays inside the Python worker: they never leave the executor.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import rasterio
 from rasterio.errors import RasterioError
 
 from sparkinfer.config import Normalization
-from sparkinfer.errors import first_line
+from sparkinfer.errors import JobFailed, first_line
 from sparkinfer.model import ModelPackage, load_package
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, model_input, read_window
-from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter
+from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter, chunk_name, scores_name
 
 
 @dataclass(frozen=True)
@@ -58,29 +61,38 @@ CHUNK_RESULT_SCHEMA = pa.schema(
         ("infer_s", pa.float64()),
         ("write_s", pa.float64()),
         ("error", pa.string()),  # why the chunk could not be read; null when it was written
+        ("reused", pa.bool_()),  # already committed by a failed attempt of the same task
     ]
 )
 
 
-def plan_dataframe(spark, chunk_tables: list[pa.Table], partitions: int):
-    """A DataFrame of the chunks of every raster, in `partitions` runs of consecutive chunks."""
-    table = pa.concat_tables(
+def plan_table(chunk_tables: list[pa.Table]) -> pa.Table:
+    """The chunks of every raster in one table, each row with its raster's index."""
+    return pa.concat_tables(
         t.add_column(0, "raster_index", pa.array(np.full(len(t), i, np.int32)))
         for i, t in enumerate(chunk_tables)
     )
-    return ordered_dataframe(spark, table, partitions)
 
 
-def ordered_dataframe(spark, table: pa.Table, partitions: int):
-    """`table` as a DataFrame of `partitions` partitions that keep its rows in order.
+def map_in_partitions(spark, table: pa.Table, partitions: int, function, schema: pa.Schema):
+    """Run `function` (a mapInArrow function) over `table` cut into `partitions` runs of
+    consecutive rows; its output rows, collected on the driver.
 
-    `createDataFrame` makes one partition per record batch of an Arrow table, so the table is
-    rebuilt from exactly one batch per partition.
+    `createDataFrame` of an Arrow table is a local relation: Spark cuts it into
+    `spark.sql.leafNodeDefaultParallelism` even slices (by default one per core), read when the
+    query runs. It is set for this query only and restored after.
     """
-    table = table.combine_chunks()
-    bounds = np.linspace(0, len(table), min(partitions, len(table)) + 1).astype(int)
-    batches = [table.slice(a, b - a).to_batches()[0] for a, b in pairwise(bounds)]
-    return spark.createDataFrame(pa.Table.from_batches(batches))
+    frame = spark.createDataFrame(table)
+    key = "spark.sql.leafNodeDefaultParallelism"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, str(max(1, min(partitions, len(table)))))
+    try:
+        return frame.mapInArrow(function, spark_schema(schema)).collect()
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
 
 @dataclass
@@ -338,20 +350,53 @@ def _new_summary(row: dict) -> dict:
         "infer_s": 0.0,
         "write_s": 0.0,
         "error": None,
+        "reused": False,
     }
 
 
-def infer_and_write(spark, plan_df, spec: StageSpec, package: ModelPackage) -> pa.Table:
-    """Run inference and chunk writing on the executors; the per-chunk results, on the driver."""
+def _committed(chunk: dict, spec: StageSpec) -> bool:
+    name = chunk_name(chunk["chunk_row"], chunk["chunk_col"])
+    names = [name, scores_name(name)] if spec.scores else [name]
+    folder = Path(spec.staging[chunk["raster_index"]])
+    return all((folder / n).is_file() for n in names)
+
+
+def _skip_committed(
+    batches: Iterator[pa.RecordBatch], spec: StageSpec, reused: list[dict]
+) -> Iterator[pa.RecordBatch]:
+    """The chunk rows whose files are not committed yet; a result row in `reused` for the others.
+
+    A retried task finds the chunks its failed attempt committed (same names, same identity
+    folder, whole files): it keeps them instead of inferring them again."""
+    for batch in batches:
+        chunks = batch.select(list(CHUNK_FIELDS)).to_pylist()
+        tiles = pc.list_value_length(batch.column("tiles")).to_pylist()
+        todo = []
+        for chunk, count in zip(chunks, tiles, strict=True):
+            done = _committed(chunk, spec)
+            todo.append(not done)
+            if done:
+                reused.append(_new_summary(chunk | {"chunk_tiles": count}) | {"reused": True})
+        if any(todo):
+            yield batch if all(todo) else batch.filter(pa.array(todo, pa.bool_()))
+
+
+def infer_and_write(
+    spark, plan: pa.Table, partitions: int, spec: StageSpec, package: ModelPackage
+) -> pa.Table:
+    """Run inference and chunk writing on the executors, over `plan` (`plan_table`) cut into
+    `partitions` tasks; the per-chunk results, on the driver."""
     model = spark.sparkContext.broadcast(package)
 
     def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from write_chunks(predict_tiles(batches, spec, model.value), spec)
+        reused: list[dict] = []
+        yield from write_chunks(predict_tiles(_skip_committed(batches, spec, reused), spec,
+                                              model.value), spec)  # fmt: skip
+        if reused:
+            yield pa.RecordBatch.from_pylist(reused, schema=CHUNK_RESULT_SCHEMA)
 
-    try:
-        rows = plan_df.mapInArrow(partition, spark_schema(CHUNK_RESULT_SCHEMA)).collect()
-    finally:
-        model.unpersist()
+    rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA)
+    model.unpersist()  # not after a failure: the job's other tasks may still be reading it
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
 
 
@@ -361,3 +406,29 @@ def spark_schema(schema: pa.Schema):
 
     return from_arrow_schema(schema)
 
+
+
+@contextmanager
+def spark_failures(what: str, hint: str) -> Iterator[None]:
+    """Raise a failed Spark job as a one-line `JobFailed`: what failed, the failed task's cause
+    and what to do.
+
+    The executors' full stack traces are already in Spark's log."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (Py4JJavaError, PySparkException) as exc:
+        raise JobFailed(f"{what}: {_task_failure(str(exc))}; {hint}") from None
+
+
+def _task_failure(text: str) -> str:
+    """The cause of a failed Spark job in one line, from the driver-side exception's text."""
+    lost = re.search(r"most recent failure: Lost task .*?\): (?:\S+Exception: )?(.+)", text)
+    if lost:  # a JVM-side failure: "... Lost task 0.0 in stage 2.0 (TID 5) (host ...): cause"
+        cause = lost.group(1)
+    else:  # a Python exception in the task: its traceback ends with "Type: message"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        cause = lines[-1] if lines else "unknown error"
+    return cause.split(". Consider setting")[0][:300]

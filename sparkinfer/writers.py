@@ -54,6 +54,11 @@ def chunk_name(chunk_row: int, chunk_col: int) -> str:
     return f"chunk_r{chunk_row:05d}_c{chunk_col:05d}.tif"
 
 
+def scores_name(classes_name: str) -> str:
+    """The name of the scores file beside a class map file."""
+    return classes_name.removesuffix(".tif") + ".scores.tif"
+
+
 @dataclass(frozen=True)
 class ChunkSpec:
     """Where one chunk lies in its raster, and where its files go."""
@@ -72,7 +77,7 @@ class ChunkSpec:
 
     @property
     def scores_path(self) -> Path:
-        return self.classes_path.with_suffix(".scores.tif")
+        return self.folder / scores_name(self.classes_path.name)
 
 
 class ChunkWriter:

@@ -60,7 +60,9 @@ def write_raster(
     return path
 
 
-def conv_stack(path: Path, bands: int = 4, classes: int = 3, depth: int = 4, seed: int = 1) -> Path:
+def conv_stack(
+    path: Path, bands: int = 4, classes: int = 3, depth: int = 4, seed: int = 1, filters: int = 12
+) -> Path:
     """'same' 3x3 convolutions: stride 1, receptive radius `depth`."""
     import keras
     from keras import layers
@@ -68,7 +70,7 @@ def conv_stack(path: Path, bands: int = 4, classes: int = 3, depth: int = 4, see
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
         [keras.Input((None, None, bands)), layers.Rescaling(1 / 64)]
-        + [layers.Conv2D(12, 3, padding="same", activation="relu") for _ in range(depth)]
+        + [layers.Conv2D(filters, 3, padding="same", activation="relu") for _ in range(depth)]
         + [layers.Conv2D(classes, 1, activation="softmax")]
     )
     model.save(path)

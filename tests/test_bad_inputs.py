@@ -134,6 +134,16 @@ def test_output_folder_under_a_file_is_refused(tmp_path, models):
                            output=str(tmp_path / "file" / "out")))  # fmt: skip
 
 
+def test_an_output_folder_that_refuses_writes_is_refused(tmp_path, models):
+    """/sys refuses new files even to root, for whom permission bits (and os.access) say yes."""
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "a.tif", 32, 32)
+    with pytest.raises(OutputError, match="^/sys/sparkinfer-out: cannot write in the folder /sys "
+                                          r"\(Permission denied\); choose another --output$"):
+        prepare_job(config(input=[str(raster)], model=str(models["conv"]),
+                           output="/sys/sparkinfer-out"))  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "model, message",
     [("missing.keras", "model not found"), ("corrupt.keras", "cannot load model")],

@@ -21,7 +21,7 @@ from sparkinfer.job import (
     run_job,
     stage_spec,
 )
-from sparkinfer.stage import infer_and_write, plan_dataframe
+from sparkinfer.stage import infer_and_write, plan_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"
@@ -138,12 +138,12 @@ def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
     only.staging.mkdir(parents=True)
     chunks = only.plan.chunks()
     assert len(chunks) == 12
-    infer_and_write(spark, plan_dataframe(spark, [chunks.slice(0, 5)], 2), stage_spec(job, [only]),
+    infer_and_write(spark, plan_table([chunks.slice(0, 5)]), 2, stage_spec(job, [only]),
                     job.package)  # fmt: skip
     assert len(list(only.staging.glob("*.tif"))) == 5
 
     report = run_job(spark, job)
-    assert report["rasters"][0]["chunks"] == {"planned": 12, "resumed": 5}
+    assert report["rasters"][0]["chunks"] == {"planned": 12, "resumed": 5, "kept_on_retry": 0}
     tiles_left = sum(len(t) for t in chunks.slice(5)["tiles"].to_pylist())
     assert report["tiles"]["inferred"] == tiles_left
     assert not stale.exists(), "chunks of another identity never mix with this run's"

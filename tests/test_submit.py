@@ -1,25 +1,9 @@
 """spark-submit.sh end to end, and the distributed path under local-cluster."""
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
-import pyspark
 import rasterio
 from builders import write_raster
-
-ROOT = Path(__file__).resolve().parent.parent
-WORK = Path(pyspark.__file__).parent / "work"  # local-cluster executors' folders land here
-
-
-def submit(args, master, timeout=300):
-    venv = Path(sys.executable).parent.parent
-    env = dict(os.environ, SPARK_MASTER=master, SPARKINFER_VENV=str(venv))
-    return subprocess.run([str(ROOT / "spark-submit.sh"), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+from processes import local_cluster_work, submit
 
 
 def test_local_cluster_gives_byte_identical_class_maps_to_local(tmp_path, run, models):
@@ -29,14 +13,10 @@ def test_local_cluster_gives_byte_identical_class_maps_to_local(tmp_path, run, m
     common = dict(model=str(models["unet"]), tile_size=64, chunk_tiles=2)
     run(input=[str(tmp_path / "in")], output=str(tmp_path / "local"), **common)
 
-    before = set(WORK.iterdir()) if WORK.exists() else set()
-    try:
-        done = submit(["--input", str(tmp_path / "in"), "--model", common["model"],
-                       "--output", str(tmp_path / "cluster"), "--tile-size", "64",
-                       "--chunk-tiles", "2"], "local-cluster[2,1,1024]")  # fmt: skip
-    finally:
-        for folder in (set(WORK.iterdir()) if WORK.exists() else set()) - before:
-            shutil.rmtree(folder, ignore_errors=True)
+    with local_cluster_work():
+        done = submit(["--input", tmp_path / "in", "--model", common["model"],
+                       "--output", tmp_path / "cluster", "--tile-size", 64,
+                       "--chunk-tiles", 2], "local-cluster[2,1,1024]")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "local-cluster" not in done.stdout  # the summary names outputs, not the master
     for name in ("a.tif", "b.tif"):

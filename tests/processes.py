@@ -1,0 +1,102 @@
+"""Starting the job as users do (spark-submit.sh) and finding its processes, for fault injection."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyspark
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_CLUSTER_WORK = Path(pyspark.__file__).parent / "work"  # executors' folders land here
+
+
+def submit_command(args: list, master: str) -> tuple[list[str], dict]:
+    """spark-submit.sh's command line and environment for `args` on `master`."""
+    venv = Path(sys.executable).parent.parent
+    env = dict(os.environ, SPARK_MASTER=master, SPARKINFER_VENV=str(venv))
+    return [str(ROOT / "spark-submit.sh"), *map(str, args)], env
+
+
+def submit(args: list, master: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    command, env = submit_command(args, master)
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def start(args: list, master: str, log: Path) -> subprocess.Popen:
+    """spark-submit.sh in the background, stdout and stderr to `log`, in its own session."""
+    command, env = submit_command(args, master)
+    with log.open("w") as out:
+        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+@contextmanager
+def local_cluster_work():
+    """Remove the executor folders that local-cluster leaves in the pyspark package."""
+    before = set(LOCAL_CLUSTER_WORK.iterdir()) if LOCAL_CLUSTER_WORK.exists() else set()
+    try:
+        yield
+    finally:
+        after = set(LOCAL_CLUSTER_WORK.iterdir()) if LOCAL_CLUSTER_WORK.exists() else set()
+        for folder in after - before:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """Every process: pid -> (parent pid, command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        found[int(entry.name)] = (ppid, cmdline)
+    return found
+
+
+def descendants(root: int) -> dict[int, str]:
+    """The processes below `root`: pid -> command line."""
+    table = processes()
+    found, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, cmdline) in table.items():
+            if ppid == parent and pid not in found:
+                found[pid] = cmdline
+                frontier.append(pid)
+    return found
+
+
+def python_workers(root: int) -> list[int]:
+    """Spark's Python workers below `root`: the children that pyspark.daemon forks."""
+    below = descendants(root)
+    return [pid for pid, cmd in below.items() if "pyspark.daemon" in cmd
+            and "pyspark.daemon" in below.get(processes().get(pid, (0, ""))[0], "")]  # fmt: skip
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, job=None) -> None:
+    """Poll `condition` every 50 ms; fail the test if it is not met in time or `job` ended."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if job is not None and job.poll() is not None:
+            raise AssertionError(f"the job ended (exit {job.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def committed_chunks(output: Path) -> set[str]:
+    """The chunk files committed (renamed into place) in the output's staging folders."""
+    return {p.name for p in output.glob("_staging/*/chunk_*.tif")}

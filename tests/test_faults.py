@@ -1,0 +1,141 @@
+"""Fault injection: a failed task, a lost executor and a killed driver each end with outputs
+byte-identical to a clean run, and a job that cannot finish keeps its chunks and says so.
+
+The job runs as users run it (spark-submit.sh). The faults are real: the test kills Spark's
+Python workers, an executor JVM or the whole driver with SIGKILL once the first chunk is
+committed, while hundreds of chunks are still to do.
+"""
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from builders import conv_stack, write_raster
+from processes import (
+    committed_chunks,
+    descendants,
+    local_cluster_work,
+    python_workers,
+    start,
+    submit,
+    wait_until,
+)
+
+from sparkinfer.config import load_config
+from sparkinfer.errors import JobFailed
+from sparkinfer.job import LOCK_FILE, prepare_job, run_job
+
+ROOT = Path(__file__).resolve().parent.parent
+TILE = 64  # with one tile per chunk: 384 chunks, each committed on its own
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, spark):
+    """A raster, a model slow enough to give a window for the fault, and a clean run's output."""
+    folder = tmp_path_factory.mktemp("faults")
+    (folder / "in").mkdir()
+    raster = write_raster(folder / "in" / "scene.tif", 1536, 1024, seed=11)
+    model = conv_stack(folder / "wide.keras", depth=6, filters=48)
+    options = dict(input=[str(raster)], model=str(model), tile_size=TILE, chunk_tiles=1)
+    clean = folder / "clean"
+    config = load_config(options | {"output": str(clean)}, ROOT / "conf" / "default.yaml")
+    report = run_job(spark, prepare_job(config))
+    assert report["rasters"][0]["chunks"]["planned"] == 384
+    return SimpleNamespace(raster=raster, model=model, options=options,
+                           expected=(clean / "scene.tif").read_bytes())  # fmt: skip
+
+
+def job_args(scene, output: Path) -> list:
+    return ["--input", scene.raster, "--model", scene.model, "--output", output,
+            "--tile-size", TILE, "--chunk-tiles", 1]  # fmt: skip
+
+
+def assert_clean_result(scene, output: Path) -> dict:
+    """The output equals the clean run's byte for byte, and nothing else is left."""
+    assert (output / "scene.tif").read_bytes() == scene.expected
+    assert sorted(p.name for p in output.iterdir()) == ["_run.json", "scene.tif"]
+    return json.loads((output / "_run.json").read_text())
+
+
+def test_a_task_whose_python_worker_dies_is_retried(tmp_path, scene):
+    out = tmp_path / "out"
+    log = tmp_path / "job.log"
+    job = start(job_args(scene, out), "local[2,2]", log)  # a task may fail once
+    wait_until(lambda: committed_chunks(out), 300, "the first chunk", job)
+    workers = python_workers(job.pid)
+    assert workers, "no Python worker found"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert "Lost task" in log.read_text(), "the fault did not reach a running task"
+    report = assert_clean_result(scene, out)
+    # The retries kept what the failed attempts had committed (one tile per chunk here).
+    kept = report["rasters"][0]["chunks"]["kept_on_retry"]
+    assert kept >= 1 and report["tiles"]["inferred"] == 384 - kept
+
+
+def test_a_killed_executor_jvm_is_replaced(tmp_path, scene):
+    out = tmp_path / "out"
+    log = tmp_path / "job.log"
+    with local_cluster_work():
+        job = start(job_args(scene, out), "local-cluster[2,1,1024]", log)
+        wait_until(lambda: committed_chunks(out), 300, "the first chunk", job)
+        executors = [pid for pid, cmd in descendants(job.pid).items()
+                     if "CoarseGrainedExecutorBackend" in cmd]  # fmt: skip
+        assert len(executors) == 2, "two executor JVMs expected"
+        os.kill(executors[0], signal.SIGKILL)
+        assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert "Lost executor" in log.read_text()
+    assert_clean_result(scene, out)
+
+
+def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, scene):
+    out = tmp_path / "out"
+    job = start(job_args(scene, out), "local[2]", tmp_path / "job.log")
+    wait_until(lambda: committed_chunks(out), 300, "the first chunk", job)
+    # The whole machine's view of the job dies at once: driver JVM, Python driver, workers.
+    tree = [job.pid, *descendants(job.pid)]
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in tree[1:]), 60,
+               "the job's processes to end")  # fmt: skip
+    committed = committed_chunks(out)
+    assert 0 < len(committed) < 384 and (out / LOCK_FILE).exists()
+
+    again = submit(job_args(scene, out), "local[2]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = assert_clean_result(scene, out)
+    # Every committed chunk was kept; only the ones in flight or not started were inferred.
+    assert report["rasters"][0]["chunks"] == {"planned": 384, "resumed": len(committed),
+                                              "kept_on_retry": 0}
+    assert report["tiles"]["inferred"] == 384 - len(committed)
+
+
+def test_a_spark_job_that_fails_keeps_its_chunks_and_says_so(tmp_path, spark, scene):
+    """local[2] allows no task retry: a crashed Python worker fails the Spark job."""
+    out = tmp_path / "out"
+    config = load_config(scene.options | {"output": str(out)}, ROOT / "conf" / "default.yaml")
+    job = prepare_job(config)
+
+    def kill_workers_after_the_first_chunk():
+        wait_until(lambda: committed_chunks(out), 300, "the first chunk")
+        for pid in python_workers(os.getpid()):
+            os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_workers_after_the_first_chunk)
+    killer.start()
+    with pytest.raises(JobFailed) as failed:
+        run_job(spark, job)
+    killer.join()
+    message = str(failed.value)
+    assert message.startswith(f"{out}: inference failed: Python worker exited unexpectedly")
+    assert message.endswith("the chunks written so far are kept: run the same command again "
+                            "to resume")  # fmt: skip
+    assert "\n" not in message and failed.value.exit_code == 1
+    assert committed_chunks(out), "finished chunks are kept for the rerun"
+    assert not (out / LOCK_FILE).exists() and not (out / "scene.tif").exists()
