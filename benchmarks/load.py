@@ -85,6 +85,7 @@ def measure_plan(side: int, work: Path, cores: int) -> dict:
         spark_s = time.perf_counter() - started
         assert sum(r.chunks for r in rows) == len(table)
         jvm_heap = _jvm_heap_used_mb(spark)
+        memory = peak_memory()  # while the Python workers are alive
     finally:
         spark.stop()
     return {
@@ -97,7 +98,7 @@ def measure_plan(side: int, work: Path, cores: int) -> dict:
         "plan_python_allocations_peak_mb": round(plan_peak / 2**20, 1),
         "plan_through_spark_s": round(spark_s, 2),
         "driver_jvm_heap_used_mb": jvm_heap,
-        "memory": peak_memory(),
+        "memory": memory,
     }
 
 
@@ -125,6 +126,7 @@ def measure_many(count: int, work: Path, cores: int) -> dict:
         report = run_job(spark, job)
         run_s = time.perf_counter() - started
         jvm_heap = _jvm_heap_used_mb(spark)
+        memory = peak_memory()
     finally:
         spark.stop()
     written = sum(r["status"] == "written" for r in report["rasters"])
@@ -138,7 +140,7 @@ def measure_many(count: int, work: Path, cores: int) -> dict:
         "per_raster_ms": round(1000 * (prepare_s + run_s) / count, 1),
         "stage_timings_s": {k: round(v, 2) for k, v in report["timings"].items()},
         "driver_jvm_heap_used_mb": jvm_heap,
-        "memory": peak_memory(),
+        "memory": memory,
     }
 
 

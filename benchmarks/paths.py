@@ -101,7 +101,9 @@ def _job(args):
 
 
 def _tiles(job) -> list[dict]:
-    return [t for chunk in job.rasters[0].plan.chunks().to_pylist() for t in chunk["tiles"]]
+    plan = job.rasters[0].plan
+    chunks = plan.chunks().select(["chunk_row", "chunk_col"]).to_pylist()
+    return [t for c in chunks for t in plan.chunk_tiles(c["chunk_row"], c["chunk_col"])]
 
 
 def _read(src, tile: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--overwrite", action="store_true", default=None,
         help="redo every raster; by default complete outputs are skipped and unfinished "
              "ones resume")  # fmt: skip
+    add("--progress", type=float, metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default 10; "
+             "0: none)")  # fmt: skip
     add("--trust-model", action="store_true", default=None,
         help="run code held in the model file (Lambda layers); only for files you "
              "trust")  # fmt: skip
@@ -100,6 +103,7 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "fail_fast": args.fail_fast,
         "overwrite": args.overwrite,
         "trust_model": args.trust_model,
+        "progress_seconds": args.progress,
     }
     norm = {"scale": args.scale, "offset": args.offset, "mean": args.mean, "std": args.std}
     if any(v is not None for v in norm.values()):

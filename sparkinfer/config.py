@@ -120,6 +120,12 @@ class JobConfig(_Strict):
         description="Redo every raster, even those whose outputs are complete for this input, "
         "model and configuration (by default they are skipped, and unfinished ones resume).",
     )
+    progress_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds between progress lines (tiles done, rate, ETA) on stderr when it "
+        "is not a terminal; a terminal gets one line updated every second. 0: no progress.",
+    )
     trust_model: bool = Field(
         False,
         description="Load the model with Keras safe_mode off, running any code it holds "

@@ -35,6 +35,7 @@ from sparkinfer.config import CHUNK_PIXELS, JobConfig
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, first_line
 from sparkinfer.model import ModelInfo, ModelPackage, inspect_model, package_model
 from sparkinfer.plan import RasterPlan, Tiling, round_up
+from sparkinfer.progress import Progress, reported
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.stage import (
@@ -350,7 +351,7 @@ ASSEMBLED_SCHEMA = pa.schema(
 
 
 def assemble_on_executors(spark, tasks: list[tuple]) -> list[dict]:
-    """One Spark task per raster assembles its COG, so the driver never touches pixels.
+    """Spark tasks assemble the COGs, a few rasters each, so the driver never touches pixels.
 
     A DataFrame stage, like inference, so it runs in the Python workers already started (an
     RDD job would start others).
@@ -362,7 +363,8 @@ def assemble_on_executors(spark, tasks: list[tuple]) -> list[dict]:
             yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
 
     table = pa.table({"task": list(range(len(tasks)))})
-    rows = map_in_partitions(spark, table, len(tasks), assemble, ASSEMBLED_SCHEMA)
+    partitions = min(len(tasks), 4 * spark.sparkContext.defaultParallelism)  # tasks cost ~0.1 s
+    rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)
     return [row.asDict() for row in rows]
 
 
@@ -405,6 +407,7 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
     """What the executors need to infer and write `rasters` (in this order) for `job`."""
     return StageSpec(
         rasters=tuple(r.info for r in rasters),
+        plans=tuple(r.plan for r in rasters),
         staging=tuple(str(r.staging) for r in rasters),
         bands=job.bands,
         normalization=job.config.normalization,
@@ -442,7 +445,9 @@ def _run(spark, job: Job) -> dict:
     if total_chunks:
         parallelism = spark.sparkContext.defaultParallelism
         t = time.perf_counter()
-        with spark_failures(f"{job.output}: inference failed", RESUME_HINT):
+        progress = Progress([r.staging for r in todo], chunk_tables)
+        with reported(progress, job.config.progress_seconds), \
+                spark_failures(f"{job.output}: inference failed", RESUME_HINT):  # fmt: skip
             # A few tasks per core: even load, and a lost task is a small share of the work.
             results = infer_and_write(spark, plan_table(chunk_tables), 4 * parallelism,
                                       stage_spec(job, todo), job.package)  # fmt: skip

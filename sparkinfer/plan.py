@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -91,7 +92,7 @@ def plan_axis(length: int, tiling: Tiling) -> AxisPlan:
     return AxisPlan(core_start, core_stop, read_start, read_stop)
 
 
-# One row per tile; the columns of the plan's Arrow tables.
+# A tile's fields, as `RasterPlan.chunk_tiles` gives them.
 TILE_FIELDS = (
     "tile_row",
     "tile_col",
@@ -104,7 +105,20 @@ TILE_FIELDS = (
     "read_height",
     "read_width",
 )
-TILE_TYPE = pa.struct([(name, pa.int32()) for name in TILE_FIELDS])
+
+
+def _chunk_axis(axis: AxisPlan, side: int) -> dict[str, np.ndarray]:
+    """Chunks along one axis: runs of `side` tiles, with their core and read intervals."""
+    first = np.arange(0, len(axis), side)
+    last = np.minimum(first + side, len(axis)) - 1
+    read_start = np.minimum.reduceat(axis.read_start, first)
+    return {
+        "off": axis.core_start[first],
+        "size": axis.core_stop[last] - axis.core_start[first],
+        "read_off": read_start,
+        "read_size": np.maximum.reduceat(axis.read_stop, first) - read_start,
+        "tiles": last - first + 1,
+    }
 
 
 @dataclass(frozen=True)
@@ -115,11 +129,11 @@ class RasterPlan:
     width: int
     tiling: Tiling
 
-    @property
+    @cached_property
     def rows(self) -> AxisPlan:
         return plan_axis(self.height, self.tiling)
 
-    @property
+    @cached_property
     def cols(self) -> AxisPlan:
         return plan_axis(self.width, self.tiling)
 
@@ -146,63 +160,50 @@ class RasterPlan:
         return rows * cols
 
     def chunks(self) -> pa.Table:
-        """One row per chunk, in row-major order, with its core window and its tiles.
+        """One row per chunk, in row-major order: a few numbers each, whatever the chunk size.
 
         Columns: `chunk_row`, `chunk_col`, `row_off`, `col_off`, `height`, `width` (the chunk's
         core window), `read_row_off`, `read_col_off`, `read_height`, `read_width` (the union of
-        its tiles' read windows) and `tiles`, a list of `TILE_TYPE` structs in row-major order.
+        its tiles' read windows, read in one piece) and `tiles`, how many tiles it holds.
         """
-        rows, cols = self.rows, self.cols
         side = self.tiling.chunk_tiles
-        n_rows, n_cols = len(rows), len(cols)
-        tile_r, tile_c = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
-        chunk_r, chunk_c = tile_r // side, tile_c // side
-        chunk_cols = self.chunk_grid[1]
-        # Order tiles by chunk, then row-major inside the chunk.
-        chunk_id = (chunk_r * chunk_cols + chunk_c).ravel()
-        order = np.lexsort((tile_c.ravel(), tile_r.ravel(), chunk_id))
-        tr, tc = tile_r.ravel()[order], tile_c.ravel()[order]
+        rows, cols = _chunk_axis(self.rows, side), _chunk_axis(self.cols, side)
+        grid = np.meshgrid(np.arange(len(rows["off"])), np.arange(len(cols["off"])), indexing="ij")
+        r, c = (g.ravel() for g in grid)
         columns = {
-            "tile_row": tr,
-            "tile_col": tc,
-            "core_row_off": rows.core_start[tr],
-            "core_col_off": cols.core_start[tc],
-            "core_height": (rows.core_stop - rows.core_start)[tr],
-            "core_width": (cols.core_stop - cols.core_start)[tc],
-            "read_row_off": rows.read_start[tr],
-            "read_col_off": cols.read_start[tc],
-            "read_height": (rows.read_stop - rows.read_start)[tr],
-            "read_width": (cols.read_stop - cols.read_start)[tc],
+            "chunk_row": r,
+            "chunk_col": c,
+            "row_off": rows["off"][r],
+            "col_off": cols["off"][c],
+            "height": rows["size"][r],
+            "width": cols["size"][c],
+            "read_row_off": rows["read_off"][r],
+            "read_col_off": cols["read_off"][c],
+            "read_height": rows["read_size"][r],
+            "read_width": cols["read_size"][c],
+            "tiles": rows["tiles"][r] * cols["tiles"][c],
         }
-        tiles = pa.StructArray.from_arrays(
-            [pa.array(columns[name], pa.int32()) for name in TILE_FIELDS], fields=list(TILE_TYPE)
-        )
-        counts = np.bincount(chunk_id, minlength=self.chunk_count)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        return pa.table({name: pa.array(values, pa.int32()) for name, values in columns.items()})
 
-        first = offsets[:-1]
-        last = offsets[1:] - 1
-        row_off = columns["core_row_off"][first]
-        col_off = columns["core_col_off"][first]
-        height = columns["core_row_off"][last] + columns["core_height"][last] - row_off
-        width = columns["core_col_off"][last] + columns["core_width"][last] - col_off
-        # The chunk's read window: the union of its tiles' read windows, read in one piece.
-        read_row_off = np.minimum.reduceat(columns["read_row_off"], first)
-        read_col_off = np.minimum.reduceat(columns["read_col_off"], first)
-        read_row_end = np.maximum.reduceat(columns["read_row_off"] + columns["read_height"], first)
-        read_col_end = np.maximum.reduceat(columns["read_col_off"] + columns["read_width"], first)
-        return pa.table(
-            {
-                "chunk_row": pa.array(tr[first] // side, pa.int32()),
-                "chunk_col": pa.array(tc[first] // side, pa.int32()),
-                "row_off": pa.array(row_off, pa.int32()),
-                "col_off": pa.array(col_off, pa.int32()),
-                "height": pa.array(height, pa.int32()),
-                "width": pa.array(width, pa.int32()),
-                "read_row_off": pa.array(read_row_off, pa.int32()),
-                "read_col_off": pa.array(read_col_off, pa.int32()),
-                "read_height": pa.array(read_row_end - read_row_off, pa.int32()),
-                "read_width": pa.array(read_col_end - read_col_off, pa.int32()),
-                "tiles": pa.ListArray.from_arrays(pa.array(offsets), tiles),
-            }
-        )
+    def chunk_tiles(self, chunk_row: int, chunk_col: int) -> list[dict]:
+        """The tiles of one chunk, row-major, each a dict of `TILE_FIELDS`."""
+        side = self.tiling.chunk_tiles
+        rows, cols = self.rows, self.cols
+        tiles = []
+        for r in range(chunk_row * side, min((chunk_row + 1) * side, len(rows))):
+            for c in range(chunk_col * side, min((chunk_col + 1) * side, len(cols))):
+                tiles.append(
+                    {
+                        "tile_row": r,
+                        "tile_col": c,
+                        "core_row_off": int(rows.core_start[r]),
+                        "core_col_off": int(cols.core_start[c]),
+                        "core_height": int(rows.core_stop[r] - rows.core_start[r]),
+                        "core_width": int(cols.core_stop[c] - cols.core_start[c]),
+                        "read_row_off": int(rows.read_start[r]),
+                        "read_col_off": int(cols.read_start[c]),
+                        "read_height": int(rows.read_stop[r] - rows.read_start[r]),
+                        "read_width": int(cols.read_stop[c] - cols.read_start[c]),
+                    }
+                )
+        return tiles

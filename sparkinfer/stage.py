@@ -1,7 +1,7 @@
 """The Spark stage: the plan as a DataFrame of chunks, inference and writing on executors.
 
 Spark is only at the edges of this module. `map_in_partitions` turns the plan (an Arrow table,
-one row per chunk with its tiles) into a DataFrame whose partitions are runs of spatially
+one small row per chunk) into a DataFrame whose partitions are runs of spatially
 adjacent chunks. `predict_tiles` and `write_chunks` run, chained, in each partition's
 `mapInArrow`: the first reads read windows with rasterio on a background thread (ahead of the
 model), runs the model on batches of tiles and yields each tile's prediction cropped to its
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import rasterio
 from rasterio.errors import RasterioError
 
 from sparkinfer.config import Normalization
 from sparkinfer.errors import JobFailed, first_line
 from sparkinfer.model import ModelPackage, load_package
+from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, model_input, read_window
 from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter, chunk_name, scores_name
 
@@ -39,6 +39,7 @@ class StageSpec:
     """What executors need to infer and write every chunk (sent with the task closure)."""
 
     rasters: tuple[RasterInfo, ...]
+    plans: tuple[RasterPlan, ...]  # each raster's, to expand a chunk row into its tiles
     staging: tuple[str, ...]  # one chunk folder per raster
     bands: tuple[int, ...]
     normalization: Normalization
@@ -123,8 +124,8 @@ def _task_cpus() -> int:
     return context.cpus() if context is not None else 1
 
 
-def _plan_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[dict]:
-    """The tiles of each chunk row, each with its chunk's fields."""
+def _plan_tiles(batches: Iterator[pa.RecordBatch], spec: StageSpec) -> Iterator[dict]:
+    """The tiles of each chunk row (from its raster's plan), each with its chunk's fields."""
     for batch in batches:
         for chunk in batch.to_pylist():
             fields = {
@@ -135,13 +136,14 @@ def _plan_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[dict]:
                 "chunk_col_off": chunk["col_off"],
                 "chunk_height": chunk["height"],
                 "chunk_width": chunk["width"],
-                "chunk_tiles": len(chunk["tiles"]),
+                "chunk_tiles": chunk["tiles"],
                 "chunk_read_row_off": chunk["read_row_off"],
                 "chunk_read_col_off": chunk["read_col_off"],
                 "chunk_read_height": chunk["read_height"],
                 "chunk_read_width": chunk["read_width"],
             }
-            for tile in chunk["tiles"]:
+            plan = spec.plans[chunk["raster_index"]]
+            for tile in plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"]):
                 yield fields | tile
 
 
@@ -254,7 +256,7 @@ def predict_tiles(
             yield TileResult(t, core_classes, core_scores, read.read_s, share)
         pending.clear()
 
-    for read in _prefetched(_plan_tiles(batches), spec):
+    for read in _prefetched(_plan_tiles(batches, spec), spec):
         if read.pixels is None:
             yield TileResult(read.tile, None, None, read.read_s, error=read.error)
             continue
@@ -370,7 +372,7 @@ def _skip_committed(
     folder, whole files): it keeps them instead of inferring them again."""
     for batch in batches:
         chunks = batch.select(list(CHUNK_FIELDS)).to_pylist()
-        tiles = pc.list_value_length(batch.column("tiles")).to_pylist()
+        tiles = batch.column("tiles").to_pylist()
         todo = []
         for chunk, count in zip(chunks, tiles, strict=True):
             done = _committed(chunk, spec)

@@ -1,5 +1,6 @@
 """Fault injection: a failed task, a lost executor and a killed driver each end with outputs
-byte-identical to a clean run, and a job that cannot finish keeps its chunks and says so.
+byte-identical to a clean local run (under local-cluster too: separate executor JVMs), and a
+job that cannot finish keeps its chunks and says so.
 
 The job runs as users run it (spark-submit.sh). The faults are real: the test kills Spark's
 Python workers, an executor JVM or the whole driver with SIGKILL once the first chunk is
@@ -89,7 +90,9 @@ def test_a_killed_executor_jvm_is_replaced(tmp_path, scene):
         assert len(executors) == 2, "two executor JVMs expected"
         os.kill(executors[0], signal.SIGKILL)
         assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
-    assert "Lost executor" in log.read_text()
+    text = log.read_text()
+    assert "Lost executor" in text
+    assert f"-> {out / 'scene.tif'}" in text  # the summary names the output
     assert_clean_result(scene, out)
 
 

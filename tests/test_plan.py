@@ -52,7 +52,9 @@ def test_chunks_partition_tiles_in_adjacent_blocks(height, width, tile, chunk_ti
         block = covered[chunk["row_off"] : chunk["row_off"] + chunk["height"],
                         chunk["col_off"] : chunk["col_off"] + chunk["width"]]  # fmt: skip
         block += 1
-        for tile in chunk["tiles"]:
+        tiles = plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"])
+        assert len(tiles) == chunk["tiles"]
+        for tile in tiles:
             seen.add((tile["tile_row"], tile["tile_col"]))
             assert tile["tile_row"] // chunk_tiles == chunk["chunk_row"]
             assert tile["tile_col"] // chunk_tiles == chunk["chunk_col"]

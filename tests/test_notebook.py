@@ -1,0 +1,29 @@
+"""The Databricks notebook runs top to bottom here: no dbutils, so the widgets' defaults."""
+
+import runpy
+import shutil
+from pathlib import Path
+
+import rasterio
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "jobs" / "databricks_infer_tiles.py"
+
+
+def test_the_notebook_source_runs_with_a_local_session(spark):
+    source = NOTEBOOK.read_text(encoding="utf-8")
+    assert source.startswith("# Databricks notebook source\n")
+    assert source.count("\n# COMMAND ----------\n") == 3
+    output = ROOT / "out" / "notebook"
+    shutil.rmtree(output, ignore_errors=True)
+    try:
+        names = runpy.run_path(str(NOTEBOOK), init_globals={"spark": spark})
+        sample = ROOT / "data" / "nc_landsat7_2000.tif"
+        assert names["written"] == [(str(sample), str(output / "nc_landsat7_2000.tif"))]
+        assert names["report"]["config"]["tile_size"] == 128  # the options widget's default
+        with rasterio.open(sample) as src, rasterio.open(output / "nc_landsat7_2000.tif") as out:
+            assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+            valid = (src.read_masks() > 0).all(axis=0)
+            assert (out.read_masks(1) > 0).tolist() == valid.tolist()  # classes where data is
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
