@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import rasterio
 
 from sparkinfer import __version__
+from sparkinfer.catalog import write_stac_item, write_tile_index
 from sparkinfer.config import CHUNK_PIXELS, JobConfig
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, first_line
 from sparkinfer.model import ModelInfo, ModelPackage, inspect_model, package_model
@@ -78,8 +79,18 @@ class RasterJob:
     staging: Path
 
     @property
+    def tile_index_path(self) -> Path:
+        return self.classes_path.with_suffix(".tiles.parquet")
+
+    @property
+    def stac_path(self) -> Path:
+        return self.classes_path.with_suffix(".stac.json")
+
+    @property
     def outputs(self) -> list[Path]:
-        return [p for p in (self.classes_path, self.scores_path, self.quicklook_path) if p]
+        paths = (self.classes_path, self.scores_path, self.quicklook_path, self.tile_index_path,
+                 self.stac_path)  # fmt: skip
+        return [p for p in paths if p]
 
 
 @dataclass(frozen=True)
@@ -338,6 +349,17 @@ def _assemble(task: tuple) -> dict:
         if raster.quicklook_path is not None:
             write_quicklook(raster.classes_path, raster.quicklook_path, model.class_names,
                             model.class_colors)  # fmt: skip
+        write_tile_index(raster.info, raster.plan, raster.classes_path, raster.tile_index_path,
+                         model.classes)  # fmt: skip
+        assets = {"classes": raster.classes_path, "scores": raster.scores_path,
+                  "quicklook": raster.quicklook_path, "tiles": raster.tile_index_path}  # fmt: skip
+        properties = {"sparkinfer:version": metadata["sparkinfer_version"],
+                      "sparkinfer:model_sha256": metadata["model_sha256"],
+                      "sparkinfer:halo": int(metadata["halo"])}  # fmt: skip
+        # Last: a STAC Item is there only when everything it lists is.
+        assets = {key: path for key, path in assets.items() if path}
+        write_stac_item(raster.info, raster.stac_path, assets, model.class_names,
+                        model.class_colors, model.classes, properties)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 -- recorded per raster, reported at the end
         return {"input": raster.info.path, "assemble_s": time.perf_counter() - started,
                 "error": f"{raster.info.path}: {first_line(exc, 300)}"}  # fmt: skip

@@ -74,7 +74,7 @@ def test_a_broken_raster_fails_alone_and_a_rerun_keeps_what_was_written(tmp_path
     with rasterio.open(out / "good.tif") as written:
         assert (written.read(1) == expected).mean() >= 0.9999
     outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("_"))
-    assert outputs == ["good.tif"], "no half outputs"
+    assert outputs == ["good.stac.json", "good.tif", "good.tiles.parquet"], "no half outputs"
     # What the broken raster had written stays staged for a resume, under its identity.
     assert [p.name.rsplit("-", 1)[0] for p in (out / "_staging").iterdir()] == ["broken"]
     written_at = (out / "good.tif").stat().st_mtime_ns

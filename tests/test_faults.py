@@ -58,7 +58,8 @@ def job_args(scene, output: Path) -> list:
 def assert_clean_result(scene, output: Path) -> dict:
     """The output equals the clean run's byte for byte, and nothing else is left."""
     assert (output / "scene.tif").read_bytes() == scene.expected
-    assert sorted(p.name for p in output.iterdir()) == ["_run.json", "scene.tif"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "_run.json", "scene.stac.json", "scene.tif", "scene.tiles.parquet"]  # fmt: skip
     return json.loads((output / "_run.json").read_text())
 
 

@@ -33,7 +33,8 @@ def test_one_run_over_200_small_rasters(tmp_path, run, models):
     assert [r["status"] for r in report["rasters"]] == ["written"] * 200
     assert report["failed"] == []
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert outputs == sorted(["_run.json", *(p.name for p in rasters)])
+    catalog = [f"{p.stem}{suffix}" for p in rasters for suffix in (".stac.json", ".tiles.parquet")]
+    assert outputs == sorted(["_run.json", *(p.name for p in rasters), *catalog])
     for raster in rasters[::23]:
         with rasterio.open(raster) as src, rasterio.open(tmp_path / "out" / raster.name) as out:
             assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)

@@ -76,8 +76,9 @@ def test_several_inputs_of_different_sizes_and_crs_in_one_run(tmp_path, run, mod
     assert set(saved["timings"]) >= {"plan_s", "infer_write_s", "assemble_s", "total_s"}
     assert saved["config"]["tile_size"] == 64 and saved["model"]["receptive_halo"] == 4
     assert saved["tiling"]["chunk_tiles"] == 2048 // 64, "chunk_tiles auto: chunks of ~2048 px"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "_run.json", "a.tif", "b.tif", "tiny.tif"]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["_run.json"] + [f"{n}{s}" for n in ("a", "b", "tiny")
+                         for s in (".tif", ".stac.json", ".tiles.parquet")])  # fmt: skip
 
 
 def test_savedmodel_folder_with_explicit_halo_matches_the_keras_file(tmp_path, run, models):
