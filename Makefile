@@ -3,11 +3,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
+# Airflow has its own environment: its Spark provider pulls pyspark-client.
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 SAMPLE_INPUT ?= data/nc_landsat7_2000.tif data/L7_ETMs.tif
 SAMPLE_MODEL ?= data/landcover.keras
 SAMPLE_OUTPUT ?= out/sample
 
-.PHONY: run test bench lint venv clean
+.PHONY: run test bench lint venv airflow clean
 
 venv: $(STAMP)
 
@@ -17,11 +20,19 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+airflow: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): conf/airflow-requirements.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r conf/airflow-requirements.txt
+	touch $(AIRFLOW_STAMP)
+
 run: $(STAMP)
 	./spark-submit.sh --input $(SAMPLE_INPUT) --model $(SAMPLE_MODEL) --output $(SAMPLE_OUTPUT) \
 		--tile-size 128 --quicklook
 
-test: $(STAMP)
+test: $(STAMP) $(AIRFLOW_STAMP)
 	$(VENV)/bin/python -m pytest
 
 # Speed and memory against the bare model, a plain script and predict_batch_udf (about 25 min).
