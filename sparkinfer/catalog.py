@@ -59,9 +59,11 @@ def write_tile_index(
     """GeoParquet 1.1 of the raster's tiles: footprint, class histogram and status."""
     transform = Affine(*info.transform)
     rows = []
+    chunk_rows, chunk_cols = plan.chunk_grid
+    chunks = ((r, c) for r in range(chunk_rows) for c in range(chunk_cols))
     with rasterio.open(classes_path) as cog:
-        for chunk in plan.chunks().select(["chunk_row", "chunk_col"]).to_pylist():
-            for tile in plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"]):
+        for chunk_row, chunk_col in chunks:
+            for tile in plan.chunk_tiles(chunk_row, chunk_col):
                 top, left = tile["core_row_off"], tile["core_col_off"]
                 height, width = tile["core_height"], tile["core_width"]
                 values = cog.read(1, window=Window(left, top, width, height)).ravel()
@@ -137,8 +139,8 @@ def write_stac_item(
     roles = {"classes": ["data"], "scores": ["data"], "quicklook": ["overview"],
              "tiles": ["metadata"]}  # fmt: skip
     for key, asset_path in assets.items():
-        suffix = ".parquet" if asset_path.suffix == ".parquet" else asset_path.suffix
-        item.add_asset(key, pystac.Asset(href=f"./{asset_path.name}", media_type=media[suffix],
+        item.add_asset(key, pystac.Asset(href=f"./{asset_path.name}",
+                                         media_type=media[asset_path.suffix],
                                          roles=roles[key]))  # fmt: skip
     names = class_names or tuple(f"class {i}" for i in range(classes))
     ClassificationExtension.ext(item.assets["classes"], add_if_missing=True).classes = [

@@ -47,7 +47,7 @@ from sparkinfer.stage import (
     plan_table,
     spark_failures,
 )
-from sparkinfer.writers import ChunkSpec, assemble_cog, chunk_name, scores_name
+from sparkinfer.writers import ChunkSpec, assemble_cog, chunk_files
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 STAGING_FOLDER = "_staging"
@@ -324,9 +324,9 @@ class OutputLock:
             self.path.unlink(missing_ok=True)
 
 
-def _chunk_specs(raster: RasterJob, chunks: pa.Table | None = None) -> list[ChunkSpec]:
-    """Where each chunk of the raster's plan (or of `chunks`, rows of that plan) is written."""
-    chunks = raster.plan.chunks() if chunks is None else chunks
+def _chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
+    """Where each chunk of the raster's plan is written."""
+    chunks = raster.plan.chunks()
     fields = ["chunk_row", "chunk_col", "row_off", "col_off", "height", "width"]
     return [ChunkSpec(folder=raster.staging, **c) for c in chunks.select(fields).to_pylist()]
 
@@ -357,8 +357,8 @@ def _assemble(task: tuple) -> dict:
                       "sparkinfer:model_sha256": metadata["model_sha256"],
                       "sparkinfer:halo": int(metadata["halo"])}  # fmt: skip
         # Last: a STAC Item is there only when everything it lists is.
-        assets = {key: path for key, path in assets.items() if path}
-        write_stac_item(raster.info, raster.stac_path, assets, model.class_names,
+        write_stac_item(raster.info, raster.stac_path,
+                        {key: path for key, path in assets.items() if path}, model.class_names,
                         model.class_colors, model.classes, properties)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 -- recorded per raster, reported at the end
         return {"input": raster.info.path, "assemble_s": time.perf_counter() - started,
@@ -420,8 +420,7 @@ def chunks_to_do(raster: RasterJob) -> pa.Table:
     done = []
     for row, col in zip(chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(),
                         strict=True):  # fmt: skip
-        name = chunk_name(row, col)
-        done.append(name in committed and (not scores or scores_name(name) in committed))
+        done.append(all(name in committed for name in chunk_files(row, col, scores)))
     return chunks.filter(pa.array([not d for d in done], pa.bool_()))
 
 

@@ -31,7 +31,7 @@ from sparkinfer.errors import JobFailed, first_line
 from sparkinfer.model import ModelPackage, load_package
 from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, model_input, read_window
-from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter, chunk_name, scores_name
+from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter, chunk_files
 
 
 @dataclass(frozen=True)
@@ -357,10 +357,9 @@ def _new_summary(row: dict) -> dict:
 
 
 def _committed(chunk: dict, spec: StageSpec) -> bool:
-    name = chunk_name(chunk["chunk_row"], chunk["chunk_col"])
-    names = [name, scores_name(name)] if spec.scores else [name]
     folder = Path(spec.staging[chunk["raster_index"]])
-    return all((folder / n).is_file() for n in names)
+    names = chunk_files(chunk["chunk_row"], chunk["chunk_col"], spec.scores)
+    return all((folder / name).is_file() for name in names)
 
 
 def _skip_committed(
@@ -407,7 +406,6 @@ def spark_schema(schema: pa.Schema):
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(schema)
-
 
 
 @contextmanager

@@ -59,6 +59,12 @@ def scores_name(classes_name: str) -> str:
     return classes_name.removesuffix(".tif") + ".scores.tif"
 
 
+def chunk_files(chunk_row: int, chunk_col: int, scores: bool) -> list[str]:
+    """The names of a chunk's files: all of them there means the chunk is committed."""
+    name = chunk_name(chunk_row, chunk_col)
+    return [name, scores_name(name)] if scores else [name]
+
+
 @dataclass(frozen=True)
 class ChunkSpec:
     """Where one chunk lies in its raster, and where its files go."""

@@ -66,9 +66,7 @@ def processes() -> dict[int, tuple[int, str]]:
     return found
 
 
-def descendants(root: int) -> dict[int, str]:
-    """The processes below `root`: pid -> command line."""
-    table = processes()
+def _below(root: int, table: dict[int, tuple[int, str]]) -> dict[int, str]:
     found, frontier = {}, [root]
     while frontier:
         parent = frontier.pop()
@@ -79,11 +77,17 @@ def descendants(root: int) -> dict[int, str]:
     return found
 
 
+def descendants(root: int) -> dict[int, str]:
+    """The processes below `root`: pid -> command line."""
+    return _below(root, processes())
+
+
 def python_workers(root: int) -> list[int]:
     """Spark's Python workers below `root`: the children that pyspark.daemon forks."""
-    below = descendants(root)
+    table = processes()
+    below = _below(root, table)
     return [pid for pid, cmd in below.items() if "pyspark.daemon" in cmd
-            and "pyspark.daemon" in below.get(processes().get(pid, (0, ""))[0], "")]  # fmt: skip
+            and "pyspark.daemon" in below.get(table[pid][0], "")]  # fmt: skip
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, job=None) -> None:
