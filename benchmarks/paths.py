@@ -294,7 +294,7 @@ def predict_batch_udf(args) -> dict:
 
         predicted.mapInArrow(write_tiles, "tiles long").collect()
         chunks = [_tile_chunk(folder, t) for t in tiles]
-        assemble_cog(info, chunks, Path(args.output) / "udf.tif", CogOptions(), scores=False,
+        assemble_cog(info, chunks, str(Path(args.output) / "udf.tif"), CogOptions(), scores=False,
                      classes=job.model.classes, metadata={})  # fmt: skip
         seconds = time.perf_counter() - started
         memory = peak_memory()
@@ -310,7 +310,7 @@ FIELDS = ("tile_row", "tile_col", "core_row_off", "core_col_off", "core_height",
 def _tile_chunk(folder: Path, tile: dict):
     from sparkinfer.writers import ChunkSpec
 
-    return ChunkSpec(folder, tile["tile_row"], tile["tile_col"], tile["core_row_off"],
+    return ChunkSpec(str(folder), tile["tile_row"], tile["tile_col"], tile["core_row_off"],
                      tile["core_col_off"], tile["core_height"], tile["core_width"])  # fmt: skip
 
 

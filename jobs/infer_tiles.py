@@ -6,6 +6,7 @@
 import sys
 from pathlib import Path
 
+from sparkinfer import storage
 from sparkinfer.cli import config_from_args, print_summary
 from sparkinfer.errors import JobFailed, UserError
 from sparkinfer.job import prepare_job, run_job
@@ -29,7 +30,12 @@ def main(argv: list[str]) -> int:
 
     from pyspark.sql import SparkSession
 
-    spark = SparkSession.builder.appName("sparkinfer").getOrCreate()
+    builder = SparkSession.builder.appName("sparkinfer")
+    # Executors on other hosts reach s3:// inputs and outputs with the driver's AWS settings;
+    # set here, not on the command line, so secrets stay out of `ps` (the UI redacts them).
+    for key, value in storage.executor_environment().items():
+        builder = builder.config(f"spark.executorEnv.{key}", value)
+    spark = builder.getOrCreate()
     try:
         print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
         report = run_job(spark, job)

@@ -21,9 +21,10 @@ import rasterio.warp
 from affine import Affine
 from rasterio.windows import Window
 
+from sparkinfer import storage
 from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import RasterInfo
-from sparkinfer.writers import CLASS_NODATA, temporary_name
+from sparkinfer.writers import CLASS_NODATA
 
 TILE_INDEX_SCHEMA = pa.schema(
     [
@@ -54,14 +55,14 @@ def _wkb_polygon(ring: list[tuple[float, float]]) -> bytes:
 
 
 def write_tile_index(
-    info: RasterInfo, plan: RasterPlan, classes_path: Path, path: Path, classes: int
+    info: RasterInfo, plan: RasterPlan, classes_path: str, path: str, classes: int
 ) -> None:
     """GeoParquet 1.1 of the raster's tiles: footprint, class histogram and status."""
     transform = Affine(*info.transform)
     rows = []
     chunk_rows, chunk_cols = plan.chunk_grid
     chunks = ((r, c) for r in range(chunk_rows) for c in range(chunk_cols))
-    with rasterio.open(classes_path) as cog:
+    with storage.gdal_env(), rasterio.open(storage.gdal_path(classes_path)) as cog:
         for chunk_row, chunk_col in chunks:
             for tile in plan.chunk_tiles(chunk_row, chunk_col):
                 top, left = tile["core_row_off"], tile["core_col_off"]
@@ -92,15 +93,18 @@ def write_tile_index(
     }
     table = pa.Table.from_pylist(rows, schema=TILE_INDEX_SCHEMA)
     table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
-    tmp = temporary_name(path)
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    tmp = storage.staging_file(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        storage.commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_stac_item(
     info: RasterInfo,
-    path: Path,
-    assets: dict[str, Path],
+    path: str,
+    assets: dict[str, str],
     class_names: tuple[str, ...],
     class_colors: tuple[str, ...],
     classes: int,
@@ -119,7 +123,7 @@ def write_stac_item(
     lons, lats = zip(*geometry["coordinates"][0], strict=True)
     xs, ys = zip(*ring, strict=True)
     item = pystac.Item(
-        id=path.name.removesuffix(".stac.json"),
+        id=storage.name(path).removesuffix(".stac.json"),
         geometry=geometry,
         bbox=[min(lons), min(lats), max(lons), max(lats)],
         datetime=datetime.now(UTC),  # when the predictions were made
@@ -139,8 +143,9 @@ def write_stac_item(
     roles = {"classes": ["data"], "scores": ["data"], "quicklook": ["overview"],
              "tiles": ["metadata"]}  # fmt: skip
     for key, asset_path in assets.items():
-        item.add_asset(key, pystac.Asset(href=f"./{asset_path.name}",
-                                         media_type=media[asset_path.suffix],
+        asset_name = storage.name(asset_path)
+        item.add_asset(key, pystac.Asset(href=f"./{asset_name}",
+                                         media_type=media[os.path.splitext(asset_name)[1]],
                                          roles=roles[key]))  # fmt: skip
     names = class_names or tuple(f"class {i}" for i in range(classes))
     ClassificationExtension.ext(item.assets["classes"], add_if_missing=True).classes = [
@@ -151,10 +156,7 @@ def write_stac_item(
         )
         for i, name in enumerate(names)
     ] + [Classification.create(value=CLASS_NODATA, name="nodata", nodata=True)]  # fmt: skip
-    source = Path(info.path).absolute().as_uri()
+    source = info.path if storage.is_s3(info.path) else Path(info.path).absolute().as_uri()
     item.add_link(pystac.Link("derived_from", source, media_type=pystac.MediaType.GEOTIFF,
                               title="input raster"))  # fmt: skip
-    tmp = temporary_name(path)
-    tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n",
-                   encoding="utf-8")  # fmt: skip
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")

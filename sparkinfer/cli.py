@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--config", metavar="YAML", help="YAML file of options (flags override it)")
     add("--input", nargs="+", action="extend", metavar="PATH",
-        help="raster files, folders or glob patterns (quote globs)")  # fmt: skip
+        help="raster files, folders or glob patterns (quote globs), local or s3://")  # fmt: skip
     add("--model", metavar="MODEL", help="a .keras file or a TensorFlow SavedModel folder")
-    add("--output", metavar="DIR", help="output folder")
+    add("--output", metavar="DIR", help="output folder, local or s3://bucket/prefix")
     add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
     add("--halo", type=_int_or_auto, metavar="PIXELS|auto",
         help="context around each tile; auto: from the model's receptive field")  # fmt: skip

@@ -78,10 +78,17 @@ class JobConfig(_Strict):
     """Everything one run of the job needs."""
 
     input: list[str] = Field(
-        ..., min_length=1, description="Raster files, folders or glob patterns to run on."
+        ...,
+        min_length=1,
+        description="Raster files, folders or glob patterns to run on: local paths or "
+        "s3://bucket/key URIs (only the file name of an S3 pattern may hold wildcards).",
     )
     model: str = Field(..., description="A .keras file or a TensorFlow SavedModel folder.")
-    output: str = Field(..., description="Folder where the COGs and _run.json are written.")
+    output: str = Field(
+        ...,
+        description="Folder where the COGs and _run.json are written: a local path or an "
+        "s3://bucket/prefix URI.",
+    )
     tile_size: int = Field(
         512,
         gt=0,

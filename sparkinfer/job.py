@@ -14,9 +14,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import time
 import unicodedata
 from collections import Counter
@@ -30,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import rasterio
 
-from sparkinfer import __version__
+from sparkinfer import __version__, storage
 from sparkinfer.catalog import write_stac_item, write_tile_index
 from sparkinfer.config import CHUNK_PIXELS, JobConfig
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, first_line
@@ -73,21 +71,21 @@ class RasterJob:
     info: RasterInfo
     plan: RasterPlan
     identity: str  # hash of input, model and config: what the outputs were made from
-    classes_path: Path
-    scores_path: Path | None
-    quicklook_path: Path | None
-    staging: Path
+    classes_path: str  # local path or s3:// URI, as every location below
+    scores_path: str | None
+    quicklook_path: str | None
+    staging: str
 
     @property
-    def tile_index_path(self) -> Path:
-        return self.classes_path.with_suffix(".tiles.parquet")
+    def tile_index_path(self) -> str:
+        return self.classes_path.removesuffix(".tif") + ".tiles.parquet"
 
     @property
-    def stac_path(self) -> Path:
-        return self.classes_path.with_suffix(".stac.json")
+    def stac_path(self) -> str:
+        return self.classes_path.removesuffix(".tif") + ".stac.json"
 
     @property
-    def outputs(self) -> list[Path]:
+    def outputs(self) -> list[str]:
         paths = (self.classes_path, self.scores_path, self.quicklook_path, self.tile_index_path,
                  self.stac_path)  # fmt: skip
         return [p for p in paths if p]
@@ -102,28 +100,37 @@ class Job:
     package: ModelPackage
     tiling: Tiling
     bands: tuple[int, ...]
-    output: Path
+    output: str  # absolute local path or s3:// URI
     rasters: tuple[RasterJob, ...]
     failed: tuple[Failure, ...] = ()  # rasters refused before Spark
 
 
-def _check_output_folder(output: Path, inputs: list[Path]) -> None:
-    resolved = output.resolve()
+def _check_output_folder(output: str, inputs: list[str]) -> None:
+    target = output if storage.is_s3(output) else str(Path(output).resolve())
     for path in inputs:
-        if resolved == path.parent or path.parent in resolved.parents:
+        folder = storage.parent(path)
+        if target == folder or target.startswith(folder.rstrip("/") + "/"):
             raise OutputError(
                 f"{output}: output folder is the folder of input {path} or inside it; "
                 "choose a separate folder"
             )
+    if storage.is_s3(output):
+        try:
+            storage.probe_write(output)
+        except OSError as exc:
+            raise OutputError(
+                f"{output}: cannot write there ({first_line(exc, 200)}); check the bucket name "
+                "and the AWS_* credentials and endpoint"
+            ) from None
+        return
+    resolved = Path(output).resolve()
     existing = next((p for p in [resolved, *resolved.parents] if p.exists()), None)
     if existing is None or not existing.is_dir():
         raise OutputError(
             f"{output}: cannot create the output folder ({existing} is not a folder)"
         )
-    # A real write, not os.access: that says yes to root, on read-only mounts and under ACLs.
     try:
-        with tempfile.TemporaryFile(dir=existing, prefix=".sparkinfer-probe-"):
-            pass
+        storage.probe_write(str(existing))
     except OSError as exc:
         where = "output folder" if existing == resolved else f"folder {existing}"
         raise OutputError(
@@ -144,9 +151,9 @@ def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
 
 def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling: Tiling) -> str:
     """Hash of everything that decides a raster's output pixels: chunks of another run never mix."""
-    stat = Path(info.path).stat()
+    size, mtime_ns = storage.size_and_mtime(info.path)
     parts = {
-        "input": [info.path, stat.st_size, stat.st_mtime_ns],
+        "input": [info.path, size, mtime_ns],
         "model": package.digest,
         "tiling": asdict(tiling),
         "pixels": config.model_dump(include={"bands", "normalization", "scores"}),
@@ -160,7 +167,8 @@ def output_names(paths: list[str]) -> list[str]:
     clash get a suffix from a hash of their input's full path."""
     stems = []
     for path in paths:
-        ascii_stem = unicodedata.normalize("NFKD", Path(path).stem).encode("ascii", "ignore")
+        stem = storage.name(path).rsplit(".", 1)[0]
+        ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore")
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem.decode()).strip("._-")
         stems.append(safe or "raster")
     counts = Counter(stem.casefold() for stem in stems)  # case-insensitive file systems too
@@ -171,9 +179,9 @@ def output_names(paths: list[str]) -> list[str]:
     ]
 
 
-def _resolve(config: JobConfig) -> tuple[list[Path], list[Failure]]:
+def _resolve(config: JobConfig) -> tuple[list[str], list[Failure]]:
     """Every input pattern's rasters, in order and once each; patterns that find none fail."""
-    found: dict[Path, None] = {}
+    found: dict[str, None] = {}
     failed = []
     for pattern in config.input:
         try:
@@ -186,7 +194,7 @@ def _resolve(config: JobConfig) -> tuple[list[Path], list[Failure]]:
     return list(found), failed
 
 
-def _checked_info(path: Path, config: JobConfig, model: ModelInfo) -> RasterInfo:
+def _checked_info(path: str, config: JobConfig, model: ModelInfo) -> RasterInfo:
     info = read_info(path)
     if info.dtype not in SUPPORTED_DTYPES:
         raise InputError(
@@ -217,7 +225,7 @@ def prepare_job(config: JobConfig) -> Job:
     Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
     `Failure` in `Job.failed` (or raises, with `fail_fast`).
     """
-    output = Path(config.output).absolute()
+    output = storage.absolute(config.output)
     inputs, failed = _resolve(config)
     _check_output_folder(output, inputs)
     OutputLock(output).check()
@@ -244,7 +252,7 @@ def prepare_job(config: JobConfig) -> Job:
         except InputError as exc:
             if config.fail_fast:
                 raise
-            failed.append(Failure(str(path), "plan", str(exc)))
+            failed.append(Failure(path, "plan", str(exc)))
     if not infos:
         first = failed[0].error if failed else "no inputs"
         more = f" (and {len(failed) - 1} more inputs failed)" if len(failed) > 1 else ""
@@ -258,10 +266,10 @@ def prepare_job(config: JobConfig) -> Job:
                 info=info,
                 plan=RasterPlan(info.height, info.width, tiling),
                 identity=identity,
-                classes_path=output / f"{name}.tif",
-                scores_path=output / f"{name}.scores.tif" if config.scores else None,
-                quicklook_path=output / f"{name}.png" if config.quicklook else None,
-                staging=output / STAGING_FOLDER / f"{name}-{identity}",
+                classes_path=storage.join(output, f"{name}.tif"),
+                scores_path=storage.join(output, f"{name}.scores.tif") if config.scores else None,
+                quicklook_path=storage.join(output, f"{name}.png") if config.quicklook else None,
+                staging=storage.join(output, STAGING_FOLDER, f"{name}-{identity}"),
             )
         )
     bands = tuple(config.bands or range(1, model.bands + 1))
@@ -271,15 +279,16 @@ def prepare_job(config: JobConfig) -> Job:
 class OutputLock:
     """One run at a time per output folder: a lock file naming its holder (host, pid, start).
 
-    A lock left by a run that died on this host (its pid is gone) is taken over.
+    A lock left by a run that died on this host (its pid is gone) is taken over. On S3 the lock
+    is advisory (see `storage.create_new`).
     """
 
-    def __init__(self, output: Path) -> None:
-        self.path = output / LOCK_FILE
+    def __init__(self, output: str) -> None:
+        self.path = storage.join(output, LOCK_FILE)
 
     def _live_holder(self) -> dict | None:
         try:
-            holder = json.loads(self.path.read_text(encoding="utf-8"))
+            holder = json.loads(storage.read_text(self.path))
         except (OSError, ValueError):
             return None
         if holder.get("host") == socket.gethostname():
@@ -293,35 +302,28 @@ class OutputLock:
 
     def check(self) -> None:
         """Raise OutputError if a live run holds the folder."""
-        holder = self._live_holder() if self.path.exists() else None
+        holder = self._live_holder() if storage.is_file(self.path) else None
         if holder is not None:
             raise OutputError(
-                f"{self.path.parent}: in use by another run (pid {holder.get('pid')} on "
-                f"{holder.get('host')}, since {holder.get('started')}); wait for it, or delete "
-                f"{self.path} if that run is gone"
+                f"{storage.parent(self.path)}: in use by another run (pid {holder.get('pid')} "
+                f"on {holder.get('host')}, since {holder.get('started')}); wait for it, or "
+                f"delete {self.path} if that run is gone"
             )
 
     @contextmanager
     def held(self):
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
-        try:
-            fd = os.open(self.path, flags, 0o644)
-        except FileExistsError:
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                         "started": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
+        if not storage.create_new(self.path, me):
             self.check()
-            self.path.unlink(missing_ok=True)  # stale: its run is gone
-            try:
-                fd = os.open(self.path, flags, 0o644)
-            except FileExistsError:  # another run took it in between
+            storage.remove(self.path)  # stale: its run is gone
+            if not storage.create_new(self.path, me):  # another run took it in between
                 self.check()
-                raise OutputError(f"{self.path.parent}: in use by another run") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as lock:
-            json.dump(me, lock)
+                raise OutputError(f"{storage.parent(self.path)}: in use by another run")
         try:
             yield
         finally:
-            self.path.unlink(missing_ok=True)
+            storage.remove(self.path)
 
 
 def _chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
@@ -363,7 +365,7 @@ def _assemble(task: tuple) -> dict:
     except Exception as exc:  # noqa: BLE001 -- recorded per raster, reported at the end
         return {"input": raster.info.path, "assemble_s": time.perf_counter() - started,
                 "error": f"{raster.info.path}: {first_line(exc, 300)}"}  # fmt: skip
-    shutil.rmtree(raster.staging, ignore_errors=True)
+    storage.remove_tree(raster.staging)
     return {"input": raster.info.path, "assemble_s": time.perf_counter() - started, "error": None}
 
 
@@ -392,10 +394,10 @@ def assemble_on_executors(spark, tasks: list[tuple]) -> list[dict]:
 
 def is_complete(raster: RasterJob) -> bool:
     """Whether the raster's outputs are all there and made from the same input, model, config."""
-    if not all(p.is_file() for p in raster.outputs):
+    if not all(storage.is_file(p) for p in raster.outputs):
         return False
     try:
-        with rasterio.open(raster.classes_path) as done:
+        with storage.gdal_env(), rasterio.open(storage.gdal_path(raster.classes_path)) as done:
             return done.tags().get(IDENTITY_TAG) == raster.identity
     except rasterio.errors.RasterioError:
         return False
@@ -403,17 +405,18 @@ def is_complete(raster: RasterJob) -> bool:
 
 def prepare_staging(raster: RasterJob, overwrite: bool) -> None:
     """Keep this raster's chunks of the same identity (resume); drop any other run's."""
-    name = raster.staging.name.rsplit("-", 1)[0]
-    for folder in raster.staging.parent.glob(f"{name}-*"):
-        if folder != raster.staging or overwrite:
-            shutil.rmtree(folder, ignore_errors=True)
-    raster.staging.mkdir(parents=True, exist_ok=True)
+    name = storage.name(raster.staging).rsplit("-", 1)[0]
+    root = storage.parent(raster.staging)
+    for other in storage.list_names(root):
+        if other.rsplit("-", 1)[0] == name and (other != storage.name(raster.staging) or overwrite):
+            storage.remove_tree(storage.join(root, other))
+    storage.make_folders(raster.staging)
 
 
 def chunks_to_do(raster: RasterJob) -> pa.Table:
     """The raster's chunks without committed files in its staging folder."""
     chunks = raster.plan.chunks()
-    committed = set(os.listdir(raster.staging))  # one listing, not a stat per chunk
+    committed = storage.list_names(raster.staging)  # one listing, not a stat per chunk
     if not committed:
         return chunks
     scores = raster.scores_path is not None
@@ -441,7 +444,7 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
 def run_job(spark, job: Job) -> dict:
     """Run the Spark stages for a prepared job under the output folder's lock; write and return
     the run report. Rasters already complete are skipped, unfinished ones resume."""
-    job.output.mkdir(parents=True, exist_ok=True)
+    storage.make_folders(job.output)
     with OutputLock(job.output).held():
         return _run(spark, job)
 
@@ -505,13 +508,13 @@ def _run(spark, job: Job) -> dict:
     for done in assembled:
         if done["error"]:
             failed.append(Failure(done["input"], "assemble", done["error"]))
-    staging_root = job.output / STAGING_FOLDER
-    if staging_root.is_dir() and not any(staging_root.iterdir()):
-        staging_root.rmdir()
+    staging_root = storage.join(job.output, STAGING_FOLDER)
+    if not storage.list_names(staging_root):
+        storage.remove_tree(staging_root)
     timings["total_s"] = time.perf_counter() - started
 
     report = _report(job, todo, results, assembled, complete, failed, resumed, timings, spark)
-    _write_json_atomically(job.output / RUN_REPORT, report)
+    storage.write_text(storage.join(job.output, RUN_REPORT), json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -528,7 +531,7 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
             {
                 "input": raster.info.path,
                 "status": "written" if written else "stopped",
-                "outputs": [str(p) for p in raster.outputs] if written else [],
+                "outputs": raster.outputs if written else [],
                 "width": raster.info.width,
                 "height": raster.info.height,
                 "tiles": {
@@ -549,7 +552,7 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
             {
                 "input": raster.info.path,
                 "status": "complete",  # outputs of the same input, model and config: kept
-                "outputs": [str(p) for p in raster.outputs],
+                "outputs": raster.outputs,
                 "width": raster.info.width,
                 "height": raster.info.height,
                 "tiles": {"planned": raster.plan.tile_count, "skipped_nodata": 0, "inferred": 0},
@@ -580,9 +583,3 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
         "timings": timings | {"task_" + k: v for k, v in task_time.items()},
         "config": job.config.model_dump(mode="json"),
     }
-
-
-def _write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -8,17 +8,16 @@ seconds, so logs of scheduled runs stay short.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from pathlib import Path
+from contextlib import contextmanager
 from typing import TextIO
 
 import pyarrow as pa
 
+from sparkinfer import storage
 from sparkinfer.writers import chunk_name
 
 
@@ -32,7 +31,7 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts the tiles of committed chunks among the chunks this run has to do."""
 
-    def __init__(self, staging: list[Path], chunk_tables: list[pa.Table]) -> None:
+    def __init__(self, staging: list[str], chunk_tables: list[pa.Table]) -> None:
         self.folders = []  # (folder, {chunk file name: tiles})
         for folder, chunks in zip(staging, chunk_tables, strict=True):
             names = [chunk_name(r, c) for r, c in zip(chunks["chunk_row"].to_pylist(),
@@ -45,9 +44,8 @@ class Progress:
 
     def tiles_done(self) -> int:
         done = 0
-        for folder, tiles in self.folders:
-            with suppress(FileNotFoundError):  # assembled and removed already
-                done += sum(tiles.get(entry.name, 0) for entry in os.scandir(folder))
+        for folder, tiles in self.folders:  # a folder assembled and removed lists empty
+            done += sum(tiles.get(name, 0) for name in storage.list_names(folder))
         return done
 
     def line(self) -> str:

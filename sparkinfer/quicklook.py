@@ -5,13 +5,12 @@ Read from the COG's overviews at a bounded size, so it costs the same for any ra
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
+from sparkinfer import storage
 from sparkinfer.writers import CLASS_NODATA, hex_rgb
 
 MAX_SIDE = 1024
@@ -21,9 +20,9 @@ FALLBACK = ("#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#
 
 
 def write_quicklook(
-    classes_path: Path, destination: Path, names: tuple[str, ...], colors: tuple[str, ...]
+    classes_path: str, destination: str, names: tuple[str, ...], colors: tuple[str, ...]
 ) -> None:
-    with rasterio.open(classes_path) as src:
+    with storage.gdal_env(), rasterio.open(storage.gdal_path(classes_path)) as src:
         scale = max(src.width, src.height) / MAX_SIDE
         shape = (src.height, src.width)
         if scale > 1:
@@ -47,6 +46,9 @@ def write_quicklook(
         x, y = image.width + pad, pad + i * (swatch + pad)
         draw.rectangle([x, y, x + swatch, y + swatch], fill=hex_rgb(color), outline="black")
         draw.text((x + swatch + pad, y), name, fill="black", font=font)
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    tmp.replace(destination)
+    tmp = storage.staging_file(destination)
+    try:
+        canvas.save(tmp, format="PNG")
+        storage.commit(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)

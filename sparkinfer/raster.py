@@ -17,6 +17,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
+from sparkinfer import storage
 from sparkinfer.config import Normalization
 from sparkinfer.errors import InputError, first_line
 
@@ -50,41 +51,53 @@ class RasterInfo:
         return Path(self.path).stem
 
 
-def resolve_inputs(patterns: list[str]) -> list[Path]:
-    """Expand files, folders (their rasters, not recursive) and glob patterns, in order."""
-    found: list[Path] = []
+def resolve_inputs(patterns: list[str]) -> list[str]:
+    """Expand files, folders (their rasters, not recursive) and glob patterns, local or s3://,
+    in order; local paths made absolute."""
+    found: list[str] = []
     for pattern in patterns:
-        path = Path(pattern)
-        if glob.has_magic(pattern):
-            matches = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
-            if not matches:
-                raise InputError(f"{pattern}: no files match this pattern")
-            found.extend(matches)
-        elif path.is_dir():
-            rasters = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
-            if not rasters:
-                suffixes = ", ".join(RASTER_SUFFIXES)
-                raise InputError(f"{pattern}: folder holds no rasters ({suffixes})")
-            found.extend(rasters)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise InputError(f"{pattern}: input not found")
-    unique: dict[Path, None] = {}
-    for path in found:
-        unique.setdefault(path.resolve(), None)
+        try:
+            found.extend(_expand(pattern))
+        except OSError as exc:  # S3: no such bucket, no credentials, endpoint unreachable
+            raise InputError(f"{pattern}: cannot list inputs ({first_line(exc, 300)})") from None
+    unique: dict[str, None] = {}
+    for location in found:
+        unique.setdefault(location if storage.is_s3(location) else str(Path(location).resolve()))
     return list(unique)
 
 
-def read_info(path: str | Path) -> RasterInfo:
+def _expand(pattern: str) -> list[str]:
+    if glob.has_magic(pattern):
+        try:
+            matches = storage.glob_files(pattern)
+        except ValueError as exc:
+            raise InputError(f"{pattern}: {exc}") from None
+        if not matches:
+            raise InputError(f"{pattern}: no files match this pattern")
+        return matches
+    if storage.is_file(pattern):
+        return [pattern]
+    if storage.is_dir(pattern):
+        names = sorted(storage.list_names(pattern))
+        rasters = [storage.join(pattern, n) for n in names if n.lower().endswith(RASTER_SUFFIXES)]
+        if not rasters:
+            raise InputError(f"{pattern}: folder holds no rasters ({', '.join(RASTER_SUFFIXES)})")
+        return rasters
+    raise InputError(f"{pattern}: input not found")
+
+
+def read_info(path: str) -> RasterInfo:
     """Open a raster's metadata, or raise `InputError` saying what is wrong with it."""
-    path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty")
+    try:
+        if storage.size_and_mtime(path)[0] == 0:
+            raise InputError(f"{path}: file is empty")
+    except OSError:
+        pass  # rasterio says what is wrong below
     try:
         with warnings.catch_warnings():  # no georeference is reported below, in one line
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.Env(**GDAL_READ_OPTIONS), rasterio.open(path) as src:
+            with storage.gdal_env(**GDAL_READ_OPTIONS), \
+                    rasterio.open(storage.gdal_path(path)) as src:  # fmt: skip
                 if src.count < 1:
                     raise InputError(f"{path}: raster has no bands")
                 if len(set(src.dtypes)) != 1:

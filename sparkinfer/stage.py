@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import rasterio
 from rasterio.errors import RasterioError
 
+from sparkinfer import storage
 from sparkinfer.config import Normalization
 from sparkinfer.errors import JobFailed, first_line
 from sparkinfer.model import ModelPackage, load_package
@@ -170,9 +170,9 @@ class _TileReader:
             info = self.spec.rasters[index]
             self.chunk_error = None
             try:
-                with rasterio.Env(**GDAL_READ_OPTIONS):
+                with storage.gdal_env(**GDAL_READ_OPTIONS):
                     if index not in self.datasets:
-                        self.datasets[index] = rasterio.open(info.path)
+                        self.datasets[index] = rasterio.open(storage.gdal_path(info.path))
                     self.chunk = read_window(
                         self.datasets[index], list(self.spec.bands), tile["chunk_read_row_off"],
                         tile["chunk_read_col_off"], tile["chunk_read_height"],
@@ -329,7 +329,7 @@ def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.
 
 def _open_chunk(row: dict, spec: StageSpec) -> ChunkWriter:
     chunk = ChunkSpec(
-        folder=Path(spec.staging[row["raster_index"]]),
+        folder=spec.staging[row["raster_index"]],
         chunk_row=row["chunk_row"],
         chunk_col=row["chunk_col"],
         row_off=row["chunk_row_off"],
@@ -356,10 +356,14 @@ def _new_summary(row: dict) -> dict:
     }
 
 
-def _committed(chunk: dict, spec: StageSpec) -> bool:
-    folder = Path(spec.staging[chunk["raster_index"]])
-    names = chunk_files(chunk["chunk_row"], chunk["chunk_col"], spec.scores)
-    return all((folder / name).is_file() for name in names)
+def _retried_attempt() -> bool:
+    """Whether this task ran before (a retry, or a speculative copy): only then can chunks of
+    its own have been committed since the driver listed the staging folders. (The stage reads a
+    local relation, no shuffle: it is never re-attempted as a whole, only its tasks are.)"""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return context is not None and context.attemptNumber() > 0
 
 
 def _skip_committed(
@@ -368,13 +372,22 @@ def _skip_committed(
     """The chunk rows whose files are not committed yet; a result row in `reused` for the others.
 
     A retried task finds the chunks its failed attempt committed (same names, same identity
-    folder, whole files): it keeps them instead of inferring them again."""
+    folder, whole files): it keeps them instead of inferring them again. Each staging folder is
+    listed once per task (one request on S3, not one per chunk)."""
+    if not _retried_attempt():
+        yield from batches
+        return
+    listed: dict[int, set[str]] = {}
     for batch in batches:
         chunks = batch.select(list(CHUNK_FIELDS)).to_pylist()
         tiles = batch.column("tiles").to_pylist()
         todo = []
         for chunk, count in zip(chunks, tiles, strict=True):
-            done = _committed(chunk, spec)
+            index = chunk["raster_index"]
+            if index not in listed:
+                listed[index] = storage.list_names(spec.staging[index])
+            names = chunk_files(chunk["chunk_row"], chunk["chunk_col"], spec.scores)
+            done = all(name in listed[index] for name in names)
             todo.append(not done)
             if done:
                 reused.append(_new_summary(chunk | {"chunk_tiles": count}) | {"reused": True})

@@ -1,18 +1,17 @@
 """Writing predictions: per-task GeoTIFF chunks, then one Cloud-Optimized GeoTIFF per raster.
 
 A Spark task streams each tile's cropped prediction into its chunk's GeoTIFF under a temporary
-name and renames it into place when the chunk is complete. The chunk's name comes from the plan
-(its position in the chunk grid), so a retried task replaces the file instead of adding one.
-Assembly reads the chunks through a VRT and lets GDAL's COG driver write the final file block by
-block (with overviews), under a temporary name, renamed at the end.
+name and commits it (`storage.commit`: a rename, or an upload to S3) when the chunk is complete.
+The chunk's name comes from the plan (its position in the chunk grid), so a retried task
+replaces the file instead of adding one. Assembly reads the chunks through a VRT and lets GDAL's
+COG driver write the final file block by block (with overviews), under a temporary name,
+committed at the end.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -23,6 +22,7 @@ import rasterio.shutil
 import rasterio.windows
 from affine import Affine
 
+from sparkinfer import storage
 from sparkinfer.config import CogOptions
 from sparkinfer.raster import RasterInfo
 
@@ -45,11 +45,6 @@ def hex_rgb(color: str) -> tuple[int, int, int]:
     return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
 
 
-def temporary_name(path: Path) -> Path:
-    """A unique sibling of `path` that readers ignore (leading dot, .tmp suffix)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-
-
 def chunk_name(chunk_row: int, chunk_col: int) -> str:
     return f"chunk_r{chunk_row:05d}_c{chunk_col:05d}.tif"
 
@@ -69,7 +64,7 @@ def chunk_files(chunk_row: int, chunk_col: int, scores: bool) -> list[str]:
 class ChunkSpec:
     """Where one chunk lies in its raster, and where its files go."""
 
-    folder: Path
+    folder: str  # local path or s3:// URI
     chunk_row: int
     chunk_col: int
     row_off: int
@@ -78,12 +73,12 @@ class ChunkSpec:
     width: int
 
     @property
-    def classes_path(self) -> Path:
-        return self.folder / chunk_name(self.chunk_row, self.chunk_col)
+    def classes_path(self) -> str:
+        return storage.join(self.folder, chunk_name(self.chunk_row, self.chunk_col))
 
     @property
-    def scores_path(self) -> Path:
-        return self.folder / scores_name(self.classes_path.name)
+    def scores_path(self) -> str:
+        return storage.join(self.folder, scores_name(chunk_name(self.chunk_row, self.chunk_col)))
 
 
 class ChunkWriter:
@@ -101,7 +96,7 @@ class ChunkWriter:
             crs=raster.crs,
             transform=transform,
         )
-        self._files: list[tuple[Path, Path, rasterio.io.DatasetWriter]] = []
+        self._files: list[tuple[Path, str, rasterio.io.DatasetWriter]] = []
         self._classes = self._open(spec.classes_path, common, 1, "uint8", CLASS_NODATA)
         self._scores = (
             self._open(spec.scores_path, common, classes, "float32", SCORE_NODATA)
@@ -109,8 +104,8 @@ class ChunkWriter:
             else None
         )
 
-    def _open(self, final: Path, profile: dict, count: int, dtype: str, nodata: float):
-        tmp = temporary_name(final)
+    def _open(self, final: str, profile: dict, count: int, dtype: str, nodata: float):
+        tmp = storage.staging_file(final)
         dst = rasterio.open(tmp, "w", count=count, dtype=dtype, nodata=nodata, **profile)
         self._files.append((tmp, final, dst))
         return dst
@@ -128,11 +123,11 @@ class ChunkWriter:
             self._scores.write(np.moveaxis(scores, -1, 0), window=window)
 
     def commit(self) -> None:
-        """Close the files and move them to their final names."""
+        """Close the files and move (or upload) them to their final names."""
         for _, _, dst in self._files:
             dst.close()
         for tmp, final, _ in self._files:
-            os.replace(tmp, final)
+            storage.commit(tmp, final)
 
     def abort(self) -> None:
         for tmp, _, dst in self._files:
@@ -177,7 +172,8 @@ def _vrt_xml(
             size = f'xSize="{chunk.width}" ySize="{chunk.height}"'
             lines += [
                 "    <SimpleSource>",
-                f"      <SourceFilename>{escape(str(source_of(chunk)))}</SourceFilename>",
+                f"      <SourceFilename>{escape(storage.gdal_path(source_of(chunk)))}"
+                "</SourceFilename>",
                 f"      <SourceBand>{band}</SourceBand>",
                 f'      <SrcRect xOff="0" yOff="0" {size}/>',
                 f'      <DstRect xOff="{chunk.col_off}" yOff="{chunk.row_off}" {size}/>',
@@ -191,7 +187,7 @@ def _vrt_xml(
 def assemble_cog(
     raster: RasterInfo,
     chunks: list[ChunkSpec],
-    destination: Path,
+    destination: str,
     options: CogOptions,
     *,
     scores: bool,
@@ -200,7 +196,8 @@ def assemble_cog(
     class_names: tuple[str, ...] = (),
     class_colors: tuple[str, ...] = (),
 ) -> None:
-    """Mosaic chunk files into one COG at `destination`, atomically.
+    """Mosaic chunk files into one COG at `destination`, atomically (written locally, then
+    renamed or uploaded whole).
 
     The class map carries the model's class names (tag CLASS_NAMES, a JSON list) and colours
     (the band's colour table); scores bands are described by class name."""
@@ -217,14 +214,14 @@ def assemble_cog(
         descriptions = [f"class ({listed})" if class_names else "class"]
         source_of, resampling = (lambda ch: ch.classes_path), "NEAREST"
         colors = class_colors
-    vrt = temporary_name(destination.with_suffix(".vrt"))
-    tmp = temporary_name(destination)
+    tmp = storage.staging_file(destination)
+    vrt = tmp.with_suffix(".vrt")
     vrt.write_text(
         _vrt_xml(raster, chunks, source_of, bands, dtype, nodata, descriptions, metadata, colors),
         encoding="utf-8",
     )
     try:
-        with rasterio.Env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
+        with storage.gdal_env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
             rasterio.shutil.copy(
                 str(vrt),
                 str(tmp),
@@ -236,7 +233,7 @@ def assemble_cog(
                 RESAMPLING=resampling,
                 BIGTIFF="IF_SAFER",
             )
-        os.replace(tmp, destination)
+        storage.commit(tmp, destination)
     finally:
         vrt.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)

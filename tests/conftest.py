@@ -55,3 +55,25 @@ def run(spark):
         return run_job(spark, prepare_job(config))
 
     return _run
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    """A Spark standalone cluster on 127.0.0.1 (spark://... URL), stopped after the test."""
+    from servers import standalone_cluster
+
+    with standalone_cluster(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 server on 127.0.0.1 with buckets `scenes` and `predictions`; its AWS variables are
+    set in this process (and so in every spark-submit.sh the tests start) for the module."""
+    from servers import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3"), ["scenes", "predictions"]) as env, \
+            pytest.MonkeyPatch.context() as patch:  # fmt: skip
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield env

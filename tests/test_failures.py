@@ -131,16 +131,17 @@ def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
     options = dict(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "out"))
     job = prepare_job(config(**options, tile_size=32, chunk_tiles=2))
     (only,) = job.rasters
-    stale = only.staging.parent / "scene-0123456789abcdef"  # another model's or config's chunks
+    staging = Path(only.staging)
+    stale = staging.parent / "scene-0123456789abcdef"  # another model's or config's chunks
     stale.mkdir(parents=True)
     (stale / "chunk_r0000_c0000.tif").write_bytes(b"old")
     # A run that died after writing the first 5 of its 12 chunks:
-    only.staging.mkdir(parents=True)
+    staging.mkdir(parents=True)
     chunks = only.plan.chunks()
     assert len(chunks) == 12
     infer_and_write(spark, plan_table([chunks.slice(0, 5)]), 2, stage_spec(job, [only]),
                     job.package)  # fmt: skip
-    assert len(list(only.staging.glob("*.tif"))) == 5
+    assert len(list(staging.glob("*.tif"))) == 5
 
     report = run_job(spark, job)
     assert report["rasters"][0]["chunks"] == {"planned": 12, "resumed": 5, "kept_on_retry": 0}

@@ -14,7 +14,7 @@ LINE = re.compile(r"^sparkinfer: (\d+)/(\d+) tiles \((\d+\.\d)%\), (\d+\.\d) til
 
 def test_progress_counts_the_tiles_of_committed_chunks(tmp_path):
     chunks = RasterPlan(100, 70, Tiling(16, 0, 1, chunk_tiles=2)).chunks()  # 7 x 5 tiles
-    progress = Progress([tmp_path], [chunks])
+    progress = Progress([str(tmp_path)], [chunks])
     assert progress.total == 35 and progress.tiles_done() == 0
     (tmp_path / chunk_name(0, 0)).touch()  # 2 x 2 tiles
     (tmp_path / chunk_name(3, 2)).touch()  # the corner: 1 x 1

@@ -1,0 +1,268 @@
+"""Where the job reads and writes: local paths or `s3://bucket/key` URIs, as plain strings.
+
+Local files keep POSIX semantics: a file is written under a temporary name beside its final one
+and renamed into place. On S3 a file is written to local disk, then uploaded; an object appears
+only when its upload completes, whole, which is the atomic commit S3 offers. pyarrow's S3
+filesystem lists, uploads and deletes; GDAL reads objects through /vsis3/. Both take the endpoint
+and credentials from the usual AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), which
+`executor_environment` hands to the executors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import rasterio
+from pyarrow import fs
+
+S3_SCHEME = "s3://"
+# Variables the AWS SDKs and GDAL read for S3: what executors need to reach the same storage.
+AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+    "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_NO_SIGN_REQUEST",
+)  # fmt: skip
+
+
+def is_s3(location: str) -> bool:
+    return location.startswith(S3_SCHEME)
+
+
+def join(folder: str, *names: str) -> str:
+    return posixpath.join(folder, *names) if is_s3(folder) else os.path.join(folder, *names)
+
+
+def name(location: str) -> str:
+    """The last component: a file or folder name."""
+    return posixpath.basename(location.rstrip("/")) if is_s3(location) else Path(location).name
+
+
+def parent(location: str) -> str:
+    if is_s3(location):
+        bucket_and_key = location[len(S3_SCHEME) :].rstrip("/")
+        return S3_SCHEME + posixpath.dirname(bucket_and_key) if "/" in bucket_and_key else location
+    return str(Path(location).parent)
+
+
+def absolute(location: str) -> str:
+    return location.rstrip("/") if is_s3(location) else str(Path(location).absolute())
+
+
+def gdal_path(location: str) -> str:
+    """What GDAL opens for a location: /vsis3/bucket/key for S3."""
+    return "/vsis3/" + location[len(S3_SCHEME) :] if is_s3(location) else location
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def gdal_env(**options) -> rasterio.Env:
+    """GDAL settings for reading and writing, with GDAL's S3 endpoint taken from
+    AWS_ENDPOINT_URL (GDAL reads only its own AWS_S3_ENDPOINT and AWS_HTTPS)."""
+    endpoint = _endpoint()
+    if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
+        url = urlsplit(endpoint)
+        options = {"AWS_S3_ENDPOINT": url.netloc, "AWS_HTTPS": "YES" if url.scheme == "https"
+                   else "NO", "AWS_VIRTUAL_HOSTING": "FALSE"} | options  # fmt: skip
+    return rasterio.Env(**options)
+
+
+def executor_environment() -> dict[str, str]:
+    """The AWS variables set here, for `spark.executorEnv.*`: executors on other hosts do not
+    inherit the driver's environment."""
+    return {key: os.environ[key] for key in AWS_VARIABLES if key in os.environ}
+
+
+def _s3(location: str) -> fs.S3FileSystem:
+    """The client for a location's bucket: AWS_REGION's, or the bucket's own region asked from
+    AWS (a client of the wrong region gets only redirects), or none for another endpoint."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    endpoint = _endpoint()
+    if region is None and endpoint is None:
+        region = _bucket_region(_key(location).split("/", 1)[0])
+    return _s3_client(endpoint, region)
+
+
+@functools.cache
+def _bucket_region(bucket: str) -> str:
+    return fs.resolve_s3_region(bucket)
+
+
+@functools.cache  # one client per process, endpoint and region: it holds a connection pool
+def _s3_client(endpoint: str | None, region: str | None) -> fs.S3FileSystem:
+    options = {}
+    if endpoint:
+        url = urlsplit(endpoint)
+        options = {"endpoint_override": url.netloc, "scheme": url.scheme or "https"}
+    return fs.S3FileSystem(region=region, **options) if region else fs.S3FileSystem(**options)
+
+
+def _key(location: str) -> str:
+    """bucket/key, as pyarrow's S3 filesystem names objects."""
+    return location[len(S3_SCHEME) :].rstrip("/")
+
+
+def _info(location: str):
+    return _s3(location).get_file_info(_key(location))
+
+
+def is_file(location: str) -> bool:
+    if is_s3(location):
+        return _info(location).type == fs.FileType.File
+    return os.path.isfile(location)
+
+
+def is_dir(location: str) -> bool:
+    """Whether a folder exists; on S3, whether any object lies under the prefix (or it is a
+    bucket)."""
+    if is_s3(location):
+        return _info(location).type == fs.FileType.Directory
+    return os.path.isdir(location)
+
+
+def size_and_mtime(location: str) -> tuple[int, int]:
+    """Size in bytes and modification time in ns of a file; FileNotFoundError when absent."""
+    if is_s3(location):
+        info = _info(location)
+        if info.type != fs.FileType.File:
+            raise FileNotFoundError(location)
+        return info.size, info.mtime_ns or 0
+    stat = os.stat(location)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def list_names(folder: str) -> set[str]:
+    """Names of the files and folders directly in `folder`; empty when it does not exist."""
+    if is_s3(folder):
+        selector = fs.FileSelector(_key(folder) + "/", allow_not_found=True)
+        return {posixpath.basename(i.path) for i in _s3(folder).get_file_info(selector)}
+    try:
+        return {entry.name for entry in os.scandir(folder)}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def glob_files(pattern: str) -> list[str]:
+    """Files matching a glob pattern, sorted; on S3 only the last component may hold wildcards."""
+    if is_s3(pattern):
+        folder, wildcard = parent(pattern), name(pattern)
+        if any(c in folder for c in "*?["):
+            raise ValueError("on S3 only the file name may hold wildcards")
+        if not is_dir(folder):
+            raise FileNotFoundError(f"no bucket or folder {folder}")
+        return sorted(join(folder, n) for n in list_names(folder)
+                      if fnmatch.fnmatchcase(n, wildcard) and is_file(join(folder, n)))  # fmt: skip
+    import glob
+
+    return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+
+
+def make_folders(folder: str) -> None:
+    """Create a folder and its parents; nothing on S3, where folders are key prefixes."""
+    if not is_s3(folder):
+        os.makedirs(folder, exist_ok=True)
+
+
+def remove(location: str) -> None:
+    """Delete a file if it is there."""
+    if is_s3(location):
+        if is_file(location):
+            _s3(location).delete_file(_key(location))
+    else:
+        Path(location).unlink(missing_ok=True)
+
+
+def remove_tree(folder: str) -> None:
+    """Delete a folder and everything under it, if it is there."""
+    if is_s3(folder):
+        if is_dir(folder):
+            _s3(folder).delete_dir(_key(folder))
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_text(location: str) -> str:
+    if is_s3(location):
+        with _s3(location).open_input_stream(_key(location)) as stream:
+            return stream.read().decode("utf-8")
+    return Path(location).read_text(encoding="utf-8")
+
+
+def _scratch() -> Path:
+    """Local disk for files on their way to S3: in Spark's Python workers, Spark's local dir (the
+    scratch disk a cluster sets aside, removed with the application); else TMPDIR."""
+    spark_dirs = os.environ.get("SPARK_LOCAL_DIRS")
+    return Path(spark_dirs.split(",")[0]) if spark_dirs else Path(tempfile.gettempdir())
+
+
+def staging_file(final: str) -> Path:
+    """A local file to write `final` into before `commit`: a hidden sibling on local disks (the
+    rename is atomic within a file system), a local temporary file for S3."""
+    unique = uuid.uuid4().hex[:12]
+    if is_s3(final):
+        return _scratch() / f"sparkinfer-{unique}-{name(final)}"
+    final_path = Path(final)
+    return final_path.with_name(f".{final_path.name}.{unique}.tmp")
+
+
+def commit(staged: Path, final: str) -> None:
+    """Make a file written by `staging_file` appear at `final`, whole or not at all."""
+    if is_s3(final):
+        with _s3(final).open_output_stream(_key(final)) as out, staged.open("rb") as src:
+            shutil.copyfileobj(src, out, 8 << 20)
+        staged.unlink()
+    else:
+        os.replace(staged, final)
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a text file atomically."""
+    staged = staging_file(location)
+    try:
+        staged.write_text(text, encoding="utf-8")
+        commit(staged, location)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def create_new(location: str, text: str) -> bool:
+    """Create a file holding `text` if none is there; False if one is.
+
+    Exclusive on local file systems (O_EXCL). S3 has no create-if-absent in pyarrow: the object
+    is written after a check and read back, so two runs starting in the same instant could both
+    see their own; the lock this serves is advisory there."""
+    if is_s3(location):
+        if is_file(location):
+            return False
+        write_text(location, text)
+        return read_text(location) == text
+    try:
+        fd = os.open(location, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    return True
+
+
+def probe_write(folder: str) -> None:
+    """Write and delete a small file in `folder`: raises OSError if that cannot be done.
+
+    A real write, not os.access, which says yes to root, on read-only mounts and under ACLs."""
+    if is_s3(folder):
+        probe = join(folder, f".sparkinfer-probe-{uuid.uuid4().hex[:12]}")
+        with _s3(probe).open_output_stream(_key(probe)) as out:
+            out.write(b"")
+        _s3(probe).delete_file(_key(probe))
+        return
+    with tempfile.TemporaryFile(dir=folder, prefix=".sparkinfer-probe-"):
+        pass

@@ -1,0 +1,104 @@
+"""Servers the tests start on 127.0.0.1 and stop after: a Spark standalone cluster (a master and
+one worker from the installed pyspark) and an S3-compatible object store (moto in server mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from processes import wait_until
+
+BIN = Path(sys.executable).parent
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                  "AWS_REGION": "us-east-1"}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _alive_workers(ui_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as page:
+            return json.load(page)["aliveworkers"]
+    except OSError:
+        return 0
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+@contextmanager
+def standalone_cluster(folder: Path) -> Iterator[str]:
+    """spark://127.0.0.1:PORT with one 2-core worker. The cluster gets no AWS_* variables, as on
+    a real cluster: executors have only what the job passes them."""
+    port, ui_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder / "logs")}
+    log = (folder / "cluster.log").open("w")
+    common = dict(env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    master = subprocess.Popen([str(BIN / "spark-class"), "org.apache.spark.deploy.master.Master",
+                               "--host", "127.0.0.1", "--port", str(port),
+                               "--webui-port", str(ui_port)], **common)  # fmt: skip
+    url = f"spark://127.0.0.1:{port}"
+    worker = subprocess.Popen([str(BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker",
+                               url, "--host", "127.0.0.1", "--cores", "2", "--memory", "2g",
+                               "--webui-port", str(free_port()),
+                               "--work-dir", str(folder / "work")], **common)  # fmt: skip
+    try:
+        wait_until(lambda: _alive_workers(ui_port) == 1, 120, "the worker to register")
+        yield url
+    finally:
+        _stop([worker, master])
+        log.close()
+
+
+def s3_client(env: dict[str, str]):
+    """A pyarrow client of the server `s3_server` started, allowed to create buckets."""
+    from pyarrow import fs
+
+    return fs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"],
+                           secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_REGION"],
+                           endpoint_override=env["AWS_ENDPOINT_URL"].removeprefix("http://"),
+                           scheme="http", allow_bucket_creation=True)  # fmt: skip
+
+
+@contextmanager
+def s3_server(folder: Path, buckets: list[str]) -> Iterator[dict[str, str]]:
+    """moto's S3 server with empty `buckets`; yields the AWS variables that reach it."""
+    port = free_port()
+    log = (folder / "moto.log").open("w")
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/"), 60, "the S3 server to answer")
+        env = S3_CREDENTIALS | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        admin = s3_client(env)
+        for bucket in buckets:
+            admin.create_dir(bucket)
+        yield env
+    finally:
+        _stop([server])
+        log.close()

@@ -1,0 +1,112 @@
+"""s3:// inputs and outputs against an S3 server on 127.0.0.1: reads through /vsis3/, files
+uploaded whole, AWS settings handed to executors that do not have them."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from builders import write_raster
+from conftest import ROOT
+from processes import submit
+from pyarrow import fs
+from servers import s3_client
+
+from sparkinfer import storage
+from sparkinfer.config import load_config
+from sparkinfer.errors import InputError, OutputError
+from sparkinfer.job import prepare_job
+from sparkinfer.raster import read_info
+from sparkinfer.writers import ChunkSpec, ChunkWriter
+
+
+@pytest.fixture(scope="module")
+def client(s3):
+    return s3_client(s3)
+
+
+def keys(client, bucket: str) -> set[str]:
+    """Every object in `bucket`, as bucket-relative keys."""
+    infos = client.get_file_info(fs.FileSelector(bucket, recursive=True))
+    return {i.path.removeprefix(f"{bucket}/") for i in infos if i.type == fs.FileType.File}
+
+
+def upload(local, uri: str) -> str:
+    staged = local.parent / f"copy-{local.name}"
+    staged.write_bytes(local.read_bytes())
+    storage.commit(staged, uri)
+    return uri
+
+
+def test_s3_in_and_out_on_a_cluster_whose_executors_have_no_aws_settings(
+    tmp_path, run, models, standalone, client
+):
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 300, 260, seed=8)
+    upload(raster, "s3://scenes/in/scene.tif")
+    common = dict(model=str(models["unet"]), tile_size=64, chunk_tiles=2, quicklook=True)
+    run(input=[str(raster)], output=str(tmp_path / "local"), **common)
+
+    args = ["--input", "s3://scenes/in/", "--model", common["model"],
+            "--output", "s3://predictions/run", "--tile-size", 64, "--chunk-tiles", 2,
+            "--quicklook"]  # fmt: skip
+    done = submit(args, standalone)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    # Only the outputs: no chunks, lock, write probe or temporary object left behind.
+    assert keys(client, "predictions") == {f"run/{name}" for name in (
+        "scene.tif", "scene.png", "scene.tiles.parquet", "scene.stac.json", "_run.json")}
+    report = json.loads(storage.read_text("s3://predictions/run/_run.json"))
+    assert report["spark"]["master"] == standalone
+    assert report["rasters"][0]["input"] == "s3://scenes/in/scene.tif"
+    assert report["rasters"][0]["chunks"]["planned"] == 9
+    with storage.gdal_env(), rasterio.open("/vsis3/predictions/run/scene.tif") as cog, \
+            rasterio.open(tmp_path / "local" / "scene.tif") as local:  # fmt: skip
+        assert cog.profile == local.profile  # CRS, transform, nodata, layout
+        assert np.array_equal(cog.read(), local.read())
+        assert cog.tags()["source"] == "s3://scenes/in/scene.tif"
+    item = json.loads(storage.read_text("s3://predictions/run/scene.stac.json"))
+    assert item["assets"]["classes"]["href"] == "./scene.tif"
+    assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == [
+        "s3://scenes/in/scene.tif"]
+
+    # The same job again: the outputs are complete, nothing is redone.
+    before = client.get_file_info("predictions/run/scene.tif").mtime_ns
+    report = run(input=["s3://scenes/in/"], output="s3://predictions/run", **common)
+    assert report["rasters"][0]["status"] == "complete" and report["tiles"]["inferred"] == 0
+    assert client.get_file_info("predictions/run/scene.tif").mtime_ns == before
+
+
+def test_a_chunk_appears_on_s3_only_whole(tmp_path, client):
+    info = read_info(upload(write_raster(tmp_path / "scene.tif", 64, 64, seed=1),
+                            "s3://scenes/chunk/scene.tif"))  # fmt: skip
+    spec = ChunkSpec("s3://predictions/staging", 0, 0, 0, 0, 64, 64)
+    writer = ChunkWriter(spec, info, classes=3, write_scores=True)
+    writer.write(0, 0, np.ones((64, 64), np.uint8), np.zeros((64, 64, 3), np.float32))
+    staged = [k for k in keys(client, "predictions") if k.startswith("staging/")]
+    assert staged == [], "nothing is visible before the commit"
+    writer.commit()
+    assert {k for k in keys(client, "predictions") if k.startswith("staging/")} == {
+        "staging/chunk_r00000_c00000.tif", "staging/chunk_r00000_c00000.scores.tif"}
+    with storage.gdal_env(), rasterio.open(storage.gdal_path(spec.classes_path)) as chunk:
+        assert chunk.crs.to_wkt() == info.crs and (chunk.read(1) == 1).all()
+    storage.remove_tree("s3://predictions/staging")
+    assert not any(k.startswith("staging/") for k in keys(client, "predictions"))
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "line"),
+    [
+        ({"input": ["s3://scenes/nothing-here.tif"]}, InputError,
+         "s3://scenes/nothing-here.tif: input not found"),
+        ({"input": ["s3://no-such-bucket/*.tif"]}, InputError,
+         "s3://no-such-bucket/*.tif: cannot list inputs"),
+        ({"output": "s3://no-such-bucket/out"}, OutputError,
+         "s3://no-such-bucket/out: cannot write there"),
+    ],
+)  # fmt: skip
+def test_s3_problems_are_one_line_before_spark(tmp_path, models, s3, options, error, line):
+    raster = upload(write_raster(tmp_path / "scene.tif", 64, 64, seed=1), "s3://scenes/ok.tif")
+    config = {"input": [raster], "model": str(models["unet"]), "output": "s3://predictions/x"}
+    with pytest.raises(error) as caught:
+        prepare_job(load_config(config | options, defaults_file=ROOT / "conf" / "default.yaml"))
+    assert str(caught.value).startswith(line) and "\n" not in str(caught.value)
