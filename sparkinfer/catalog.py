@@ -62,7 +62,7 @@ def write_tile_index(
     rows = []
     chunk_rows, chunk_cols = plan.chunk_grid
     chunks = ((r, c) for r in range(chunk_rows) for c in range(chunk_cols))
-    with storage.gdal_env(), rasterio.open(storage.gdal_path(classes_path)) as cog:
+    with storage.open_own_raster(classes_path) as cog:
         for chunk_row, chunk_col in chunks:
             for tile in plan.chunk_tiles(chunk_row, chunk_col):
                 top, left = tile["core_row_off"], tile["core_col_off"]

@@ -397,7 +397,7 @@ def is_complete(raster: RasterJob) -> bool:
     if not all(storage.is_file(p) for p in raster.outputs):
         return False
     try:
-        with storage.gdal_env(), rasterio.open(storage.gdal_path(raster.classes_path)) as done:
+        with storage.open_own_raster(raster.classes_path) as done:
             return done.tags().get(IDENTITY_TAG) == raster.identity
     except rasterio.errors.RasterioError:
         return False
@@ -469,7 +469,7 @@ def _run(spark, job: Job) -> dict:
     if total_chunks:
         parallelism = spark.sparkContext.defaultParallelism
         t = time.perf_counter()
-        progress = Progress([r.staging for r in todo], chunk_tables)
+        progress = Progress([r.staging for r in todo], chunk_tables, job.config.scores)
         with reported(progress, job.config.progress_seconds), \
                 spark_failures(f"{job.output}: inference failed", RESUME_HINT):  # fmt: skip
             # A few tasks per core: even load, and a lost task is a small share of the work.

@@ -18,7 +18,7 @@ from typing import TextIO
 import pyarrow as pa
 
 from sparkinfer import storage
-from sparkinfer.writers import chunk_name
+from sparkinfer.writers import chunk_files
 
 
 def _duration(seconds: float) -> str:
@@ -31,12 +31,12 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts the tiles of committed chunks among the chunks this run has to do."""
 
-    def __init__(self, staging: list[str], chunk_tables: list[pa.Table]) -> None:
-        self.folders = []  # (folder, {chunk file name: tiles})
+    def __init__(self, staging: list[str], chunk_tables: list[pa.Table], scores: bool) -> None:
+        self.folders = []  # (folder, {name of the file a chunk commits last: tiles})
         for folder, chunks in zip(staging, chunk_tables, strict=True):
-            names = [chunk_name(r, c) for r, c in zip(chunks["chunk_row"].to_pylist(),
-                                                      chunks["chunk_col"].to_pylist(),
-                                                      strict=True)]  # fmt: skip
+            names = [chunk_files(r, c, scores)[-1]
+                     for r, c in zip(chunks["chunk_row"].to_pylist(),
+                                     chunks["chunk_col"].to_pylist(), strict=True)]  # fmt: skip
             tiles = dict(zip(names, chunks["tiles"].to_pylist(), strict=True))
             self.folders.append((folder, tiles))
         self.total = sum(sum(tiles.values()) for _, tiles in self.folders)

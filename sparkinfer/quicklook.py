@@ -6,7 +6,6 @@ Read from the COG's overviews at a bounded size, so it costs the same for any ra
 from __future__ import annotations
 
 import numpy as np
-import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
@@ -22,7 +21,7 @@ FALLBACK = ("#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#
 def write_quicklook(
     classes_path: str, destination: str, names: tuple[str, ...], colors: tuple[str, ...]
 ) -> None:
-    with storage.gdal_env(), rasterio.open(storage.gdal_path(classes_path)) as src:
+    with storage.open_own_raster(classes_path) as src:
         scale = max(src.width, src.height) / MAX_SIDE
         shape = (src.height, src.width)
         if scale > 1:

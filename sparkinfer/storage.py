@@ -17,6 +17,8 @@ import posixpath
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -65,6 +67,11 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+# For opening the job's own files (chunks, COGs), which have no side-car files: GDAL must not
+# list their folder on each open (a LIST request on S3; thousands of chunks share a folder).
+NO_LISTING = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
 def gdal_env(**options) -> rasterio.Env:
     """GDAL settings for reading and writing, with GDAL's S3 endpoint taken from
     AWS_ENDPOINT_URL (GDAL reads only its own AWS_S3_ENDPOINT and AWS_HTTPS)."""
@@ -74,6 +81,13 @@ def gdal_env(**options) -> rasterio.Env:
         options = {"AWS_S3_ENDPOINT": url.netloc, "AWS_HTTPS": "YES" if url.scheme == "https"
                    else "NO", "AWS_VIRTUAL_HOSTING": "FALSE"} | options  # fmt: skip
     return rasterio.Env(**options)
+
+
+@contextmanager
+def open_own_raster(location: str) -> Iterator[rasterio.DatasetReader]:
+    """Open a raster the job wrote (a chunk or a COG) for reading."""
+    with gdal_env(**NO_LISTING), rasterio.open(gdal_path(location)) as src:
+        yield src
 
 
 def executor_environment() -> dict[str, str]:

@@ -55,7 +55,8 @@ def scores_name(classes_name: str) -> str:
 
 
 def chunk_files(chunk_row: int, chunk_col: int, scores: bool) -> list[str]:
-    """The names of a chunk's files: all of them there means the chunk is committed."""
+    """The names of a chunk's files, in the order `ChunkWriter.commit` writes them: all of them
+    there means the chunk is committed."""
     name = chunk_name(chunk_row, chunk_col)
     return [name, scores_name(name)] if scores else [name]
 
@@ -221,7 +222,8 @@ def assemble_cog(
         encoding="utf-8",
     )
     try:
-        with storage.gdal_env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
+        with storage.gdal_env(**storage.NO_LISTING, GDAL_CACHEMAX=256,
+                              GDAL_NUM_THREADS="ALL_CPUS"):  # fmt: skip
             rasterio.shutil.copy(
                 str(vrt),
                 str(tmp),

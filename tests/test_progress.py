@@ -6,7 +6,7 @@ from builders import write_raster
 
 from sparkinfer.plan import RasterPlan, Tiling
 from sparkinfer.progress import Progress
-from sparkinfer.writers import chunk_name
+from sparkinfer.writers import chunk_name, scores_name
 
 LINE = re.compile(r"^sparkinfer: (\d+)/(\d+) tiles \((\d+\.\d)%\), (\d+\.\d) tiles/s, "
                   r"\d+m\d\ds elapsed(, ETA \d+m\d\ds)?$")  # fmt: skip
@@ -14,13 +14,19 @@ LINE = re.compile(r"^sparkinfer: (\d+)/(\d+) tiles \((\d+\.\d)%\), (\d+\.\d) til
 
 def test_progress_counts_the_tiles_of_committed_chunks(tmp_path):
     chunks = RasterPlan(100, 70, Tiling(16, 0, 1, chunk_tiles=2)).chunks()  # 7 x 5 tiles
-    progress = Progress([str(tmp_path)], [chunks])
+    progress = Progress([str(tmp_path)], [chunks], scores=False)
     assert progress.total == 35 and progress.tiles_done() == 0
     (tmp_path / chunk_name(0, 0)).touch()  # 2 x 2 tiles
     (tmp_path / chunk_name(3, 2)).touch()  # the corner: 1 x 1
     (tmp_path / ".chunk_r00000_c00001.tif.0123.tmp").touch()  # being written: not done
     assert progress.tiles_done() == 5
     assert LINE.match(progress.line()).group(1, 2, 3) == ("5", "35", "14.3")
+
+    # With scores a chunk is done once its scores file, committed last, is there too.
+    with_scores = Progress([str(tmp_path)], [chunks], scores=True)
+    assert with_scores.tiles_done() == 0
+    (tmp_path / scores_name(chunk_name(0, 0))).touch()
+    assert with_scores.tiles_done() == 4
 
 
 def test_a_run_prints_progress_lines_not_a_flood(tmp_path, run, models, capsys):

@@ -87,7 +87,7 @@ def test_a_chunk_appears_on_s3_only_whole(tmp_path, client):
     writer.commit()
     assert {k for k in keys(client, "predictions") if k.startswith("staging/")} == {
         "staging/chunk_r00000_c00000.tif", "staging/chunk_r00000_c00000.scores.tif"}
-    with storage.gdal_env(), rasterio.open(storage.gdal_path(spec.classes_path)) as chunk:
+    with storage.open_own_raster(spec.classes_path) as chunk:
         assert chunk.crs.to_wkt() == info.crs and (chunk.read(1) == 1).all()
     storage.remove_tree("s3://predictions/staging")
     assert not any(k.startswith("staging/") for k in keys(client, "predictions"))
