@@ -23,8 +23,10 @@ from sparkinfer.errors import InputError, first_line
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 
-# GDAL settings for every read: no directory listing next to each file, a bounded block cache.
-GDAL_READ_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": 256}
+# GDAL settings for reading inputs: no listing of the folder of each file (slow on large
+# folders and object storage), side-car files (.msk masks, .aux.xml, world files) still looked
+# up by name (TRUE; EMPTY_DIR would ignore them); a bounded block cache.
+GDAL_READ_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "TRUE", "GDAL_CACHEMAX": 256}
 
 
 # "none": every pixel is valid; "nodata": bands mark invalid pixels with their nodata value

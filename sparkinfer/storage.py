@@ -67,8 +67,8 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-# For opening the job's own files (chunks, COGs), which have no side-car files: GDAL must not
-# list their folder on each open (a LIST request on S3; thousands of chunks share a folder).
+# For opening the job's own files (chunks, COGs), which have no side-car files: GDAL need not
+# list their folder or look for side-cars on each open (thousands of chunks share a folder).
 NO_LISTING = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
@@ -113,11 +113,15 @@ def _bucket_region(bucket: str) -> str:
 
 @functools.cache  # one client per process, endpoint and region: it holds a connection pool
 def _s3_client(endpoint: str | None, region: str | None) -> fs.S3FileSystem:
-    options = {}
+    # Delayed open: a file smaller than one part goes up in one PUT, not a three-request
+    # multipart upload; a missing bucket is then reported at close, still inside `commit`.
+    options: dict = {"allow_delayed_open": True}
     if endpoint:
         url = urlsplit(endpoint)
-        options = {"endpoint_override": url.netloc, "scheme": url.scheme or "https"}
-    return fs.S3FileSystem(region=region, **options) if region else fs.S3FileSystem(**options)
+        options |= {"endpoint_override": url.netloc, "scheme": url.scheme or "https"}
+    if region:
+        options["region"] = region
+    return fs.S3FileSystem(**options)
 
 
 def _key(location: str) -> str:

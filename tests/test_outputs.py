@@ -54,6 +54,23 @@ def test_nodata_tiles_are_skipped_and_nodata_pixels_kept_exactly(tmp_path, run, 
     assert (classes == expected).mean() >= 0.9999
 
 
+def test_an_external_mask_file_marks_nodata(tmp_path, run, models):
+    """GDAL side-car files of an input (here scene.tif.msk, as GDAL writes masks of JPEG
+    imagery) are read: their masked pixels are nodata in the output."""
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 96, 128, seed=5)
+    valid = np.full((96, 128), 255, np.uint8)
+    valid[:, :40] = 0
+    valid[70:80, 100:110] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(raster, "r+") as dst:
+        dst.write_mask(valid)
+    assert (tmp_path / "in" / "scene.tif.msk").is_file()
+    run(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"),
+        tile_size=32)  # fmt: skip
+    with rasterio.open(tmp_path / "out" / "scene.tif") as out:
+        np.testing.assert_array_equal(out.read(1) == 255, valid == 0)
+
+
 def test_several_inputs_of_different_sizes_and_crs_in_one_run(tmp_path, run, models):
     (tmp_path / "in").mkdir()
     (tmp_path / "more").mkdir()
