@@ -57,7 +57,8 @@ def _wkb_polygon(ring: list[tuple[float, float]]) -> bytes:
 def write_tile_index(
     info: RasterInfo, plan: RasterPlan, classes_path: str, path: str, classes: int
 ) -> None:
-    """GeoParquet 1.1 of the raster's tiles: footprint, class histogram and status."""
+    """GeoParquet 1.1 of the raster's tiles (from the class map COG at `classes_path`):
+    footprint, class histogram and status."""
     transform = Affine(*info.transform)
     rows = []
     chunk_rows, chunk_cols = plan.chunk_grid
@@ -93,12 +94,8 @@ def write_tile_index(
     }
     table = pa.Table.from_pylist(rows, schema=TILE_INDEX_SCHEMA)
     table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
-    tmp = storage.staging_file(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        storage.commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with storage.staged(path) as local:
+        pq.write_table(table, local, compression="zstd")
 
 
 def write_stac_item(

@@ -343,16 +343,19 @@ def _assemble(task: tuple) -> dict:
         chunks = _chunk_specs(raster)
         common = dict(classes=model.classes, metadata=metadata, class_names=model.class_names,
                       class_colors=model.class_colors)  # fmt: skip
-        # Each output appears whole (temporary name, then rename); the chunks go only once all
-        # are there, so a run that dies here redoes this raster from its chunks.
+        # Each output appears whole (written locally, then renamed or uploaded); the chunks go
+        # only once all are there, so a run that dies here redoes this raster from its chunks.
         if raster.scores_path is not None:
-            assemble_cog(raster.info, chunks, raster.scores_path, options, scores=True, **common)
-        assemble_cog(raster.info, chunks, raster.classes_path, options, scores=False, **common)
-        if raster.quicklook_path is not None:
-            write_quicklook(raster.classes_path, raster.quicklook_path, model.class_names,
-                            model.class_colors)  # fmt: skip
-        write_tile_index(raster.info, raster.plan, raster.classes_path, raster.tile_index_path,
-                         model.classes)  # fmt: skip
+            with storage.staged(raster.scores_path) as scores:
+                assemble_cog(raster.info, chunks, scores, options, scores=True, **common)
+        with storage.staged(raster.classes_path) as classes:
+            assemble_cog(raster.info, chunks, classes, options, scores=False, **common)
+            # From the local COG, before its commit: on S3 no download of what was just made.
+            if raster.quicklook_path is not None:
+                write_quicklook(str(classes), raster.quicklook_path, model.class_names,
+                                model.class_colors)  # fmt: skip
+            write_tile_index(raster.info, raster.plan, str(classes), raster.tile_index_path,
+                             model.classes)  # fmt: skip
         assets = {"classes": raster.classes_path, "scores": raster.scores_path,
                   "quicklook": raster.quicklook_path, "tiles": raster.tile_index_path}  # fmt: skip
         properties = {"sparkinfer:version": metadata["sparkinfer_version"],

@@ -45,9 +45,5 @@ def write_quicklook(
         x, y = image.width + pad, pad + i * (swatch + pad)
         draw.rectangle([x, y, x + swatch, y + swatch], fill=hex_rgb(color), outline="black")
         draw.text((x + swatch + pad, y), name, fill="black", font=font)
-    tmp = storage.staging_file(destination)
-    try:
-        canvas.save(tmp, format="PNG")
-        storage.commit(tmp, destination)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with storage.staged(destination) as local:
+        canvas.save(local, format="PNG")

@@ -242,14 +242,22 @@ def commit(staged: Path, final: str) -> None:
         os.replace(staged, final)
 
 
+@contextmanager
+def staged(final: str) -> Iterator[Path]:
+    """A local file to write `final` into: committed whole when the block ends without an
+    error, removed in any case."""
+    path = staging_file(final)
+    try:
+        yield path
+        commit(path, final)
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def write_text(location: str, text: str) -> None:
     """Write a text file atomically."""
-    staged = staging_file(location)
-    try:
-        staged.write_text(text, encoding="utf-8")
-        commit(staged, location)
-    finally:
-        staged.unlink(missing_ok=True)
+    with staged(location) as path:
+        path.write_text(text, encoding="utf-8")
 
 
 def create_new(location: str, text: str) -> bool:

@@ -188,7 +188,7 @@ def _vrt_xml(
 def assemble_cog(
     raster: RasterInfo,
     chunks: list[ChunkSpec],
-    destination: str,
+    path: Path,
     options: CogOptions,
     *,
     scores: bool,
@@ -197,8 +197,8 @@ def assemble_cog(
     class_names: tuple[str, ...] = (),
     class_colors: tuple[str, ...] = (),
 ) -> None:
-    """Mosaic chunk files into one COG at `destination`, atomically (written locally, then
-    renamed or uploaded whole).
+    """Mosaic chunk files into one COG at the local `path` (a `storage.staged` file: the
+    caller commits it).
 
     The class map carries the model's class names (tag CLASS_NAMES, a JSON list) and colours
     (the band's colour table); scores bands are described by class name."""
@@ -215,8 +215,7 @@ def assemble_cog(
         descriptions = [f"class ({listed})" if class_names else "class"]
         source_of, resampling = (lambda ch: ch.classes_path), "NEAREST"
         colors = class_colors
-    tmp = storage.staging_file(destination)
-    vrt = tmp.with_suffix(".vrt")
+    vrt = path.with_suffix(".vrt")
     vrt.write_text(
         _vrt_xml(raster, chunks, source_of, bands, dtype, nodata, descriptions, metadata, colors),
         encoding="utf-8",
@@ -226,7 +225,7 @@ def assemble_cog(
                               GDAL_NUM_THREADS="ALL_CPUS"):  # fmt: skip
             rasterio.shutil.copy(
                 str(vrt),
-                str(tmp),
+                str(path),
                 driver="COG",
                 COMPRESS=options.compression.upper(),
                 PREDICTOR="YES",
@@ -235,7 +234,5 @@ def assemble_cog(
                 RESAMPLING=resampling,
                 BIGTIFF="IF_SAFER",
             )
-        storage.commit(tmp, destination)
     finally:
         vrt.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
