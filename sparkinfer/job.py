@@ -106,7 +106,8 @@ class Job:
 
 
 def _check_output_folder(output: str, inputs: list[str]) -> None:
-    target = output if storage.is_s3(output) else str(Path(output).resolve())
+    resolved = None if storage.is_s3(output) else Path(output).resolve()
+    target = output if resolved is None else str(resolved)
     for path in inputs:
         folder = storage.parent(path)
         if target == folder or target.startswith(folder.rstrip("/") + "/"):
@@ -114,7 +115,7 @@ def _check_output_folder(output: str, inputs: list[str]) -> None:
                 f"{output}: output folder is the folder of input {path} or inside it; "
                 "choose a separate folder"
             )
-    if storage.is_s3(output):
+    if resolved is None:
         try:
             storage.probe_write(output)
         except OSError as exc:
@@ -123,7 +124,6 @@ def _check_output_folder(output: str, inputs: list[str]) -> None:
                 "and the AWS_* credentials and endpoint"
             ) from None
         return
-    resolved = Path(output).resolve()
     existing = next((p for p in [resolved, *resolved.parents] if p.exists()), None)
     if existing is None or not existing.is_dir():
         raise OutputError(
@@ -408,10 +408,11 @@ def is_complete(raster: RasterJob) -> bool:
 
 def prepare_staging(raster: RasterJob, overwrite: bool) -> None:
     """Keep this raster's chunks of the same identity (resume); drop any other run's."""
-    name = storage.name(raster.staging).rsplit("-", 1)[0]
+    mine = storage.name(raster.staging)
+    name = mine.rsplit("-", 1)[0]
     root = storage.parent(raster.staging)
     for other in storage.list_names(root):
-        if other.rsplit("-", 1)[0] == name and (other != storage.name(raster.staging) or overwrite):
+        if other.rsplit("-", 1)[0] == name and (other != mine or overwrite):
             storage.remove_tree(storage.join(root, other))
     storage.make_folders(raster.staging)
 

@@ -48,10 +48,6 @@ class RasterInfo:
     nodata: float | None
     masking: Masking  # how invalid pixels are marked in the bands
 
-    @property
-    def name(self) -> str:
-        return Path(self.path).stem
-
 
 def resolve_inputs(patterns: list[str]) -> list[str]:
     """Expand files, folders (their rasters, not recursive) and glob patterns, local or s3://,

@@ -158,11 +158,16 @@ def size_and_mtime(location: str) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
+def _s3_entries(folder: str) -> list[fs.FileInfo]:
+    """The objects and prefixes directly under an S3 folder, in one listing."""
+    selector = fs.FileSelector(_key(folder) + "/", allow_not_found=True)
+    return _s3(folder).get_file_info(selector)
+
+
 def list_names(folder: str) -> set[str]:
     """Names of the files and folders directly in `folder`; empty when it does not exist."""
     if is_s3(folder):
-        selector = fs.FileSelector(_key(folder) + "/", allow_not_found=True)
-        return {posixpath.basename(i.path) for i in _s3(folder).get_file_info(selector)}
+        return {posixpath.basename(i.path) for i in _s3_entries(folder)}
     try:
         return {entry.name for entry in os.scandir(folder)}
     except (FileNotFoundError, NotADirectoryError):
@@ -177,8 +182,9 @@ def glob_files(pattern: str) -> list[str]:
             raise ValueError("on S3 only the file name may hold wildcards")
         if not is_dir(folder):
             raise FileNotFoundError(f"no bucket or folder {folder}")
-        return sorted(join(folder, n) for n in list_names(folder)
-                      if fnmatch.fnmatchcase(n, wildcard) and is_file(join(folder, n)))  # fmt: skip
+        files = [posixpath.basename(i.path) for i in _s3_entries(folder)
+                 if i.type == fs.FileType.File]  # fmt: skip
+        return sorted(join(folder, n) for n in files if fnmatch.fnmatchcase(n, wildcard))
     import glob
 
     return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))

@@ -2,6 +2,7 @@
 uploaded whole, AWS settings handed to executors that do not have them."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from sparkinfer import storage
 from sparkinfer.config import load_config
 from sparkinfer.errors import InputError, OutputError
 from sparkinfer.job import prepare_job
-from sparkinfer.raster import read_info
+from sparkinfer.raster import read_info, resolve_inputs
 from sparkinfer.writers import ChunkSpec, ChunkWriter
 
 
@@ -32,9 +33,8 @@ def keys(client, bucket: str) -> set[str]:
 
 
 def upload(local, uri: str) -> str:
-    staged = local.parent / f"copy-{local.name}"
-    staged.write_bytes(local.read_bytes())
-    storage.commit(staged, uri)
+    with storage.staged(uri) as staged:
+        shutil.copyfile(local, staged)
     return uri
 
 
@@ -91,6 +91,14 @@ def test_a_chunk_appears_on_s3_only_whole(tmp_path, client):
         assert chunk.crs.to_wkt() == info.crs and (chunk.read(1) == 1).all()
     storage.remove_tree("s3://predictions/staging")
     assert not any(k.startswith("staging/") for k in keys(client, "predictions"))
+
+
+def test_an_s3_pattern_matches_files_not_prefixes(tmp_path, s3):
+    raster = write_raster(tmp_path / "scene.tif", 16, 16, seed=1)
+    for key in ("b.tif", "a.tif", "notes.txt", "sub.tif/c.tif"):
+        upload(raster, f"s3://scenes/glob/{key}")
+    assert resolve_inputs(["s3://scenes/glob/*.tif"]) == [
+        "s3://scenes/glob/a.tif", "s3://scenes/glob/b.tif"]
 
 
 @pytest.mark.parametrize(
