@@ -9,6 +9,7 @@ needs it; the loaded model stays cached in the worker, keyed by the package's co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -113,11 +114,15 @@ class Predictor:
             scores = call(x)
             return classes_of(scores), scores
 
-        self._fn = tf.function(call, reduce_retracing=True)
+        # Without autograph, as Keras's own predict: these functions hold no tensor-dependent
+        # Python control flow, and autograph leaves a generated source file in the temp folder
+        # per worker that Spark ends with os._exit, before atexit could remove it.
+        graph = functools.partial(tf.function, reduce_retracing=True, autograph=False)
+        self._fn = graph(call)
         # Classes are taken in the graph: without scores, only uint8 class maps leave
         # TensorFlow, and both kinds of run classify alike.
-        self._classify = tf.function(classify, reduce_retracing=True)
-        self._classify_with_scores = tf.function(classify_with_scores, reduce_retracing=True)
+        self._classify = graph(classify)
+        self._classify_with_scores = graph(classify_with_scores)
         self.bands = self._input_bands()
 
     def _input_bands(self) -> int:

@@ -57,12 +57,16 @@ def test_output_carries_the_models_class_names_and_colours(tmp_path, run):
 
 
 def test_make_run_writes_cogs_and_quicklooks_of_the_sample(tmp_path):
-    out = tmp_path / "sample"
+    out, temp = tmp_path / "sample", tmp_path / "temp"
+    temp.mkdir()
     venv = Path(sys.executable).parent.parent
     done = subprocess.run(["make", "run", f"SAMPLE_OUTPUT={out}", f"VENV={venv}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, SPARKINFER_VENV=str(venv)))  # fmt: skip
+                          env=dict(os.environ, SPARKINFER_VENV=str(venv),
+                                   TMPDIR=str(temp)))  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # Python workers end by os._exit, with no atexit cleanup: what they leave stays.
+    assert not list(temp.iterdir()), "the run leaves nothing in the temp folder"
     for name in ("nc_landsat7_2000", "L7_ETMs"):
         assert f"-> {out / name}.tif" in done.stdout
         assert cog_validate(str(out / f"{name}.tif"))[0]
