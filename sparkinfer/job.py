@@ -151,9 +151,8 @@ def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
 
 def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling: Tiling) -> str:
     """Hash of everything that decides a raster's output pixels: chunks of another run never mix."""
-    size, mtime_ns = storage.size_and_mtime(info.path)
     parts = {
-        "input": [info.path, size, mtime_ns],
+        "input": [info.path, info.size, info.mtime_ns],
         "model": package.digest,
         "tiling": asdict(tiling),
         "pixels": config.model_dump(include={"bands", "normalization", "scores"}),

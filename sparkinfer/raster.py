@@ -47,6 +47,8 @@ class RasterInfo:
     transform: tuple[float, ...]  # affine a, b, c, d, e, f
     nodata: float | None
     masking: Masking  # how invalid pixels are marked in the bands
+    size: int  # bytes; with mtime_ns, what tells this file from an edited one
+    mtime_ns: int
 
 
 def resolve_inputs(patterns: list[str]) -> list[str]:
@@ -87,10 +89,13 @@ def _expand(pattern: str) -> list[str]:
 def read_info(path: str) -> RasterInfo:
     """Open a raster's metadata, or raise `InputError` saying what is wrong with it."""
     try:
-        if storage.size_and_mtime(path)[0] == 0:
-            raise InputError(f"{path}: file is empty")
-    except OSError:
-        pass  # rasterio says what is wrong below
+        size, mtime_ns = storage.size_and_mtime(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: input not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({first_line(exc)})") from None
+    if size == 0:
+        raise InputError(f"{path}: file is empty")
     try:
         with warnings.catch_warnings():  # no georeference is reported below, in one line
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -112,6 +117,8 @@ def read_info(path: str) -> RasterInfo:
                     transform=tuple(src.transform)[:6],
                     nodata=src.nodata,
                     masking=_masking(src),
+                    size=size,
+                    mtime_ns=mtime_ns,
                 )
     except RasterioError as exc:
         raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from None

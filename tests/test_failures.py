@@ -108,7 +108,7 @@ def scene_in(tmp_path: Path, name: str = "scene.tif", *args, **kwargs) -> Path:
     return write_raster(tmp_path / "in" / name, *args, **kwargs)
 
 
-def test_complete_outputs_are_kept_and_a_changed_config_redoes_them(tmp_path, spark, models):
+def test_complete_outputs_are_kept_until_the_input_or_config_changes(tmp_path, spark, models):
     raster = scene_in(tmp_path, "scene.tif", 100, 90)
     common = dict(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"))
     first = run_job(spark, prepare_job(config(**common, tile_size=64)))
@@ -119,6 +119,10 @@ def test_complete_outputs_are_kept_and_a_changed_config_redoes_them(tmp_path, sp
     again = run_job(spark, prepare_job(config(**common, tile_size=64)))
     assert again["rasters"][0]["status"] == "complete" and again["tiles"]["inferred"] == 0
     assert output.stat().st_mtime_ns == written_at
+
+    scene_in(tmp_path, "scene.tif", 100, 90, seed=9)  # new imagery under the same name
+    edited = run_job(spark, prepare_job(config(**common, tile_size=64)))
+    assert edited["rasters"][0]["status"] == "written" and edited["tiles"]["inferred"] == 4
 
     changed = run_job(spark, prepare_job(config(**common, tile_size=32)))
     assert changed["rasters"][0]["status"] == "written" and changed["tiles"]["inferred"] == 12
