@@ -45,7 +45,7 @@ from sparkinfer.stage import (
     plan_table,
     spark_failures,
 )
-from sparkinfer.writers import ChunkSpec, assemble_cog, chunk_files
+from sparkinfer.writers import ChunkSpec, assemble_cog, is_committed
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 STAGING_FOLDER = "_staging"
@@ -426,7 +426,7 @@ def chunks_to_do(raster: RasterJob) -> pa.Table:
     done = []
     for row, col in zip(chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(),
                         strict=True):  # fmt: skip
-        done.append(all(name in committed for name in chunk_files(row, col, scores)))
+        done.append(is_committed(committed, row, col, scores))
     return chunks.filter(pa.array([not d for d in done], pa.bool_()))
 
 

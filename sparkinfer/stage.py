@@ -31,7 +31,7 @@ from sparkinfer.errors import JobFailed, first_line
 from sparkinfer.model import ModelPackage, load_package
 from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, model_input, read_window
-from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter, chunk_files
+from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter, is_committed
 
 
 @dataclass(frozen=True)
@@ -386,8 +386,7 @@ def _skip_committed(
             index = chunk["raster_index"]
             if index not in listed:
                 listed[index] = storage.list_names(spec.staging[index])
-            names = chunk_files(chunk["chunk_row"], chunk["chunk_col"], spec.scores)
-            done = all(name in listed[index] for name in names)
+            done = is_committed(listed[index], chunk["chunk_row"], chunk["chunk_col"], spec.scores)
             todo.append(not done)
             if done:
                 reused.append(_new_summary(chunk | {"chunk_tiles": count}) | {"reused": True})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import glob
 import os
 import posixpath
 import shutil
@@ -49,7 +50,7 @@ def name(location: str) -> str:
 
 def parent(location: str) -> str:
     if is_s3(location):
-        bucket_and_key = location[len(S3_SCHEME) :].rstrip("/")
+        bucket_and_key = _key(location)
         return S3_SCHEME + posixpath.dirname(bucket_and_key) if "/" in bucket_and_key else location
     return str(Path(location).parent)
 
@@ -185,8 +186,6 @@ def glob_files(pattern: str) -> list[str]:
         files = [posixpath.basename(i.path) for i in _s3_entries(folder)
                  if i.type == fs.FileType.File]  # fmt: skip
         return sorted(join(folder, n) for n in files if fnmatch.fnmatchcase(n, wildcard))
-    import glob
-
     return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
 
 

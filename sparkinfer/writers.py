@@ -55,10 +55,15 @@ def scores_name(classes_name: str) -> str:
 
 
 def chunk_files(chunk_row: int, chunk_col: int, scores: bool) -> list[str]:
-    """The names of a chunk's files, in the order `ChunkWriter.commit` writes them: all of them
-    there means the chunk is committed."""
+    """The names of a chunk's files, in the order `ChunkWriter.commit` writes them."""
     name = chunk_name(chunk_row, chunk_col)
     return [name, scores_name(name)] if scores else [name]
+
+
+def is_committed(listed: set[str], chunk_row: int, chunk_col: int, scores: bool) -> bool:
+    """Whether a chunk is committed, from the names listed in its staging folder: all its files
+    are there (each appears whole)."""
+    return all(name in listed for name in chunk_files(chunk_row, chunk_col, scores))
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class ChunkSpec:
 
     @property
     def scores_path(self) -> str:
-        return storage.join(self.folder, scores_name(chunk_name(self.chunk_row, self.chunk_col)))
+        return scores_name(self.classes_path)
 
 
 class ChunkWriter:
