@@ -108,7 +108,8 @@ def _tiles(job) -> list[dict]:
 
 def _read(src, tile: dict) -> tuple[np.ndarray, np.ndarray]:
     """A tile's model input and the validity of its core (nodata in any band is invalid)."""
-    from sparkinfer.raster import model_input, read_window
+    from sparkinfer.raster import read_window
+    from sparkinfer.runtimes import preprocess
 
     data, valid = read_window(src, list(range(1, src.count + 1)), tile["read_row_off"],
                               tile["read_col_off"], tile["read_height"], tile["read_width"],
@@ -116,7 +117,7 @@ def _read(src, tile: dict) -> tuple[np.ndarray, np.ndarray]:
     top = tile["core_row_off"] - tile["read_row_off"]
     left = tile["core_col_off"] - tile["read_col_off"]
     core = valid[top : top + tile["core_height"], left : left + tile["core_width"]]
-    return model_input(data, valid, _normalization()), core
+    return preprocess(np.moveaxis(data, 0, -1), valid, _normalization()), core
 
 
 def _core_classes(tile: dict, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -147,11 +148,11 @@ def model_only(args) -> dict:
     size = job.config.batch_size
     batches = [np.stack(windows[i : i + size]) for i in range(0, len(windows), size)]
     del windows
-    predictor = load_model(args.model)
-    predictor(batches[0])  # trace the graph once, outside the timing
+    runtime = load_model(args.model)
+    runtime.scores(batches[0])  # trace the graph once, outside the timing
     started = time.perf_counter()
     for batch in batches:
-        predictor(batch)
+        runtime.scores(batch)
     return {"seconds": time.perf_counter() - started, "memory": peak_memory()}
 
 
@@ -253,9 +254,9 @@ def predict_batch_udf(args) -> dict:
             import keras
             import rasterio
 
-            from sparkinfer.model import configure_tensorflow_threads
+            from sparkinfer.runtimes.tensorflow_graph import configure_threads
 
-            configure_tensorflow_threads(1)  # one core per task, as Spark scheduled it
+            configure_threads(1)  # one core per task, as Spark scheduled it
             model = keras.models.load_model(model_path, compile=False)
             src = rasterio.open(raster)
 

@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", metavar="YAML", help="YAML file of options (flags override it)")
     add("--input", nargs="+", action="extend", metavar="PATH",
         help="raster files, folders or glob patterns (quote globs), local or s3://")  # fmt: skip
-    add("--model", metavar="MODEL", help="a .keras file or a TensorFlow SavedModel folder")
+    add("--model", metavar="MODEL",
+        help="a .keras file, a TensorFlow SavedModel folder or an .onnx file")  # fmt: skip
+    add("--backend", choices=["tensorflow", "jax"],
+        help="Keras backend of a .keras model (default: KERAS_BACKEND or tensorflow)")  # fmt: skip
+    add("--precision", choices=["float32", "bfloat16"],
+        help="compute precision of a .keras model (default float32)")  # fmt: skip
     add("--output", metavar="DIR", help="output folder, local or s3://bucket/prefix")
     add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
     add("--halo", type=_int_or_auto, metavar="PIXELS|auto",
@@ -92,6 +97,8 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
     overrides: dict[str, Any] = {
         "input": args.input,
         "model": args.model,
+        "backend": args.backend,
+        "precision": args.precision,
         "output": args.output,
         "tile_size": args.tile_size,
         "halo": args.halo,

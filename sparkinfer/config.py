@@ -7,6 +7,7 @@ file given with `--config`, then command-line flags.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,12 @@ from sparkinfer.errors import ConfigError
 # chunk_tiles 'auto': chunks of about this many pixels on a side. A chunk's window is read in one
 # piece (a few tens of MB for 4 bands) and there are enough chunks to keep every core busy.
 CHUNK_PIXELS = 2048
+
+
+def _default_backend() -> str:
+    """Keras's own choice, `KERAS_BACKEND`, where it is one the job runs; else TensorFlow."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    return backend if backend in ("tensorflow", "jax") else "tensorflow"
 
 
 class _Strict(BaseModel):
@@ -83,7 +90,19 @@ class JobConfig(_Strict):
         description="Raster files, folders or glob patterns to run on: local paths or "
         "s3://bucket/key URIs (only the file name of an S3 pattern may hold wildcards).",
     )
-    model: str = Field(..., description="A .keras file or a TensorFlow SavedModel folder.")
+    model: str = Field(
+        ..., description="A .keras file, a TensorFlow SavedModel folder or an .onnx file."
+    )
+    backend: Literal["tensorflow", "jax"] = Field(
+        default_factory=_default_backend,
+        description="Keras backend that runs a .keras model; default KERAS_BACKEND where it is "
+        "tensorflow or jax, else tensorflow.",
+    )
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Compute precision of a .keras model: bfloat16 is faster on GPUs, with "
+        "scores a little less exact.",
+    )
     output: str = Field(
         ...,
         description="Folder where the COGs and _run.json are written: a local path or an "

@@ -32,15 +32,23 @@ from sparkinfer import __version__, storage
 from sparkinfer.catalog import write_stac_item, write_tile_index
 from sparkinfer.config import CHUNK_PIXELS, JobConfig
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, first_line
-from sparkinfer.model import ModelInfo, ModelPackage, inspect_model, package_model
+from sparkinfer.model import (
+    FORMAT_NAMES,
+    ModelInfo,
+    ModelPackage,
+    inspect_model,
+    package_model,
+)
 from sparkinfer.plan import RasterPlan, Tiling, round_up
 from sparkinfer.progress import Progress, reported
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
+from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.stage import (
     CHUNK_RESULT_SCHEMA,
     StageSpec,
     infer_and_write,
+    keras_workers,
     map_in_partitions,
     plan_table,
     spark_failures,
@@ -138,6 +146,10 @@ def _check_output_folder(output: str, inputs: list[str]) -> None:
         ) from None
 
 
+def runtime_options(config: JobConfig) -> RuntimeOptions:
+    return RuntimeOptions(config.backend, config.precision, config.normalization)
+
+
 def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
     if config.halo != "auto":
         return round_up(config.halo, model.stride)
@@ -155,7 +167,9 @@ def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling
         "input": [info.path, info.size, info.mtime_ns],
         "model": package.digest,
         "tiling": asdict(tiling),
-        "pixels": config.model_dump(include={"bands", "normalization", "scores"}),
+        "pixels": config.model_dump(
+            include={"bands", "normalization", "scores", "backend", "precision"}
+        ),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -228,7 +242,12 @@ def prepare_job(config: JobConfig) -> Job:
     inputs, failed = _resolve(config)
     _check_output_folder(output, inputs)
     OutputLock(output).check()
-    model = inspect_model(config.model, config.trust_model)
+    model = inspect_model(config.model, config.trust_model, runtime_options(config))
+    if config.precision != "float32" and model.format != "keras":
+        raise ConfigError(
+            f"{config.model}: --precision {config.precision} applies to .keras models; run "
+            f"{FORMAT_NAMES[model.format]} in float32"
+        )
     package = package_model(config.model, config.trust_model)
     count = config.normalization.band_count
     if count is not None and count != model.bands:
@@ -325,7 +344,7 @@ class OutputLock:
             storage.remove(self.path)
 
 
-def _chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
+def chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
     """Where each chunk of the raster's plan is written."""
     chunks = raster.plan.chunks()
     fields = ["chunk_row", "chunk_col", "row_off", "col_off", "height", "width"]
@@ -339,7 +358,7 @@ def _assemble(task: tuple) -> dict:
     raster, options, model, metadata = task
     started = time.perf_counter()
     try:
-        chunks = _chunk_specs(raster)
+        chunks = chunk_specs(raster)
         common = dict(classes=model.classes, metadata=metadata, class_names=model.class_names,
                       class_colors=model.class_colors)  # fmt: skip
         # Each output appears whole (written locally, then renamed or uploaded); the chunks go
@@ -437,7 +456,7 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
         plans=tuple(r.plan for r in rasters),
         staging=tuple(str(r.staging) for r in rasters),
         bands=job.bands,
-        normalization=job.config.normalization,
+        runtime=runtime_options(job.config),
         batch_size=job.config.batch_size,
         classes=job.model.classes,
         scores=job.config.scores,
@@ -448,7 +467,7 @@ def run_job(spark, job: Job) -> dict:
     """Run the Spark stages for a prepared job under the output folder's lock; write and return
     the run report. Rasters already complete are skipped, unfinished ones resume."""
     storage.make_folders(job.output)
-    with OutputLock(job.output).held():
+    with OutputLock(job.output).held(), keras_workers(spark, job.config.backend):
         return _run(spark, job)
 
 
@@ -521,6 +540,18 @@ def _run(spark, job: Job) -> dict:
     return report
 
 
+def _chunks_by_gpu(results: pa.Table) -> dict:
+    """{"by_gpu": {address: [[chunk_row, chunk_col], ...]}} for the chunks that tasks with a
+    GPU assigned by Spark inferred; {} without GPUs."""
+    with_gpu = results.filter(pc.is_valid(results["gpu"])).to_pylist()
+    if not with_gpu:
+        return {}
+    by_gpu: dict[str, list] = {}
+    for row in sorted(with_gpu, key=lambda r: (r["chunk_row"], r["chunk_col"])):
+        by_gpu.setdefault(row["gpu"], []).append([row["chunk_row"], row["chunk_col"]])
+    return {"by_gpu": dict(sorted(by_gpu.items()))}
+
+
 def _report(job, todo, results, assembled, complete, failed, resumed, timings, spark) -> dict:
     failed_inputs = {f.input for f in failed}
     assembled_s = {a["input"]: a["assemble_s"] for a in assembled}
@@ -546,7 +577,8 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
                     "planned": raster.plan.chunk_count,
                     "resumed": resumed[raster.info.path],  # committed by an earlier run
                     "kept_on_retry": pc.sum(mine["reused"].cast(pa.int32())).as_py() or 0,
-                },
+                }
+                | _chunks_by_gpu(mine),
                 "assemble_s": assembled_s.get(raster.info.path),
             }
         )
@@ -562,6 +594,8 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
             }
         )
     task_time = {k: pc.sum(results[k]).as_py() or 0.0 for k in ("read_s", "infer_s", "write_s")}
+    inferred = results.filter(pc.is_valid(results["device"]))
+    devices = inferred.group_by("device").aggregate([("tiles", "count"), ("inferred", "sum")])
     return {
         "sparkinfer_version": __version__,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -584,5 +618,8 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
             for key in ("planned", "skipped_nodata", "inferred")
         },
         "timings": timings | {"task_" + k: v for k, v in task_time.items()},
+        # What ran the model: "cpu", or "gpu:N" as the worker numbers its GPUs.
+        "devices": {row["device"]: {"chunks": row["tiles_count"], "tiles": row["inferred_sum"]}
+                    for row in devices.to_pylist()},  # fmt: skip
         "config": job.config.model_dump(mode="json"),
     }

@@ -18,7 +18,6 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from sparkinfer import storage
-from sparkinfer.config import Normalization
 from sparkinfer.errors import InputError, first_line
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
@@ -170,13 +169,6 @@ def read_window(
     return data, valid
 
 
-def model_input(data: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.ndarray:
-    """A window as the model takes it: float32 (height, width, bands), normalised."""
-    pixels = np.empty((*data.shape[1:], data.shape[0]), np.float32)
-    pixels[:] = np.moveaxis(data, 0, -1)
-    return normalize(pixels, valid, norm)
-
-
 def _nodata_marker(dtype: np.dtype, nodata: float | None):
     """The band's nodata value in its own type; None where no pixel can equal it."""
     if nodata is None or np.isnan(nodata):  # NaN is caught as non-finite
@@ -186,17 +178,3 @@ def _nodata_marker(dtype: np.dtype, nodata: float | None):
         if nodata != int(nodata) or not limits.min <= nodata <= limits.max:
             return None
     return dtype.type(nodata)
-
-
-def normalize(pixels: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Scale pixels in place as configured; invalid pixels become 0 after scaling."""
-    if norm.scale is not None:
-        pixels *= np.float32(norm.scale)
-    if norm.offset is not None:
-        pixels += np.float32(norm.offset)
-    if norm.mean is not None:
-        pixels -= np.asarray(norm.mean, np.float32)
-        pixels /= np.asarray(norm.std, np.float32)
-    if not valid.all():
-        pixels[~valid] = 0.0
-    return pixels

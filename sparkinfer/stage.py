@@ -12,6 +12,7 @@ arrays inside the Python worker: they never leave the executor.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import deque
@@ -26,11 +27,12 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from sparkinfer import storage
-from sparkinfer.config import Normalization
+from sparkinfer.devices import TaskResources, gpu_ordinal, task_resources
 from sparkinfer.errors import JobFailed, first_line
 from sparkinfer.model import ModelPackage, load_package
 from sparkinfer.plan import RasterPlan
-from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, model_input, read_window
+from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
+from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter, is_committed
 
 
@@ -42,7 +44,7 @@ class StageSpec:
     plans: tuple[RasterPlan, ...]  # each raster's, to expand a chunk row into its tiles
     staging: tuple[str, ...]  # one chunk folder per raster
     bands: tuple[int, ...]
-    normalization: Normalization
+    runtime: RuntimeOptions  # how the model runs, the pixels' normalisation included
     batch_size: int
     classes: int
     scores: bool
@@ -63,6 +65,8 @@ CHUNK_RESULT_SCHEMA = pa.schema(
         ("write_s", pa.float64()),
         ("error", pa.string()),  # why the chunk could not be read; null when it was written
         ("reused", pa.bool_()),  # already committed by a failed attempt of the same task
+        ("gpu", pa.string()),  # the GPU address Spark assigned the task; null without GPUs
+        ("device", pa.string()),  # what ran the model: "cpu" or "gpu:N" in the worker
     ]
 )
 
@@ -105,23 +109,18 @@ class TileResult:
     scores: np.ndarray | None  # float32 (core_height, core_width, classes), when asked for
     read_s: float
     infer_s: float = 0.0
+    placement: dict | None = None  # "gpu": the address Spark assigned, "device": what ran it
     error: str | None = None  # the tile's chunk could not be read
 
 
 @dataclass
 class _ReadTile:
     tile: dict
-    pixels: np.ndarray | None  # normalised read window; None when its core is all nodata
-    valid: np.ndarray | None  # of the core
+    pixels: np.ndarray | None  # read window (h, w, bands), the raster's type; None: core nodata
+    valid: np.ndarray | None  # of the window; None when every pixel is valid
+    core_valid: np.ndarray | None
     read_s: float
     error: str | None = None
-
-
-def _task_cpus() -> int:
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    return context.cpus() if context is not None else 1
 
 
 def _plan_tiles(batches: Iterator[pa.RecordBatch], spec: StageSpec) -> Iterator[dict]:
@@ -187,7 +186,8 @@ class _TileReader:
         started = time.perf_counter()
         chunk = self._read_chunk(tile)
         if chunk is None:
-            return _ReadTile(tile, None, None, time.perf_counter() - started, self.chunk_error)
+            return _ReadTile(tile, None, None, None, time.perf_counter() - started,
+                             self.chunk_error)  # fmt: skip
         data, valid = chunk
         top = tile["read_row_off"] - tile["chunk_read_row_off"]
         left = tile["read_col_off"] - tile["chunk_read_col_off"]
@@ -198,9 +198,11 @@ class _TileReader:
         left = tile["core_col_off"] - tile["read_col_off"]
         core_valid = window_valid[top : top + tile["core_height"], left : left + tile["core_width"]]
         if not core_valid.any():
-            return _ReadTile(tile, None, None, time.perf_counter() - started)
-        pixels = model_input(data[:, rows, cols], window_valid, self.spec.normalization)
-        return _ReadTile(tile, pixels, core_valid.copy(), time.perf_counter() - started)
+            return _ReadTile(tile, None, None, None, time.perf_counter() - started)
+        # A view: the batch is stacked from the chunk's array, in its own type.
+        pixels = np.moveaxis(data[:, rows, cols], 0, -1)
+        valid = None if window_valid.all() else window_valid
+        return _ReadTile(tile, pixels, valid, core_valid, time.perf_counter() - started)
 
     def close(self) -> None:
         for src in self.datasets.values():
@@ -230,35 +232,46 @@ def _prefetched(tiles: Iterator[dict], spec: StageSpec) -> Iterator[_ReadTile]:
 
 
 def predict_tiles(
-    batches: Iterator[pa.RecordBatch], spec: StageSpec, package: ModelPackage
+    batches: Iterator[pa.RecordBatch],
+    spec: StageSpec,
+    package: ModelPackage,
+    resources: TaskResources,
 ) -> Iterator[TileResult]:
     """Per partition of chunk rows: each tile's prediction cropped to its core.
 
-    Tiles whose core is all nodata are not sent to the model.
+    Tiles whose core is all nodata are not sent to the model. The model runs on the task's GPU,
+    if it has one.
     """
-    predictor = load_package(package, threads=_task_cpus())
+    runtime = load_package(package, spec.runtime, gpu_ordinal(resources.gpu), resources.cpus)
+    placement = {"gpu": resources.gpu, "device": str(runtime.device)}
     pending: list[_ReadTile] = []
 
     def run_batch() -> Iterator[TileResult]:
         started = time.perf_counter()
-        classes, scores = predictor.classify(np.stack([p.pixels for p in pending]), spec.scores)
+        valid = None
+        if any(p.valid is not None for p in pending):
+            valid = np.stack([np.ones(p.pixels.shape[:2], bool) if p.valid is None else p.valid
+                              for p in pending])  # fmt: skip
+        pixels = np.stack([p.pixels for p in pending])
+        classes, scores = runtime.classify(pixels, valid, spec.scores)
         share = (time.perf_counter() - started) / len(pending)
         for i, read in enumerate(pending):
             t = read.tile
             top, left = t["core_row_off"] - t["read_row_off"], t["core_col_off"] - t["read_col_off"]
             core = (i, slice(top, top + t["core_height"]), slice(left, left + t["core_width"]))
             core_classes = classes[core].copy()
-            core_classes[~read.valid] = CLASS_NODATA
+            core_classes[~read.core_valid] = CLASS_NODATA
             core_scores = None
             if scores is not None:
                 core_scores = scores[core].astype(np.float32, copy=True)
-                core_scores[~read.valid] = np.nan
-            yield TileResult(t, core_classes, core_scores, read.read_s, share)
+                core_scores[~read.core_valid] = np.nan
+            yield TileResult(t, core_classes, core_scores, read.read_s, share, placement)
         pending.clear()
 
     for read in _prefetched(_plan_tiles(batches, spec), spec):
         if read.pixels is None:
-            yield TileResult(read.tile, None, None, read.read_s, error=read.error)
+            yield TileResult(read.tile, None, None, read.read_s, placement=placement,
+                             error=read.error)  # fmt: skip
             continue
         if pending and pending[0].pixels.shape != read.pixels.shape:
             yield from run_batch()
@@ -318,7 +331,8 @@ def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.
                 del open_chunks[key]
             summary["write_s"] += time.perf_counter() - started
             if complete:
-                yield pa.RecordBatch.from_pylist([summary], schema=CHUNK_RESULT_SCHEMA)
+                row = summary | (result.placement or {})
+                yield pa.RecordBatch.from_pylist([row], schema=CHUNK_RESULT_SCHEMA)
         if open_chunks:
             raise RuntimeError(f"chunks left incomplete: {sorted(open_chunks)}")
     finally:
@@ -353,6 +367,8 @@ def _new_summary(row: dict) -> dict:
         "write_s": 0.0,
         "error": None,
         "reused": False,
+        "gpu": None,
+        "device": None,
     }
 
 
@@ -360,8 +376,10 @@ def _retried_attempt() -> bool:
     """Whether this task ran before (a retry, or a speculative copy): only then can chunks of
     its own have been committed since the driver listed the staging folders. (The stage reads a
     local relation, no shuffle: it is never re-attempted as a whole, only its tasks are.)"""
-    from pyspark import TaskContext
-
+    try:
+        from pyspark import TaskContext
+    except ImportError:  # run without Spark
+        return False
     context = TaskContext.get()
     return context is not None and context.attemptNumber() > 0
 
@@ -394,6 +412,25 @@ def _skip_committed(
             yield batch if all(todo) else batch.filter(pa.array(todo, pa.bool_()))
 
 
+def infer_partition(
+    batches: Iterator[pa.RecordBatch],
+    spec: StageSpec,
+    package: ModelPackage,
+    resources: TaskResources | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """What each task runs, in `mapInArrow`: the chunk rows of `batches` (of `plan_table`) read,
+    inferred and written; one `CHUNK_RESULT_SCHEMA` row per chunk.
+
+    `resources` default to the running Spark task's cores and GPU. No Spark session is needed:
+    given `resources`, it runs in any process (`benchmarks/device.py` runs it so on a GPU)."""
+    reused: list[dict] = []
+    todo = _skip_committed(batches, spec, reused)
+    resources = resources or task_resources()
+    yield from write_chunks(predict_tiles(todo, spec, package, resources), spec)
+    if reused:
+        yield pa.RecordBatch.from_pylist(reused, schema=CHUNK_RESULT_SCHEMA)
+
+
 def infer_and_write(
     spark, plan: pa.Table, partitions: int, spec: StageSpec, package: ModelPackage
 ) -> pa.Table:
@@ -402,15 +439,34 @@ def infer_and_write(
     model = spark.sparkContext.broadcast(package)
 
     def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        reused: list[dict] = []
-        yield from write_chunks(predict_tiles(_skip_committed(batches, spec, reused), spec,
-                                              model.value), spec)  # fmt: skip
-        if reused:
-            yield pa.RecordBatch.from_pylist(reused, schema=CHUNK_RESULT_SCHEMA)
+        return infer_partition(batches, spec, model.value)
 
     rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA)
     model.unpersist()  # not after a failure: the job's other tasks may still be reading it
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
+
+
+@contextmanager
+def keras_workers(spark, backend: str) -> Iterator[None]:
+    """Stages started inside run in Python workers whose Keras runs on `backend`.
+
+    Keras picks its backend once per process. Spark pools Python workers by their environment,
+    so where the workers' own default differs, the stages' functions carry `KERAS_BACKEND`:
+    a session that runs both backends never mixes them in one process."""
+    environment = spark.sparkContext.environment
+    default = environment.get("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
+    if default == backend:
+        yield
+        return
+    previous = environment.get("KERAS_BACKEND")
+    environment["KERAS_BACKEND"] = backend
+    try:
+        yield
+    finally:
+        if previous is None:
+            del environment["KERAS_BACKEND"]
+        else:
+            environment["KERAS_BACKEND"] = previous
 
 
 def spark_schema(schema: pa.Schema):

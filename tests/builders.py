@@ -144,3 +144,41 @@ def lambda_model(path: Path, bands: int = 4, classes: int = 3) -> Path:
     )  # fmt: skip
     model.save(path)
     return path
+
+
+def export_savedmodel(keras_path: Path, folder: Path) -> Path:
+    """The Keras model as a TensorFlow SavedModel folder; the archive's class table, if any, in
+    its assets/."""
+    import zipfile
+
+    import keras
+
+    keras.models.load_model(keras_path, compile=False).export(folder, verbose=False)
+    with zipfile.ZipFile(keras_path) as archive:
+        if "sparkinfer.json" in archive.namelist():
+            (folder / "assets").mkdir(exist_ok=True)
+            (folder / "assets" / "sparkinfer.json").write_bytes(archive.read("sparkinfer.json"))
+    return folder
+
+
+def export_onnx(keras_path: Path, path: Path) -> Path:
+    """The Keras model as an ONNX file (Keras's exporter, tf2onnx): NHWC, free height and
+    width; the archive's class table, if any, in the ONNX model's metadata."""
+    import contextlib
+    import io
+    import zipfile
+
+    import keras
+    import onnx
+
+    model = keras.models.load_model(keras_path, compile=False)
+    model(np.zeros((1, 8, 8, model.inputs[0].shape[-1]), np.float32))  # exporters need a call
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter lists every tensor
+        model.export(path, format="onnx", verbose=False)
+    with zipfile.ZipFile(keras_path) as archive:
+        if "sparkinfer.json" in archive.namelist():
+            exported = onnx.load(path)
+            entry = exported.metadata_props.add()
+            entry.key, entry.value = "sparkinfer.json", archive.read("sparkinfer.json").decode()
+            onnx.save(exported, path)
+    return path

@@ -57,12 +57,13 @@ def run(spark):
     return _run
 
 
-@pytest.fixture
-def standalone(tmp_path):
-    """A Spark standalone cluster on 127.0.0.1 (spark://... URL), stopped after the test."""
+@pytest.fixture(scope="session")
+def standalone(tmp_path_factory):
+    """A Spark standalone cluster on 127.0.0.1 (spark://... URL) whose worker offers two fake
+    GPUs, shared by the tests that submit to a cluster; stopped after the session."""
     from servers import standalone_cluster
 
-    with standalone_cluster(tmp_path) as url:
+    with standalone_cluster(tmp_path_factory.mktemp("standalone"), gpus=2) as url:
         yield url
 
 

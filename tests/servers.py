@@ -50,13 +50,34 @@ def _stop(processes: list[subprocess.Popen]) -> None:
         process.wait(timeout=60)
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake_nvidia_smi(folder: Path, gpus: int) -> Path:
+    """A folder holding an `nvidia-smi` that answers conf/gpu-discovery.sh's query with `gpus`
+    GPU indices, as the real one does on a host with that many GPUs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    indices = "\\n".join(str(i) for i in range(gpus))
+    script.write_text(f'#!/bin/sh\nprintf "{indices}\\n"\n')
+    script.chmod(0o755)
+    return folder
+
+
 @contextmanager
-def standalone_cluster(folder: Path) -> Iterator[str]:
-    """spark://127.0.0.1:PORT with one 2-core worker. The cluster gets no AWS_* variables, as on
-    a real cluster: executors have only what the job passes them."""
+def standalone_cluster(folder: Path, gpus: int = 0) -> Iterator[str]:
+    """spark://127.0.0.1:PORT with one 2-core worker offering `gpus` GPUs, found by
+    conf/gpu-discovery.sh (with a fake nvidia-smi: this machine has no GPU). The cluster gets no
+    AWS_* variables, as on a real cluster: executors have only what the job passes them."""
     port, ui_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env |= {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder / "logs")}
+    if gpus:
+        env["PATH"] = f"{fake_nvidia_smi(folder / 'bin', gpus)}:{env['PATH']}"
+        env["SPARK_WORKER_OPTS"] = (
+            f"-Dspark.worker.resource.gpu.amount={gpus} "
+            f"-Dspark.worker.resource.gpu.discoveryScript={ROOT / 'conf' / 'gpu-discovery.sh'}"
+        )
     log = (folder / "cluster.log").open("w")
     common = dict(env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     master = subprocess.Popen([str(BIN / "spark-class"), "org.apache.spark.deploy.master.Master",

@@ -66,5 +66,5 @@ def test_package_round_trip_gives_the_same_predictions(tmp_path):
     assert len(package.payload) < path.stat().st_size
     x = np.random.default_rng(0).uniform(0, 200, (2, 24, 40, 4)).astype(np.float32)
     expected = np.asarray(keras.models.load_model(path)(x))
-    np.testing.assert_array_equal(load_package(package)(x), expected)
+    np.testing.assert_array_equal(load_package(package).scores(x), expected)
     assert load_package(package) is load_package(package), "cached per worker by digest"

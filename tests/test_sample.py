@@ -1,5 +1,6 @@
 """The real sample in data/: Landsat 7 scenes and the land-cover model trained on NC labels."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -24,6 +25,17 @@ def model_classes():
         return json.loads(zf.read("sparkinfer.json"))["classes"]
 
 
+# sha256 (first 16 hex digits) of the NC scene's class map and scores (tile 128, the sample
+# model), as the job wrote them at commit 28344c7, before model runtimes: CPU outputs must stay
+# these bytes (measured on this project's 2-core x86-64 machines).
+CLASSES_SHA256 = "4bc27060e1e72425"
+SCORES_SHA256 = "876c093264776385"
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(array.tobytes()).hexdigest()[:16]
+
+
 def test_job_over_the_real_scene_equals_whole_raster_inference(tmp_path, run):
     report = run(input=[str(SCENE)], model=str(MODEL), output=str(tmp_path / "out"),
                  tile_size=128, scores=True)  # fmt: skip
@@ -38,6 +50,8 @@ def test_job_over_the_real_scene_equals_whole_raster_inference(tmp_path, run):
     assert (classes[~valid] == 255).all() and (~valid).sum() > 10_000, "the scene's nodata border"
     present = np.unique(classes[valid])
     assert len(present) >= 5, "a real land-cover map, not a constant"
+    assert (_sha256(classes), _sha256(np.moveaxis(scores, -1, 0))) == (CLASSES_SHA256,
+                                                                       SCORES_SHA256)
 
 
 def test_output_carries_the_models_class_names_and_colours(tmp_path, run):

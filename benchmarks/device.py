@@ -1,0 +1,178 @@
+"""The executor's partition function on one GPU, without Spark: the check a GPU machine runs.
+
+    KERAS_BACKEND=jax python -m benchmarks.device --output DIR [--size 8192] [--tile 2048]
+
+GPU machines lent for checks have JAX, onnxruntime and pyarrow but no Java, pyspark or
+TensorFlow: there this runs `stage.infer_partition` (what `mapInArrow` calls in each task) over
+plan tables made by `prepare_job`, with Keras on JAX. Wheels to carry for Python 3.12: keras,
+namex, optree, rasterio, affine, cligj, click-plugins, pydantic, pydantic-core, annotated-types,
+typing-inspection, zstandard, pyyaml and pystac. It writes DIR/device.json with:
+
+1. `sample`: the sample's class maps (data/, the land-cover model) inferred on GPU 0 and on the
+   CPU, and the share of pixels where they agree (the job's outputs must not depend on where the
+   model ran);
+2. `model_only`: the U-Net of benchmarks/models.py on batches already on the device, the
+   device's limit, in useful (core) megapixels per second;
+3. `partition`: the partition function over a mirrored copy of the sample of `--size` pixels a
+   side (read, infer, write chunks: one task), in the same run, and its share of `model_only`;
+   a first pass over one batch of chunks compiles the model outside the timing.
+
+Without a GPU everything runs on the CPU (`device` says so): small sizes make a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+
+from benchmarks.large_raster import make_large_raster  # noqa: E402
+from benchmarks.models import save_model  # noqa: E402
+from sparkinfer.cli import config_from_args  # noqa: E402
+from sparkinfer.devices import TaskResources  # noqa: E402
+from sparkinfer.job import prepare_job, stage_spec  # noqa: E402
+from sparkinfer.stage import infer_partition, plan_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = [ROOT / "data" / "nc_landsat7_2000.tif", ROOT / "data" / "L7_ETMs.tif"]
+
+
+def _job(inputs: list[Path], model: Path, output: Path, *options: str):
+    argv = ["--input", *map(str, inputs), "--model", str(model), "--output", str(output),
+            "--backend", "jax", "--progress", "0", *options]  # fmt: skip
+    return prepare_job(config_from_args(argv, defaults_file=ROOT / "conf" / "default.yaml"))
+
+
+def run_partition(
+    job, resources: TaskResources, chunks: int | None = None
+) -> tuple[float, list[dict]]:
+    """The partition function over the first `chunks` (default all) chunks of `job`, as one
+    task; seconds and result rows."""
+    from sparkinfer.job import chunks_to_do, prepare_staging
+
+    for raster in job.rasters:
+        prepare_staging(raster, overwrite=True)
+    plan = plan_table([chunks_to_do(r) for r in job.rasters]).slice(0, chunks)
+    started = time.perf_counter()
+    rows = [row for batch in infer_partition(plan.to_batches(), stage_spec(job, job.rasters),
+                                             job.package, resources)
+            for row in batch.to_pylist()]  # fmt: skip
+    return time.perf_counter() - started, rows
+
+
+def _classes(job) -> list[np.ndarray]:
+    """Each raster's class map, from its committed chunk files."""
+    from sparkinfer.job import chunk_specs
+
+    maps = []
+    for raster in job.rasters:
+        out = np.full((raster.info.height, raster.info.width), 255, np.uint8)
+        for chunk in chunk_specs(raster):
+            with rasterio.open(chunk.classes_path) as src:
+                rows = slice(chunk.row_off, chunk.row_off + chunk.height)
+                out[rows, chunk.col_off : chunk.col_off + chunk.width] = src.read(1)
+        maps.append(out)
+    return maps
+
+
+def sample_agreement(work: Path) -> dict:
+    """The sample inferred on GPU 0 and on the CPU: where the class maps agree."""
+    model = ROOT / "data" / "landcover.keras"
+    maps, devices = {}, {}
+    for name, resources in (("gpu", TaskResources(os.cpu_count() or 1, "0")),
+                            ("cpu", TaskResources(os.cpu_count() or 1, None))):  # fmt: skip
+        job = _job(SAMPLE, model, work / f"sample-{name}", "--tile-size", "128")
+        _, rows = run_partition(job, resources)
+        devices[name] = sorted({r["device"] for r in rows})
+        maps[name] = _classes(job)
+    same = sum(int((a == b).sum()) for a, b in zip(maps["gpu"], maps["cpu"], strict=True))
+    total = sum(a.size for a in maps["gpu"])
+    return {"devices": devices, "pixels": total, "agreement": same / total}
+
+
+def model_only(model_path: Path, tile: int, halo: int, batch: int, precision: str) -> dict:
+    """The U-Net on a batch already on the device: jitted stateless_call + argmax to uint8."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    model = keras.models.load_model(model_path, compile=False)
+    if precision == "bfloat16":
+        from sparkinfer.runtimes.keras_model import _mixed_bfloat16
+
+        model = _mixed_bfloat16(model, keras)
+    device = jax.devices()[0]
+    variables = jax.device_put(([v.value for v in model.trainable_variables],
+                                [v.value for v in model.non_trainable_variables]),
+                               device)  # fmt: skip
+    window = tile + 2 * halo
+
+    @jax.jit
+    def classify(variables, x):
+        y, _ = model.stateless_call(*variables, x, training=False)
+        return jnp.argmax(y[:, halo : halo + tile, halo : halo + tile], axis=-1).astype(jnp.uint8)
+
+    x = jax.device_put(np.random.default_rng(0).uniform(0, 1, (batch, window, window, 4))
+                       .astype(np.float32), device)  # fmt: skip
+    classify(variables, x).block_until_ready()  # compile outside the timing
+    calls, started = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - started < 5:
+        classify(variables, x).block_until_ready()
+        calls += 1
+    seconds = time.perf_counter() - started
+    return {"device": str(device), "mpx_per_s": calls * batch * tile * tile / seconds / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, required=True, help="work folder; device.json")
+    parser.add_argument("--size", type=int, default=8192, help="side of the raster, pixels")
+    parser.add_argument("--tile", type=int, default=2048, help="core tile side, pixels")
+    parser.add_argument("--batch", type=int, default=8, help="tiles per model call")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="bfloat16")
+    args = parser.parse_args()
+    work = args.output
+    shutil.rmtree(work / "runs", ignore_errors=True)
+    runs = work / "runs"
+    result: dict = {"host": platform.node(), "cpus": os.cpu_count(), "args": vars(args) | {
+        "output": str(args.output)}}  # fmt: skip
+    result["sample"] = sample_agreement(runs)
+
+    unet = save_model("unet", work / "models")
+    raster = make_large_raster(work / "rasters" / f"nc_{args.size}.tif", args.size)
+    job = _job([raster], unet, runs / "unet", "--tile-size", str(args.tile), "--batch-size",
+               str(args.batch), "--precision", args.precision, "--scale", str(1 / 255))  # fmt: skip
+    result["model_only"] = model_only(unet, args.tile, job.tiling.halo, args.batch,
+                                      args.precision)  # fmt: skip
+    gpu = TaskResources(os.cpu_count() or 1, "0")
+    run_partition(job, gpu, chunks=args.batch)  # compiles the batch's shape outside the timing
+    seconds, rows = run_partition(job, gpu)
+    useful = args.size * args.size
+    result["partition"] = {
+        "devices": sorted({r["device"] for r in rows}),
+        "halo": job.tiling.halo,
+        "tiles": sum(r["inferred"] for r in rows),
+        "seconds": seconds,
+        "mpx_per_s": useful / seconds / 1e6,
+        "read_s": sum(r["read_s"] for r in rows),
+        "infer_s": sum(r["infer_s"] for r in rows),
+        "write_s": sum(r["write_s"] for r in rows),
+    }
+    result["partition"]["share_of_model_only"] = (
+        result["partition"]["mpx_per_s"] / result["model_only"]["mpx_per_s"]
+    )
+    (work / "device.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""What every model runtime is: a model loaded in one process, on one device, classifying batches.
+
+Pixels cross into `classify` as the raster holds them (uint8, uint16, ... in (batch, height,
+width, bands)); the cast to float32 and the normalisation happen inside the call, on the device
+where the framework allows, so integers, not floats, cross to an accelerator. Only uint8 class
+maps come back, plus float32 scores when they are asked for.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from sparkinfer.config import Normalization
+
+Backend = Literal["tensorflow", "jax"]
+Precision = Literal["float32", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a model runs: the Keras backend, the compute precision and the pixels' scaling."""
+
+    backend: Backend = "tensorflow"  # for .keras models; a SavedModel is TensorFlow, ONNX its own
+    precision: Precision = "float32"
+    normalization: Normalization = field(default_factory=Normalization)
+
+    @property
+    def key(self) -> str:
+        """A text that tells these options apart from any others (for caches)."""
+        return f"{self.backend}/{self.precision}/{self.normalization.model_dump_json()}"
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a runtime runs: "cpu", or one GPU by its CUDA ordinal."""
+
+    kind: Literal["cpu", "gpu"] = "cpu"
+    ordinal: int = 0
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"gpu:{self.ordinal}"
+
+
+CPU = Device()
+
+
+class Runtime(ABC):
+    """A loaded model. Subclasses run one model format."""
+
+    format: ClassVar[str]
+
+    def __init__(self, bands: int, options: RuntimeOptions, device: Device) -> None:
+        self.bands = bands
+        self.options = options
+        self.device = device
+
+    @abstractmethod
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw output for a float32 (batch, height, width, bands) input."""
+
+    def output_shape(self, height: int, width: int) -> tuple[int, ...] | None:
+        """The output shape for a (1, height, width, bands) input; None where the model fails
+        (a size a strided model cannot take fails somewhere inside it)."""
+        try:
+            return tuple(self.scores(np.zeros((1, height, width, self.bands), np.float32)).shape)
+        except Exception:  # noqa: BLE001 -- any framework's error means "not this size"
+            return None
+
+    @abstractmethod
+    def classify(
+        self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class per pixel, uint8 (batch, height, width), and the float32 scores (batch,
+        height, width, classes) when asked for.
+
+        `pixels` (batch, height, width, bands) in any numeric type are cast to float32 and
+        normalised; where `valid` (batch, height, width) is False they enter the model as 0.
+        The class is the argmax of the scores, or score >= 0.5 for a single channel."""
+
+
+def normalized(x, norm: Normalization):
+    """`x * scale + offset`, then `(x - mean) / std`, in float32, on a float32 array of any
+    framework (numpy, TensorFlow, JAX): the same operations in the same order everywhere."""
+    if norm.scale is not None:
+        x = x * np.float32(norm.scale)
+    if norm.offset is not None:
+        x = x + np.float32(norm.offset)
+    if norm.mean is not None:
+        x = (x - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)
+    return x
+
+
+def preprocess(pixels: np.ndarray, valid: np.ndarray | None, norm: Normalization) -> np.ndarray:
+    """float32 model input with numpy: cast, `normalized`, invalid pixels 0."""
+    x = normalized(pixels.astype(np.float32), norm)
+    if valid is not None and not valid.all():
+        x[~valid] = 0.0
+    return x
+
+
+def classes_of(scores: np.ndarray) -> np.ndarray:
+    """The class rule with numpy: argmax of the last axis, or score >= 0.5 for one channel."""
+    if scores.shape[-1] == 1:
+        return (scores[..., 0] >= 0.5).astype(np.uint8)
+    return scores.argmax(axis=-1).astype(np.uint8)

@@ -1,0 +1,198 @@
+"""Keras 3 `.keras` files, run on Keras's TensorFlow backend or on its JAX backend.
+
+Keras picks its backend once per process, when it is first imported (`KERAS_BACKEND`), and
+cannot load models after a switch (`keras.config.set_backend`). The job therefore starts its
+Python workers with `KERAS_BACKEND` set (`stage.keras_workers`): Spark keeps workers of
+different environments apart, so a worker never meets a second backend.
+
+On JAX the model runs as one jitted function of its variables (`stateless_call`), with the cast,
+the normalisation and the class rule inside, on the runtime's device.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sparkinfer.errors import ModelError, first_line
+from sparkinfer.runtimes.base import (
+    CPU,
+    Backend,
+    Device,
+    Runtime,
+    RuntimeOptions,
+    normalized,
+)
+from sparkinfer.runtimes.tensorflow_graph import (
+    TensorFlowGraph,
+    configure_threads,
+    tensorflow_device,
+)
+
+
+def keras_module(backend: Backend, strict: bool):
+    """Keras, imported for `backend` if it was not yet. Already imported on another backend, it
+    is kept (enough to inspect a model), unless `strict`."""
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = backend
+    import keras
+
+    if strict and keras.backend.backend() != backend:
+        raise RuntimeError(
+            f"this Python worker runs Keras on {keras.backend.backend()}, not {backend}: start "
+            f"its Spark session's workers with KERAS_BACKEND={backend}"
+        )
+    return keras
+
+
+def load_keras_model(path: Path, trusted: bool, keras):
+    try:
+        # safe_mode refuses to deserialise code (Lambda layers and the like): a model file
+        # runs nothing unless the user said it may.
+        return keras.models.load_model(path, compile=False, safe_mode=not trusted)
+    except Exception as exc:  # Keras raises many types for a bad file
+        if "safe_mode" in str(exc):
+            raise ModelError(
+                f"{path}: the model holds code (a Lambda layer or similar) that safe mode will "
+                "not run; pass --trust-model only if you trust this file"
+            ) from None
+        raise ModelError(f"{path}: cannot load model ({first_line(exc)})") from None
+
+
+def _mixed_bfloat16(model, keras):
+    """The model with every layer computing in bfloat16 (variables stay float32)."""
+
+    def clone(layer):
+        config = layer.get_config() | {"dtype": "mixed_bfloat16"}
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def model_bands(model) -> int:
+    shape = model.inputs[0].shape
+    if len(shape) != 4:
+        raise ModelError(
+            f"model input has shape {tuple(shape)}; a per-pixel model takes "
+            "(batch, height, width, bands)"
+        )
+    return int(shape[-1])
+
+
+class KerasOnTensorFlow(TensorFlowGraph):
+    """A Keras model on TensorFlow: its call compiled as a TensorFlow graph."""
+
+    format = "keras"
+
+    def __init__(self, model, options: RuntimeOptions, device: Device, tf_device: str) -> None:
+        super().__init__(model, model_bands(model), options, device, tf_device)
+        self.model = model
+
+    def output_shape(self, height: int, width: int) -> tuple[int, ...] | None:
+        return symbolic_output_shape(self.model, height, width, self.bands)
+
+
+class KerasOnJax(Runtime):
+    """A Keras model on JAX: one jitted function per kind of call, variables on the device."""
+
+    format = "keras"
+
+    def __init__(self, model, options: RuntimeOptions, gpu: int | None) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        accelerators = [d for d in jax.devices() if d.platform != "cpu"]
+        if gpu is not None and gpu < len(accelerators):
+            device, self._jax_device = Device("gpu", gpu), accelerators[gpu]
+        else:
+            device, self._jax_device = CPU, jax.devices("cpu")[0]
+        super().__init__(model_bands(model), options, device)
+        self.model = model
+        self._variables = jax.device_put(
+            ([v.value for v in model.trainable_variables],
+             [v.value for v in model.non_trainable_variables]),
+            self._jax_device,
+        )  # fmt: skip
+        norm = options.normalization
+
+        def scores_of(variables, pixels, valid):
+            x = normalized(pixels.astype(jnp.float32), norm)
+            if valid is not None:
+                x = jnp.where(valid[..., None], x, 0.0)
+            trainable, non_trainable = variables
+            y, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+            return y.astype(jnp.float32)
+
+        def classes_of(scores):
+            if scores.shape[-1] == 1:
+                return (scores[..., 0] >= 0.5).astype(jnp.uint8)
+            return jnp.argmax(scores, axis=-1).astype(jnp.uint8)
+
+        self._scores = jax.jit(scores_of)
+        self._classify = jax.jit(lambda v, p, m: classes_of(scores_of(v, p, m)))
+
+        def with_scores(variables, pixels, valid):
+            scores = scores_of(variables, pixels, valid)
+            return classes_of(scores), scores
+
+        self._classify_with_scores = jax.jit(with_scores)
+
+    def _put(self, array: np.ndarray | None):
+        import jax
+
+        return None if array is None else jax.device_put(array, self._jax_device)
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._scores(self._variables, self._put(batch), None))
+
+    def output_shape(self, height: int, width: int) -> tuple[int, ...] | None:
+        return symbolic_output_shape(self.model, height, width, self.bands)
+
+    def classify(
+        self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if valid is not None and valid.all():
+            valid = None
+        args = (self._variables, self._put(pixels), self._put(valid))
+        if not with_scores:
+            return np.asarray(self._classify(*args)), None
+        classes, scores = self._classify_with_scores(*args)
+        return np.asarray(classes), np.asarray(scores)
+
+
+def symbolic_output_shape(model, height: int, width: int, bands: int) -> tuple[int, ...] | None:
+    """A Keras model's output shape, inferred without compute; None where it cannot take it."""
+    import keras
+
+    try:
+        return tuple(model.compute_output_spec(keras.KerasTensor((1, height, width, bands))).shape)
+    except Exception:  # noqa: BLE001 -- a size a strided model cannot take fails inside it
+        return None
+
+
+def open_keras(
+    path: Path, options: RuntimeOptions, gpu: int | None, threads: int | None, trusted: bool,
+    worker: bool,
+) -> Runtime:  # fmt: skip
+    """A `.keras` file as a runtime on `options.backend`. On the driver (`worker` False) Keras
+    keeps the backend it already has."""
+    keras = keras_module(options.backend, strict=worker)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        configure_threads(threads)
+        device, name = tensorflow_device(gpu)
+        with tf.device(name):  # the variables are created on the device
+            model = load_keras_model(path, trusted, keras)
+            if options.precision == "bfloat16":
+                model = _mixed_bfloat16(model, keras)
+        return KerasOnTensorFlow(model, options, device, name)
+    model = load_keras_model(path, trusted, keras)
+    if options.precision == "bfloat16":
+        model = _mixed_bfloat16(model, keras)
+    return KerasOnJax(model, options, gpu)

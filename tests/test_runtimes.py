@@ -1,0 +1,135 @@
+"""Every model runtime against the TensorFlow path: Keras on JAX, a SavedModel and ONNX give the
+sample's class map (>= 99.99% of pixels) and scores (within 1e-4); integer pixels cast inside
+the runtime's call give exactly what float32 pixels normalised by numpy give."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from builders import export_onnx, export_savedmodel
+
+from sparkinfer.config import Normalization, load_config
+from sparkinfer.errors import ConfigError, ModelError
+from sparkinfer.job import prepare_job
+from sparkinfer.model import load_model, load_package, package_model
+from sparkinfer.runtimes import RuntimeOptions, preprocess
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENE = ROOT / "data" / "nc_landsat7_2000.tif"
+MODEL = ROOT / "data" / "landcover.keras"
+HALO = 7  # the sample model's receptive radius, traced from its graph
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The sample model as a SavedModel and as an ONNX file."""
+    folder = tmp_path_factory.mktemp("exported")
+    return {
+        "savedmodel": export_savedmodel(MODEL, folder / "landcover_saved"),
+        "onnx": export_onnx(MODEL, folder / "landcover.onnx"),
+    }
+
+
+def _outputs(folder):
+    with rasterio.open(folder / "nc_landsat7_2000.tif") as out:
+        classes = out.read(1)
+    with rasterio.open(folder / "nc_landsat7_2000.scores.tif") as out:
+        scores = out.read()
+    return classes, scores
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, spark):
+    """The sample through the TensorFlow path: its class map and scores."""
+    from sparkinfer.job import run_job
+
+    folder = tmp_path_factory.mktemp("tensorflow")
+    config = load_config(dict(input=[str(SCENE)], model=str(MODEL), output=str(folder),
+                              tile_size=128, scores=True, backend="tensorflow"))  # fmt: skip
+    report = run_job(spark, prepare_job(config))
+    assert report["devices"] == {"cpu": {"chunks": 1, "tiles": 16}}
+    return _outputs(folder)
+
+
+@pytest.mark.parametrize("runtime", ["jax", "savedmodel", "onnx"])
+def test_runtime_gives_the_tensorflow_class_map(tmp_path, run, reference, exported, runtime):
+    model = MODEL if runtime == "jax" else exported[runtime]
+    backend = "jax" if runtime == "jax" else "tensorflow"
+    report = run(input=[str(SCENE)], model=str(model), output=str(tmp_path), tile_size=128,
+                 halo=HALO, scores=True, backend=backend)  # fmt: skip
+    assert report["tiling"]["halo"] == HALO
+    assert report["model"]["class_names"][:2] == ["developed", "agriculture"]
+    classes, scores = _outputs(tmp_path)
+    expected_classes, expected_scores = reference
+    agreement = (classes == expected_classes).mean()
+    difference = np.nanmax(np.abs(scores - expected_scores))
+    print(json.dumps({"runtime": runtime, "class_agreement": float(agreement),
+                      "max_score_difference": float(difference)}))  # fmt: skip
+    assert agreement >= 0.9999
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    assert len(np.unique(classes)) >= 5, "a real land-cover map"
+
+
+@pytest.mark.parametrize("dtype, scale", [("uint8", 1 / 255), ("uint16", 1 / 4096)])
+def test_integer_pixels_are_cast_and_normalised_inside_the_call(dtype, scale, exported):
+    """Classes and scores from integer pixels equal those from numpy-normalised float32 pixels:
+    bit for bit on TensorFlow, within float32 rounding on ONNX. (Keras on JAX needs a process
+    of its own: the job's run on JAX above takes the sample's uint8 pixels.)"""
+    rng = np.random.default_rng(5)
+    high = 255 if dtype == "uint8" else 4095
+    pixels = rng.integers(0, high, (3, 40, 56, 6)).astype(dtype)
+    valid = rng.random((3, 40, 56)) > 0.1
+    norm = Normalization(scale=scale, offset=-0.25)
+    options = RuntimeOptions(normalization=norm)
+    x = preprocess(pixels, valid, norm)
+    assert (x[~valid] == 0).all()
+    for runtime in (load_package(package_model(MODEL), options),
+                    load_package(package_model(exported["onnx"]), options)):  # fmt: skip
+        classes, scores = runtime.classify(pixels, valid, with_scores=True)
+        assert classes.dtype == np.uint8 and scores.dtype == np.float32
+        expected = runtime.scores(x)
+        if runtime.format == "keras":
+            np.testing.assert_array_equal(scores, expected)
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
+        assert (classes == expected.argmax(-1)).mean() >= 0.999
+
+
+def test_a_worker_keeps_one_model_per_options_and_gpu():
+    package = package_model(MODEL)
+    first = load_package(package)
+    assert load_package(package) is first, "cached per worker by digest"
+    assert load_package(package, RuntimeOptions(normalization=Normalization(scale=2))) is not first
+
+
+def test_bfloat16_runs_the_model_in_bfloat16(tmp_path, run):
+    """Mixed precision is opt-in; its agreement with float32 is reported, not required."""
+    common = dict(input=[str(SCENE)], model=str(MODEL), tile_size=128, scores=True)
+    run(output=str(tmp_path / "f32"), **common)
+    report = run(output=str(tmp_path / "bf16"), precision="bfloat16", **common)
+    assert report["config"]["precision"] == "bfloat16"
+    classes, scores = _outputs(tmp_path / "bf16")
+    expected_classes, expected_scores = _outputs(tmp_path / "f32")
+    valid = expected_classes != 255
+    agreement = (classes[valid] == expected_classes[valid]).mean()
+    difference = np.nanmax(np.abs(scores - expected_scores))
+    print(json.dumps({"bfloat16_class_agreement": float(agreement),
+                      "bfloat16_max_score_difference": float(difference)}))  # fmt: skip
+    assert difference > 1e-4, "bfloat16 arithmetic, not float32"
+    assert agreement > 0.9
+
+
+def test_onnx_needs_a_halo_and_float32(tmp_path, exported):
+    common = dict(input=[str(SCENE)], model=str(exported["onnx"]), output=str(tmp_path))
+    with pytest.raises(ModelError, match="an ONNX model has no layer graph to trace.*--halo"):
+        prepare_job(load_config(common))
+    with pytest.raises(ConfigError, match="applies to .keras models"):
+        prepare_job(load_config(common | dict(halo=HALO, precision="bfloat16")))
+
+
+def test_an_onnx_file_that_is_not_a_model_is_one_line(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(ModelError, match="broken.onnx: cannot load model"):
+        load_model(broken)
