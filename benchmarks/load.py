@@ -28,8 +28,8 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from benchmarks.paths import DEFAULTS, ROOT, _spark, peak_memory
+from benchmarks.run import write_result
 
-RESULTS = ROOT / "benchmarks" / "results"
 SAMPLE = ROOT / "data" / "nc_landsat7_2000.tif"
 SAMPLE_MODEL = ROOT / "data" / "landcover.keras"
 PLAN_SIDES = (262_144, 1_000_000)  # at tile 512: 262,144 and 3,818,116 tiles
@@ -179,11 +179,8 @@ def main() -> None:
         "plans": [_in_fresh_process("plan", side, args.work, args.cores) for side in PLAN_SIDES],
         "many_rasters": _in_fresh_process("many", args.rasters, args.work, args.cores),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{results['date']}-{results['host']}-load.json"
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(results, indent=2))
-    print(f"results: {out}")
+    write_result(results, "load")
 
 
 if __name__ == "__main__":

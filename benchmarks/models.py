@@ -1,5 +1,6 @@
-"""The two benchmark models, built in code with random weights (speed does not need training).
+"""The benchmark models, built in code with random weights (speed does not need training).
 
+- null: one 1x1 convolution; costs next to nothing, so the pipeline around it is measured.
 - tiny: three convolutions, 2.6 k parameters. Inference is cheap, so Spark, I/O and writing
   dominate: it measures the job's overhead.
 - unet: the U-Net of TensorFlow's segmentation tutorial, a keras.applications MobileNetV2 encoder
@@ -12,6 +13,14 @@ from pathlib import Path
 
 BANDS = 4
 CLASSES = 8
+
+
+def null(bands: int = BANDS, classes: int = CLASSES):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, bands))
+    return keras.Model(inputs, keras.layers.Conv2D(classes, 1)(inputs), name="null")
 
 
 def tiny(bands: int = BANDS, classes: int = CLASSES):
@@ -46,7 +55,7 @@ def mobilenet_unet(bands: int = BANDS, classes: int = CLASSES):
     return keras.Model(encoder.input, outputs, name="mobilenet_unet")
 
 
-BUILDERS = {"tiny": tiny, "unet": mobilenet_unet}
+BUILDERS = {"null": null, "tiny": tiny, "unet": mobilenet_unet}
 
 
 def save_model(name: str, folder: Path) -> Path:

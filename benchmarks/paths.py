@@ -198,14 +198,18 @@ def _spark(cores: int):
 
 
 def _warm_up(spark, cores: int) -> None:
-    """Start one Python worker per core and import TensorFlow in it, as a first job would."""
+    """Start one Python worker per core and import TensorFlow in it, as a first job would (in
+    the workers the job uses: those with its Keras backend)."""
+    from sparkinfer.stage import keras_workers
 
     def import_tensorflow(batches):
         import tensorflow  # noqa: F401
 
         yield from batches
 
-    spark.range(cores, numPartitions=cores).mapInArrow(import_tensorflow, "id long").collect()
+    with keras_workers(spark, "tensorflow"):
+        frame = spark.range(cores, numPartitions=cores).mapInArrow(import_tensorflow, "id long")
+    frame.collect()
 
 
 def _started_spark(cores: int) -> tuple[object, dict]:

@@ -157,6 +157,15 @@ def memory_scaling(args) -> dict:
     return {"sizes": found, "growth": growth}
 
 
+def write_result(result: dict, kind: str) -> Path:
+    """Save a benchmark's result as benchmarks/results/DATE-HOST-KIND.json; its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    destination = RESULTS / f"{result['date'][:10]}-{socket.gethostname()}-{kind}.json"
+    destination.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"results: {destination}")
+    return destination
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mean", type=_floats, metavar="M1,M2,..", help="normalisation: per-band mean")
     add("--std", type=_floats, metavar="S1,S2,..", help="normalisation: per-band std")
     add("--batch-size", type=int, metavar="N", help="tiles per model call (default 8)")
+    add("--readers", type=_int_or_auto, metavar="N|auto",
+        help="reader threads per task (default auto: one per core of the task)")  # fmt: skip
     add("--scores", action="store_true", default=None, help="also write per-class scores")
     add("--quicklook", action="store_true", default=None,
         help="also write NAME.png, the class map with a legend")  # fmt: skip
@@ -104,6 +106,7 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "halo": args.halo,
         "bands": args.bands,
         "batch_size": args.batch_size,
+        "readers": args.readers,
         "scores": args.scores,
         "quicklook": args.quicklook,
         "chunk_tiles": args.chunk_tiles,

@@ -126,6 +126,11 @@ class JobConfig(_Strict):
         default_factory=Normalization, description="Pixel scaling before inference."
     )
     batch_size: int = Field(8, gt=0, description="Tiles per model call.")
+    readers: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Threads per Spark task that read and decode chunk windows ahead of the "
+        "model; 'auto': one per core of the task (spark.task.cpus).",
+    )
     scores: bool = Field(False, description="Also write per-class float32 scores.")
     quicklook: bool = Field(
         False, description="Also write NAME.png: the class map in the model's colours, a legend."

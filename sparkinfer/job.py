@@ -458,6 +458,7 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
         bands=job.bands,
         runtime=runtime_options(job.config),
         batch_size=job.config.batch_size,
+        readers=None if job.config.readers == "auto" else job.config.readers,
         classes=job.model.classes,
         scores=job.config.scores,
     )

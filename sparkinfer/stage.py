@@ -12,8 +12,8 @@ arrays inside the Python worker: they never leave the executor.
 
 from __future__ import annotations
 
-import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -46,6 +46,7 @@ class StageSpec:
     bands: tuple[int, ...]
     runtime: RuntimeOptions  # how the model runs, the pixels' normalisation included
     batch_size: int
+    readers: int | None  # reader threads per task; None: one per core of the task
     classes: int
     scores: bool
 
@@ -123,8 +124,22 @@ class _ReadTile:
     error: str | None = None
 
 
-def _plan_tiles(batches: Iterator[pa.RecordBatch], spec: StageSpec) -> Iterator[dict]:
-    """The tiles of each chunk row (from its raster's plan), each with its chunk's fields."""
+@dataclass
+class _Chunk:
+    """A chunk row of the plan with its tiles (each a dict of the chunk's and the tile's fields)
+    and, once read, its read window: pixels (bands, height, width) in the raster's own type and
+    their validity."""
+
+    fields: dict
+    tiles: list[dict]
+    data: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    read_s: float = 0.0
+    error: str | None = None  # why the window could not be read
+
+
+def _plan_chunks(batches: Iterator[pa.RecordBatch], spec: StageSpec) -> Iterator[_Chunk]:
+    """The chunk rows, each with its tiles from its raster's plan."""
     for batch in batches:
         for chunk in batch.to_pylist():
             fields = {
@@ -142,93 +157,98 @@ def _plan_tiles(batches: Iterator[pa.RecordBatch], spec: StageSpec) -> Iterator[
                 "chunk_read_width": chunk["read_width"],
             }
             plan = spec.plans[chunk["raster_index"]]
-            for tile in plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"]):
-                yield fields | tile
+            tiles = plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"])
+            yield _Chunk(fields, [fields | tile for tile in tiles])
 
 
-class _TileReader:
-    """Reads tiles' windows; used from one thread only.
+class _WindowReader:
+    """Reads chunks' windows, each in one piece, with a dataset handle per raster and thread.
 
-    Each chunk's read window is read once and its tiles are cut from it: tiles' windows overlap
-    by the halo and cross GeoTIFF blocks, so reading them one by one would decode most blocks
-    several times. Memory holds one chunk window, in the raster's own type.
-    """
+    A chunk's tiles are cut from its window: tiles' windows overlap by the halo and cross
+    GeoTIFF blocks, so reading them one by one would decode most blocks several times. GDAL
+    handles must not be shared between threads: each reader thread opens its own."""
 
     def __init__(self, spec: StageSpec) -> None:
         self.spec = spec
-        self.datasets: dict[int, rasterio.DatasetReader] = {}
-        self.chunk_key: tuple | None = None
-        self.chunk: tuple[np.ndarray, np.ndarray] | None = None
-        self.chunk_error: str | None = None
+        self.local = threading.local()
+        self.opened: list[rasterio.DatasetReader] = []
+        self.lock = threading.Lock()
 
-    def _read_chunk(self, tile: dict) -> tuple[np.ndarray, np.ndarray] | None:
-        key = tuple(tile[k] for k in CHUNK_FIELDS)
-        if key != self.chunk_key:
-            self.chunk = None  # release the previous window before reading the next
-            index = tile["raster_index"]
-            info = self.spec.rasters[index]
-            self.chunk_error = None
-            try:
-                with storage.gdal_env(**GDAL_READ_OPTIONS):
-                    if index not in self.datasets:
-                        self.datasets[index] = rasterio.open(storage.gdal_path(info.path))
-                    self.chunk = read_window(
-                        self.datasets[index], list(self.spec.bands), tile["chunk_read_row_off"],
-                        tile["chunk_read_col_off"], tile["chunk_read_height"],
-                        tile["chunk_read_width"], info.masking,
-                    )  # fmt: skip
-            except (RasterioError, OSError) as exc:  # a broken file fails its raster, not the job
-                self.chunk_error = f"{info.path}: cannot read pixels ({first_line(exc, 300)})"
-            self.chunk_key = key
-        return self.chunk
+    def _dataset(self, index: int) -> rasterio.DatasetReader:
+        datasets = self.local.__dict__.setdefault("datasets", {})
+        if index not in datasets:
+            datasets[index] = rasterio.open(storage.gdal_path(self.spec.rasters[index].path))
+            with self.lock:
+                self.opened.append(datasets[index])
+        return datasets[index]
 
-    def read(self, tile: dict) -> _ReadTile:
+    def read(self, chunk: _Chunk) -> _Chunk:
         started = time.perf_counter()
-        chunk = self._read_chunk(tile)
-        if chunk is None:
-            return _ReadTile(tile, None, None, None, time.perf_counter() - started,
-                             self.chunk_error)  # fmt: skip
-        data, valid = chunk
+        f = chunk.fields
+        info = self.spec.rasters[f["raster_index"]]
+        try:
+            with storage.gdal_env(**GDAL_READ_OPTIONS):
+                chunk.data, chunk.valid = read_window(
+                    self._dataset(f["raster_index"]), list(self.spec.bands),
+                    f["chunk_read_row_off"], f["chunk_read_col_off"], f["chunk_read_height"],
+                    f["chunk_read_width"], info.masking,
+                )  # fmt: skip
+        except (RasterioError, OSError) as exc:  # a broken file fails its raster, not the job
+            chunk.error = f"{info.path}: cannot read pixels ({first_line(exc, 300)})"
+        chunk.read_s = time.perf_counter() - started
+        return chunk
+
+    def close(self) -> None:
+        for src in self.opened:
+            src.close()
+
+
+def _cut(chunk: _Chunk) -> Iterator[_ReadTile]:
+    """The tiles of a read chunk: views of its window, with their validity."""
+    for i, tile in enumerate(chunk.tiles):
+        read_s = chunk.read_s if i == 0 else 0.0  # the chunk's read, counted once
+        if chunk.data is None:
+            yield _ReadTile(tile, None, None, None, read_s, chunk.error)
+            continue
         top = tile["read_row_off"] - tile["chunk_read_row_off"]
         left = tile["read_col_off"] - tile["chunk_read_col_off"]
         rows = slice(top, top + tile["read_height"])
         cols = slice(left, left + tile["read_width"])
-        window_valid = valid[rows, cols]
+        window_valid = chunk.valid[rows, cols]
         top = tile["core_row_off"] - tile["read_row_off"]
         left = tile["core_col_off"] - tile["read_col_off"]
         core_valid = window_valid[top : top + tile["core_height"], left : left + tile["core_width"]]
         if not core_valid.any():
-            return _ReadTile(tile, None, None, None, time.perf_counter() - started)
+            yield _ReadTile(tile, None, None, None, read_s)
+            continue
         # A view: the batch is stacked from the chunk's array, in its own type.
-        pixels = np.moveaxis(data[:, rows, cols], 0, -1)
+        pixels = np.moveaxis(chunk.data[:, rows, cols], 0, -1)
         valid = None if window_valid.all() else window_valid
-        return _ReadTile(tile, pixels, valid, core_valid, time.perf_counter() - started)
-
-    def close(self) -> None:
-        for src in self.datasets.values():
-            src.close()
+        yield _ReadTile(tile, pixels, valid, core_valid, read_s)
 
 
-def _prefetched(tiles: Iterator[dict], spec: StageSpec) -> Iterator[_ReadTile]:
-    """Tiles read by a background thread, up to a batch ahead of the model.
+def _prefetched(chunks: Iterator[_Chunk], spec: StageSpec, readers: int) -> Iterator[_ReadTile]:
+    """The chunks' tiles, their windows read by `readers` threads up to `readers` chunks ahead
+    of the model.
 
-    GDAL reads and TensorFlow both release the GIL, so the next batch's windows are read and
-    decoded while the model runs on this one. The plan rows are consumed on the calling thread.
-    """
-    reader = _TileReader(spec)
+    GDAL reads and the model's call both release the GIL, so the next chunks are read and
+    decoded while the model runs on this batch. The plan rows are consumed on the calling
+    thread; memory holds at most `readers` + 1 chunk windows, in the raster's own type."""
+    reader = _WindowReader(spec)
     ahead: deque[Future] = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="sparkinfer-read") as pool:
+    with ThreadPoolExecutor(readers, thread_name_prefix="sparkinfer-read") as pool:
         try:
-            for tile in tiles:
-                ahead.append(pool.submit(reader.read, tile))
-                if len(ahead) > spec.batch_size:
-                    yield ahead.popleft().result()
+            for chunk in chunks:
+                ahead.append(pool.submit(reader.read, chunk))
+                if len(ahead) > readers:
+                    yield from _cut(ahead.popleft().result())
             while ahead:
-                yield ahead.popleft().result()
+                yield from _cut(ahead.popleft().result())
         finally:
             for future in ahead:
                 future.cancel()
-            pool.submit(reader.close).result()
+            pool.shutdown(wait=True)
+            reader.close()
 
 
 def predict_tiles(
@@ -268,7 +288,8 @@ def predict_tiles(
             yield TileResult(t, core_classes, core_scores, read.read_s, share, placement)
         pending.clear()
 
-    for read in _prefetched(_plan_tiles(batches, spec), spec):
+    readers = spec.readers or resources.cpus
+    for read in _prefetched(_plan_chunks(batches, spec), spec, readers):
         if read.pixels is None:
             yield TileResult(read.tile, None, None, read.read_s, placement=placement,
                              error=read.error)  # fmt: skip
@@ -289,56 +310,88 @@ class _OpenChunk:
     received: int = 0
 
 
+class _ChunkFiles:
+    """The chunks a task is writing: each tile's prediction goes into its chunk's files, and a
+    chunk is committed once its last tile is in. Used from one thread at a time."""
+
+    def __init__(self, spec: StageSpec) -> None:
+        self.spec = spec
+        self.open: dict[tuple, _OpenChunk] = {}
+
+    def add(self, result: TileResult) -> dict | None:
+        """Write one tile; the chunk's result row when this tile completed it."""
+        tile, spec = result.tile, self.spec
+        key = tuple(tile[k] for k in CHUNK_FIELDS)
+        chunk = self.open.get(key)
+        if chunk is None:
+            writer = None if result.error else _open_chunk(tile, spec)
+            chunk = self.open[key] = _OpenChunk(writer, _new_summary(tile))
+        summary = chunk.summary
+        started = time.perf_counter()
+        if result.error is not None:
+            summary["error"] = summary["error"] or result.error
+            if chunk.writer is not None:
+                chunk.writer.abort()
+                chunk.writer = None
+        else:
+            height, width = tile["core_height"], tile["core_width"]
+            classes, scores = result.classes, result.scores
+            if classes is None:
+                classes = np.full((height, width), CLASS_NODATA, np.uint8)
+                if spec.scores:
+                    scores = np.full((height, width, spec.classes), np.nan, np.float32)
+                summary["skipped"] += 1
+            else:
+                summary["inferred"] += 1
+            if chunk.writer is not None:
+                chunk.writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
+        summary["read_s"] += result.read_s
+        summary["infer_s"] += result.infer_s
+        chunk.received += 1
+        complete = chunk.received == summary["tiles"]
+        if complete:
+            if chunk.writer is not None:
+                chunk.writer.commit()
+            del self.open[key]
+        summary["write_s"] += time.perf_counter() - started
+        return summary | (result.placement or {}) if complete else None
+
+    def abort(self) -> None:
+        """Drop the files of every chunk not committed."""
+        for chunk in self.open.values():
+            if chunk.writer is not None:
+                chunk.writer.abort()
+
+
 def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.RecordBatch]:
     """Stream tile predictions into chunk files; one result row per chunk once it is complete.
 
-    A chunk whose pixels could not be read is not written: its row carries the error."""
-    open_chunks: dict[tuple, _OpenChunk] = {}
-    try:
-        for result in results:
-            tile = result.tile
-            key = tuple(tile[k] for k in CHUNK_FIELDS)
-            chunk = open_chunks.get(key)
-            if chunk is None:
-                writer = None if result.error else _open_chunk(tile, spec)
-                chunk = open_chunks[key] = _OpenChunk(writer, _new_summary(tile))
-            summary = chunk.summary
-            started = time.perf_counter()
-            if result.error is not None:
-                summary["error"] = summary["error"] or result.error
-                if chunk.writer is not None:
-                    chunk.writer.abort()
-                    chunk.writer = None
-            else:
-                height, width = tile["core_height"], tile["core_width"]
-                classes, scores = result.classes, result.scores
-                if classes is None:
-                    classes = np.full((height, width), CLASS_NODATA, np.uint8)
-                    if spec.scores:
-                        scores = np.full((height, width, spec.classes), np.nan, np.float32)
-                    summary["skipped"] += 1
-                else:
-                    summary["inferred"] += 1
-                if chunk.writer is not None:
-                    chunk.writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
-            summary["read_s"] += result.read_s
-            summary["infer_s"] += result.infer_s
-            chunk.received += 1
-            complete = chunk.received == summary["tiles"]
-            if complete:
-                if chunk.writer is not None:
-                    chunk.writer.commit()
-                del open_chunks[key]
-            summary["write_s"] += time.perf_counter() - started
-            if complete:
-                row = summary | (result.placement or {})
-                yield pa.RecordBatch.from_pylist([row], schema=CHUNK_RESULT_SCHEMA)
-        if open_chunks:
-            raise RuntimeError(f"chunks left incomplete: {sorted(open_chunks)}")
-    finally:
-        for chunk in open_chunks.values():
-            if chunk.writer is not None:
-                chunk.writer.abort()
+    Writing (GDAL compresses with the GIL released) runs on a thread of its own while the model
+    runs on the next batch; at most two batches of predictions wait for it. A chunk whose
+    pixels could not be read is not written: its row carries the error."""
+    files = _ChunkFiles(spec)
+    queued: deque[Future] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="sparkinfer-write") as pool:
+        try:
+            for result in results:
+                queued.append(pool.submit(files.add, result))
+                while queued and (queued[0].done() or len(queued) > 2 * spec.batch_size):
+                    yield from _result_row(queued.popleft())
+            while queued:
+                yield from _result_row(queued.popleft())
+            if files.open:
+                raise RuntimeError(f"chunks left incomplete: {sorted(files.open)}")
+        finally:
+            for future in queued:
+                future.cancel()
+            pool.shutdown(wait=True)
+            files.abort()
+
+
+def _result_row(written: Future) -> Iterator[pa.RecordBatch]:
+    row = written.result()
+    if row is not None:
+        yield pa.RecordBatch.from_pylist([row], schema=CHUNK_RESULT_SCHEMA)
 
 
 def _open_chunk(row: dict, spec: StageSpec) -> ChunkWriter:
@@ -450,14 +503,10 @@ def infer_and_write(
 def keras_workers(spark, backend: str) -> Iterator[None]:
     """Stages started inside run in Python workers whose Keras runs on `backend`.
 
-    Keras picks its backend once per process. Spark pools Python workers by their environment,
-    so where the workers' own default differs, the stages' functions carry `KERAS_BACKEND`:
-    a session that runs both backends never mixes them in one process."""
+    Keras picks its backend once per process. Spark pools Python workers by the environment
+    their functions carry: with `KERAS_BACKEND` in it, a session that runs both backends never
+    mixes them in one process."""
     environment = spark.sparkContext.environment
-    default = environment.get("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
-    if default == backend:
-        yield
-        return
     previous = environment.get("KERAS_BACKEND")
     environment["KERAS_BACKEND"] = backend
     try:

@@ -51,3 +51,15 @@ def test_without_halo_the_seams_show(tmp_path, run, models):
     assert distance.max() < 4
     report = json.loads((tmp_path / "out" / "_run.json").read_text())
     assert report["tiling"]["halo"] == 0
+
+
+def test_reader_threads_do_not_change_the_output(tmp_path, run, models):
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 300, 270, seed=6)
+    common = dict(input=[str(raster)], model=str(models["unet"]), tile_size=64, chunk_tiles=1,
+                  scores=True)  # fmt: skip
+    run(output=str(tmp_path / "one"), readers=1, **common)
+    report = run(output=str(tmp_path / "four"), readers=4, **common)
+    assert report["config"]["readers"] == 4 and report["tiles"]["inferred"] == 25
+    for name in ("scene.tif", "scene.scores.tif"):
+        assert (tmp_path / "four" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()

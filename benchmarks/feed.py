@@ -1,0 +1,131 @@
+"""Feed rate: the job's inference-and-writing stage with a model that costs nothing, against an
+I/O floor on the same cores, side by side in one run.
+
+    python -m benchmarks.feed [--size 16384] [--repeats 3] [--cores 2]
+
+- `floor`: the job's chunk windows (the same plan) read with rasterio in `cores` processes, an
+  argmax over the bands, each window written as a deflate GeoTIFF: no Spark, no model. What
+  reading, a trivial computation and writing cost on these cores.
+- `stage`: sparkinfer's stage (`timings.infer_write_s` of `run_job`, on `local[cores]` whose
+  Python workers were started by a first job) with `null`, one 1x1 convolution.
+
+Rates are useful megapixels per second and per core; the result is `stage / floor`. Writes
+benchmarks/results/DATE-HOST-feed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from benchmarks.large_raster import make_large_raster
+from benchmarks.models import save_model
+from benchmarks.paths import DEFAULTS, _spark, _warm_up
+from benchmarks.run import machine, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _floor_chunk(task: tuple) -> None:
+    """Read one chunk's window, argmax over its bands, write its core as a deflate GeoTIFF."""
+    raster, output, chunk = task
+    with rasterio.open(raster) as src:
+        window = Window(chunk["read_col_off"], chunk["read_row_off"], chunk["read_width"],
+                        chunk["read_height"])  # fmt: skip
+        data = src.read(window=window)
+        classes = data.argmax(axis=0).astype(np.uint8)
+        top = chunk["row_off"] - chunk["read_row_off"]
+        left = chunk["col_off"] - chunk["read_col_off"]
+        core = classes[top : top + chunk["height"], left : left + chunk["width"]]
+        core_window = Window(chunk["col_off"], chunk["row_off"], chunk["width"], chunk["height"])
+        profile = {"driver": "GTiff", "width": core.shape[1], "height": core.shape[0],
+                   "count": 1, "dtype": "uint8", "compress": "deflate", "tiled": True,
+                   "blockxsize": 256, "blockysize": 256, "crs": src.crs,
+                   "transform": src.window_transform(core_window)}  # fmt: skip
+        name = f"chunk_{chunk['chunk_row']}_{chunk['chunk_col']}.tif"
+        with rasterio.open(Path(output) / name, "w", **profile) as dst:
+            dst.write(core, 1)
+
+
+def floor(job, output: Path, cores: int) -> float:
+    output.mkdir(parents=True, exist_ok=True)
+    raster = job.rasters[0]
+    tasks = [(raster.info.path, str(output), c) for c in raster.plan.chunks().to_pylist()]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(cores) as pool:
+        list(pool.map(_floor_chunk, tasks))
+    return time.perf_counter() - started
+
+
+def _job(raster: Path, model: Path, output: Path, readers: int | None):
+    from sparkinfer.cli import config_from_args
+    from sparkinfer.job import prepare_job
+
+    argv = ["--input", str(raster), "--model", str(model), "--output", str(output),
+            "--progress", "0", "--overwrite"]  # fmt: skip
+    if readers:
+        argv += ["--readers", str(readers)]
+    return prepare_job(config_from_args(argv, defaults_file=DEFAULTS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--readers", type=int, help="the job's --readers (default: its own)")
+    parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")
+    args = parser.parse_args()
+    from sparkinfer.job import run_job
+
+    raster = make_large_raster(args.work / "rasters" / f"nc_{args.size}.tif", args.size)
+    model = save_model("null", args.work / "models")
+    spark = _spark(args.cores)
+    _warm_up(spark, args.cores)
+    seconds: dict[str, list[float]] = {"floor": [], "stage": []}
+    report = {}
+    try:
+        for repeat in range(args.repeats):
+            job = _job(raster, model, args.work / "runs" / "feed" / "job", args.readers)
+            seconds["floor"].append(floor(job, args.work / "runs" / "feed" / f"floor{repeat}",
+                                          args.cores))  # fmt: skip
+            report = run_job(spark, job)
+            seconds["stage"].append(report["timings"]["infer_write_s"])
+            print(f"  run {repeat + 1}: floor {seconds['floor'][-1]:.1f} s, "
+                  f"stage {seconds['stage'][-1]:.1f} s", flush=True)  # fmt: skip
+    finally:
+        spark.stop()
+    pixels = args.size * args.size
+    rates = {}
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        rate = pixels / median / 1e6
+        rates[name] = {"seconds": [round(v, 2) for v in values], "median_s": round(median, 2),
+                       "mpx_per_s": round(rate, 2),
+                       "mpx_per_s_per_core": round(rate / args.cores, 2)}  # fmt: skip
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": vars(args) | {"work": str(args.work)},
+        "raster": {"side": args.size, "pixels": pixels},
+        "tiling": report["tiling"],
+        "task_timings_s": {k: round(v, 2) for k, v in report["timings"].items()},
+        "rates": rates,
+        "stage_over_floor": round(rates["stage"]["mpx_per_s"] / rates["floor"]["mpx_per_s"], 3),
+    }
+    print(json.dumps({k: result[k] for k in ("rates", "stage_over_floor")}, indent=2))
+    write_result(result, "feed")
+
+
+if __name__ == "__main__":
+    main()
