@@ -107,9 +107,9 @@ def model_only(model_path: Path, tile: int, halo: int, batch: int, precision: st
 
     model = keras.models.load_model(model_path, compile=False)
     if precision == "bfloat16":
-        from sparkinfer.runtimes.keras_model import _mixed_bfloat16
+        from sparkinfer.runtimes.keras_model import mixed_bfloat16
 
-        model = _mixed_bfloat16(model, keras)
+        model = mixed_bfloat16(model, keras)
     device = jax.devices()[0]
     variables = jax.device_put(([v.value for v in model.trainable_variables],
                                 [v.value for v in model.non_trainable_variables]),

@@ -4,15 +4,18 @@
 """
 
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 from sparkinfer import storage
 from sparkinfer.cli import config_from_args, print_summary
 from sparkinfer.errors import JobFailed, UserError
-from sparkinfer.job import prepare_job, run_job
+from sparkinfer.job import Checked, check_job, plan_job, run_job, runtime_options
+from sparkinfer.stage import warm_workers
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
-# error before Spark (one line, nothing written); 3 some rasters failed (listed, also in
+# error before any output (one line, nothing written); 3 some rasters failed (listed, also in
 # _run.json) and the others were written.
 EXIT_SOME_FAILED = 3
 
@@ -23,19 +26,28 @@ DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 def main(argv: list[str]) -> int:
     try:
         defaults = DEFAULTS if DEFAULTS.is_file() else None
-        job = prepare_job(config_from_args(argv, defaults_file=defaults))
+        checked = check_job(config_from_args(argv, defaults_file=defaults))
     except UserError as exc:  # found before Spark starts: one line, nothing written
         print(f"sparkinfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder.appName("sparkinfer")
-    # Executors on other hosts reach s3:// inputs and outputs with the driver's AWS settings;
-    # set here, not on the command line, so secrets stay out of `ps` (the UI redacts them).
-    for key, value in storage.executor_environment().items():
-        builder = builder.config(f"spark.executorEnv.{key}", value)
-    spark = builder.getOrCreate()
+    # The session starts, and its Python workers load the model, while this thread loads and
+    # checks the model and plans: each takes seconds, and they overlap.
+    with ThreadPoolExecutor(2, thread_name_prefix="sparkinfer-start") as pool:
+        starting = pool.submit(_session)
+        warming = pool.submit(_warm, starting, checked)
+        try:
+            job = plan_job(checked)
+        except UserError as exc:  # a model or inputs the job cannot use: nothing written
+            spark = starting.result()
+            spark.sparkContext.setLogLevel("ERROR")  # no lines about the cancelled warm-up
+            spark.sparkContext.cancelAllJobs()
+            warming.result()
+            spark.stop()
+            print(f"sparkinfer: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        spark = starting.result()
+        warming.result()
     try:
         print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
         report = run_job(spark, job)
@@ -46,6 +58,26 @@ def main(argv: list[str]) -> int:
         spark.stop()
     print_summary(report)
     return EXIT_SOME_FAILED if report["failed"] else 0
+
+
+def _session():
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName("sparkinfer")
+    # Executors on other hosts reach s3:// inputs and outputs with the driver's AWS settings;
+    # set here, not on the command line, so secrets stay out of `ps` (the UI redacts them).
+    for key, value in storage.executor_environment().items():
+        builder = builder.config(f"spark.executorEnv.{key}", value)
+    return builder.getOrCreate()
+
+
+def _warm(starting: Future, checked: Checked) -> None:
+    """Workers load the model; cancelled (a user error found meanwhile), it leaves them be."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    with suppress(Py4JJavaError, PySparkException):
+        warm_workers(starting.result(), checked.package, runtime_options(checked.config))
 
 
 if __name__ == "__main__":

@@ -147,6 +147,7 @@ def _check_output_folder(output: str, inputs: list[str]) -> None:
 
 
 def runtime_options(config: JobConfig) -> RuntimeOptions:
+    """How the executors run the model for `config`."""
     return RuntimeOptions(config.backend, config.precision, config.normalization)
 
 
@@ -232,23 +233,47 @@ def _checked_info(path: str, config: JobConfig, model: ModelInfo) -> RasterInfo:
     return info
 
 
-def prepare_job(config: JobConfig) -> Job:
-    """Check model, output and inputs, then plan every raster.
+@dataclass(frozen=True)
+class Checked:
+    """A run checked without loading its model: inputs found, output folder usable and free,
+    model files packaged."""
 
-    Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
-    `Failure` in `Job.failed` (or raises, with `fail_fast`).
-    """
+    config: JobConfig
+    output: str  # absolute local path or s3:// URI
+    inputs: tuple[str, ...]
+    failed: tuple[Failure, ...]  # input patterns that found nothing
+    package: ModelPackage
+
+
+def check_job(config: JobConfig) -> Checked:
+    """The checks that need neither the model loaded nor Spark; a UserError stops the run."""
     output = storage.absolute(config.output)
     inputs, failed = _resolve(config)
     _check_output_folder(output, inputs)
     OutputLock(output).check()
-    model = inspect_model(config.model, config.trust_model, runtime_options(config))
+    package = package_model(config.model, config.trust_model)
+    return Checked(config, output, tuple(inputs), tuple(failed), package)
+
+
+def prepare_job(config: JobConfig) -> Job:
+    """Check model, output and inputs, then plan every raster (`check_job`, then `plan_job`)."""
+    return plan_job(check_job(config))
+
+
+def plan_job(checked: Checked) -> Job:
+    """Load and check the model, check the inputs, then plan every raster.
+
+    Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
+    `Failure` in `Job.failed` (or raises, with `fail_fast`).
+    """
+    config, output, package = checked.config, checked.output, checked.package
+    inputs, failed = list(checked.inputs), list(checked.failed)
+    model = inspect_model(config.model, config.trust_model, config.backend)
     if config.precision != "float32" and model.format != "keras":
         raise ConfigError(
             f"{config.model}: --precision {config.precision} applies to .keras models; run "
             f"{FORMAT_NAMES[model.format]} in float32"
         )
-    package = package_model(config.model, config.trust_model)
     count = config.normalization.band_count
     if count is not None and count != model.bands:
         raise ConfigError(

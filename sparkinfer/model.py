@@ -24,7 +24,7 @@ from pathlib import Path
 import zstandard
 
 from sparkinfer.errors import ModelError
-from sparkinfer.runtimes import Runtime, RuntimeOptions, open_runtime
+from sparkinfer.runtimes import Backend, Runtime, RuntimeOptions, open_runtime
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ def model_format(path: Path) -> str:
 def package_model(path: str | Path, trusted: bool = False) -> ModelPackage:
     """Read a model's files into a compressed package."""
     path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: model not found")
     fmt = model_format(path)
     if fmt != "savedmodel":
         raw = path.read_bytes()
@@ -97,14 +99,14 @@ def load_model(
 
 
 def inspect_model(
-    path: str | Path, trusted: bool = False, options: RuntimeOptions | None = None
+    path: str | Path, trusted: bool = False, backend: Backend = "tensorflow"
 ) -> ModelInfo:
-    """Load a model on the driver and check it can be used for tiled per-pixel inference."""
+    """Load a model on the driver and check it can be used for tiled per-pixel inference. A
+    Keras model is loaded on `backend` unless Keras already runs here on another."""
     from sparkinfer.receptive_field import UntraceableLayer, trace
 
     path = Path(path)
-    runtime = load_model(path, RuntimeOptions(backend=(options or RuntimeOptions()).backend),
-                         trusted)  # fmt: skip
+    runtime = load_model(path, RuntimeOptions(backend=backend), trusted)
     stride = 1
     halo: int | None = None
     untraceable: str | None = None

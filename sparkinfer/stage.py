@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -497,6 +497,26 @@ def infer_and_write(
     rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA)
     model.unpersist()  # not after a failure: the job's other tasks may still be reading it
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
+
+
+def warm_workers(spark, package: ModelPackage, options: RuntimeOptions) -> None:
+    """Start a Python worker per core and load the model in each, with a job of one task per
+    core: the stage's tasks then find the model loaded in the workers Spark reuses. Run while
+    the driver still checks and plans, it takes the workers' start, the framework's import and
+    the model's load off the run's critical path. A model that fails to load is left to the
+    stage, which reports it."""
+    model = spark.sparkContext.broadcast(package)
+
+    def load(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        resources = task_resources()
+        with suppress(Exception):  # the stage loads it again and reports why it fails
+            load_package(model.value, options, gpu_ordinal(resources.gpu), resources.cpus)
+        yield from batches
+
+    cores = spark.sparkContext.defaultParallelism
+    with keras_workers(spark, options.backend):
+        frame = spark.range(cores, numPartitions=cores).mapInArrow(load, "id long")
+    frame.collect()
 
 
 @contextmanager

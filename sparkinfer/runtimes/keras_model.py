@@ -62,7 +62,7 @@ def load_keras_model(path: Path, trusted: bool, keras):
         raise ModelError(f"{path}: cannot load model ({first_line(exc)})") from None
 
 
-def _mixed_bfloat16(model, keras):
+def mixed_bfloat16(model, keras):
     """The model with every layer computing in bfloat16 (variables stay float32)."""
 
     def clone(layer):
@@ -190,9 +190,9 @@ def open_keras(
         with tf.device(name):  # the variables are created on the device
             model = load_keras_model(path, trusted, keras)
             if options.precision == "bfloat16":
-                model = _mixed_bfloat16(model, keras)
+                model = mixed_bfloat16(model, keras)
         return KerasOnTensorFlow(model, options, device, name)
     model = load_keras_model(path, trusted, keras)
     if options.precision == "bfloat16":
-        model = _mixed_bfloat16(model, keras)
+        model = mixed_bfloat16(model, keras)
     return KerasOnJax(model, options, gpu)
