@@ -103,14 +103,13 @@ def test_a_worker_keeps_one_model_per_options_and_gpu():
     assert load_package(package, RuntimeOptions(normalization=Normalization(scale=2))) is not first
 
 
-def test_bfloat16_runs_the_model_in_bfloat16(tmp_path, run):
+def test_bfloat16_runs_the_model_in_bfloat16(tmp_path, run, reference):
     """Mixed precision is opt-in; its agreement with float32 is reported, not required."""
-    common = dict(input=[str(SCENE)], model=str(MODEL), tile_size=128, scores=True)
-    run(output=str(tmp_path / "f32"), **common)
-    report = run(output=str(tmp_path / "bf16"), precision="bfloat16", **common)
+    report = run(input=[str(SCENE)], model=str(MODEL), output=str(tmp_path), tile_size=128,
+                 scores=True, backend="tensorflow", precision="bfloat16")  # fmt: skip
     assert report["config"]["precision"] == "bfloat16"
-    classes, scores = _outputs(tmp_path / "bf16")
-    expected_classes, expected_scores = _outputs(tmp_path / "f32")
+    classes, scores = _outputs(tmp_path)
+    expected_classes, expected_scores = reference
     valid = expected_classes != 255
     agreement = (classes[valid] == expected_classes[valid]).mean()
     difference = np.nanmax(np.abs(scores - expected_scores))
