@@ -4,14 +4,12 @@
 """
 
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
 from pathlib import Path
 
 from sparkinfer import storage
 from sparkinfer.cli import config_from_args, print_summary
 from sparkinfer.errors import JobFailed, UserError
-from sparkinfer.job import Checked, check_job, plan_job, run_job, runtime_options
+from sparkinfer.job import check_job, plan_job, run_job, runtime_options
 from sparkinfer.stage import warm_workers
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
@@ -31,23 +29,20 @@ def main(argv: list[str]) -> int:
         print(f"sparkinfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
-    # The session starts, and its Python workers load the model, while this thread loads and
-    # checks the model and plans: each takes seconds, and they overlap.
-    with ThreadPoolExecutor(2, thread_name_prefix="sparkinfer-start") as pool:
-        starting = pool.submit(_session)
-        warming = pool.submit(_warm, starting, checked)
-        try:
-            job = plan_job(checked)
-        except UserError as exc:  # a model or inputs the job cannot use: nothing written
-            spark = starting.result()
-            spark.sparkContext.setLogLevel("ERROR")  # no lines about the cancelled warm-up
-            spark.sparkContext.cancelAllJobs()
-            warming.result()
-            spark.stop()
-            print(f"sparkinfer: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-        spark = starting.result()
+    spark = _session()
+    # The Python workers start and load the model while this thread loads and checks the
+    # model and plans: each takes seconds, and they overlap.
+    warming = warm_workers(spark, checked.package, runtime_options(checked.config))
+    try:
+        job = plan_job(checked)
+    except UserError as exc:  # a model or inputs the job cannot use: nothing written
+        spark.sparkContext.setLogLevel("ERROR")  # no lines about the cancelled warm-up
+        spark.sparkContext.cancelAllJobs()
         warming.result()
+        spark.stop()
+        print(f"sparkinfer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    warming.result()
     try:
         print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
         report = run_job(spark, job)
@@ -69,15 +64,6 @@ def _session():
     for key, value in storage.executor_environment().items():
         builder = builder.config(f"spark.executorEnv.{key}", value)
     return builder.getOrCreate()
-
-
-def _warm(starting: Future, checked: Checked) -> None:
-    """Workers load the model; cancelled (a user error found meanwhile), it leaves them be."""
-    from py4j.protocol import Py4JJavaError
-    from pyspark.errors import PySparkException
-
-    with suppress(Py4JJavaError, PySparkException):
-        warm_workers(starting.result(), checked.package, runtime_options(checked.config))
 
 
 if __name__ == "__main__":

@@ -499,12 +499,16 @@ def infer_and_write(
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
 
 
-def warm_workers(spark, package: ModelPackage, options: RuntimeOptions) -> None:
+def warm_workers(spark, package: ModelPackage, options: RuntimeOptions) -> Future:
     """Start a Python worker per core and load the model in each, with a job of one task per
-    core: the stage's tasks then find the model loaded in the workers Spark reuses. Run while
-    the driver still checks and plans, it takes the workers' start, the framework's import and
-    the model's load off the run's critical path. A model that fails to load is left to the
-    stage, which reports it."""
+    core: the stage's tasks then find the model loaded in the workers Spark reuses.
+
+    Returns at once: the job runs on a thread of its own (the caller checks and plans
+    meanwhile) and its future is done when every worker has loaded the model, or the job was
+    cancelled. A model that fails to load is left to the stage, which reports it."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
     model = spark.sparkContext.broadcast(package)
 
     def load(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -516,7 +520,16 @@ def warm_workers(spark, package: ModelPackage, options: RuntimeOptions) -> None:
     cores = spark.sparkContext.defaultParallelism
     with keras_workers(spark, options.backend):
         frame = spark.range(cores, numPartitions=cores).mapInArrow(load, "id long")
-    frame.collect()
+
+    def run() -> None:
+        with suppress(Py4JJavaError, PySparkException):  # cancelled: a user error was found
+            frame.collect()
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sparkinfer-warm")
+    try:
+        return pool.submit(run)
+    finally:
+        pool.shutdown(wait=False)
 
 
 @contextmanager
