@@ -34,6 +34,11 @@ with zipfile.ZipFile(root / "build" / "sparkinfer.zip", "w", zipfile.ZIP_DEFLATE
         zf.write(path, path.relative_to(root))
 PY
 
+# The class-data archive of Spark's classes (conf/jvm-archive.sh, made by make) halves the JVM's
+# start; a JVM that cannot use it (another version, another class path, no file) starts as usual.
+archive="$here/build/jvm/spark-classes.jsa"
+java_options="-XX:SharedArchiveFile=$archive -Xlog:cds*=off"
+
 extra=()
 if [[ -n "${SPARK_SUBMIT_ARGS:-}" ]]; then
     read -r -a extra <<< "$SPARK_SUBMIT_ARGS"
@@ -43,7 +48,8 @@ exec "$venv/bin/spark-submit" \
     --master "$master" \
     --name sparkinfer \
     --properties-file "$here/conf/spark-defaults.conf" \
-    --driver-java-options "-Dlog4j2.configurationFile=file:$here/conf/log4j2.properties" \
+    --driver-java-options "$java_options -Dlog4j2.configurationFile=file:$here/conf/log4j2.properties" \
+    --conf "spark.executor.extraJavaOptions=$java_options" \
     --conf "spark.executorEnv.PYSPARK_PYTHON=$PYSPARK_PYTHON" \
     --py-files "$here/build/sparkinfer.zip" \
     "${extra[@]}" \

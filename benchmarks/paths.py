@@ -100,6 +100,17 @@ def _job(args):
     return prepare_job(config_from_args(argv, defaults_file=DEFAULTS))
 
 
+def _batch_size(job) -> int:
+    """The job's tiles per model call, `auto` resolved as the job resolves it on a CPU: every
+    path runs the same batches."""
+    from sparkinfer.runtimes.base import CPU_CALL_PIXELS
+
+    if job.config.batch_size != "auto":
+        return job.config.batch_size
+    window = job.tiling.tile_size + 2 * job.tiling.halo
+    return max(1, CPU_CALL_PIXELS // window**2)
+
+
 def _tiles(job) -> list[dict]:
     plan = job.rasters[0].plan
     chunks = plan.chunks().select(["chunk_row", "chunk_col"]).to_pylist()
@@ -145,7 +156,7 @@ def model_only(args) -> dict:
     tiles = _tiles(job)
     with rasterio.open(args.raster) as src:
         windows = [_read(src, t)[0] for t in tiles]
-    size = job.config.batch_size
+    size = _batch_size(job)
     batches = [np.stack(windows[i : i + size]) for i in range(0, len(windows), size)]
     del windows
     runtime = load_model(args.model)
@@ -173,8 +184,9 @@ def plain_script(args) -> dict:
                                  "blockxsize": 512, "blockysize": 512, "compress": "deflate",
                                  "predictor": 2}  # fmt: skip
         with rasterio.open(output, "w", **profile) as dst:
-            for i in range(0, len(tiles), job.config.batch_size):
-                batch = tiles[i : i + job.config.batch_size]
+            size = _batch_size(job)
+            for i in range(0, len(tiles), size):
+                batch = tiles[i : i + size]
                 pixels, valid = zip(*(_read(src, t) for t in batch), strict=True)
                 scores = model.predict_on_batch(np.stack(pixels))
                 for tile, score, core_valid in zip(batch, scores, valid, strict=True):
@@ -277,7 +289,7 @@ def predict_batch_udf(args) -> dict:
             return predict
 
         classify = spark_predict_batch_udf(
-            make_predict_fn, return_type=ArrayType(ByteType()), batch_size=job.config.batch_size,
+            make_predict_fn, return_type=ArrayType(ByteType()), batch_size=_batch_size(job),
             input_tensor_shapes=[[len(FIELDS)]],
         )  # fmt: skip
         frame = spark.createDataFrame(pa.Table.from_pylist(tiles))  # a slice per core

@@ -59,7 +59,7 @@ if "spark" not in globals():  # Databricks defines it; a plain Python run makes 
 argv = ["--input", *shlex.split(widget("input")), "--model", widget("model"),
         "--output", widget("output"), *shlex.split(widget("options"))]  # fmt: skip
 try:
-    report = run_job(spark, prepare_job(config_from_args(argv)))
+    report = run_job(spark, prepare_job(config_from_args(argv), spark))
 except SparkInferError as exc:  # one line, as the command line gives it
     raise SystemExit(f"sparkinfer: error: {exc}") from None
 

@@ -30,21 +30,18 @@ def main(argv: list[str]) -> int:
         return exc.exit_code
 
     spark = _session()
-    # The Python workers start and load the model while this thread loads and checks the
-    # model and plans: each takes seconds, and they overlap.
-    warming = warm_workers(spark, checked.package, runtime_options(checked.config))
+    print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
     try:
-        job = plan_job(checked)
+        # The Python workers start, load the model and inspect it: the driver never starts a
+        # framework, and the stage finds the model loaded.
+        model = warm_workers(spark, checked.package, runtime_options(checked.config),
+                             checked.config.model)  # fmt: skip
+        job = plan_job(checked, model)
     except UserError as exc:  # a model or inputs the job cannot use: nothing written
-        spark.sparkContext.setLogLevel("ERROR")  # no lines about the cancelled warm-up
-        spark.sparkContext.cancelAllJobs()
-        warming.result()
         spark.stop()
         print(f"sparkinfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    warming.result()
     try:
-        print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
         report = run_job(spark, job)
     except (UserError, JobFailed) as exc:  # the folder was taken meanwhile; a Spark job failed
         print(f"sparkinfer: error: {exc}", file=sys.stderr)

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--offset", type=float, help="normalisation: added after --scale")
     add("--mean", type=_floats, metavar="M1,M2,..", help="normalisation: per-band mean")
     add("--std", type=_floats, metavar="S1,S2,..", help="normalisation: per-band std")
-    add("--batch-size", type=int, metavar="N", help="tiles per model call (default 8)")
+    add("--batch-size", type=_int_or_auto, metavar="N|auto",
+        help="tiles per model call (default auto: from the device, see the README)")  # fmt: skip
     add("--readers", type=_int_or_auto, metavar="N|auto",
         help="reader threads per task (default auto: one per core of the task)")  # fmt: skip
     add("--scores", action="store_true", default=None, help="also write per-class scores")

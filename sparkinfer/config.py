@@ -125,7 +125,11 @@ class JobConfig(_Strict):
     normalization: Normalization = Field(
         default_factory=Normalization, description="Pixel scaling before inference."
     )
-    batch_size: int = Field(8, gt=0, description="Tiles per model call.")
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Tiles per model call; 'auto': on a CPU tiles up to 2^18 pixels together "
+        "(one 512-pixel tile), on a GPU as many as half its free memory holds.",
+    )
     readers: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto",
         description="Threads per Spark task that read and decode chunk windows ahead of the "

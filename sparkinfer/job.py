@@ -52,6 +52,7 @@ from sparkinfer.stage import (
     map_in_partitions,
     plan_table,
     spark_failures,
+    warm_workers,
 )
 from sparkinfer.writers import ChunkSpec, assemble_cog, is_committed
 
@@ -255,20 +256,29 @@ def check_job(config: JobConfig) -> Checked:
     return Checked(config, output, tuple(inputs), tuple(failed), package)
 
 
-def prepare_job(config: JobConfig) -> Job:
-    """Check model, output and inputs, then plan every raster (`check_job`, then `plan_job`)."""
-    return plan_job(check_job(config))
+def prepare_job(config: JobConfig, spark=None) -> Job:
+    """Check model, output and inputs, then plan every raster (`check_job`, then `plan_job`).
+
+    With a session, its Python workers start, load the model and inspect it (`warm_workers`),
+    so the driver never starts a framework and the stage finds the model loaded."""
+    checked = check_job(config)
+    model = None
+    if spark is not None:
+        model = warm_workers(spark, checked.package, runtime_options(config), config.model)
+    return plan_job(checked, model)
 
 
-def plan_job(checked: Checked) -> Job:
-    """Load and check the model, check the inputs, then plan every raster.
+def plan_job(checked: Checked, model: ModelInfo | None = None) -> Job:
+    """Check the model (inspected here unless `model` is what an inspection found), check the
+    inputs, then plan every raster.
 
     Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
     `Failure` in `Job.failed` (or raises, with `fail_fast`).
     """
     config, output, package = checked.config, checked.output, checked.package
     inputs, failed = list(checked.inputs), list(checked.failed)
-    model = inspect_model(config.model, config.trust_model, config.backend)
+    if model is None:
+        model = inspect_model(config.model, config.trust_model, config.backend)
     if config.precision != "float32" and model.format != "keras":
         raise ConfigError(
             f"{config.model}: --precision {config.precision} applies to .keras models; run "
@@ -482,7 +492,7 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
         staging=tuple(str(r.staging) for r in rasters),
         bands=job.bands,
         runtime=runtime_options(job.config),
-        batch_size=job.config.batch_size,
+        batch_size=None if job.config.batch_size == "auto" else job.config.batch_size,
         readers=None if job.config.readers == "auto" else job.config.readers,
         classes=job.model.classes,
         scores=job.config.scores,

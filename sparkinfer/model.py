@@ -18,7 +18,9 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import zstandard
@@ -208,6 +210,35 @@ def _probe_stride(runtime: Runtime, path: Path) -> int:
     raise ModelError(f"{path}: model gives no output at input resolution for any stride <= 64")
 
 
+@contextmanager
+def unpacked(package: ModelPackage) -> Iterator[Path]:
+    """The package's model files in a temporary folder, removed on exit."""
+    raw = zstandard.ZstdDecompressor().decompress(package.payload)
+    folder = Path(tempfile.mkdtemp(prefix="sparkinfer-model-"))
+    try:
+        if package.format == "savedmodel":
+            path = folder / "savedmodel"
+            with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+                tar.extractall(path, filter="data")
+        else:
+            path = folder / f"model.{package.format}"
+            path.write_bytes(raw)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def inspect_package(package: ModelPackage, name: str, backend: Backend) -> ModelInfo:
+    """`inspect_model` on a package's files, in a Python worker, so that the driver need not
+    start a framework; messages and the result name the model `name` the user gave."""
+    with unpacked(package) as path:
+        try:
+            info = inspect_model(path, package.trusted, backend)
+        except ModelError as exc:
+            raise ModelError(str(exc).replace(str(path), name)) from None
+    return replace(info, path=name)
+
+
 # Per-worker cache: Spark reuses Python workers (spark.python.worker.reuse), so a model loaded
 # by one task serves every later task of the worker; one per GPU where a worker serves several.
 _WORKER_CACHE: dict[tuple, Runtime] = {}
@@ -226,20 +257,10 @@ def load_package(
     cached = _WORKER_CACHE.get(key)
     if cached is not None:
         return cached
-    raw = zstandard.ZstdDecompressor().decompress(package.payload)
-    folder = Path(tempfile.mkdtemp(prefix="sparkinfer-model-"))
-    try:
-        if package.format == "savedmodel":
-            path = folder / "savedmodel"
-            with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-                tar.extractall(path, filter="data")
-        else:
-            path = folder / f"model.{package.format}"
-            path.write_bytes(raw)
+    # Loading restores every variable, so the files are no longer needed after it.
+    with unpacked(package) as path:
         runtime = open_runtime(path, package.format, options, gpu=gpu, threads=threads,
                                trusted=package.trusted)  # fmt: skip
-    finally:  # loading restores every variable, so the files are no longer needed
-        shutil.rmtree(folder, ignore_errors=True)
     while len(_WORKER_CACHE) >= _WORKER_CACHE_SIZE:
         _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
     _WORKER_CACHE[key] = runtime

@@ -12,6 +12,7 @@ arrays inside the Python worker: they never leave the executor.
 
 from __future__ import annotations
 
+import pickle
 import re
 import threading
 import time
@@ -28,8 +29,8 @@ from rasterio.errors import RasterioError
 
 from sparkinfer import storage
 from sparkinfer.devices import TaskResources, gpu_ordinal, task_resources
-from sparkinfer.errors import JobFailed, first_line
-from sparkinfer.model import ModelPackage, load_package
+from sparkinfer.errors import JobFailed, ModelError, first_line
+from sparkinfer.model import ModelInfo, ModelPackage, inspect_package, load_package
 from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
 from sparkinfer.runtimes import RuntimeOptions
@@ -45,11 +46,13 @@ class StageSpec:
     staging: tuple[str, ...]  # one chunk folder per raster
     bands: tuple[int, ...]
     runtime: RuntimeOptions  # how the model runs, the pixels' normalisation included
-    batch_size: int
+    batch_size: int | None  # tiles per model call; None: the runtime's auto_batch
     readers: int | None  # reader threads per task; None: one per core of the task
     classes: int
     scores: bool
 
+
+INSPECTED_SCHEMA = pa.schema([("inspected", pa.binary())])  # a pickled ModelInfo or error line
 
 CHUNK_FIELDS = ("raster_index", "chunk_row", "chunk_col")
 
@@ -288,6 +291,17 @@ def predict_tiles(
             yield TileResult(t, core_classes, core_scores, read.read_s, share, placement)
         pending.clear()
 
+    batch_sizes: dict[tuple, int] = {}  # per window shape and type, for batch_size auto
+
+    def batch_size(read: _ReadTile) -> int:
+        if spec.batch_size:
+            return spec.batch_size
+        key = (read.pixels.shape, read.pixels.dtype)
+        if key not in batch_sizes:
+            height, width = read.pixels.shape[:2]
+            batch_sizes[key] = runtime.auto_batch(height, width, read.pixels.dtype)
+        return batch_sizes[key]
+
     readers = spec.readers or resources.cpus
     for read in _prefetched(_plan_chunks(batches, spec), spec, readers):
         if read.pixels is None:
@@ -297,7 +311,7 @@ def predict_tiles(
         if pending and pending[0].pixels.shape != read.pixels.shape:
             yield from run_batch()
         pending.append(read)
-        if len(pending) >= spec.batch_size:
+        if len(pending) >= batch_size(read):
             yield from run_batch()
     if pending:
         yield from run_batch()
@@ -367,15 +381,16 @@ def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.
     """Stream tile predictions into chunk files; one result row per chunk once it is complete.
 
     Writing (GDAL compresses with the GIL released) runs on a thread of its own while the model
-    runs on the next batch; at most two batches of predictions wait for it. A chunk whose
+    runs on the next batch; at most one chunk of tile predictions waits for it. A chunk whose
     pixels could not be read is not written: its row carries the error."""
     files = _ChunkFiles(spec)
+    waiting = spec.plans[0].tiling.chunk_tiles ** 2 if spec.plans else 1
     queued: deque[Future] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="sparkinfer-write") as pool:
         try:
             for result in results:
                 queued.append(pool.submit(files.add, result))
-                while queued and (queued[0].done() or len(queued) > 2 * spec.batch_size):
+                while queued and (queued[0].done() or len(queued) > waiting):
                     yield from _result_row(queued.popleft())
             while queued:
                 yield from _result_row(queued.popleft())
@@ -499,37 +514,55 @@ def infer_and_write(
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
 
 
-def warm_workers(spark, package: ModelPackage, options: RuntimeOptions) -> Future:
+def warm_workers(
+    spark, package: ModelPackage, options: RuntimeOptions, name: str
+) -> ModelInfo | None:
     """Start a Python worker per core and load the model in each, with a job of one task per
-    core: the stage's tasks then find the model loaded in the workers Spark reuses.
+    core, so that the stage's tasks find it loaded in the workers Spark reuses. The first task
+    also inspects the model (`inspect_package`): the driver then never starts a framework.
 
-    Returns at once: the job runs on a thread of its own (the caller checks and plans
-    meanwhile) and its future is done when every worker has loaded the model, or the job was
-    cancelled. A model that fails to load is left to the stage, which reports it."""
+    Returns what the inspection found; raises its ModelError; None when the job itself failed
+    (the caller inspects on the driver, and the stage reports what keeps workers from running).
+    """
     from py4j.protocol import Py4JJavaError
+    from pyspark import TaskContext
     from pyspark.errors import PySparkException
 
     model = spark.sparkContext.broadcast(package)
 
     def load(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         resources = task_resources()
+        # First, so that the runtime sets the task's thread limits before anything starts
+        # the framework.
         with suppress(Exception):  # the stage loads it again and reports why it fails
             load_package(model.value, options, gpu_ordinal(resources.gpu), resources.cpus)
-        yield from batches
+        found = None
+        if TaskContext.get().partitionId() == 0:
+            try:
+                found = pickle.dumps(inspect_package(model.value, name, options.backend))
+            except ModelError as exc:
+                found = pickle.dumps(str(exc))
+            except Exception as exc:  # noqa: BLE001 -- whatever fails, the model is unusable
+                found = pickle.dumps(f"{name}: cannot load model ({first_line(exc)})")
+        for _ in batches:
+            pass
+        yield pa.RecordBatch.from_pydict({"inspected": [found]}, schema=INSPECTED_SCHEMA)
 
     cores = spark.sparkContext.defaultParallelism
     with keras_workers(spark, options.backend):
-        frame = spark.range(cores, numPartitions=cores).mapInArrow(load, "id long")
-
-    def run() -> None:
-        with suppress(Py4JJavaError, PySparkException):  # cancelled: a user error was found
-            frame.collect()
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="sparkinfer-warm")
+        frame = spark.range(cores, numPartitions=cores).mapInArrow(
+            load, spark_schema(INSPECTED_SCHEMA)
+        )
     try:
-        return pool.submit(run)
+        rows = frame.collect()
+    except (Py4JJavaError, PySparkException):
+        return None
     finally:
-        pool.shutdown(wait=False)
+        model.unpersist()
+    found = next((pickle.loads(r.inspected) for r in rows if r.inspected is not None), None)
+    if isinstance(found, str):
+        raise ModelError(found)
+    return found
 
 
 @contextmanager

@@ -16,12 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 @pytest.fixture(scope="session")
 def spark():
+    from processes import JVM_OPTIONS
     from pyspark.sql import SparkSession
 
     session = (
         SparkSession.builder.master("local[2]")
         .appName("sparkinfer-tests")
         .config("spark.ui.enabled", "false")
+        .config("spark.driver.extraJavaOptions", JVM_OPTIONS)
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
         .getOrCreate()

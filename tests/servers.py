@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from processes import wait_until
+from processes import JVM_OPTIONS, wait_until
 
 BIN = Path(sys.executable).parent
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
@@ -71,7 +71,8 @@ def standalone_cluster(folder: Path, gpus: int = 0) -> Iterator[str]:
     AWS_* variables, as on a real cluster: executors have only what the job passes them."""
     port, ui_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder / "logs")}
+    env |= {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder / "logs"),
+            "SPARK_DAEMON_JAVA_OPTS": JVM_OPTIONS}
     if gpus:
         env["PATH"] = f"{fake_nvidia_smi(folder / 'bin', gpus)}:{env['PATH']}"
         env["SPARK_WORKER_OPTS"] = (

@@ -34,10 +34,12 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
     assert config.chunk_tiles == "auto"
 
 
+@pytest.mark.parametrize("option", ["chunk_tiles", "batch_size", "readers"])
 @pytest.mark.parametrize("flag, expected", [("auto", "auto"), ("3", 3)])
-def test_chunk_tiles_is_a_number_or_auto(flag, expected):
-    argv = ["--input", "x.tif", "--model", "m.keras", "--output", "o", "--chunk-tiles", flag]
-    assert config_from_args(argv, defaults_file=DEFAULTS).chunk_tiles == expected
+def test_counts_are_a_number_or_auto(option, flag, expected):
+    argv = ["--input", "x.tif", "--model", "m.keras", "--output", "o",
+            f"--{option.replace('_', '-')}", flag]  # fmt: skip
+    assert getattr(config_from_args(argv, defaults_file=DEFAULTS), option) == expected
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,10 @@ from builders import export_onnx, export_savedmodel
 from sparkinfer.config import Normalization, load_config
 from sparkinfer.errors import ConfigError, ModelError
 from sparkinfer.job import prepare_job
-from sparkinfer.model import load_model, load_package, package_model
+from sparkinfer.model import inspect_model, load_model, load_package, package_model
 from sparkinfer.runtimes import RuntimeOptions, preprocess
+from sparkinfer.runtimes.base import GPU_DEFAULT_BATCH, GPU_MAX_BATCH, Device, Runtime
+from sparkinfer.stage import warm_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENE = ROOT / "data" / "nc_landsat7_2000.tif"
@@ -132,3 +134,50 @@ def test_an_onnx_file_that_is_not_a_model_is_one_line(tmp_path):
     broken.write_bytes(b"not a protobuf")
     with pytest.raises(ModelError, match="broken.onnx: cannot load model"):
         load_model(broken)
+
+
+def test_batch_size_auto_is_one_512_window_per_call_on_a_cpu():
+    runtime = load_package(package_model(MODEL))
+    assert runtime.auto_batch(516, 516, np.dtype("uint8")) == 1
+    assert runtime.auto_batch(142, 142, np.dtype("uint8")) == 13  # 2^18 // 142^2
+    assert runtime.auto_batch(4096, 4096, np.dtype("uint16")) == 1
+
+
+class _GPU(Runtime):
+    """A runtime on a GPU that reports `memory`, for the batch arithmetic (no GPU here)."""
+
+    format = "keras"
+
+    def __init__(self, memory):
+        super().__init__(4, RuntimeOptions(), Device("gpu", 0))
+        self.memory = memory
+
+    def window_memory(self, height, width, dtype):
+        return self.memory
+
+    def scores(self, batch):
+        raise NotImplementedError
+
+    def classify(self, pixels, valid, with_scores=False):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize(
+    "memory, batch",
+    [((80 << 30, 9 << 30), 4),  # half of 80 GiB free over 9 GiB a window
+     ((80 << 30, 100 << 20), GPU_MAX_BATCH),
+     ((4 << 30, 9 << 30), 1),
+     (None, GPU_DEFAULT_BATCH)],  # the framework does not tell
+)  # fmt: skip
+def test_batch_size_auto_on_a_gpu_fills_half_its_free_memory(memory, batch):
+    assert _GPU(memory).auto_batch(2336, 2336, np.dtype("uint8")) == batch
+
+
+def test_the_workers_inspect_the_model_as_the_driver_does(spark, models):
+    options = RuntimeOptions(backend="tensorflow")
+    found = warm_workers(spark, package_model(MODEL), options, str(MODEL))
+    assert found == inspect_model(MODEL, backend="tensorflow")
+    assert found.receptive_halo == HALO and found.classes == 7
+    dense = str(models["dense"])
+    with pytest.raises(ModelError, match=f"^{dense}: .*not fully convolutional"):
+        warm_workers(spark, package_model(dense), options, dense)

@@ -47,6 +47,17 @@ class Device:
 
 CPU = Device()
 
+# Pixels per model call on a CPU with `batch_size` auto. A batch is a loop over its windows on
+# one core, so a bigger one only spills the activations out of the cache: the benchmark's
+# 3-convolution model ran 40% faster per core on one 516 x 516 window per call than on 8
+# (two processes side by side, benchmarks/results/2026-11-27-vm-batch.json).
+CPU_CALL_PIXELS = 1 << 18
+# On a GPU: the share of free device memory a batch may take, the largest batch, and the batch
+# where the framework cannot say what one window takes.
+GPU_MEMORY_SHARE = 0.5
+GPU_MAX_BATCH = 64
+GPU_DEFAULT_BATCH = 4
+
 
 class Runtime(ABC):
     """A loaded model. Subclasses run one model format."""
@@ -69,6 +80,23 @@ class Runtime(ABC):
             return tuple(self.scores(np.zeros((1, height, width, self.bands), np.float32)).shape)
         except Exception:  # noqa: BLE001 -- any framework's error means "not this size"
             return None
+
+    def auto_batch(self, height: int, width: int, dtype: np.dtype) -> int:
+        """Windows per call for `batch_size` auto. On a CPU, windows up to `CPU_CALL_PIXELS`
+        pixels together. On a GPU, as many as fit in `GPU_MEMORY_SHARE` of its free memory,
+        from what one window took there (`window_memory`)."""
+        if self.device.kind == "cpu":
+            return max(1, CPU_CALL_PIXELS // (height * width))
+        memory = self.window_memory(height, width, dtype)
+        if memory is None:
+            return GPU_DEFAULT_BATCH
+        free, one = memory
+        return max(1, min(GPU_MAX_BATCH, int(GPU_MEMORY_SHARE * free // max(one, 1))))
+
+    def window_memory(self, height: int, width: int, dtype: np.dtype) -> tuple[int, int] | None:
+        """Free device memory and what a call on one window takes, in bytes; None where the
+        framework does not tell."""
+        return None
 
     @abstractmethod
     def classify(

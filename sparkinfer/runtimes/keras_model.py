@@ -153,6 +153,15 @@ class KerasOnJax(Runtime):
     def output_shape(self, height: int, width: int) -> tuple[int, ...] | None:
         return symbolic_output_shape(self.model, height, width, self.bands)
 
+    def window_memory(self, height: int, width: int, dtype: np.dtype) -> tuple[int, int] | None:
+        stats = self._jax_device.memory_stats()  # None on a CPU
+        if not stats or "bytes_limit" not in stats:
+            return None
+        before = stats["bytes_in_use"]
+        self.classify(np.zeros((1, height, width, self.bands), dtype), None)
+        stats = self._jax_device.memory_stats()
+        return stats["bytes_limit"] - stats["bytes_in_use"], stats["peak_bytes_in_use"] - before
+
     def classify(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
