@@ -11,11 +11,26 @@ from builders import write_raster
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# jobs/infer_tiles.py's main, then a line if the driver imported TensorFlow: the model is
+# loaded and checked in the Python workers, never on the driver.
+MAIN = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "jobs")!r})
+from infer_tiles import main
+code = main(sys.argv[1:])
+if "tensorflow" in sys.modules:
+    print("the driver imported tensorflow", file=sys.stderr)
+sys.exit(code)
+"""
+
+
 def infer(*args, **env):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "infer_tiles.py"), *map(str, args)],
+    done = subprocess.run(
+        [sys.executable, "-c", MAIN, *map(str, args)],
         capture_output=True, text=True, timeout=120, env=dict(os.environ, **env),
     )  # fmt: skip
+    assert "the driver imported tensorflow" not in done.stderr
+    return done
 
 
 @pytest.fixture
