@@ -312,7 +312,8 @@ def predict_batch_udf(args) -> dict:
         predicted.mapInArrow(write_tiles, "tiles long").collect()
         chunks = [_tile_chunk(folder, t) for t in tiles]
         assemble_cog(info, chunks, Path(args.output) / "udf.tif", CogOptions(), scores=False,
-                     classes=job.model.classes, metadata={})  # fmt: skip
+                     classes=job.model.classes, channels=job.model.channels,
+                     metadata={})  # fmt: skip
         seconds = time.perf_counter() - started
         memory = peak_memory()
     finally:

@@ -34,8 +34,9 @@ class _Strict(BaseModel):
 class Normalization(_Strict):
     """How pixels are scaled before they reach the model (after band selection).
 
-    Either `scale`/`offset` (x * scale + offset, same for every band) or per-band `mean`/`std`
-    ((x - mean) / std); neither means float32 pixels unchanged.
+    `x * scale + offset` (the same for every band) first, then per-band `(x - mean) / std`:
+    digital numbers to reflectance, then a model's own statistics in reflectance units. Each
+    step is optional; none means float32 pixels unchanged.
     """
 
     scale: float | None = Field(None, description="Multiplier applied to every band.")
@@ -44,12 +45,8 @@ class Normalization(_Strict):
     std: list[float] | None = Field(None, description="Per-band standard deviation divisor.")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> Normalization:
-        linear = self.scale is not None or self.offset is not None
-        standard = self.mean is not None or self.std is not None
-        if linear and standard:
-            raise ValueError("use either scale/offset or mean/std, not both")
-        if standard:
+    def _statistics_together(self) -> Normalization:
+        if self.mean is not None or self.std is not None:
             if self.mean is None or self.std is None:
                 raise ValueError("mean and std must be given together")
             if len(self.mean) != len(self.std):

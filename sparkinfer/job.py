@@ -10,6 +10,7 @@ stages and writes `_run.json`.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -114,15 +115,39 @@ class Job:
     failed: tuple[Failure, ...] = ()  # rasters refused before Spark
 
 
-def _check_output_folder(output: str, inputs: list[str]) -> None:
+def _input_roots(patterns: list[str]) -> list[tuple[str, str]]:
+    """(pattern, folder) for each input that names a folder or a glob pattern: the folder it
+    lists, or the pattern's fixed part (up to its first wildcard)."""
+    roots = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            if storage.is_s3(pattern):  # only the file name may hold wildcards
+                roots.append((pattern, storage.parent(pattern)))
+                continue
+            parts = Path(pattern).absolute().parts
+            fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            roots.append((pattern, str(Path(*parts[:fixed]).resolve())))
+        elif storage.is_dir(pattern):
+            roots.append((pattern, storage.absolute(pattern) if storage.is_s3(pattern)
+                          else str(Path(pattern).resolve())))  # fmt: skip
+    return roots
+
+
+def _check_output_folder(output: str, patterns: list[str], inputs: list[str]) -> None:
+    """The output is neither an input's own folder nor inside a folder or pattern given as
+    input, so no later run takes outputs for inputs; next to an input file is fine."""
     resolved = None if storage.is_s3(output) else Path(output).resolve()
     target = output if resolved is None else str(resolved)
-    for path in inputs:
-        folder = storage.parent(path)
-        if target == folder or target.startswith(folder.rstrip("/") + "/"):
+    for pattern, root in _input_roots(patterns):
+        if target == root or target.startswith(root.rstrip("/") + "/"):
             raise OutputError(
-                f"{output}: output folder is the folder of input {path} or inside it; "
-                "choose a separate folder"
+                f"{output}: output folder is inside input {pattern}, where a later run would "
+                "take the outputs for inputs; choose a folder outside it"
+            )
+    for path in inputs:
+        if target == storage.parent(path):
+            raise OutputError(
+                f"{output}: output folder is the folder of input {path}; choose a separate folder"
             )
     if resolved is None:
         try:
@@ -164,14 +189,16 @@ def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
 
 
 def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling: Tiling) -> str:
-    """Hash of everything that decides a raster's output pixels: chunks of another run never mix."""
+    """Hash of everything that decides a raster's outputs, their bytes included (the COG's
+    layout, the code that wrote them): chunks of another run never mix."""
     parts = {
         "input": [info.path, info.size, info.mtime_ns],
         "model": package.digest,
         "tiling": asdict(tiling),
         "pixels": config.model_dump(
-            include={"bands", "normalization", "scores", "backend", "precision"}
+            include={"bands", "normalization", "scores", "backend", "precision", "cog"}
         ),
+        "version": __version__,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -250,7 +277,7 @@ def check_job(config: JobConfig) -> Checked:
     """The checks that need neither the model loaded nor Spark; a UserError stops the run."""
     output = storage.absolute(config.output)
     inputs, failed = _resolve(config)
-    _check_output_folder(output, inputs)
+    _check_output_folder(output, config.input, inputs)
     OutputLock(output).check()
     package = package_model(config.model, config.trust_model)
     return Checked(config, output, tuple(inputs), tuple(failed), package)
@@ -394,8 +421,8 @@ def _assemble(task: tuple) -> dict:
     started = time.perf_counter()
     try:
         chunks = chunk_specs(raster)
-        common = dict(classes=model.classes, metadata=metadata, class_names=model.class_names,
-                      class_colors=model.class_colors)  # fmt: skip
+        common = dict(classes=model.classes, channels=model.channels, metadata=metadata,
+                      class_names=model.class_names, class_colors=model.class_colors)  # fmt: skip
         # Each output appears whole (written locally, then renamed or uploaded); the chunks go
         # only once all are there, so a run that dies here redoes this raster from its chunks.
         if raster.scores_path is not None:
@@ -494,7 +521,7 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
         runtime=runtime_options(job.config),
         batch_size=None if job.config.batch_size == "auto" else job.config.batch_size,
         readers=None if job.config.readers == "auto" else job.config.readers,
-        classes=job.model.classes,
+        channels=job.model.channels,
         scores=job.config.scores,
     )
 
@@ -642,6 +669,7 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
             "sha256": job.package.digest,
             "bands": job.model.bands,
             "classes": job.model.classes,
+            "channels": job.model.channels,
             "stride": job.model.stride,
             "receptive_halo": job.model.receptive_halo,
             "class_names": list(job.model.class_names),

@@ -46,12 +46,17 @@ class ModelInfo:
     path: str
     format: str
     bands: int
-    classes: int
+    channels: int  # output channels: a score per class, or one sigmoid score (of class 1)
     stride: int
     receptive_halo: int | None  # None when the graph could not be traced
     untraceable: str | None  # why the halo could not be derived
     class_names: tuple[str, ...] = ()  # from the model's sparkinfer.json, when it has one
     class_colors: tuple[str, ...] = ()  # "#rrggbb", one per class
+
+    @property
+    def classes(self) -> int:
+        """Classes of the class map: one sigmoid channel makes two, 0 below 0.5 and 1 from it."""
+        return 2 if self.channels == 1 else self.channels
 
 
 FORMAT_NAMES = {"keras": "a Keras file", "savedmodel": "a SavedModel", "onnx": "an ONNX model"}
@@ -78,7 +83,7 @@ def package_model(path: str | Path, trusted: bool = False) -> ModelPackage:
     else:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            for file in _saved_model_files(path):
                 info = tar.gettarinfo(str(file), arcname=str(file.relative_to(path)))
                 info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                 with file.open("rb") as fh:
@@ -86,6 +91,19 @@ def package_model(path: str | Path, trusted: bool = False) -> ModelPackage:
         raw = buffer.getvalue()
     digest = hashlib.sha256(raw).hexdigest()
     return ModelPackage(fmt, zstandard.ZstdCompressor(level=10).compress(raw), digest, trusted)
+
+
+# What TensorFlow loads from a SavedModel folder; anything else in it (a converter's .tflite
+# files, notes) never travels with the model.
+SAVED_MODEL_PARTS = ("saved_model.pb", "variables", "assets")
+
+
+def _saved_model_files(folder: Path) -> list[Path]:
+    files = []
+    for part in SAVED_MODEL_PARTS:
+        path = folder / part
+        files += [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sorted(files)
 
 
 def load_model(
@@ -137,13 +155,13 @@ def inspect_model(
         untraceable = f"{FORMAT_NAMES[runtime.format]} has no layer graph to trace"
     if untraceable is not None:
         stride = _probe_stride(runtime, path)
-    classes = _probe_classes(runtime, path, stride)
-    names, colors = read_class_table(path, classes, runtime)
+    channels = _probe_channels(runtime, path, stride)
+    names, colors = read_class_table(path, 2 if channels == 1 else channels, runtime)
     return ModelInfo(
         path=str(path),
         format=runtime.format,
         bands=runtime.bands,
-        classes=classes,
+        channels=channels,
         stride=stride,
         receptive_halo=halo,
         untraceable=untraceable,
@@ -185,8 +203,8 @@ def read_class_table(
     return names, colors
 
 
-def _probe_classes(runtime: Runtime, path: Path, stride: int) -> int:
-    """Check the model's output is at input resolution on a small input; its classes."""
+def _probe_channels(runtime: Runtime, path: Path, stride: int) -> int:
+    """Check the model's output is at input resolution on a small input; its channels."""
     height, width = 2 * stride * 8, 3 * stride * 8
     shape = runtime.output_shape(height, width)
     if shape is None or len(shape) != 4 or shape[1:3] != (height, width):
@@ -195,10 +213,10 @@ def _probe_classes(runtime: Runtime, path: Path, stride: int) -> int:
             f"{path}: an input of {height}x{width} pixels gave {got}; a per-pixel model must "
             "output (batch, height, width, classes) -- it is not fully convolutional"
         )
-    classes = int(shape[-1])
-    if not 1 <= classes <= 255:
-        raise ModelError(f"{path}: model outputs {classes} classes; at most 255 are supported")
-    return classes
+    channels = int(shape[-1])
+    if not 1 <= channels <= 255:
+        raise ModelError(f"{path}: model outputs {channels} classes; at most 255 are supported")
+    return channels
 
 
 def _probe_stride(runtime: Runtime, path: Path) -> int:

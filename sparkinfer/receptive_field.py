@@ -64,6 +64,9 @@ _PER_PIXEL = {
     "AlphaDropout", "Rescaling", "Dense", "Identity", "ActivityRegularization", "Masking",
 }  # fmt: skip
 _CHANNEL_AXIS_LAYERS = {"LayerNormalization", "Normalization", "Softmax", "BatchNormalization"}
+# Radius, in input pixels, of each resampling kernel that UpSampling2D interpolates with (the
+# same in TensorFlow's and JAX's resize): its taps lie within it.
+_KERNEL_RADIUS = {"bilinear": 1, "bicubic": 2, "lanczos3": 3, "lanczos5": 5}
 _MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
 
 
@@ -124,18 +127,19 @@ def _layer_transform(layer):
     if kind == "UpSampling2D":
         sizes = _pair(layer.size)
         interpolation = layer.interpolation
+        if interpolation != "nearest" and interpolation not in _KERNEL_RADIUS:
+            raise UntraceableLayer(layer)
 
         def upsample(ext: AxisExtent, axis: int) -> AxisExtent:
             u = sizes[axis]
             jump = ext.jump / u
             if interpolation == "nearest":
                 return AxisExtent(jump, ext.lo - (u - 1) * jump, ext.hi)
-            if interpolation == "bilinear":
-                half = Fraction(1, 2)
-                return AxisExtent(
-                    jump, ext.lo + (half - 3 * half * u) * jump, ext.hi + (half + half * u) * jump
-                )
-            return AxisExtent(jump, ext.lo - 2 * u * jump, ext.hi + 2 * u * jump)
+            # Output j samples the input at x = (j + 1/2) / u - 1/2, from the taps within the
+            # kernel's radius r of x: inputs [x - r, x + r].
+            r, half = _KERNEL_RADIUS[interpolation], Fraction(1, 2)
+            return AxisExtent(jump, ext.lo + (half - half * u - r * u) * jump,
+                              ext.hi + (half - half * u + r * u) * jump)  # fmt: skip
 
         return upsample
     if kind in ("ZeroPadding2D", "Cropping2D"):

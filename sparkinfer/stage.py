@@ -48,7 +48,7 @@ class StageSpec:
     runtime: RuntimeOptions  # how the model runs, the pixels' normalisation included
     batch_size: int | None  # tiles per model call; None: the runtime's auto_batch
     readers: int | None  # reader threads per task; None: one per core of the task
-    classes: int
+    channels: int  # the model's output channels: the scores' bands
     scores: bool
 
 
@@ -353,7 +353,7 @@ class _ChunkFiles:
             if classes is None:
                 classes = np.full((height, width), CLASS_NODATA, np.uint8)
                 if spec.scores:
-                    scores = np.full((height, width, spec.classes), np.nan, np.float32)
+                    scores = np.full((height, width, spec.channels), np.nan, np.float32)
                 summary["skipped"] += 1
             else:
                 summary["inferred"] += 1
@@ -419,7 +419,7 @@ def _open_chunk(row: dict, spec: StageSpec) -> ChunkWriter:
         height=row["chunk_height"],
         width=row["chunk_width"],
     )
-    return ChunkWriter(chunk, spec.rasters[row["raster_index"]], spec.classes, spec.scores)
+    return ChunkWriter(chunk, spec.rasters[row["raster_index"]], spec.channels, spec.scores)
 
 
 def _new_summary(row: dict) -> dict:

@@ -91,7 +91,7 @@ class ChunkWriter:
     """Writes one chunk's class map (and optionally scores) tile by tile, then commits it."""
 
     def __init__(
-        self, spec: ChunkSpec, raster: RasterInfo, classes: int, write_scores: bool
+        self, spec: ChunkSpec, raster: RasterInfo, channels: int, write_scores: bool
     ) -> None:
         self.spec = spec
         transform = Affine(*raster.transform) * Affine.translation(spec.col_off, spec.row_off)
@@ -105,7 +105,7 @@ class ChunkWriter:
         self._files: list[tuple[Path, str, rasterio.io.DatasetWriter]] = []
         self._classes = self._open(spec.classes_path, common, 1, "uint8", CLASS_NODATA)
         self._scores = (
-            self._open(spec.scores_path, common, classes, "float32", SCORE_NODATA)
+            self._open(spec.scores_path, common, channels, "float32", SCORE_NODATA)
             if write_scores
             else None
         )
@@ -198,6 +198,7 @@ def assemble_cog(
     *,
     scores: bool,
     classes: int,
+    channels: int,
     metadata: dict[str, str],
     class_names: tuple[str, ...] = (),
     class_colors: tuple[str, ...] = (),
@@ -211,8 +212,9 @@ def assemble_cog(
     metadata = metadata | {"CLASS_NAMES": json.dumps(list(names))}
     colors: tuple[str, ...] = ()
     if scores:
-        bands, dtype, nodata = classes, "float32", SCORE_NODATA
-        descriptions = [f"score {name}" for name in names]
+        bands, dtype, nodata = channels, "float32", SCORE_NODATA
+        # One sigmoid channel is the score of class 1.
+        descriptions = [f"score {name}" for name in (names if channels == classes else names[1:])]
         source_of, resampling = (lambda ch: ch.scores_path), "AVERAGE"
     else:
         bands, dtype, nodata = 1, "uint8", CLASS_NODATA

@@ -63,15 +63,17 @@ def write_raster(
 def conv_stack(
     path: Path, bands: int = 4, classes: int = 3, depth: int = 4, seed: int = 1, filters: int = 12
 ) -> Path:
-    """'same' 3x3 convolutions: stride 1, receptive radius `depth`."""
+    """'same' 3x3 convolutions: stride 1, receptive radius `depth`. With `classes` 1, one
+    sigmoid channel (binary segmentation)."""
     import keras
     from keras import layers
 
     keras.utils.set_random_seed(seed)
+    activation = "sigmoid" if classes == 1 else "softmax"
     model = keras.Sequential(
         [keras.Input((None, None, bands)), layers.Rescaling(1 / 64)]
         + [layers.Conv2D(filters, 3, padding="same", activation="relu") for _ in range(depth)]
-        + [layers.Conv2D(classes, 1, activation="softmax")]
+        + [layers.Conv2D(classes, 1, activation=activation)]
     )
     model.save(path)
     return path

@@ -1,6 +1,7 @@
 """Bad inputs, each with its one line: a raster's own problem fails that raster and the others
 are planned; a problem of the whole run stops it before Spark (exit 2)."""
 
+import re
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -112,17 +113,25 @@ def test_bands_out_of_range_fail_the_raster(tmp_path, models):
 
 
 @pytest.mark.parametrize(
-    "where, message",
-    [("in", "output folder is the folder of input"),
-     ("in/sub", "output folder is the folder of input")],
+    "given, where, message",
+    [("in/a.tif", "in", "output folder is the folder of input"),
+     ("in", "in/sub", "output folder is inside input"),
+     ("in/*.tif", "in/pred", "output folder is inside input"),
+     ("in/*/x.tif", "in/pred", "output folder is inside input"),
+     ("in/a.tif", "in/sub", None),  # beside an input file, in a folder of its own: fine
+     ("in/a.tif", "out", None)],
 )  # fmt: skip
-def test_output_folder_equal_to_or_inside_an_input_folder_is_refused(tmp_path, models, where,
-                                                                     message):  # fmt: skip
+def test_output_folder_is_refused_only_where_inputs_are_listed(tmp_path, models, monkeypatch,
+                                                               given, where, message):  # fmt: skip
     (tmp_path / "in").mkdir()
-    raster = write_raster(tmp_path / "in" / "a.tif", 32, 32)
-    with pytest.raises(OutputError, match=message):
-        prepare_job(config(input=[str(raster)], model=str(models["conv"]),
-                           output=str(tmp_path / where)))  # fmt: skip
+    write_raster(tmp_path / "in" / "a.tif", 32, 32)
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed in the scenes' folder
+    options = dict(input=[given], model=str(models["conv"]), output=where)
+    if message is None:
+        assert prepare_job(config(**options)).output == str(tmp_path / where)
+        return
+    with pytest.raises(OutputError, match=f"^{re.escape(str(tmp_path / where))}: {message}"):
+        prepare_job(config(**options))
 
 
 def test_output_folder_under_a_file_is_refused(tmp_path, models):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sparkinfer.cli import config_from_args
@@ -50,7 +51,7 @@ def test_counts_are_a_number_or_auto(option, flag, expected):
         ("tile_size: -5\n", "tile_size: Input should be greater than 0"),
         ("tile_size: 64\nhalo: 100\n", "halo 100 is larger than tile_size 64"),
         ("bands: [0, 1]\n", "bands are 1-based"),
-        ("normalization: {scale: 2, mean: [1]}\n", "scale/offset or mean/std"),
+        ("normalization: {scale: 2, mean: [1]}\n", "mean and std must be given together"),
         ("cog: {blocksize: 300}\n", "power of two"),
         ("chunk_tiles: 0\n", "chunk_tiles: Input should be greater than 0 or 'auto'"),
         ("- a\n- b\n", "expected a mapping"),
@@ -74,3 +75,15 @@ def test_bad_flag_is_reported_against_the_command_line():
         config_from_args(["--chunk-tiles", "some"])
     with pytest.raises(ConfigError, match="^command line: missing required option 'model'"):
         config_from_args(["--input", "a.tif", "--output", "o"], defaults_file=DEFAULTS)
+
+
+def test_scale_and_offset_come_before_mean_and_std():
+    """Digital numbers to reflectance, then the model's statistics in reflectance units."""
+    from sparkinfer.runtimes import preprocess
+
+    argv = ["--input", "x.tif", "--model", "m.keras", "--output", "o", "--scale", "0.004",
+            "--offset", "-0.1", "--mean", "0.1,0.2", "--std", "0.5,0.25"]  # fmt: skip
+    norm = config_from_args(argv, defaults_file=DEFAULTS).normalization
+    pixels = np.array([[[250, 100]]], np.uint16)
+    expected = (np.float32([0.9, 0.3]) - np.float32([0.1, 0.2])) / np.float32([0.5, 0.25])
+    np.testing.assert_allclose(preprocess(pixels, None, norm)[0, 0], expected, rtol=1e-6)

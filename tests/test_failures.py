@@ -130,6 +130,23 @@ def test_complete_outputs_are_kept_until_the_input_or_config_changes(tmp_path, s
     assert forced["rasters"][0]["status"] == "written" and forced["tiles"]["inferred"] == 12
 
 
+def test_the_identity_covers_the_cog_layout_and_the_version(tmp_path, models, monkeypatch):
+    import sparkinfer.job
+
+    raster = scene_in(tmp_path, "scene.tif", 100, 90)
+    common = dict(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"))
+
+    def identity(**options):
+        return prepare_job(config(**common, **options)).rasters[0].identity
+
+    first = identity()
+    assert identity() == first
+    assert identity(cog={"compression": "zstd"}) != first
+    assert identity(cog={"blocksize": 256}) != first
+    monkeypatch.setattr(sparkinfer.job, "__version__", "0.0.0-other")
+    assert identity() != first, "another version of the job writes other bytes"
+
+
 def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
     raster = scene_in(tmp_path, "scene.tif", 200, 190, seed=3)
     options = dict(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "out"))

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 from builders import whole_image_outputs, write_raster
@@ -112,3 +113,29 @@ def test_savedmodel_folder_with_explicit_halo_matches_the_keras_file(tmp_path, r
         from_keras = k.read(1)
     with rasterio.open(tmp_path / "s" / "scene.tif") as s:
         assert (s.read(1) == from_keras).mean() >= 0.9999
+
+
+def test_one_sigmoid_channel_is_two_classes_in_every_output(tmp_path, run):
+    from builders import conv_stack
+
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 150, 130)
+    model = conv_stack(tmp_path / "binary.keras", classes=1, depth=2, seed=4)
+    report = run(input=[str(raster)], model=str(model), output=str(tmp_path / "out"),
+                 tile_size=64, scores=True, quicklook=True)  # fmt: skip
+    assert (report["model"]["classes"], report["model"]["channels"]) == (2, 1)
+    with rasterio.open(tmp_path / "out" / "scene.tif") as out:
+        classes = out.read(1)
+        assert json.loads(out.tags()["CLASS_NAMES"]) == ["0", "1"]
+    with rasterio.open(tmp_path / "out" / "scene.scores.tif") as out:
+        assert out.count == 1 and out.descriptions == ("score 1",)
+        score = out.read(1)
+    assert set(np.unique(classes)) == {0, 1}, "both classes present on this scene"
+    np.testing.assert_array_equal(classes, (score >= 0.5).astype(np.uint8))
+    tiles = pq.read_table(tmp_path / "out" / "scene.tiles.parquet").to_pylist()
+    assert all(len(t["class_pixels"]) == 2 for t in tiles)
+    assert sum(sum(t["class_pixels"]) for t in tiles) == classes.size
+    assert sum(t["class_pixels"][1] for t in tiles) == int((classes == 1).sum())
+    item = json.loads((tmp_path / "out" / "scene.stac.json").read_text())
+    stac_classes = item["assets"]["classes"]["classification:classes"]
+    assert [c["value"] for c in stac_classes] == [0, 1, 255] and stac_classes[2]["nodata"]

@@ -68,3 +68,34 @@ def test_package_round_trip_gives_the_same_predictions(tmp_path):
     expected = np.asarray(keras.models.load_model(path)(x))
     np.testing.assert_array_equal(load_package(package).scores(x), expected)
     assert load_package(package) is load_package(package), "cached per worker by digest"
+
+
+def _farthest_change(model, size: int = 96, at: int = 48) -> int:
+    """Farthest output pixel (along rows) that a change of input pixel `at` reaches."""
+    x = np.random.default_rng(0).uniform(0, 1, (1, size, size, 4)).astype(np.float32)
+    changed = x.copy()
+    changed[0, at, at] += 10.0
+    difference = np.abs(np.asarray(model(changed)) - np.asarray(model(x))).max(axis=(0, 2, 3))
+    rows = np.nonzero(difference > 1e-6)[0]
+    return int(np.abs(rows - at).max())
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic", "lanczos3",
+                                           "lanczos5"])  # fmt: skip
+def test_upsampling_halo_covers_every_interpolation_kernel(interpolation):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 4))
+    x = layers.Conv2D(4, 3, strides=2, padding="same")(inputs)
+    x = layers.UpSampling2D(2, interpolation=interpolation)(x)
+    model = keras.Model(inputs, layers.Conv2D(2, 1)(x))
+    halo = trace(model).halo
+    reach = _farthest_change(model)
+    assert reach <= halo, f"a change reaches {reach} pixels, the halo is {halo}"
+    assert halo - reach <= 3, "and the halo is not far larger than what the model reaches"
+
+
+def test_an_unknown_interpolation_cannot_be_traced():
+    inputs = keras.Input((None, None, 4))
+    x = layers.UpSampling2D(2, interpolation="area")(layers.Conv2D(4, 3, strides=2)(inputs))
+    with pytest.raises(UntraceableLayer, match="UpSampling2D"):
+        trace(keras.Model(inputs, x))

@@ -181,3 +181,24 @@ def test_the_workers_inspect_the_model_as_the_driver_does(spark, models):
     dense = str(models["dense"])
     with pytest.raises(ModelError, match=f"^{dense}: .*not fully convolutional"):
         warm_workers(spark, package_model(dense), options, dense)
+
+
+def test_a_saved_model_travels_without_the_other_files_of_its_folder(tmp_path, exported):
+    import io
+    import shutil
+    import tarfile
+
+    import zstandard
+
+    folder = tmp_path / "converted"
+    shutil.copytree(exported["savedmodel"], folder)
+    (folder / "model_float32.tflite").write_bytes(b"\0" * 1_000_000)
+    (folder / "notes").mkdir()
+    (folder / "notes" / "README.txt").write_text("converted by hand")
+    package = package_model(folder)
+    raw = zstandard.ZstdDecompressor().decompress(package.payload)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        names = tar.getnames()
+    assert "saved_model.pb" in names and any(n.startswith("variables/") for n in names)
+    assert all(n == "saved_model.pb" or n.split("/")[0] in ("variables", "assets") for n in names)
+    assert package.digest == package_model(exported["savedmodel"]).digest

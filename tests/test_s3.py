@@ -80,7 +80,7 @@ def test_a_chunk_appears_on_s3_only_whole(tmp_path, client):
     info = read_info(upload(write_raster(tmp_path / "scene.tif", 64, 64, seed=1),
                             "s3://scenes/chunk/scene.tif"))  # fmt: skip
     spec = ChunkSpec("s3://predictions/staging", 0, 0, 0, 0, 64, 64)
-    writer = ChunkWriter(spec, info, classes=3, write_scores=True)
+    writer = ChunkWriter(spec, info, channels=3, write_scores=True)
     writer.write(0, 0, np.ones((64, 64), np.uint8), np.zeros((64, 64, 3), np.float32))
     staged = [k for k in keys(client, "predictions") if k.startswith("staging/")]
     assert staged == [], "nothing is visible before the commit"
