@@ -395,11 +395,15 @@ class OutputLock:
         me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                          "started": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
         if not storage.create_new(self.path, me):
-            self.check()
-            storage.remove(self.path)  # stale: its run is gone
-            if not storage.create_new(self.path, me):  # another run took it in between
+            # A stale lock is removed only by a run that holds the takeover, so no lock can be
+            # removed between its check and its removal: of the runs that find it stale, one
+            # creates the next lock and the others find that one live.
+            with storage.exclusive(storage.parent(self.path)):
                 self.check()
-                raise OutputError(f"{storage.parent(self.path)}: in use by another run")
+                storage.remove(self.path)  # stale: its run is gone
+                if not storage.create_new(self.path, me):  # a run not taking over was first
+                    self.check()
+                    raise OutputError(f"{storage.parent(self.path)}: in use by another run")
         try:
             yield
         finally:

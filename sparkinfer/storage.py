@@ -10,6 +10,7 @@ and credentials from the usual AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_I
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import functools
 import glob
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -240,8 +241,17 @@ def staging_file(final: str) -> Path:
 def commit(staged: Path, final: str) -> None:
     """Make a file written by `staging_file` appear at `final`, whole or not at all."""
     if is_s3(final):
-        with _s3(final).open_output_stream(_key(final)) as out, staged.open("rb") as src:
-            shutil.copyfileobj(src, out, 8 << 20)
+        filesystem, key = _s3(final), _key(final)
+        try:
+            with filesystem.open_output_stream(key) as out, staged.open("rb") as src:
+                shutil.copyfileobj(src, out, 8 << 20)
+        except BaseException:
+            # pyarrow's stream cannot abort: leaving the block closed it, which completed the
+            # upload with the part written (one PUT of it, with allow_delayed_open). Remove it:
+            # the object is whole or absent, and the next run writes it again.
+            with suppress(OSError):
+                filesystem.delete_file(key)
+            raise
         staged.unlink()
     else:
         os.replace(staged, final)
@@ -283,6 +293,21 @@ def create_new(location: str, text: str) -> bool:
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         file.write(text)
     return True
+
+
+@contextmanager
+def exclusive(folder: str) -> Iterator[None]:
+    """Hold an exclusive lock on a local folder (flock, released by the kernel if this process
+    dies) for the block. On S3, where no such lock exists, nothing is held."""
+    if is_s3(folder):
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def probe_write(folder: str) -> None:

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,39 @@ def test_a_running_job_holds_the_output_folder(tmp_path, spark, models):
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
     report = run_job(spark, prepare_job(config(**options)))  # a dead run's lock is taken over
     assert report["rasters"][0]["status"] == "written" and not lock.exists()
+
+
+def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
+    """Eight runs find the same dead run's lock at once: exactly one of them holds the folder."""
+    import threading
+
+    from sparkinfer.job import OutputLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = json.dumps({"host": socket.gethostname(), "pid": gone.pid})
+    def take_over(start, holders, refused):
+        start.wait()
+        try:
+            with OutputLock(str(out)).held():
+                holders.append(threading.get_ident())
+                time.sleep(0.2)  # still holding while the others try
+        except OutputError:
+            refused.append(threading.get_ident())
+
+    for _ in range(5):  # the race is short: try it several times
+        (out / LOCK_FILE).write_text(stale)
+        start, holders, refused = threading.Barrier(8), [], []
+        runs = [threading.Thread(target=take_over, args=(start, holders, refused))
+                for _ in range(8)]  # fmt: skip
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+        assert (len(holders), len(refused)) == (1, 7)
+        assert not (out / LOCK_FILE).exists()
 
 
 def test_output_names_are_safe_and_distinct():

@@ -93,6 +93,26 @@ def test_a_chunk_appears_on_s3_only_whole(tmp_path, client):
     assert not any(k.startswith("staging/") for k in keys(client, "predictions"))
 
 
+@pytest.mark.parametrize("size", [1 << 20, 12 << 20])  # one PUT; a multipart upload
+def test_a_commit_that_fails_mid_copy_leaves_no_object(tmp_path, client, monkeypatch, size):
+    staged, data = tmp_path / "cog.tif", np.random.default_rng(0).bytes(size)
+    staged.write_bytes(data)
+    copy = shutil.copyfileobj
+
+    def fail_halfway(src, out, length=0):
+        out.write(src.read(size // 2))
+        raise OSError("the local disk failed mid-copy")
+
+    monkeypatch.setattr(shutil, "copyfileobj", fail_halfway)
+    with pytest.raises(OSError, match="mid-copy"):
+        storage.commit(staged, "s3://predictions/failed/cog.tif")
+    assert not any(k.startswith("failed/") for k in keys(client, "predictions"))
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    storage.commit(staged, "s3://predictions/failed/cog.tif")  # the same commit, retried
+    with client.open_input_stream("predictions/failed/cog.tif") as stream:
+        assert stream.read() == data
+
+
 def test_an_s3_pattern_matches_files_not_prefixes(tmp_path, s3):
     raster = write_raster(tmp_path / "scene.tif", 16, 16, seed=1)
     for key in ("b.tif", "a.tif", "notes.txt", "sub.tif/c.tif"):
