@@ -9,7 +9,7 @@ from pathlib import Path
 from sparkinfer import storage
 from sparkinfer.cli import config_from_args, print_summary
 from sparkinfer.errors import JobFailed, UserError
-from sparkinfer.job import check_job, plan_job, run_job, runtime_options
+from sparkinfer.job import check_job, halo_notes, plan_job, run_job, runtime_options
 from sparkinfer.stage import warm_workers
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
         spark.stop()
         print(f"sparkinfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    for note in halo_notes(job):
+        print(f"sparkinfer: {note}", file=sys.stderr)
     try:
         report = run_job(spark, job)
     except (UserError, JobFailed) as exc:  # the folder was taken meanwhile; a Spark job failed

@@ -182,10 +182,35 @@ def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
         return round_up(config.halo, model.stride)
     if model.receptive_halo is None:
         raise ModelError(
-            f"{model.path}: cannot derive the halo automatically ({model.untraceable}); "
-            "give it with --halo PIXELS"
+            f"{model.path}: each output pixel depends on the whole input window (global "
+            "pooling or attention), so no halo makes tiles equal whole-image inference; give "
+            "the context to read around each tile with --halo PIXELS"
         )
     return round_up(model.receptive_halo, model.stride)
+
+
+def seam_free(model: ModelInfo, tiling: Tiling) -> bool:
+    """Whether the stitched output equals whole-image inference: the halo covers the model's
+    receptive field."""
+    return model.receptive_halo is not None and tiling.halo >= model.receptive_halo
+
+
+def halo_notes(job: Job) -> list[str]:
+    """What a user should know about the halo the job uses: that it differs from the one given,
+    or that the result is not seam-free."""
+    model, halo, given = job.model, job.tiling.halo, job.config.halo
+    notes = []
+    if given != "auto" and given != halo:
+        notes.append(f"halo {given} rounded up to {halo}, a multiple of the model's stride "
+                     f"{model.stride}")  # fmt: skip
+    if model.receptive_halo is None:
+        notes.append(f"{model.path}: each output pixel depends on the whole input window: "
+                     "tiles are not seam-free")  # fmt: skip
+    elif halo < model.receptive_halo:
+        notes.append(f"halo {halo} is less than the model's receptive field "
+                     f"({model.receptive_halo} pixels, by {model.halo_found_by}): tiles differ "
+                     "from whole-image inference near their borders")  # fmt: skip
+    return notes
 
 
 def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling: Tiling) -> str:
@@ -676,9 +701,11 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
             "channels": job.model.channels,
             "stride": job.model.stride,
             "receptive_halo": job.model.receptive_halo,
+            "halo_found_by": job.model.halo_found_by,
             "class_names": list(job.model.class_names),
         },
-        "tiling": asdict(job.tiling) | {"halo_share": round(job.tiling.halo_share, 4)},
+        "tiling": asdict(job.tiling) | {"halo_share": round(job.tiling.halo_share, 4),
+                                        "seam_free": seam_free(job.model, job.tiling)},
         "rasters": per_raster,
         "failed": [asdict(f) for f in failed],
         "tiles": {

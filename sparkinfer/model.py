@@ -48,8 +48,8 @@ class ModelInfo:
     bands: int
     channels: int  # output channels: a score per class, or one sigmoid score (of class 1)
     stride: int
-    receptive_halo: int | None  # None when the graph could not be traced
-    untraceable: str | None  # why the halo could not be derived
+    receptive_halo: int | None  # None: the output depends on the whole input window
+    halo_found_by: str  # "trace" (the layer graph) or "probe" (perturbed inputs)
     class_names: tuple[str, ...] = ()  # from the model's sparkinfer.json, when it has one
     class_colors: tuple[str, ...] = ()  # "#rrggbb", one per class
 
@@ -123,13 +123,11 @@ def inspect_model(
 ) -> ModelInfo:
     """Load a model on the driver and check it can be used for tiled per-pixel inference. A
     Keras model is loaded on `backend` unless Keras already runs here on another."""
-    from sparkinfer.receptive_field import UntraceableLayer, trace
+    from sparkinfer.receptive_field import UntraceableLayer, probe, trace
 
     path = Path(path)
     runtime = load_model(path, RuntimeOptions(backend=backend), trusted)
-    stride = 1
-    halo: int | None = None
-    untraceable: str | None = None
+    field = None
     if runtime.format == "keras":
         model = runtime.model
         in_shape = tuple(model.inputs[0].shape)
@@ -146,15 +144,15 @@ def inspect_model(
             )
         try:
             field = trace(model)
-            halo, stride = field.halo, field.stride
-        except UntraceableLayer as exc:
-            untraceable = f"{exc} has no known receptive field"
+        except UntraceableLayer:
+            pass  # a layer of unknown reach: probed below
         except ValueError as exc:
             raise ModelError(f"{path}: not a per-pixel model: {exc}") from None
+    if field is not None:
+        halo, stride, found_by = field.halo, field.stride, "trace"
     else:
-        untraceable = f"{FORMAT_NAMES[runtime.format]} has no layer graph to trace"
-    if untraceable is not None:
         stride = _probe_stride(runtime, path)
+        halo, found_by = probe(runtime.scores, runtime.bands, stride), "probe"
     channels = _probe_channels(runtime, path, stride)
     names, colors = read_class_table(path, 2 if channels == 1 else channels, runtime)
     return ModelInfo(
@@ -164,7 +162,7 @@ def inspect_model(
         channels=channels,
         stride=stride,
         receptive_halo=halo,
-        untraceable=untraceable,
+        halo_found_by=found_by,
         class_names=names,
         class_colors=colors,
     )

@@ -9,14 +9,20 @@ take the union. At the model's output (`jump` = 1) the halo that makes tiled inf
 whole-image inference is the largest distance `max(-lo, hi)`.
 
 Only layers whose spatial behaviour is known are traced; anything else (a Lambda, a resize, a
-reshape) raises `UntraceableLayer`, and the user must give the halo explicitly.
+reshape) raises `UntraceableLayer`. For those, and for formats without a layer graph, `probe`
+finds the halo by perturbing input pixels and looking where the output changes; it also tells a
+model whose output depends on the whole window (global pooling, attention), for which no halo
+is exact.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+
+import numpy as np
 
 
 class UntraceableLayer(Exception):
@@ -227,3 +233,47 @@ def trace(model) -> ReceptiveField:
         if jump.denominator == 1:
             stride = math.lcm(stride, jump.numerator)
     return ReceptiveField(halo=math.ceil(reach), stride=stride)
+
+
+def probe(
+    scores: Callable[[np.ndarray], np.ndarray],
+    bands: int,
+    stride: int,
+    *,
+    smallest: int = 64,
+    largest: int = 1024,
+    trials: int = 3,
+    seed: int = 0,
+) -> int | None:
+    """The halo of a model known only by its `scores` ((1, h, w, bands) float32 in, (1, h, w, c)
+    out), found by perturbing input pixels; None when its output depends on the whole window.
+
+    A `stride` x `stride` block at the centre of a random window (every alignment to the
+    model's grid) is changed at random, `trials` times; the farthest output pixel that changes,
+    measured from the block's far side, bounds the halo from above by at most `stride` - 1. A
+    window where the change reaches the border is doubled, up to `largest`: a change that still
+    reaches it there reaches everything.
+    """
+    rng = np.random.default_rng(seed)
+    size = max(smallest, 4 * stride)
+    while size <= largest:
+        start = (size // 2) // stride * stride
+        block = slice(start, start + stride)
+        reach = 0
+        for trial in range(trials):
+            x = rng.normal(0.0, 1.0, (1, size, size, bands)).astype(np.float32)
+            changed = x.copy()
+            changed[0, block, block] += rng.normal(0.0, 50.0, (stride, stride, bands))
+            before, after = scores(x)[0], scores(changed)[0]
+            if trial == 0:  # the same input again: what the framework itself varies by
+                noise = float(np.abs(scores(x)[0] - before).max())
+            # Any change beyond that counts: a global average moves far pixels only a little.
+            rows, cols = np.nonzero(np.abs(after - before).max(axis=-1) > 4 * noise)
+            if rows.size:
+                far = np.maximum(np.abs(rows - start), np.abs(rows - (start + stride - 1)))
+                far_cols = np.maximum(np.abs(cols - start), np.abs(cols - (start + stride - 1)))
+                reach = max(reach, int(far.max()), int(far_cols.max()))
+        if reach < start - stride:  # the border is out of reach: this is the halo
+            return reach
+        size *= 2
+    return None

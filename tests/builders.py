@@ -101,6 +101,22 @@ def unet(path: Path, bands: int = 4, classes: int = 3, seed: int = 2) -> Path:
     return path
 
 
+def squeeze_excite(path: Path, bands: int = 4, classes: int = 3, seed: int = 3) -> Path:
+    """Convolutions gated by a squeeze-and-excitation block, as in EfficientNet: a global
+    average over the window scales every pixel's features, so no halo is exact."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, bands))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(layers.Rescaling(1 / 64)(inputs))
+    gate = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    gate = layers.Conv2D(8, 1, activation="sigmoid")(gate)
+    x = layers.Multiply()([x, gate])
+    keras.Model(inputs, layers.Conv2D(classes, 1, activation="softmax")(x)).save(path)
+    return path
+
+
 def dense_classifier(path: Path, bands: int = 4) -> Path:
     """An image-level classifier: not fully convolutional."""
     import keras

@@ -3,12 +3,12 @@
 import keras
 import numpy as np
 import pytest
-from builders import conv_stack, dense_classifier, unet
+from builders import conv_stack, dense_classifier, squeeze_excite, unet
 from keras import layers
 
 from sparkinfer.errors import ModelError
 from sparkinfer.model import inspect_model, load_package, package_model
-from sparkinfer.receptive_field import UntraceableLayer, trace
+from sparkinfer.receptive_field import UntraceableLayer, probe, trace
 
 
 def test_conv_stack_radius_is_one_pixel_per_3x3_layer(tmp_path):
@@ -52,12 +52,32 @@ def test_inspect_refuses_a_model_that_is_not_fully_convolutional(tmp_path):
         inspect_model(dense_classifier(tmp_path / "d.keras"))
 
 
-def test_savedmodel_stride_is_probed_and_halo_must_be_given(tmp_path):
+def test_savedmodel_stride_and_halo_are_probed(tmp_path):
     model = keras.models.load_model(unet(tmp_path / "u.keras"))
     model.export(tmp_path / "saved", verbose=False)
     info = inspect_model(tmp_path / "saved")
-    assert info.format == "savedmodel"
-    assert (info.bands, info.classes, info.stride, info.receptive_halo) == (4, 3, 4, None)
+    assert (info.format, info.halo_found_by) == ("savedmodel", "probe")
+    assert (info.bands, info.classes, info.stride) == (4, 3, 4)
+    assert 23 <= info.receptive_halo <= 23 + 3, "the traced halo, within the stride"
+
+
+@pytest.mark.parametrize("build, stride", [(conv_stack, 1), (unet, 4)])
+def test_the_probe_agrees_with_the_trace(tmp_path, build, stride):
+    """Exact for a stride-1 model; from above within the stride otherwise (a block of
+    `stride` pixels is perturbed, measured from its far side)."""
+    model = keras.models.load_model(build(tmp_path / "m.keras"))
+    field = trace(model)
+    probed = probe(lambda x: np.asarray(model(x)), 4, field.stride)
+    assert field.stride == stride
+    assert field.halo <= probed <= field.halo + stride - 1
+
+
+def test_a_squeeze_and_excitation_model_has_no_exact_halo(tmp_path):
+    path = squeeze_excite(tmp_path / "se.keras")
+    model = keras.models.load_model(path)
+    assert probe(lambda x: np.asarray(model(x)), 4, 1) is None
+    info = inspect_model(path)
+    assert (info.receptive_halo, info.halo_found_by) == (None, "probe")
 
 
 def test_package_round_trip_gives_the_same_predictions(tmp_path):

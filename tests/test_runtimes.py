@@ -121,10 +121,16 @@ def test_bfloat16_runs_the_model_in_bfloat16(tmp_path, run, reference):
     assert agreement > 0.9
 
 
-def test_onnx_needs_a_halo_and_float32(tmp_path, exported):
+@pytest.mark.parametrize("fmt", ["savedmodel", "onnx"])
+def test_halo_auto_probes_a_model_without_a_layer_graph(tmp_path, exported, fmt):
+    common = dict(input=[str(SCENE)], model=str(exported[fmt]), output=str(tmp_path))
+    job = prepare_job(load_config(common))
+    assert (job.model.receptive_halo, job.model.halo_found_by, job.tiling.halo) == (
+        HALO, "probe", HALO)
+
+
+def test_onnx_runs_in_float32(tmp_path, exported):
     common = dict(input=[str(SCENE)], model=str(exported["onnx"]), output=str(tmp_path))
-    with pytest.raises(ModelError, match="an ONNX model has no layer graph to trace.*--halo"):
-        prepare_job(load_config(common))
     with pytest.raises(ConfigError, match="applies to .keras models"):
         prepare_job(load_config(common | dict(halo=HALO, precision="bfloat16")))
 

@@ -63,3 +63,38 @@ def test_reader_threads_do_not_change_the_output(tmp_path, run, models):
     assert report["config"]["readers"] == 4 and report["tiles"]["inferred"] == 25
     for name in ("scene.tif", "scene.scores.tif"):
         assert (tmp_path / "four" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_a_model_with_global_context_is_never_called_seam_free(tmp_path, run):
+    from builders import squeeze_excite
+
+    from sparkinfer.config import load_config
+    from sparkinfer.errors import ModelError
+    from sparkinfer.job import halo_notes, prepare_job
+
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 96, 80, seed=3)
+    model = squeeze_excite(tmp_path / "se.keras")
+    common = dict(input=[str(raster)], model=str(model), output=str(tmp_path / "out"))
+    with pytest.raises(ModelError, match="depends on the whole input window.*--halo PIXELS"):
+        prepare_job(load_config(common))
+    job = prepare_job(load_config(common | dict(halo=8, tile_size=32)))
+    assert halo_notes(job) == [f"{model}: each output pixel depends on the whole input window: "
+                               "tiles are not seam-free"]  # fmt: skip
+    report = run(**common, halo=8, tile_size=32)
+    assert report["tiling"]["seam_free"] is False and report["model"]["receptive_halo"] is None
+
+
+def test_the_halo_used_is_said_when_it_differs_from_the_one_given(tmp_path, models):
+    from sparkinfer.config import load_config
+    from sparkinfer.job import halo_notes, prepare_job
+
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 96, 80, seed=3)
+    common = dict(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "out"))
+    job = prepare_job(load_config(common | dict(halo=5)))
+    assert halo_notes(job) == [
+        "halo 5 rounded up to 8, a multiple of the model's stride 4",
+        "halo 8 is less than the model's receptive field (23 pixels, by trace): tiles differ "
+        "from whole-image inference near their borders"]
+    assert halo_notes(prepare_job(load_config(common))) == []
