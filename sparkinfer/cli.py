@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--offset", type=float, help="normalisation: added after --scale")
     add("--mean", type=_floats, metavar="M1,M2,..", help="normalisation: per-band mean")
     add("--std", type=_floats, metavar="S1,S2,..", help="normalisation: per-band std")
+    outputs = parser.add_mutually_exclusive_group()
+    outputs.add_argument("--softmax", dest="activation", action="store_const", const="softmax",
+                         help="the model outputs logits: softmax them into probabilities")
+    outputs.add_argument("--sigmoid", dest="activation", action="store_const", const="sigmoid",
+                         help="the model outputs logits: sigmoid them into probabilities")
     add("--batch-size", type=_int_or_auto, metavar="N|auto",
         help="tiles per model call (default auto: from the device, see the README)")  # fmt: skip
     add("--readers", type=_int_or_auto, metavar="N|auto",
@@ -106,6 +111,7 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "tile_size": args.tile_size,
         "halo": args.halo,
         "bands": args.bands,
+        "activation": args.activation,
         "batch_size": args.batch_size,
         "readers": args.readers,
         "scores": args.scores,

@@ -122,6 +122,11 @@ class JobConfig(_Strict):
     normalization: Normalization = Field(
         default_factory=Normalization, description="Pixel scaling before inference."
     )
+    activation: Literal["none", "softmax", "sigmoid"] = Field(
+        "none",
+        description="Applied to the model's outputs, for a model that outputs logits: "
+        "softmax over the classes or sigmoid, so scores are probabilities.",
+    )
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto",
         description="Tiles per model call; 'auto': on a CPU tiles up to 2^18 pixels together "

@@ -174,7 +174,8 @@ def _check_output_folder(output: str, patterns: list[str], inputs: list[str]) ->
 
 def runtime_options(config: JobConfig) -> RuntimeOptions:
     """How the executors run the model for `config`."""
-    return RuntimeOptions(config.backend, config.precision, config.normalization)
+    return RuntimeOptions(config.backend, config.precision, config.normalization,
+                          config.activation)  # fmt: skip
 
 
 def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
@@ -200,6 +201,9 @@ def halo_notes(job: Job) -> list[str]:
     or that the result is not seam-free."""
     model, halo, given = job.model, job.tiling.halo, job.config.halo
     notes = []
+    if model.input_size is not None and job.tiling.tile_size != job.config.tile_size:
+        notes.append(f"tile size {job.tiling.tile_size}: the model takes windows of exactly "
+                     f"{model.input_size} pixels, {halo} of halo on each side")  # fmt: skip
     if given != "auto" and given != halo:
         notes.append(f"halo {given} rounded up to {halo}, a multiple of the model's stride "
                      f"{model.stride}")  # fmt: skip
@@ -221,7 +225,8 @@ def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling
         "model": package.digest,
         "tiling": asdict(tiling),
         "pixels": config.model_dump(
-            include={"bands", "normalization", "scores", "backend", "precision", "cog"}
+            include={"bands", "normalization", "activation", "scores", "backend", "precision",
+                     "cog"}
         ),
         "version": __version__,
     }
@@ -342,11 +347,20 @@ def plan_job(checked: Checked, model: ModelInfo | None = None) -> Job:
             f"normalization has statistics for {count} bands but the model takes {model.bands}"
         )
     halo = _resolve_halo(config, model)
+    tile_size = config.tile_size
+    if model.input_size is not None:  # the window is the model's input
+        tile_size = model.input_size - 2 * halo
+        if tile_size < 1:
+            raise ModelError(
+                f"{model.path}: the model takes windows of exactly {model.input_size} pixels, "
+                f"which leave no room for a halo of {halo} on each side; give a smaller --halo"
+            )
     try:
         chunk_tiles = config.chunk_tiles
         if chunk_tiles == "auto":
-            chunk_tiles = max(1, CHUNK_PIXELS // config.tile_size)
-        tiling = Tiling(config.tile_size, halo, model.stride, chunk_tiles)
+            chunk_tiles = max(1, CHUNK_PIXELS // tile_size)
+        tiling = Tiling(tile_size, halo, model.stride, chunk_tiles,
+                        fixed_window=model.input_size is not None)  # fmt: skip
     except ValueError as exc:
         raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
 

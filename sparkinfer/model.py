@@ -50,6 +50,7 @@ class ModelInfo:
     stride: int
     receptive_halo: int | None  # None: the output depends on the whole input window
     halo_found_by: str  # "trace" (the layer graph) or "probe" (perturbed inputs)
+    input_size: int | None = None  # the side of the only window the model takes, if fixed
     class_names: tuple[str, ...] = ()  # from the model's sparkinfer.json, when it has one
     class_colors: tuple[str, ...] = ()  # "#rrggbb", one per class
 
@@ -148,12 +149,22 @@ def inspect_model(
             pass  # a layer of unknown reach: probed below
         except ValueError as exc:
             raise ModelError(f"{path}: not a per-pixel model: {exc}") from None
+    fixed = runtime.fixed_size
+    if fixed is not None and fixed[0] != fixed[1]:
+        raise ModelError(
+            f"{path}: model input is fixed at {fixed[0]}x{fixed[1]} pixels; the job reads "
+            "square windows"
+        )
+    size = None if fixed is None else fixed[0]
     if field is not None:
         halo, stride, found_by = field.halo, field.stride, "trace"
+    elif size is not None:  # one input size: no stride shows, and the probe has one window
+        stride, found_by = 1, "probe"
+        halo = probe(runtime.scores, runtime.bands, stride, smallest=size, largest=size)
     else:
         stride = _probe_stride(runtime, path)
         halo, found_by = probe(runtime.scores, runtime.bands, stride), "probe"
-    channels = _probe_channels(runtime, path, stride)
+    channels = _probe_channels(runtime, path, stride, size)
     names, colors = read_class_table(path, 2 if channels == 1 else channels, runtime)
     return ModelInfo(
         path=str(path),
@@ -163,6 +174,7 @@ def inspect_model(
         stride=stride,
         receptive_halo=halo,
         halo_found_by=found_by,
+        input_size=size,
         class_names=names,
         class_colors=colors,
     )
@@ -201,9 +213,10 @@ def read_class_table(
     return names, colors
 
 
-def _probe_channels(runtime: Runtime, path: Path, stride: int) -> int:
-    """Check the model's output is at input resolution on a small input; its channels."""
-    height, width = 2 * stride * 8, 3 * stride * 8
+def _probe_channels(runtime: Runtime, path: Path, stride: int, size: int | None) -> int:
+    """Check the model's output is at input resolution on a small input (or the one size it
+    takes); its channels."""
+    height, width = (size, size) if size else (2 * stride * 8, 3 * stride * 8)
     shape = runtime.output_shape(height, width)
     if shape is None or len(shape) != 4 or shape[1:3] != (height, width):
         got = "an error" if shape is None else f"shape {shape}"

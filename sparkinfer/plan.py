@@ -33,6 +33,7 @@ class Tiling:
     halo: int
     stride: int = 1
     chunk_tiles: int = 4
+    fixed_window: bool = False  # every window is window_size, padded past small rasters
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -85,7 +86,7 @@ def plan_axis(length: int, tiling: Tiling) -> AxisPlan:
     core_stop = np.minimum(core_start + tile, length)
     if padded <= window:
         read_start = np.zeros_like(core_start)
-        read_stop = np.full_like(core_start, padded)
+        read_stop = np.full_like(core_start, window if tiling.fixed_window else padded)
     else:
         read_start = np.clip(core_start - halo, 0, padded - window)
         read_stop = read_start + window

@@ -200,3 +200,41 @@ def export_onnx(keras_path: Path, path: Path) -> Path:
             entry.key, entry.value = "sparkinfer.json", archive.read("sparkinfer.json").decode()
             onnx.save(exported, path)
     return path
+
+
+def onnx_as_shipped(onnx_path: Path, path: Path, size: int | None, logits: bool) -> Path:
+    """The ONNX file as PyTorch exports ship: channels first in and out, and, if asked, a fixed
+    `size` x `size` input and logits (the final softmax cut off)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(onnx_path)
+    graph = model.graph
+    (given,), (result,) = graph.input, graph.output
+    bands = given.type.tensor_type.shape.dim[3].dim_value
+    produced = result.name
+    if logits:  # the softmax's consumers read its input instead
+        (softmax,) = [n for n in graph.node if n.op_type == "Softmax"]
+        graph.node.remove(softmax)
+        for node in graph.node:
+            node.input[:] = [softmax.input[0] if i == softmax.output[0] else i
+                             for i in node.input]  # fmt: skip
+        if produced == softmax.output[0]:
+            produced = softmax.input[0]
+    side = size or "height"
+    channels_first = helper.make_tensor_value_info(
+        "pixels_nchw", onnx.TensorProto.FLOAT, ["batch", bands, side, size or "width"])
+    # Declared with the wrong axes, as ukis-csmask's files are: the job reads the real ones.
+    scores_nchw = helper.make_tensor_value_info("scores_nchw", onnx.TensorProto.FLOAT,
+                                                ["batch", "height", "width", "classes"])
+    graph.node.insert(0, helper.make_node("Transpose", ["pixels_nchw"], [given.name],
+                                          perm=[0, 2, 3, 1]))  # fmt: skip
+    graph.node.append(helper.make_node("Transpose", [produced], ["scores_nchw"],
+                                       perm=[0, 3, 1, 2]))  # fmt: skip
+    graph.input.remove(given)
+    graph.input.append(channels_first)
+    graph.output.remove(result)
+    graph.output.append(scores_nchw)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

@@ -105,3 +105,14 @@ def test_tiling_refuses_sizes_off_the_stride_grid(kwargs, message):
 
 def test_halo_share_is_the_computed_but_discarded_fraction():
     assert Tiling(512, 16, 1).halo_share == pytest.approx(1 - (512 / 544) ** 2)
+
+
+def test_a_fixed_window_is_read_whole_past_a_small_raster():
+    """A model of one input size gets it even from a raster smaller than its window: the read
+    reaches past the raster's edge, where pixels are zero and invalid."""
+    fixed = Tiling(tile_size=50, halo=7, fixed_window=True)
+    axis = plan_axis(40, fixed)
+    assert (axis.read_start.tolist(), axis.read_stop.tolist()) == ([0], [64])
+    assert plan_axis(40, Tiling(tile_size=50, halo=7)).read_stop.tolist() == [40]
+    wide = plan_axis(130, fixed)
+    assert set((wide.read_stop - wide.read_start).tolist()) == {64}

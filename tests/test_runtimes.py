@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from builders import export_onnx, export_savedmodel
+from builders import export_onnx, export_savedmodel, onnx_as_shipped
 
 from sparkinfer.config import Normalization, load_config
 from sparkinfer.errors import ConfigError, ModelError
@@ -72,6 +72,23 @@ def test_runtime_gives_the_tensorflow_class_map(tmp_path, run, reference, export
     assert agreement >= 0.9999
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
     assert len(np.unique(classes)) >= 5, "a real land-cover map"
+
+
+@pytest.mark.parametrize("size, logits", [(None, False), (64, True)])
+def test_an_onnx_model_as_pytorch_ships_it(tmp_path, run, reference, exported, size, logits):
+    """Channels first in and out, a fixed 64 x 64 input, logits: the job reads the layout,
+    cuts tiles of 64 - 2 x 7 pixels, softmaxes the logits, and gives TensorFlow's outputs."""
+    model = onnx_as_shipped(exported["onnx"], tmp_path / "shipped.onnx", size, logits)
+    options = dict(activation="softmax") if logits else {}
+    report = run(input=[str(SCENE)], model=str(model), output=str(tmp_path / "out"),
+                 tile_size=128, scores=True, **options)  # fmt: skip
+    tiling = report["tiling"]
+    assert (tiling["halo"], tiling["seam_free"]) == (HALO, True)
+    assert tiling["tile_size"] == (64 - 2 * HALO if size else 128)
+    classes, scores = _outputs(tmp_path / "out")
+    expected_classes, expected_scores = reference
+    assert (classes == expected_classes).mean() >= 0.9999
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype, scale", [("uint8", 1 / 255), ("uint16", 1 / 4096)])

@@ -18,6 +18,7 @@ from sparkinfer.config import Normalization
 
 Backend = Literal["tensorflow", "jax"]
 Precision = Literal["float32", "bfloat16"]
+Activation = Literal["none", "softmax", "sigmoid"]
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,13 @@ class RuntimeOptions:
     backend: Backend = "tensorflow"  # for .keras models; a SavedModel is TensorFlow, ONNX its own
     precision: Precision = "float32"
     normalization: Normalization = field(default_factory=Normalization)
+    activation: Activation = "none"  # applied to the model's outputs: logits to probabilities
 
     @property
     def key(self) -> str:
         """A text that tells these options apart from any others (for caches)."""
-        return f"{self.backend}/{self.precision}/{self.normalization.model_dump_json()}"
+        return (f"{self.backend}/{self.precision}/{self.normalization.model_dump_json()}/"
+                f"{self.activation}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Runtime(ABC):
     """A loaded model. Subclasses run one model format."""
 
     format: ClassVar[str]
+    fixed_size: tuple[int, int] | None = None  # (height, width) the model only takes
 
     def __init__(self, bands: int, options: RuntimeOptions, device: Device) -> None:
         self.bands = bands
@@ -128,6 +132,19 @@ def preprocess(pixels: np.ndarray, valid: np.ndarray | None, norm: Normalization
     if valid is not None and not valid.all():
         x[~valid] = 0.0
     return x
+
+
+def activated(scores, activation: Activation, ops=None):
+    """The model's outputs through `activation` (softmax over classes, or sigmoid), with the
+    `ops` of a framework (TensorFlow's tf.nn, jax.nn) or numpy's by default."""
+    if activation == "none":
+        return scores
+    if ops is not None:
+        return ops.softmax(scores, axis=-1) if activation == "softmax" else ops.sigmoid(scores)
+    if activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-scores))).astype(np.float32)
+    exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def classes_of(scores: np.ndarray) -> np.ndarray:

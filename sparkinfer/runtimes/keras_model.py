@@ -24,6 +24,7 @@ from sparkinfer.runtimes.base import (
     Device,
     Runtime,
     RuntimeOptions,
+    activated,
     normalized,
 )
 from sparkinfer.runtimes.tensorflow_graph import (
@@ -126,7 +127,7 @@ class KerasOnJax(Runtime):
                 x = jnp.where(valid[..., None], x, 0.0)
             trainable, non_trainable = variables
             y, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-            return y.astype(jnp.float32)
+            return activated(y.astype(jnp.float32), options.activation, jax.nn)
 
         def classes_of(scores):
             if scores.shape[-1] == 1:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sparkinfer.runtimes.base import CPU, Device, Runtime, RuntimeOptions, normalized
+from sparkinfer.runtimes.base import CPU, Device, Runtime, RuntimeOptions, activated, normalized
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -61,7 +61,8 @@ class TensorFlowGraph(Runtime):
             return x
 
         def scores_of(pixels, valid):
-            return tf.cast(call(model_input(pixels, valid)), tf.float32)
+            scores = tf.cast(call(model_input(pixels, valid)), tf.float32)
+            return activated(scores, options.activation, tf.nn)
 
         def classes_of(scores):
             if scores.shape[-1] == 1:  # one sigmoid channel: binary segmentation
