@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--readers", type=_int_or_auto, metavar="N|auto",
         help="reader threads per task (default auto: one per core of the task)")  # fmt: skip
     add("--scores", action="store_true", default=None, help="also write per-class scores")
+    add("--verify", action="store_true", default=None,
+        help="infer a sample window of each raster whole; its agreement with the tiles goes "
+             "in _run.json")  # fmt: skip
     add("--quicklook", action="store_true", default=None,
         help="also write NAME.png, the class map with a legend")  # fmt: skip
     add("--chunk-tiles", type=_int_or_auto, metavar="N|auto",
@@ -116,6 +119,7 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "readers": args.readers,
         "scores": args.scores,
         "quicklook": args.quicklook,
+        "verify": args.verify,
         "chunk_tiles": args.chunk_tiles,
         "fail_fast": args.fail_fast,
         "overwrite": args.overwrite,

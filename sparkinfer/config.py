@@ -138,6 +138,11 @@ class JobConfig(_Strict):
         "model; 'auto': one per core of the task (spark.task.cpus).",
     )
     scores: bool = Field(False, description="Also write per-class float32 scores.")
+    verify: bool = Field(
+        False,
+        description="Also infer one sample window of each raster whole and report, in "
+        "_run.json, how far the tiled class map agrees with it.",
+    )
     quicklook: bool = Field(
         False, description="Also write NAME.png: the class map in the model's colours, a legend."
     )

@@ -20,7 +20,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +32,14 @@ import rasterio
 from sparkinfer import __version__, storage
 from sparkinfer.catalog import write_stac_item, write_tile_index
 from sparkinfer.config import CHUNK_PIXELS, JobConfig
+from sparkinfer.devices import gpu_ordinal, task_resources
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, first_line
 from sparkinfer.model import (
     FORMAT_NAMES,
     ModelInfo,
     ModelPackage,
     inspect_model,
+    load_package,
     package_model,
 )
 from sparkinfer.plan import RasterPlan, Tiling, round_up
@@ -55,6 +57,7 @@ from sparkinfer.stage import (
     spark_failures,
     warm_workers,
 )
+from sparkinfer.verify import sample_window, verify
 from sparkinfer.writers import ChunkSpec, assemble_cog, is_committed
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
@@ -456,12 +459,26 @@ def chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
     return [ChunkSpec(folder=raster.staging, **c) for c in chunks.select(fields).to_pylist()]
 
 
-def _assemble(task: tuple) -> dict:
-    """Executor side: mosaic one raster's chunks into its COG(s), then drop the chunks.
+def _verified(raster: RasterJob, classes_path: Path, job: Job, package: ModelPackage) -> str | None:
+    """`--verify` on the raster's local class map: what `verify.verify` found, as JSON."""
+    window = sample_window(raster.info.height, raster.info.width, job.tiling,
+                           job.model.input_size)  # fmt: skip
+    if window is None:
+        return None
+    resources = task_resources()
+    runtime = load_package(package, runtime_options(job.config), gpu_ordinal(resources.gpu),
+                           resources.cpus)  # fmt: skip
+    return json.dumps(verify(raster.info, job.bands, str(classes_path), runtime, window))
+
+
+def _assemble(task: tuple, verifying: tuple | None) -> dict:
+    """Executor side: mosaic one raster's chunks into its COG(s), then drop the chunks; with
+    `verifying` (the job and its model package), verify the class map.
 
     A failure is returned, not raised: the other rasters' assembly goes on."""
     raster, options, model, metadata = task
     started = time.perf_counter()
+    verified = None
     try:
         chunks = chunk_specs(raster)
         common = dict(classes=model.classes, channels=model.channels, metadata=metadata,
@@ -479,6 +496,8 @@ def _assemble(task: tuple) -> dict:
                                 model.class_colors)  # fmt: skip
             write_tile_index(raster.info, raster.plan, str(classes), raster.tile_index_path,
                              model.classes)  # fmt: skip
+            if verifying is not None:
+                verified = _verified(raster, classes, *verifying)
         assets = {"classes": raster.classes_path, "scores": raster.scores_path,
                   "quicklook": raster.quicklook_path, "tiles": raster.tile_index_path}  # fmt: skip
         properties = {"sparkinfer:version": metadata["sparkinfer_version"],
@@ -492,29 +511,38 @@ def _assemble(task: tuple) -> dict:
         return {"input": raster.info.path, "assemble_s": time.perf_counter() - started,
                 "error": f"{raster.info.path}: {first_line(exc, 300)}"}  # fmt: skip
     storage.remove_tree(raster.staging)
-    return {"input": raster.info.path, "assemble_s": time.perf_counter() - started, "error": None}
+    return {"input": raster.info.path, "assemble_s": time.perf_counter() - started, "error": None,
+            "verify": verified}  # fmt: skip
 
 
 ASSEMBLED_SCHEMA = pa.schema(
-    [("input", pa.string()), ("assemble_s", pa.float64()), ("error", pa.string())]
+    [("input", pa.string()), ("assemble_s", pa.float64()), ("error", pa.string()),
+     ("verify", pa.string())]  # fmt: skip
 )
 
 
-def assemble_on_executors(spark, tasks: list[tuple]) -> list[dict]:
-    """Spark tasks assemble the COGs, a few rasters each, so the driver never touches pixels.
+def assemble_on_executors(spark, tasks: list[tuple], job: Job | None = None) -> list[dict]:
+    """Spark tasks assemble the COGs, a few rasters each, so the driver never touches pixels;
+    with `job`, they also verify them (`--verify`), in the workers that hold the model.
 
     A DataFrame stage, like inference, so it runs in the Python workers already started (an
     RDD job would start others).
     """
+    model = None if job is None else spark.sparkContext.broadcast(job.package)
 
     def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        verifying = None if model is None else (job, model.value)
         for batch in batches:
-            done = [_assemble(tasks[i]) for i in batch.column("task").to_pylist()]
+            done = [_assemble(tasks[i], verifying) for i in batch.column("task").to_pylist()]
             yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
 
     table = pa.table({"task": list(range(len(tasks)))})
     partitions = min(len(tasks), 4 * spark.sparkContext.defaultParallelism)  # tasks cost ~0.1 s
-    rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)
+    backend = runtime_options(job.config).backend if job is not None else None
+    with keras_workers(spark, backend) if backend else nullcontext():
+        rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)
+    if model is not None:
+        model.unpersist()
     return [row.asDict() for row in rows]
 
 
@@ -631,7 +659,7 @@ def _run(spark, job: Job) -> dict:
     assembled = []
     if tasks:
         with spark_failures(f"{job.output}: assembly failed", RESUME_HINT):
-            assembled = assemble_on_executors(spark, tasks)
+            assembled = assemble_on_executors(spark, tasks, job if job.config.verify else None)
     timings["assemble_s"] = time.perf_counter() - t
     for done in assembled:
         if done["error"]:
@@ -661,6 +689,7 @@ def _chunks_by_gpu(results: pa.Table) -> dict:
 def _report(job, todo, results, assembled, complete, failed, resumed, timings, spark) -> dict:
     failed_inputs = {f.input for f in failed}
     assembled_s = {a["input"]: a["assemble_s"] for a in assembled}
+    verified = {a["input"]: json.loads(a["verify"]) for a in assembled if a.get("verify")}
     per_raster = []
     for index, raster in enumerate(todo):
         if raster.info.path in failed_inputs:
@@ -687,6 +716,7 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
                 | _chunks_by_gpu(mine),
                 "assemble_s": assembled_s.get(raster.info.path),
             }
+            | ({"verify": verified[raster.info.path]} if raster.info.path in verified else {})
         )
     for raster in complete:
         per_raster.append(

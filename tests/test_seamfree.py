@@ -98,3 +98,25 @@ def test_the_halo_used_is_said_when_it_differs_from_the_one_given(tmp_path, mode
         "halo 8 is less than the model's receptive field (23 pixels, by trace): tiles differ "
         "from whole-image inference near their borders"]
     assert halo_notes(prepare_job(load_config(common))) == []
+
+
+def test_verify_finds_the_tiles_equal_to_a_window_run_whole(tmp_path, run, models):
+    from builders import squeeze_excite
+
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 300, 270, seed=3)
+    report = run(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "local"),
+                 tile_size=64, verify=True)  # fmt: skip
+    checked = report["rasters"][0]["verify"]
+    # 3 tiles and their halo (24 for the stride-4 U-Net), half a tile off the tile grid.
+    assert checked["window"] == {"row_off": 60, "col_off": 28, "size": 240}
+    assert checked["compared_pixels"] == (240 - 2 * 24) ** 2
+    assert checked["agreement"] == 1.0, "a local model: seam-free"
+
+    model = squeeze_excite(tmp_path / "se.keras")
+    report = run(input=[str(raster)], model=str(model), output=str(tmp_path / "global"),
+                 tile_size=32, halo=4, scores=True, verify=True)  # fmt: skip
+    checked = report["rasters"][0]["verify"]
+    print(json.dumps({"global_context_verify_agreement": checked["agreement"]}))
+    assert checked["compared_pixels"] == (3 * 32) ** 2
+    assert 0.5 < checked["agreement"] <= 1.0, "global context: reported, not guaranteed"
