@@ -39,6 +39,23 @@ PY
 archive="$here/build/jvm/spark-classes.jsa"
 java_options="-XX:SharedArchiveFile=$archive -Xlog:cds*=off"
 
+# spark-submit merges the Python driver's stderr into its stdout: the driver tags its stderr
+# lines and they go back to stderr here, so stdout holds only the summary. Without --verbose,
+# the JVM's start-up notice is left out.
+tag=$'\x1e'
+export SPARKINFER_STDERR_TAG="$tag"
+verbose=0
+for arg in "$@"; do
+    if [[ "$arg" == "--verbose" ]]; then verbose=1; fi
+done
+if (( ! verbose )); then
+    exec 2> >(grep -v --line-buffered '^WARNING: Using incubator modules' >&2)
+fi
+exec > >(awk -v tag="$tag" '{
+    if (index($0, tag) == 1) { print substr($0, 2) > "/dev/stderr"; fflush("/dev/stderr") }
+    else { print; fflush() }
+}')
+
 extra=()
 if [[ -n "${SPARK_SUBMIT_ARGS:-}" ]]; then
     read -r -a extra <<< "$SPARK_SUBMIT_ARGS"

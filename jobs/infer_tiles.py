@@ -3,6 +3,8 @@
     ./spark-submit.sh --input data/L7_ETMs.tif --model data/sample_model.keras --output out/x
 """
 
+import io
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +23,32 @@ EXIT_SOME_FAILED = 3
 DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 
 
+class _TaggedLines(io.TextIOBase):
+    """A stream whose every line starts with `tag`.
+
+    spark-submit merges the Python driver's stderr into its stdout; spark-submit.sh asks for
+    the tag (SPARKINFER_STDERR_TAG) and sends tagged lines back to stderr, so that errors,
+    progress and notes stay on stderr and stdout holds only the summary."""
+
+    def __init__(self, stream, tag: str) -> None:
+        self.stream, self.tag, self.line_start = stream, tag, True
+
+    def write(self, text: str) -> int:
+        pieces = []
+        for piece in text.splitlines(keepends=True):
+            pieces.append(self.tag + piece if self.line_start else piece)
+            self.line_start = piece.endswith("\n")
+        self.stream.write("".join(pieces))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def main(argv: list[str]) -> int:
+    tag = os.environ.get("SPARKINFER_STDERR_TAG")
+    if tag:
+        sys.stderr = _TaggedLines(sys.stderr, tag)
     try:
         defaults = DEFAULTS if DEFAULTS.is_file() else None
         checked = check_job(config_from_args(argv, defaults_file=defaults))
@@ -50,7 +77,7 @@ def main(argv: list[str]) -> int:
         return exc.exit_code
     finally:
         spark.stop()
-    print_summary(report)
+    print_summary(report, errors=sys.stderr)
     return EXIT_SOME_FAILED if report["failed"] else 0
 
 

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--progress", type=float, metavar="SECONDS",
         help="seconds between progress lines when stderr is not a terminal (default 10; "
              "0: none)")  # fmt: skip
+    add("--verbose", action="store_true",
+        help="show the JVM's start-up notices too (spark-submit.sh)")  # fmt: skip
     add("--trust-model", action="store_true", default=None,
         help="run code held in the model file (Lambda layers); only for files you "
              "trust")  # fmt: skip

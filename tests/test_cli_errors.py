@@ -75,16 +75,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene, models, case)
     assert not out.exists(), "nothing written for a bad input"
 
 
-def test_bad_input_through_spark_submit(tmp_path, scene):
+@pytest.mark.parametrize("verbose", [False, True])
+def test_bad_input_through_spark_submit_is_the_last_line_on_stderr(tmp_path, scene, verbose):
+    """spark-submit merges the Python driver's stderr into its stdout; spark-submit.sh sends
+    the job's lines back: stdout stays empty, the error is stderr's last line, and the JVM's
+    start-up notice shows only with --verbose."""
     out = tmp_path / "out"
     env = dict(os.environ, SPARKINFER_VENV=str(Path(sys.executable).parent.parent))
     done = subprocess.run(
         [str(ROOT / "spark-submit.sh"), "--input", scene, "--model", tmp_path / "missing.keras",
-         "--output", out],
+         "--output", out, *(["--verbose"] if verbose else [])],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
-    # spark-submit merges the Python driver's stderr into its stdout.
-    output = done.stdout + done.stderr
-    assert done.returncode == 2
-    assert f"sparkinfer: error: {tmp_path / 'missing.keras'}: model not found\n" in output
-    assert "Traceback" not in output and not out.exists()
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines[-1] == f"sparkinfer: error: {tmp_path / 'missing.keras'}: model not found"
+    assert ("WARNING: Using incubator modules: jdk.incubator.vector" in lines) == verbose
+    assert len(lines) == (2 if verbose else 1)
+    assert "Traceback" not in done.stderr and not out.exists()
