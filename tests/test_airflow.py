@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import rasterio
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW = ROOT / ".venv-airflow" / "bin"
 DAG_FILE = ROOT / "jobs" / "airflow_infer_tiles.py"

@@ -30,6 +30,8 @@ from sparkinfer.config import load_config
 from sparkinfer.errors import JobFailed
 from sparkinfer.job import LOCK_FILE, prepare_job, run_job
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 TILE = 64  # with one tile per chunk: 384 chunks, each committed on its own
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 import rasterio
 from builders import write_raster
 from processes import submit
@@ -29,6 +30,7 @@ def test_the_discovery_script_lists_nvidia_smi_s_gpus(tmp_path):
     assert json.loads(found.stdout) == {"name": "gpu", "addresses": ["0", "1", "2"]}
 
 
+@pytest.mark.slow
 def test_tasks_get_distinct_gpus_and_the_report_says_which_served_each_chunk(
     tmp_path, run, models, standalone, monkeypatch
 ):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 import rasterio
 from builders import write_raster
 from rasterio.transform import from_origin
@@ -17,6 +18,8 @@ from rasterio.transform import from_origin
 from sparkinfer.config import load_config
 from sparkinfer.job import chunks_to_do, prepare_job, prepare_staging
 from sparkinfer.stage import map_in_partitions, plan_table
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 

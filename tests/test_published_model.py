@@ -13,6 +13,8 @@ import pytest
 import rasterio
 import ukis_csmask
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENE = ROOT / "data" / "L7_ETMs.tif"  # ETM+ bands 1, 2, 3, 4, 5, 7
 BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]

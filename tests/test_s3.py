@@ -38,6 +38,7 @@ def upload(local, uri: str) -> str:
     return uri
 
 
+@pytest.mark.slow
 def test_s3_in_and_out_on_a_cluster_whose_executors_have_no_aws_settings(
     tmp_path, run, models, standalone, client
 ):

@@ -3,8 +3,11 @@ pyspark): spark-submit.sh with SPARK_MASTER=spark://... gives the local[2] outpu
 
 import json
 
+import pytest
 from builders import write_raster
 from processes import submit
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_standalone_cluster_gives_the_local_output(tmp_path, run, models, standalone):
