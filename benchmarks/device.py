@@ -16,6 +16,8 @@ typing-inspection, zstandard, pyyaml and pystac. It writes DIR/device.json with:
 3. `partition`: the partition function over a mirrored copy of the sample of `--size` pixels a
    side (read, infer, write chunks: one task), in the same run, and its share of `model_only`;
    a first pass over one batch of chunks compiles the model outside the timing.
+4. `auto_batch` (with `--batch auto`, the default): the batch `--batch-size auto` picks on this
+   device for the U-Net's window, which the two measurements above then use.
 
 Without a GPU everything runs on the CPU (`device` says so): small sizes make a smoke test.
 """
@@ -137,7 +139,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="work folder; device.json")
     parser.add_argument("--size", type=int, default=8192, help="side of the raster, pixels")
     parser.add_argument("--tile", type=int, default=2048, help="core tile side, pixels")
-    parser.add_argument("--batch", type=int, default=8, help="tiles per model call")
+    parser.add_argument("--batch", default="auto",
+                        help="tiles per model call, or auto: what the job's runtime picks there")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="bfloat16")
     args = parser.parse_args()
     work = args.output
@@ -149,12 +152,23 @@ def main() -> None:
 
     unet = save_model("unet", work / "models")
     raster = make_large_raster(work / "rasters" / f"nc_{args.size}.tif", args.size)
-    job = _job([raster], unet, runs / "unet", "--tile-size", str(args.tile), "--batch-size",
-               str(args.batch), "--precision", args.precision, "--scale", str(1 / 255))  # fmt: skip
-    result["model_only"] = model_only(unet, args.tile, job.tiling.halo, args.batch,
-                                      args.precision)  # fmt: skip
+    options = ("--tile-size", str(args.tile), "--precision", args.precision, "--scale",
+               str(1 / 255))  # fmt: skip
+    batch = args.batch
+    if batch == "auto":  # what `--batch-size auto` picks on this device for this window
+        from sparkinfer.job import runtime_options
+        from sparkinfer.model import load_package
+
+        probe_job = _job([raster], unet, runs / "unet", *options)
+        window = probe_job.tiling.window_size
+        runtime = load_package(probe_job.package, runtime_options(probe_job.config), gpu=0)
+        batch = runtime.auto_batch(window, window, np.dtype("uint8"))
+        result["auto_batch"] = {"window": window, "batch": batch}
+    batch = int(batch)
+    job = _job([raster], unet, runs / "unet", *options, "--batch-size", str(batch))
+    result["model_only"] = model_only(unet, args.tile, job.tiling.halo, batch, args.precision)
     gpu = TaskResources(os.cpu_count() or 1, "0")
-    run_partition(job, gpu, chunks=args.batch)  # compiles the batch's shape outside the timing
+    run_partition(job, gpu, chunks=batch)  # compiles the batch's shape outside the timing
     seconds, rows = run_partition(job, gpu)
     useful = args.size * args.size
     result["partition"] = {
