@@ -17,12 +17,11 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.models import BANDS, save_model
 from benchmarks.paths import SCALE
-from benchmarks.run import machine, write_result
+from benchmarks.run import envelope, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,12 +81,7 @@ def main() -> None:
             str(b): {"mpx_s_per_core": r, "mean": round(sum(r) / len(r), 3)}
             for b, r in rates.items()
         }
-    result = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "settings": vars(args) | {"work": str(args.work), "processes": cores},
-        "models": found,
-    }
+    result = envelope(args, processes=cores) | {"models": found}
     print(json.dumps(found, indent=2))
     write_result(result, "batch")
 

@@ -17,14 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import rasterio
 from rasterio.windows import Window
 
 from benchmarks.large_raster import make_large_raster
-from benchmarks.run import machine, write_result
+from benchmarks.run import envelope, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 2048
@@ -70,9 +69,7 @@ def main() -> None:
         rates[name] = {"seconds": round(seconds, 2),
                        "mpx_per_s": round(args.size**2 / seconds / 1e6, 1)}  # fmt: skip
         print(f"  {name}: {rates[name]}", flush=True)
-    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "settings": vars(args) | {"work": str(args.work), "window": WINDOW},
-              "rates": rates}  # fmt: skip
+    result = envelope(args, window=WINDOW) | {"rates": rates}
     print(json.dumps(rates, indent=2))
     write_result(result, "decode")
 

@@ -21,7 +21,6 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from rasterio.windows import Window
 from benchmarks.large_raster import make_large_raster
 from benchmarks.models import save_model
 from benchmarks.paths import DEFAULTS, _spark, _warm_up
-from benchmarks.run import machine, write_result
+from benchmarks.run import envelope, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,10 +112,7 @@ def main() -> None:
         rates[name] = {"seconds": [round(v, 2) for v in values], "median_s": round(median, 2),
                        "mpx_per_s": round(rate, 2),
                        "mpx_per_s_per_core": round(rate / args.cores, 2)}  # fmt: skip
-    result = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "settings": vars(args) | {"work": str(args.work)},
+    result = envelope(args) | {
         "raster": {"side": args.size, "pixels": pixels},
         "tiling": report["tiling"],
         "task_timings_s": {k: round(v, 2) for k, v in report["timings"].items()},

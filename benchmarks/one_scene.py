@@ -20,13 +20,12 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.large_raster import make_large_raster
 from benchmarks.models import save_model
 from benchmarks.paths import SCALE
-from benchmarks.run import machine, run_path, write_result
+from benchmarks.run import envelope, run_path, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 TILE = 512
@@ -78,12 +77,7 @@ def main() -> None:
             "plain_over_job": round(medians["plain"] / medians["job"], 3),
             "job_timings_s": {k: round(v, 2) for k, v in report["timings"].items()},
         }
-    result = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "settings": vars(args) | {"work": str(args.work), "tile": TILE},
-        "sizes": found,
-    }
+    result = envelope(args, tile=TILE) | {"sizes": found}
     print(json.dumps(found, indent=2))
     write_result(result, "one-scene")
 

@@ -166,6 +166,16 @@ def write_result(result: dict, kind: str) -> Path:
     return destination
 
 
+def envelope(args, **settings) -> dict:
+    """What a benchmark's result file starts with: when, on what machine, with which arguments
+    (`args`, with a `work` folder) and the `settings` the benchmark fixed itself."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": vars(args) | {"work": str(args.work)} | settings,
+    }
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()

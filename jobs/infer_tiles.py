@@ -11,8 +11,7 @@ from pathlib import Path
 from sparkinfer import storage
 from sparkinfer.cli import config_from_args, print_summary
 from sparkinfer.errors import JobFailed, UserError
-from sparkinfer.job import check_job, halo_notes, plan_job, run_job, runtime_options
-from sparkinfer.stage import warm_workers
+from sparkinfer.job import check_job, halo_notes, plan_job, run_job
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
 # error before any output (one line, nothing written); 3 some rasters failed (listed, also in
@@ -61,9 +60,7 @@ def main(argv: list[str]) -> int:
     try:
         # The Python workers start, load the model and inspect it: the driver never starts a
         # framework, and the stage finds the model loaded.
-        model = warm_workers(spark, checked.package, runtime_options(checked.config),
-                             checked.config.model)  # fmt: skip
-        job = plan_job(checked, model)
+        job = plan_job(checked, spark)
     except UserError as exc:  # a model or inputs the job cannot use: nothing written
         spark.stop()
         print(f"sparkinfer: error: {exc}", file=sys.stderr)

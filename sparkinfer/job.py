@@ -20,7 +20,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,26 +317,25 @@ def check_job(config: JobConfig) -> Checked:
 
 
 def prepare_job(config: JobConfig, spark=None) -> Job:
-    """Check model, output and inputs, then plan every raster (`check_job`, then `plan_job`).
+    """Check model, output and inputs, then plan every raster (`check_job`, then `plan_job`)."""
+    return plan_job(check_job(config), spark)
+
+
+def plan_job(checked: Checked, spark=None) -> Job:
+    """Check the model, check the inputs, then plan every raster.
 
     With a session, its Python workers start, load the model and inspect it (`warm_workers`),
-    so the driver never starts a framework and the stage finds the model loaded."""
-    checked = check_job(config)
-    model = None
-    if spark is not None:
-        model = warm_workers(spark, checked.package, runtime_options(config), config.model)
-    return plan_job(checked, model)
-
-
-def plan_job(checked: Checked, model: ModelInfo | None = None) -> Job:
-    """Check the model (inspected here unless `model` is what an inspection found), check the
-    inputs, then plan every raster.
+    so the driver never starts a framework and the stage finds the model loaded; without one,
+    or if that job fails, the model is inspected here.
 
     Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
     `Failure` in `Job.failed` (or raises, with `fail_fast`).
     """
     config, output, package = checked.config, checked.output, checked.package
     inputs, failed = list(checked.inputs), list(checked.failed)
+    model = None
+    if spark is not None:
+        model = warm_workers(spark, package, runtime_options(config), config.model)
     if model is None:
         model = inspect_model(config.model, config.trust_model, config.backend)
     if config.precision != "float32" and model.format != "keras":
@@ -521,14 +520,14 @@ ASSEMBLED_SCHEMA = pa.schema(
 )
 
 
-def assemble_on_executors(spark, tasks: list[tuple], job: Job | None = None) -> list[dict]:
+def assemble_on_executors(spark, tasks: list[tuple], job: Job) -> list[dict]:
     """Spark tasks assemble the COGs, a few rasters each, so the driver never touches pixels;
-    with `job`, they also verify them (`--verify`), in the workers that hold the model.
+    with `--verify`, they also verify them, with the model the workers hold.
 
     A DataFrame stage, like inference, so it runs in the Python workers already started (an
     RDD job would start others).
     """
-    model = None if job is None else spark.sparkContext.broadcast(job.package)
+    model = spark.sparkContext.broadcast(job.package) if job.config.verify else None
 
     def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         verifying = None if model is None else (job, model.value)
@@ -538,9 +537,7 @@ def assemble_on_executors(spark, tasks: list[tuple], job: Job | None = None) -> 
 
     table = pa.table({"task": list(range(len(tasks)))})
     partitions = min(len(tasks), 4 * spark.sparkContext.defaultParallelism)  # tasks cost ~0.1 s
-    backend = runtime_options(job.config).backend if job is not None else None
-    with keras_workers(spark, backend) if backend else nullcontext():
-        rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)
+    rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)
     if model is not None:
         model.unpersist()
     return [row.asDict() for row in rows]
@@ -659,7 +656,7 @@ def _run(spark, job: Job) -> dict:
     assembled = []
     if tasks:
         with spark_failures(f"{job.output}: assembly failed", RESUME_HINT):
-            assembled = assemble_on_executors(spark, tasks, job if job.config.verify else None)
+            assembled = assemble_on_executors(spark, tasks, job)
     timings["assemble_s"] = time.perf_counter() - t
     for done in assembled:
         if done["error"]:

@@ -56,8 +56,13 @@ class ModelInfo:
 
     @property
     def classes(self) -> int:
-        """Classes of the class map: one sigmoid channel makes two, 0 below 0.5 and 1 from it."""
-        return 2 if self.channels == 1 else self.channels
+        return class_count(self.channels)
+
+
+def class_count(channels: int) -> int:
+    """Classes of the class map of a model with `channels` outputs: one sigmoid channel makes
+    two, 0 below 0.5 and 1 from it."""
+    return 2 if channels == 1 else channels
 
 
 FORMAT_NAMES = {"keras": "a Keras file", "savedmodel": "a SavedModel", "onnx": "an ONNX model"}
@@ -120,14 +125,18 @@ def load_model(
 
 
 def inspect_model(
-    path: str | Path, trusted: bool = False, backend: Backend = "tensorflow"
+    path: str | Path,
+    trusted: bool = False,
+    backend: Backend = "tensorflow",
+    runtime: Runtime | None = None,
 ) -> ModelInfo:
-    """Load a model on the driver and check it can be used for tiled per-pixel inference. A
-    Keras model is loaded on `backend` unless Keras already runs here on another."""
+    """Check a model can be used for tiled per-pixel inference: `runtime` when it is already
+    loaded, else the model at `path`, loaded here (a Keras model on `backend` unless Keras
+    already runs here on another)."""
     from sparkinfer.receptive_field import UntraceableLayer, probe, trace
 
     path = Path(path)
-    runtime = load_model(path, RuntimeOptions(backend=backend), trusted)
+    runtime = runtime or load_model(path, RuntimeOptions(backend=backend), trusted)
     field = None
     if runtime.format == "keras":
         model = runtime.model
@@ -165,7 +174,7 @@ def inspect_model(
         stride = _probe_stride(runtime, path)
         halo, found_by = probe(runtime.scores, runtime.bands, stride), "probe"
     channels = _probe_channels(runtime, path, stride, size)
-    names, colors = read_class_table(path, 2 if channels == 1 else channels, runtime)
+    names, colors = read_class_table(path, class_count(channels), runtime)
     return ModelInfo(
         path=str(path),
         format=runtime.format,
@@ -257,12 +266,15 @@ def unpacked(package: ModelPackage) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def inspect_package(package: ModelPackage, name: str, backend: Backend) -> ModelInfo:
-    """`inspect_model` on a package's files, in a Python worker, so that the driver need not
-    start a framework; messages and the result name the model `name` the user gave."""
+def inspect_package(
+    package: ModelPackage, name: str, backend: Backend, runtime: Runtime | None = None
+) -> ModelInfo:
+    """`inspect_model` on a package's files (and its `runtime`, where the worker has loaded
+    it), in a Python worker, so that the driver need not start a framework; messages and the
+    result name the model `name` the user gave."""
     with unpacked(package) as path:
         try:
-            info = inspect_model(path, package.trusted, backend)
+            info = inspect_model(path, package.trusted, backend, runtime)
         except ModelError as exc:
             raise ModelError(str(exc).replace(str(path), name)) from None
     return replace(info, path=name)

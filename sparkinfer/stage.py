@@ -534,12 +534,14 @@ def warm_workers(
         resources = task_resources()
         # First, so that the runtime sets the task's thread limits before anything starts
         # the framework.
-        with suppress(Exception):  # the stage loads it again and reports why it fails
-            load_package(model.value, options, gpu_ordinal(resources.gpu), resources.cpus)
+        runtime = None
+        with suppress(Exception):  # the inspection below loads it again and says why it fails
+            runtime = load_package(model.value, options, gpu_ordinal(resources.gpu),
+                                   resources.cpus)  # fmt: skip
         found = None
         if TaskContext.get().partitionId() == 0:
             try:
-                found = pickle.dumps(inspect_package(model.value, name, options.backend))
+                found = pickle.dumps(inspect_package(model.value, name, options.backend, runtime))
             except ModelError as exc:
                 found = pickle.dumps(str(exc))
             except Exception as exc:  # noqa: BLE001 -- whatever fails, the model is unusable

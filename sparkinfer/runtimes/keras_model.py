@@ -121,20 +121,23 @@ class KerasOnJax(Runtime):
         )  # fmt: skip
         norm = options.normalization
 
+        def raw(variables, x):
+            trainable, non_trainable = variables
+            y, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+            return y.astype(jnp.float32)
+
         def scores_of(variables, pixels, valid):
             x = normalized(pixels.astype(jnp.float32), norm)
             if valid is not None:
                 x = jnp.where(valid[..., None], x, 0.0)
-            trainable, non_trainable = variables
-            y, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-            return activated(y.astype(jnp.float32), options.activation, jax.nn)
+            return activated(raw(variables, x), options.activation, jax.nn)
 
         def classes_of(scores):
             if scores.shape[-1] == 1:
                 return (scores[..., 0] >= 0.5).astype(jnp.uint8)
             return jnp.argmax(scores, axis=-1).astype(jnp.uint8)
 
-        self._scores = jax.jit(scores_of)
+        self._raw = jax.jit(raw)
         self._classify = jax.jit(lambda v, p, m: classes_of(scores_of(v, p, m)))
 
         def with_scores(variables, pixels, valid):
@@ -149,7 +152,7 @@ class KerasOnJax(Runtime):
         return None if array is None else jax.device_put(array, self._jax_device)
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._scores(self._variables, self._put(batch), None))
+        return np.asarray(self._raw(self._variables, self._put(batch)))
 
     def output_shape(self, height: int, width: int) -> tuple[int, ...] | None:
         return symbolic_output_shape(self.model, height, width, self.bands)
