@@ -52,7 +52,7 @@ CPU = Device()
 
 # Pixels per model call on a CPU with `batch_size` auto. A batch is a loop over its windows on
 # one core, so a bigger one only spills the activations out of the cache: the benchmark's
-# 3-convolution model ran 40% faster per core on one 516 x 516 window per call than on 8
+# 3-convolution model ran 37% faster per core on one 512 x 512 window per call than on 8
 # (two processes side by side, benchmarks/results/2026-11-27-vm-batch.json).
 CPU_CALL_PIXELS = 1 << 18
 # On a GPU: the share of free device memory a batch may take, the largest batch, and the batch
