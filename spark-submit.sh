@@ -51,10 +51,11 @@ done
 if (( ! verbose )); then
     exec 2> >(grep -v --line-buffered '^WARNING: Using incubator modules' >&2)
 fi
-exec > >(awk -v tag="$tag" '{
-    if (index($0, tag) == 1) { print substr($0, 2) > "/dev/stderr"; fflush("/dev/stderr") }
-    else { print; fflush() }
-}')
+# A shell loop, not awk: mawk holds lines for /dev/stderr until it exits, progress included.
+exec > >(while IFS= read -r line || [[ -n "$line" ]]; do
+    if [[ "$line" == "$tag"* ]]; then printf '%s\n' "${line#"$tag"}" >&2
+    else printf '%s\n' "$line"; fi
+done)
 
 extra=()
 if [[ -n "${SPARK_SUBMIT_ARGS:-}" ]]; then

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,19 @@ def test_bad_input_through_spark_submit_is_the_last_line_on_stderr(tmp_path, sce
     assert ("WARNING: Using incubator modules: jdk.incubator.vector" in lines) == verbose
     assert len(lines) == (2 if verbose else 1)
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_spark_submit_shows_stderr_lines_as_they_come(tmp_path):
+    """The driver's lines reach stderr while the job runs, not when it ends."""
+    env = dict(os.environ, SPARKINFER_VENV=str(Path(sys.executable).parent.parent))
+    job = subprocess.Popen(
+        [str(ROOT / "spark-submit.sh"), "--input", ROOT / "data" / "L7_ETMs.tif", "--model",
+         ROOT / "data" / "landcover.keras", "--output", tmp_path / "out", "--tile-size", "128"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    first = job.stderr.readline()
+    first_at = time.monotonic()
+    out, _ = job.communicate(timeout=300)
+    # The workers load and check the model, then the job runs, after the session's line.
+    assert first.startswith("sparkinfer: Spark UI at ") and time.monotonic() - first_at > 2
+    assert job.returncode == 0 and out.startswith("sparkinfer: 1 raster(s) written")
