@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
     add("--halo", type=_int_or_auto, metavar="PIXELS|auto",
         help="context around each tile; auto: from the model's receptive field")  # fmt: skip
+    add("--merge", choices=["crop", "blend"],
+        help="crop: keep each window's core (default; exact for local models); blend: "
+             "average overlapping windows (for models with global context)")  # fmt: skip
+    add("--overlap", type=_int_or_auto, metavar="PIXELS|auto",
+        help="with --merge blend: overlap of neighbouring windows (default auto: a fifth of "
+             "the window)")  # fmt: skip
     add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
     add("--scale", type=float, help="normalisation: pixels * scale + offset")
     add("--offset", type=float, help="normalisation: added after --scale")
@@ -115,6 +121,8 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "output": args.output,
         "tile_size": args.tile_size,
         "halo": args.halo,
+        "merge": args.merge,
+        "overlap": args.overlap,
         "bands": args.bands,
         "activation": args.activation,
         "batch_size": args.batch_size,

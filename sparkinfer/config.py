@@ -116,6 +116,18 @@ class JobConfig(_Strict):
         description="Pixels of context read around each core tile and cropped after inference; "
         "'auto' derives it from the model's receptive field, which makes the output seam-free.",
     )
+    merge: Literal["crop", "blend"] = Field(
+        "crop",
+        description="How tiles' outputs make one map. 'crop' keeps each window's core (the halo "
+        "is cut off): exact for models with a local receptive field. 'blend', for models with "
+        "global context (global pooling, attention), overlaps whole windows by 'overlap' pixels "
+        "and averages each pixel's scores over them with a tapered cosine (Tukey) weight.",
+    )
+    overlap: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="With merge 'blend': pixels by which neighbouring windows overlap, rounded "
+        "up to twice the model's stride; 'auto': a fifth of the window, as ukis-csmask's 20%.",
+    )
     bands: list[int] | None = Field(
         None, description="1-based input bands fed to the model, in order; default all bands."
     )
@@ -184,6 +196,11 @@ class JobConfig(_Strict):
                     f"halo {self.halo} is larger than tile_size {self.tile_size}; "
                     "use a larger tile_size"
                 )
+        if self.merge == "blend" and self.halo != "auto":
+            raise ValueError("halo applies to merge 'crop'; with 'blend' windows overlap by "
+                             "overlap pixels instead")  # fmt: skip
+        if self.merge == "crop" and self.overlap != "auto":
+            raise ValueError("overlap applies to merge 'blend'; with 'crop' give a halo")
         if self.bands is not None:
             if not self.bands:
                 raise ValueError("bands must list at least one band")

@@ -188,31 +188,77 @@ def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
         raise ModelError(
             f"{model.path}: each output pixel depends on the whole input window (global "
             "pooling or attention), so no halo makes tiles equal whole-image inference; give "
-            "the context to read around each tile with --halo PIXELS"
+            "the context to read around each tile with --halo PIXELS, or blend overlapping "
+            "windows with --merge blend"
         )
     return round_up(model.receptive_halo, model.stride)
 
 
+def _tiling(config: JobConfig, model: ModelInfo) -> Tiling:
+    """How the model's rasters are cut: the halo (`crop`) or half the overlap (`blend`) around
+    tiles of `tile_size`, whose windows are the model's input where its size is fixed."""
+    if config.merge == "blend":
+        margin = model.stride  # overlaps are even multiples of the stride: half is the halo
+        window = model.input_size or config.tile_size * 5 // 4
+        overlap = window // 5 if config.overlap == "auto" else config.overlap
+        halo = round_up(overlap, 2 * margin) // 2
+    else:
+        halo = _resolve_halo(config, model)
+    tile_size = config.tile_size
+    if model.input_size is not None:  # the window is the model's input
+        tile_size = model.input_size - 2 * halo
+        if tile_size < 1:
+            blend = config.merge == "blend"
+            room = f"an overlap of {2 * halo}" if blend else f"a halo of {halo} on each side"
+            raise ModelError(
+                f"{model.path}: the model takes windows of exactly {model.input_size} pixels, "
+                f"which leave no room for {room}; give a smaller --{'overlap' if blend else 'halo'}"
+            )
+    try:
+        chunk_tiles = config.chunk_tiles
+        if chunk_tiles == "auto":
+            chunk_tiles = max(1, CHUNK_PIXELS // tile_size)
+        return Tiling(tile_size, halo, model.stride, chunk_tiles,
+                      fixed_window=model.input_size is not None, merge=config.merge)  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
+
+
 def seam_free(model: ModelInfo, tiling: Tiling) -> bool:
-    """Whether the stitched output equals whole-image inference: the halo covers the model's
-    receptive field."""
-    return model.receptive_halo is not None and tiling.halo >= model.receptive_halo
+    """Whether the stitched output equals whole-image inference: windows are cropped to their
+    cores, and the halo covers the model's receptive field."""
+    return (tiling.merge == "crop" and model.receptive_halo is not None
+            and tiling.halo >= model.receptive_halo)  # fmt: skip
 
 
 def halo_notes(job: Job) -> list[str]:
-    """What a user should know about the halo the job uses: that it differs from the one given,
-    or that the result is not seam-free."""
-    model, halo, given = job.model, job.tiling.halo, job.config.halo
+    """What a user should know about the context the job gives each tile: a tile size, halo or
+    overlap that differs from the one given, and whether the result is seam-free."""
+    model, tiling, config = job.model, job.tiling, job.config
+    blend = tiling.merge == "blend"
     notes = []
-    if model.input_size is not None and job.tiling.tile_size != job.config.tile_size:
-        notes.append(f"tile size {job.tiling.tile_size}: the model takes windows of exactly "
-                     f"{model.input_size} pixels, {halo} of halo on each side")  # fmt: skip
+    if model.input_size is not None and tiling.tile_size != config.tile_size:
+        context = (f"overlapping by {tiling.overlap}" if blend
+                   else f"{tiling.halo} of halo on each side")  # fmt: skip
+        notes.append(f"tile size {tiling.tile_size}: the model takes windows of exactly "
+                     f"{model.input_size} pixels, {context}")  # fmt: skip
+    if blend:
+        if config.overlap != "auto" and config.overlap != tiling.overlap:
+            notes.append(f"overlap {config.overlap} rounded up to {tiling.overlap}, a multiple "
+                         f"of twice the model's stride {model.stride}")  # fmt: skip
+        if model.receptive_halo is not None:
+            notes.append(f"the model's receptive field is local ({model.receptive_halo} pixels): "
+                         "--merge crop gives whole-image inference exactly")  # fmt: skip
+        notes.append(f"windows of {tiling.window_size} pixels overlap by {tiling.overlap} and "
+                     "their scores are blended: smooth across tiles, not seam-free")  # fmt: skip
+        return notes
+    halo, given = tiling.halo, config.halo
     if given != "auto" and given != halo:
         notes.append(f"halo {given} rounded up to {halo}, a multiple of the model's stride "
                      f"{model.stride}")  # fmt: skip
     if model.receptive_halo is None:
         notes.append(f"{model.path}: each output pixel depends on the whole input window: "
-                     "tiles are not seam-free")  # fmt: skip
+                     "tiles are not seam-free; --merge blend smooths their borders")  # fmt: skip
     elif halo < model.receptive_halo:
         notes.append(f"halo {halo} is less than the model's receptive field "
                      f"({model.receptive_halo} pixels, by {model.halo_found_by}): tiles differ "
@@ -348,23 +394,7 @@ def plan_job(checked: Checked, spark=None) -> Job:
         raise ConfigError(
             f"normalization has statistics for {count} bands but the model takes {model.bands}"
         )
-    halo = _resolve_halo(config, model)
-    tile_size = config.tile_size
-    if model.input_size is not None:  # the window is the model's input
-        tile_size = model.input_size - 2 * halo
-        if tile_size < 1:
-            raise ModelError(
-                f"{model.path}: the model takes windows of exactly {model.input_size} pixels, "
-                f"which leave no room for a halo of {halo} on each side; give a smaller --halo"
-            )
-    try:
-        chunk_tiles = config.chunk_tiles
-        if chunk_tiles == "auto":
-            chunk_tiles = max(1, CHUNK_PIXELS // tile_size)
-        tiling = Tiling(tile_size, halo, model.stride, chunk_tiles,
-                        fixed_window=model.input_size is not None)  # fmt: skip
-    except ValueError as exc:
-        raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
+    tiling = _tiling(config, model)
 
     infos = []
     for path in inputs:
@@ -647,6 +677,7 @@ def _run(spark, job: Job) -> dict:
         "model_sha256": job.package.digest,
         "halo": str(job.tiling.halo),
         "tile_size": str(job.tiling.tile_size),
+        "merge": job.tiling.merge,
     }
     tasks = [
         (r, job.config.cog, job.model,
@@ -745,7 +776,8 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
             "halo_found_by": job.model.halo_found_by,
             "class_names": list(job.model.class_names),
         },
-        "tiling": asdict(job.tiling) | {"halo_share": round(job.tiling.halo_share, 4),
+        "tiling": asdict(job.tiling) | {"overlap": job.tiling.overlap,
+                                        "halo_share": round(job.tiling.halo_share, 4),
                                         "seam_free": seam_free(job.model, job.tiling)},
         "rasters": per_raster,
         "failed": [asdict(f) for f in failed],

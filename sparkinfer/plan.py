@@ -13,6 +13,13 @@ read window beyond the raster are read as zeros.
 
 Tiles are grouped into square *chunks* of `chunk_tiles` x `chunk_tiles` tiles: a chunk is the
 unit of a Spark task's work and of the files it writes.
+
+Tiles' outputs are merged in one of two ways. `crop` keeps each window's core: seam-free when
+the halo covers the model's receptive field. `blend` (for models with global context, where no
+halo is exact) keeps whole windows, which then overlap by `overlap` = 2 x `halo`, and averages
+each pixel's scores over the windows that cover it (`sparkinfer.blend`). A chunk then infers
+every window that reaches into it, its neighbours' included, so that chunks stay independent:
+a pixel's value never depends on how the raster was cut into chunks.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +42,7 @@ class Tiling:
     stride: int = 1
     chunk_tiles: int = 4
     fixed_window: bool = False  # every window is window_size, padded past small rasters
+    merge: Literal["crop", "blend"] = "crop"
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -47,6 +56,11 @@ class Tiling:
             raise ValueError(f"halo {self.halo} must be a multiple of the stride {self.stride}")
         if self.chunk_tiles < 1:
             raise ValueError(f"chunk_tiles must be >= 1, got {self.chunk_tiles}")
+
+    @property
+    def overlap(self) -> int:
+        """Pixels by which neighbouring read windows overlap (inside the raster)."""
+        return 2 * self.halo
 
     @property
     def window_size(self) -> int:
@@ -108,17 +122,25 @@ TILE_FIELDS = (
 )
 
 
-def _chunk_axis(axis: AxisPlan, side: int) -> dict[str, np.ndarray]:
-    """Chunks along one axis: runs of `side` tiles, with their core and read intervals."""
+def _chunk_axis(axis: AxisPlan, side: int, merge: str) -> dict[str, np.ndarray]:
+    """Chunks along one axis: runs of `side` tiles, with their core interval, the windows they
+    infer (`first_window` to `last_window`: their own tiles', or with `blend` every window that
+    reaches into the core interval) and the union of those windows' read intervals."""
     first = np.arange(0, len(axis), side)
     last = np.minimum(first + side, len(axis)) - 1
-    read_start = np.minimum.reduceat(axis.read_start, first)
+    start, stop = axis.core_start[first], axis.core_stop[last]
+    first_window, last_window = first, last
+    if merge == "blend":  # read intervals are sorted by both ends
+        first_window = np.searchsorted(axis.read_stop, start, side="right")
+        last_window = np.searchsorted(axis.read_start, stop, side="left") - 1
     return {
-        "off": axis.core_start[first],
-        "size": axis.core_stop[last] - axis.core_start[first],
-        "read_off": read_start,
-        "read_size": np.maximum.reduceat(axis.read_stop, first) - read_start,
+        "off": start,
+        "size": stop - start,
+        "read_off": axis.read_start[first_window],
+        "read_size": axis.read_stop[last_window] - axis.read_start[first_window],
         "tiles": last - first + 1,
+        "first_window": first_window,
+        "last_window": last_window,
     }
 
 
@@ -160,15 +182,19 @@ class RasterPlan:
         rows, cols = self.chunk_grid
         return rows * cols
 
+    def _chunk_axes(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        side, merge = self.tiling.chunk_tiles, self.tiling.merge
+        return _chunk_axis(self.rows, side, merge), _chunk_axis(self.cols, side, merge)
+
     def chunks(self) -> pa.Table:
         """One row per chunk, in row-major order: a few numbers each, whatever the chunk size.
 
         Columns: `chunk_row`, `chunk_col`, `row_off`, `col_off`, `height`, `width` (the chunk's
         core window), `read_row_off`, `read_col_off`, `read_height`, `read_width` (the union of
-        its tiles' read windows, read in one piece) and `tiles`, how many tiles it holds.
+        the read windows it infers, read in one piece), `tiles`, how many tiles it holds, and
+        `windows`, how many windows it infers (`chunk_windows`).
         """
-        side = self.tiling.chunk_tiles
-        rows, cols = _chunk_axis(self.rows, side), _chunk_axis(self.cols, side)
+        rows, cols = self._chunk_axes()
         grid = np.meshgrid(np.arange(len(rows["off"])), np.arange(len(cols["off"])), indexing="ij")
         r, c = (g.ravel() for g in grid)
         columns = {
@@ -183,28 +209,52 @@ class RasterPlan:
             "read_height": rows["read_size"][r],
             "read_width": cols["read_size"][c],
             "tiles": rows["tiles"][r] * cols["tiles"][c],
+            "windows": (rows["last_window"][r] - rows["first_window"][r] + 1)
+            * (cols["last_window"][c] - cols["first_window"][c] + 1),
         }
         return pa.table({name: pa.array(values, pa.int32()) for name, values in columns.items()})
 
     def chunk_tiles(self, chunk_row: int, chunk_col: int) -> list[dict]:
         """The tiles of one chunk, row-major, each a dict of `TILE_FIELDS`."""
         side = self.tiling.chunk_tiles
+        row_tiles = range(chunk_row * side, min((chunk_row + 1) * side, len(self.rows)))
+        col_tiles = range(chunk_col * side, min((chunk_col + 1) * side, len(self.cols)))
+        return [self._tile(r, c) for r in row_tiles for c in col_tiles]
+
+    def chunk_windows(self, chunk_row: int, chunk_col: int) -> list[dict]:
+        """The windows one chunk infers, row-major, each a dict of `TILE_FIELDS` whose core is
+        the part of the window's output the chunk keeps: with `crop` its tiles, with `blend`
+        every window that reaches into the chunk, its core clipped to the chunk."""
+        if self.tiling.merge == "crop":
+            return self.chunk_tiles(chunk_row, chunk_col)
+        rows, cols = self._chunk_axes()
+        top, left = int(rows["off"][chunk_row]), int(cols["off"][chunk_col])
+        bottom, right = top + int(rows["size"][chunk_row]), left + int(cols["size"][chunk_col])
+        windows = []
+        for r in range(rows["first_window"][chunk_row], rows["last_window"][chunk_row] + 1):
+            for c in range(cols["first_window"][chunk_col], cols["last_window"][chunk_col] + 1):
+                window = self._tile(r, c)
+                row_start = max(top, window["read_row_off"])
+                col_start = max(left, window["read_col_off"])
+                row_stop = min(bottom, window["read_row_off"] + window["read_height"])
+                col_stop = min(right, window["read_col_off"] + window["read_width"])
+                windows.append(window | {
+                    "core_row_off": row_start, "core_col_off": col_start,
+                    "core_height": row_stop - row_start, "core_width": col_stop - col_start,
+                })  # fmt: skip
+        return windows
+
+    def _tile(self, r: int, c: int) -> dict:
         rows, cols = self.rows, self.cols
-        tiles = []
-        for r in range(chunk_row * side, min((chunk_row + 1) * side, len(rows))):
-            for c in range(chunk_col * side, min((chunk_col + 1) * side, len(cols))):
-                tiles.append(
-                    {
-                        "tile_row": r,
-                        "tile_col": c,
-                        "core_row_off": int(rows.core_start[r]),
-                        "core_col_off": int(cols.core_start[c]),
-                        "core_height": int(rows.core_stop[r] - rows.core_start[r]),
-                        "core_width": int(cols.core_stop[c] - cols.core_start[c]),
-                        "read_row_off": int(rows.read_start[r]),
-                        "read_col_off": int(cols.read_start[c]),
-                        "read_height": int(rows.read_stop[r] - rows.read_start[r]),
-                        "read_width": int(cols.read_stop[c] - cols.read_start[c]),
-                    }
-                )
-        return tiles
+        return {
+            "tile_row": r,
+            "tile_col": c,
+            "core_row_off": int(rows.core_start[r]),
+            "core_col_off": int(cols.core_start[c]),
+            "core_height": int(rows.core_stop[r] - rows.core_start[r]),
+            "core_width": int(cols.core_stop[c] - cols.core_start[c]),
+            "read_row_off": int(rows.read_start[r]),
+            "read_col_off": int(cols.read_start[c]),
+            "read_height": int(rows.read_stop[r] - rows.read_start[r]),
+            "read_width": int(cols.read_stop[c] - cols.read_start[c]),
+        }

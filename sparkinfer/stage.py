@@ -28,6 +28,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from sparkinfer import storage
+from sparkinfer.blend import BlendedChunk
 from sparkinfer.devices import TaskResources, gpu_ordinal, task_resources
 from sparkinfer.errors import JobFailed, ModelError, first_line
 from sparkinfer.model import ModelInfo, ModelPackage, inspect_package, load_package
@@ -50,6 +51,11 @@ class StageSpec:
     readers: int | None  # reader threads per task; None: one per core of the task
     channels: int  # the model's output channels: the scores' bands
     scores: bool
+
+    @property
+    def blend(self) -> bool:
+        """Whether windows' scores are blended (`merge: blend`) instead of cropped."""
+        return self.plans[0].tiling.merge == "blend"
 
 
 INSPECTED_SCHEMA = pa.schema([("inspected", pa.binary())])  # a pickled ModelInfo or error line
@@ -154,14 +160,15 @@ def _plan_chunks(batches: Iterator[pa.RecordBatch], spec: StageSpec) -> Iterator
                 "chunk_height": chunk["height"],
                 "chunk_width": chunk["width"],
                 "chunk_tiles": chunk["tiles"],
+                "chunk_windows": chunk["windows"],
                 "chunk_read_row_off": chunk["read_row_off"],
                 "chunk_read_col_off": chunk["read_col_off"],
                 "chunk_read_height": chunk["read_height"],
                 "chunk_read_width": chunk["read_width"],
             }
             plan = spec.plans[chunk["raster_index"]]
-            tiles = plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"])
-            yield _Chunk(fields, [fields | tile for tile in tiles])
+            windows = plan.chunk_windows(chunk["chunk_row"], chunk["chunk_col"])
+            yield _Chunk(fields, [fields | window for window in windows])
 
 
 class _WindowReader:
@@ -276,7 +283,7 @@ def predict_tiles(
             valid = np.stack([np.ones(p.pixels.shape[:2], bool) if p.valid is None else p.valid
                               for p in pending])  # fmt: skip
         pixels = np.stack([p.pixels for p in pending])
-        classes, scores = runtime.classify(pixels, valid, spec.scores)
+        classes, scores = runtime.classify(pixels, valid, spec.scores or spec.blend)
         share = (time.perf_counter() - started) / len(pending)
         for i, read in enumerate(pending):
             t = read.tile
@@ -320,26 +327,33 @@ def predict_tiles(
 @dataclass
 class _OpenChunk:
     writer: ChunkWriter | None  # None once the chunk failed: nothing of it is kept
-    summary: dict  # its CHUNK_RESULT_SCHEMA row, filled as its tiles arrive
+    summary: dict  # its CHUNK_RESULT_SCHEMA row, filled as its windows arrive
+    blended: BlendedChunk | None  # with `blend`: the windows' weighted scores, written at the end
     received: int = 0
 
 
 class _ChunkFiles:
-    """The chunks a task is writing: each tile's prediction goes into its chunk's files, and a
-    chunk is committed once its last tile is in. Used from one thread at a time."""
+    """The chunks a task is writing: each window's prediction goes into its chunk's files (with
+    `crop`) or its chunk's blend (with `blend`), and a chunk is committed once its last window
+    is in. Used from one thread at a time."""
 
     def __init__(self, spec: StageSpec) -> None:
         self.spec = spec
         self.open: dict[tuple, _OpenChunk] = {}
 
     def add(self, result: TileResult) -> dict | None:
-        """Write one tile; the chunk's result row when this tile completed it."""
+        """Add one window's prediction; the chunk's result row when it was the chunk's last."""
         tile, spec = result.tile, self.spec
         key = tuple(tile[k] for k in CHUNK_FIELDS)
         chunk = self.open.get(key)
         if chunk is None:
             writer = None if result.error else _open_chunk(tile, spec)
-            chunk = self.open[key] = _OpenChunk(writer, _new_summary(tile))
+            blended = None
+            if spec.blend:
+                blended = BlendedChunk(tile["chunk_row_off"], tile["chunk_col_off"],
+                                       tile["chunk_height"], tile["chunk_width"], spec.channels,
+                                       spec.plans[tile["raster_index"]].tiling.overlap)  # fmt: skip
+            chunk = self.open[key] = _OpenChunk(writer, _new_summary(tile), blended)
         summary = chunk.summary
         started = time.perf_counter()
         if result.error is not None:
@@ -347,6 +361,7 @@ class _ChunkFiles:
             if chunk.writer is not None:
                 chunk.writer.abort()
                 chunk.writer = None
+            chunk.blended = None
         else:
             height, width = tile["core_height"], tile["core_width"]
             classes, scores = result.classes, result.scores
@@ -357,14 +372,21 @@ class _ChunkFiles:
                 summary["skipped"] += 1
             else:
                 summary["inferred"] += 1
-            if chunk.writer is not None:
+            if chunk.blended is not None:
+                if result.scores is not None:  # a window whose part here is all nodata adds none
+                    chunk.blended.add(tile, result.scores)
+            elif chunk.writer is not None:
                 chunk.writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
         summary["read_s"] += result.read_s
         summary["infer_s"] += result.infer_s
         chunk.received += 1
-        complete = chunk.received == summary["tiles"]
+        complete = chunk.received == tile["chunk_windows"]
         if complete:
             if chunk.writer is not None:
+                if chunk.blended is not None:
+                    classes, scores = chunk.blended.result()
+                    chunk.writer.write(tile["chunk_row_off"], tile["chunk_col_off"], classes,
+                                       scores if spec.scores else None)  # fmt: skip
                 chunk.writer.commit()
             del self.open[key]
         summary["write_s"] += time.perf_counter() - started

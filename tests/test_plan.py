@@ -116,3 +116,34 @@ def test_a_fixed_window_is_read_whole_past_a_small_raster():
     assert plan_axis(40, Tiling(tile_size=50, halo=7)).read_stop.tolist() == [40]
     wide = plan_axis(130, fixed)
     assert set((wide.read_stop - wide.read_start).tolist()) == {64}
+
+
+@settings(max_examples=150, deadline=None)
+@given(axis_cases(), st.integers(1, 300), st.integers(1, 4))
+def test_a_blend_chunk_infers_every_window_that_reaches_into_it(case, width, chunk_tiles):
+    """With `blend`, each pixel of a chunk gets every window of the raster's grid that covers
+    it, clipped to the chunk, whichever chunk holds it; and the chunk reads them in one piece."""
+    height, axis_tiling = case
+    tiling = Tiling(axis_tiling.tile_size, axis_tiling.halo, axis_tiling.stride, chunk_tiles,
+                    merge="blend")  # fmt: skip
+    plan = RasterPlan(height, width, tiling)
+    covering = np.zeros((height, width), int)  # windows of the whole grid over each pixel
+    for top, bottom in zip(plan.rows.read_start, plan.rows.read_stop, strict=True):
+        for left, right in zip(plan.cols.read_start, plan.cols.read_stop, strict=True):
+            covering[top:bottom, left:right] += 1
+    kept = np.zeros((height, width), int)
+    for chunk in plan.chunks().to_pylist():
+        windows = plan.chunk_windows(chunk["chunk_row"], chunk["chunk_col"])
+        assert len(windows) == chunk["windows"] >= chunk["tiles"]
+        for w in windows:
+            assert w["core_height"] > 0 and w["core_width"] > 0, "only windows reaching in"
+            assert chunk["row_off"] <= w["core_row_off"] and chunk["col_off"] <= w["core_col_off"]
+            assert w["core_row_off"] + w["core_height"] <= chunk["row_off"] + chunk["height"]
+            assert w["core_col_off"] + w["core_width"] <= chunk["col_off"] + chunk["width"]
+            assert w["read_row_off"] <= w["core_row_off"] and w["read_col_off"] <= w["core_col_off"]
+            assert chunk["read_row_off"] <= w["read_row_off"]
+            assert (w["read_row_off"] + w["read_height"]
+                    <= chunk["read_row_off"] + chunk["read_height"])  # fmt: skip
+            kept[w["core_row_off"] : w["core_row_off"] + w["core_height"],
+                 w["core_col_off"] : w["core_col_off"] + w["core_width"]] += 1  # fmt: skip
+    np.testing.assert_array_equal(kept, covering)

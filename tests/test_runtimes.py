@@ -146,6 +146,19 @@ def test_halo_auto_probes_a_model_without_a_layer_graph(tmp_path, exported, fmt)
         HALO, "probe", HALO)
 
 
+def test_a_fixed_window_blends_with_its_overlap_inside(tmp_path, exported):
+    """With `blend`, a fixed 64 x 64 input is the window: tiles are 64 less the overlap, and an
+    overlap that leaves no tile is refused in one line."""
+    model = onnx_as_shipped(exported["onnx"], tmp_path / "shipped.onnx", 64, logits=True)
+    common = dict(input=[str(SCENE)], model=str(model), output=str(tmp_path / "out"),
+                  merge="blend")  # fmt: skip
+    job = prepare_job(load_config(common))
+    assert (job.tiling.window_size, job.tiling.overlap, job.tiling.tile_size) == (64, 12, 52)
+    with pytest.raises(ModelError, match="exactly 64 pixels, which leave no room for an "
+                                         "overlap of 64; give a smaller --overlap"):  # fmt: skip
+        prepare_job(load_config(common | dict(overlap=64)))
+
+
 def test_onnx_runs_in_float32(tmp_path, exported):
     common = dict(input=[str(SCENE)], model=str(exported["onnx"]), output=str(tmp_path))
     with pytest.raises(ConfigError, match="applies to .keras models"):

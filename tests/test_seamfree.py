@@ -80,7 +80,8 @@ def test_a_model_with_global_context_is_never_called_seam_free(tmp_path, run):
         prepare_job(load_config(common))
     job = prepare_job(load_config(common | dict(halo=8, tile_size=32)))
     assert halo_notes(job) == [f"{model}: each output pixel depends on the whole input window: "
-                               "tiles are not seam-free"]  # fmt: skip
+                               "tiles are not seam-free; --merge blend smooths their "
+                               "borders"]  # fmt: skip
     report = run(**common, halo=8, tile_size=32)
     assert report["tiling"]["seam_free"] is False and report["model"]["receptive_halo"] is None
 
