@@ -1,5 +1,5 @@
 # Two commands for a new user: `make run` and `make test`. Both create .venv from
-# pyproject.toml when it is missing (or older than pyproject.toml).
+# pyproject.toml at requirements.lock's versions when it is missing (or older than either).
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
@@ -12,15 +12,20 @@ SAMPLE_INPUT ?= data/nc_landsat7_2000.tif data/L7_ETMs.tif
 SAMPLE_MODEL ?= data/landcover.keras
 SAMPLE_OUTPUT ?= out/sample
 
-.PHONY: run test bench lint venv airflow clean
+.PHONY: run test bench lint lock venv airflow clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[cpu,dev]'
+	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e '.[cpu,dev,spark]'
 	touch $(STAMP)
+
+# requirements.lock: the versions .venv holds, after a change of pyproject.toml's ranges.
+lock: $(STAMP)
+	{ sed -n '1,2p' requirements.lock; $(VENV)/bin/python -m pip freeze --exclude-editable; } \
+		> requirements.lock.new && mv requirements.lock.new requirements.lock
 
 $(JVM_ARCHIVE): $(STAMP) conf/jvm-archive.sh
 	conf/jvm-archive.sh $@

@@ -52,7 +52,8 @@ def measure_plan(side: int, work: Path, cores: int) -> dict:
     import pyarrow as pa
 
     from sparkinfer.job import chunks_to_do, prepare_job, prepare_staging
-    from sparkinfer.stage import map_in_partitions, plan_table
+    from sparkinfer.session import map_in_partitions
+    from sparkinfer.stage import plan_table
 
     (work / "in").mkdir(parents=True, exist_ok=True)
     raster = work / "in" / f"sparse-{side}.tif"

@@ -212,14 +212,14 @@ def _spark(cores: int):
 def _warm_up(spark, cores: int) -> None:
     """Start one Python worker per core and import TensorFlow in it, as a first job would (in
     the workers the job uses: those with its Keras backend)."""
-    from sparkinfer.stage import keras_workers
+    from sparkinfer.session import worker_environment
 
     def import_tensorflow(batches):
         import tensorflow  # noqa: F401
 
         yield from batches
 
-    with keras_workers(spark, "tensorflow"):
+    with worker_environment(spark, "KERAS_BACKEND", "tensorflow"):
         frame = spark.range(cores, numPartitions=cores).mapInArrow(import_tensorflow, "id long")
     frame.collect()
 

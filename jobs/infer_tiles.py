@@ -12,6 +12,7 @@ from sparkinfer import storage
 from sparkinfer.cli import config_from_args, print_summary
 from sparkinfer.errors import JobFailed, UserError
 from sparkinfer.job import check_job, halo_notes, plan_job, run_job
+from sparkinfer.session import is_connect, web_ui
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
 # error before any output (one line, nothing written); 3 some rasters failed (listed, also in
@@ -44,7 +45,9 @@ class _TaggedLines(io.TextIOBase):
         self.stream.flush()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], spark=None) -> int:
+    """Run the job for the command line `argv`; its exit code. With `spark`, on that session
+    (left running); else on a session of its own, classic or Spark Connect (SPARK_REMOTE)."""
     tag = os.environ.get("SPARKINFER_STDERR_TAG")
     if tag:
         sys.stderr = _TaggedLines(sys.stderr, tag)
@@ -55,33 +58,45 @@ def main(argv: list[str]) -> int:
         print(f"sparkinfer: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
-    spark = _session()
-    print(f"sparkinfer: Spark UI at {spark.sparkContext.uiWebUrl}", file=sys.stderr)
+    own = spark is None
+    if own:
+        spark = _session()
+        ui = web_ui(spark)
+        print(f"sparkinfer: Spark UI at {ui}" if ui else "sparkinfer: Spark Connect at "
+              f"{os.environ.get('SPARK_REMOTE')}", file=sys.stderr)  # fmt: skip
     try:
-        # The Python workers start, load the model and inspect it: the driver never starts a
-        # framework, and the stage finds the model loaded.
-        job = plan_job(checked, spark)
-    except UserError as exc:  # a model or inputs the job cannot use: nothing written
-        spark.stop()
-        print(f"sparkinfer: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        outcome = _run(checked, spark)
+    except (UserError, JobFailed) as exc:  # a model or inputs the job cannot use, the folder
+        outcome = exc  # taken meanwhile, a Spark job that failed: said after Spark stops
+    except KeyboardInterrupt:
+        if is_connect(spark):  # else the server would run the query on
+            spark.interruptAll()
+        outcome = JobFailed("interrupted; the same command resumes")
+    finally:
+        if own:
+            spark.stop()
+    if isinstance(outcome, UserError | JobFailed):
+        print(f"sparkinfer: error: {outcome}", file=sys.stderr)
+        return outcome.exit_code
+    print_summary(outcome, errors=sys.stderr)
+    return EXIT_SOME_FAILED if outcome["failed"] else 0
+
+
+def _run(checked, spark) -> dict:
+    # The Python workers start, load the model and inspect it: the driver never starts a
+    # framework, and the stage finds the model loaded.
+    job = plan_job(checked, spark)
     for note in halo_notes(job):
         print(f"sparkinfer: {note}", file=sys.stderr)
-    try:
-        report = run_job(spark, job)
-    except (UserError, JobFailed) as exc:  # the folder was taken meanwhile; a Spark job failed
-        print(f"sparkinfer: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    finally:
-        spark.stop()
-    print_summary(report, errors=sys.stderr)
-    return EXIT_SOME_FAILED if report["failed"] else 0
+    return run_job(spark, job)
 
 
 def _session():
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("sparkinfer")
+    if os.environ.get("SPARK_REMOTE"):  # a Connect client: the server's cluster is set up
+        return builder.getOrCreate()
     # Executors on other hosts reach s3:// inputs and outputs with the driver's AWS settings;
     # set here, not on the command line, so secrets stay out of `ps` (the UI redacts them).
     for key, value in storage.executor_environment().items():

@@ -20,7 +20,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,14 +47,19 @@ from sparkinfer.progress import Progress, reported
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.runtimes import RuntimeOptions
+from sparkinfer.session import (
+    application,
+    map_in_partitions,
+    shipped,
+    spark_failures,
+    task_slots,
+    worker_environment,
+)
 from sparkinfer.stage import (
     CHUNK_RESULT_SCHEMA,
     StageSpec,
     infer_and_write,
-    keras_workers,
-    map_in_partitions,
     plan_table,
-    spark_failures,
     warm_workers,
 )
 from sparkinfer.verify import sample_window, verify
@@ -557,19 +562,18 @@ def assemble_on_executors(spark, tasks: list[tuple], job: Job) -> list[dict]:
     A DataFrame stage, like inference, so it runs in the Python workers already started (an
     RDD job would start others).
     """
-    model = spark.sparkContext.broadcast(job.package) if job.config.verify else None
-
-    def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        verifying = None if model is None else (job, model.value)
-        for batch in batches:
-            done = [_assemble(tasks[i], verifying) for i in batch.column("task").to_pylist()]
-            yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
-
     table = pa.table({"task": list(range(len(tasks)))})
-    partitions = min(len(tasks), 4 * spark.sparkContext.defaultParallelism)  # tasks cost ~0.1 s
-    rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)
-    if model is not None:
-        model.unpersist()
+    partitions = min(len(tasks), 4 * task_slots(spark))  # tasks cost ~0.1 s
+    with ExitStack() as stack:
+        model = stack.enter_context(shipped(spark, job.package)) if job.config.verify else None
+
+        def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            verifying = None if model is None else (job, model.package())
+            for batch in batches:
+                done = [_assemble(tasks[i], verifying) for i in batch.column("task").to_pylist()]
+                yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
+
+        rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)
     return [row.asDict() for row in rows]
 
 
@@ -628,7 +632,8 @@ def run_job(spark, job: Job) -> dict:
     """Run the Spark stages for a prepared job under the output folder's lock; write and return
     the run report. Rasters already complete are skipped, unfinished ones resume."""
     storage.make_folders(job.output)
-    with OutputLock(job.output).held(), keras_workers(spark, job.config.backend):
+    backend = worker_environment(spark, "KERAS_BACKEND", job.config.backend)
+    with OutputLock(job.output).held(), backend:
         return _run(spark, job)
 
 
@@ -650,7 +655,7 @@ def _run(spark, job: Job) -> dict:
 
     results = pa.Table.from_pylist([], schema=CHUNK_RESULT_SCHEMA)
     if total_chunks:
-        parallelism = spark.sparkContext.defaultParallelism
+        parallelism = task_slots(spark)
         t = time.perf_counter()
         progress = Progress([r.staging for r in todo], chunk_tables, job.config.scores)
         with reported(progress, job.config.progress_seconds), \
@@ -764,7 +769,7 @@ def _report(job, todo, results, assembled, complete, failed, resumed, timings, s
         "sparkinfer_version": __version__,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
-        "spark": {"master": spark.sparkContext.master, "app_id": spark.sparkContext.applicationId},
+        "spark": application(spark),
         "model": {
             "path": job.model.path,
             "sha256": job.package.digest,

@@ -1,7 +1,7 @@
 """The Spark stage: the plan as a DataFrame of chunks, inference and writing on executors.
 
-Spark is only at the edges of this module. `map_in_partitions` turns the plan (an Arrow table,
-one small row per chunk) into a DataFrame whose partitions are runs of spatially
+Spark is only at the edges of this module (`sparkinfer.session`): `map_in_partitions` runs the
+plan (an Arrow table, one small row per chunk) in partitions that are runs of spatially
 adjacent chunks. `predict_tiles` and `write_chunks` run, chained, in each partition's
 `mapInArrow`: the first reads read windows with rasterio on a background thread (ahead of the
 model), runs the model on batches of tiles and yields each tile's prediction cropped to its
@@ -13,13 +13,12 @@ arrays inside the Python worker: they never leave the executor.
 from __future__ import annotations
 
 import pickle
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,11 +29,18 @@ from rasterio.errors import RasterioError
 from sparkinfer import storage
 from sparkinfer.blend import BlendedChunk
 from sparkinfer.devices import TaskResources, gpu_ordinal, task_resources
-from sparkinfer.errors import JobFailed, ModelError, first_line
+from sparkinfer.errors import ModelError, first_line
 from sparkinfer.model import ModelInfo, ModelPackage, inspect_package, load_package
 from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
 from sparkinfer.runtimes import RuntimeOptions
+from sparkinfer.session import (
+    map_in_partitions,
+    shipped,
+    spark_schema,
+    task_slots,
+    worker_environment,
+)
 from sparkinfer.writers import CLASS_NODATA, ChunkSpec, ChunkWriter, is_committed
 
 
@@ -87,27 +93,6 @@ def plan_table(chunk_tables: list[pa.Table]) -> pa.Table:
         t.add_column(0, "raster_index", pa.array(np.full(len(t), i, np.int32)))
         for i, t in enumerate(chunk_tables)
     )
-
-
-def map_in_partitions(spark, table: pa.Table, partitions: int, function, schema: pa.Schema):
-    """Run `function` (a mapInArrow function) over `table` cut into `partitions` runs of
-    consecutive rows; its output rows, collected on the driver.
-
-    `createDataFrame` of an Arrow table is a local relation: Spark cuts it into
-    `spark.sql.leafNodeDefaultParallelism` even slices (by default one per core), read when the
-    query runs. It is set for this query only and restored after.
-    """
-    frame = spark.createDataFrame(table)
-    key = "spark.sql.leafNodeDefaultParallelism"
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, str(max(1, min(partitions, len(table)))))
-    try:
-        return frame.mapInArrow(function, spark_schema(schema)).collect()
-    finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
 
 
 @dataclass
@@ -526,13 +511,12 @@ def infer_and_write(
 ) -> pa.Table:
     """Run inference and chunk writing on the executors, over `plan` (`plan_table`) cut into
     `partitions` tasks; the per-chunk results, on the driver."""
-    model = spark.sparkContext.broadcast(package)
+    with shipped(spark, package) as model:
 
-    def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return infer_partition(batches, spec, model.value)
+        def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            return infer_partition(batches, spec, model.package())
 
-    rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA)
-    model.unpersist()  # not after a failure: the job's other tasks may still be reading it
+        rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA)
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
 
 
@@ -550,20 +534,18 @@ def warm_workers(
     from pyspark import TaskContext
     from pyspark.errors import PySparkException
 
-    model = spark.sparkContext.broadcast(package)
-
     def load(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         resources = task_resources()
+        package = model.package()
         # First, so that the runtime sets the task's thread limits before anything starts
         # the framework.
         runtime = None
         with suppress(Exception):  # the inspection below loads it again and says why it fails
-            runtime = load_package(model.value, options, gpu_ordinal(resources.gpu),
-                                   resources.cpus)  # fmt: skip
+            runtime = load_package(package, options, gpu_ordinal(resources.gpu), resources.cpus)
         found = None
         if TaskContext.get().partitionId() == 0:
             try:
-                found = pickle.dumps(inspect_package(model.value, name, options.backend, runtime))
+                found = pickle.dumps(inspect_package(package, name, options.backend, runtime))
             except ModelError as exc:
                 found = pickle.dumps(str(exc))
             except Exception as exc:  # noqa: BLE001 -- whatever fails, the model is unusable
@@ -572,70 +554,17 @@ def warm_workers(
             pass
         yield pa.RecordBatch.from_pydict({"inspected": [found]}, schema=INSPECTED_SCHEMA)
 
-    cores = spark.sparkContext.defaultParallelism
-    with keras_workers(spark, options.backend):
-        frame = spark.range(cores, numPartitions=cores).mapInArrow(
-            load, spark_schema(INSPECTED_SCHEMA)
-        )
-    try:
-        rows = frame.collect()
-    except (Py4JJavaError, PySparkException):
-        return None
-    finally:
-        model.unpersist()
+    cores = task_slots(spark)
+    with shipped(spark, package) as model:
+        with worker_environment(spark, "KERAS_BACKEND", options.backend):
+            frame = spark.range(cores, numPartitions=cores).mapInArrow(
+                load, spark_schema(INSPECTED_SCHEMA)
+            )
+        try:
+            rows = frame.collect()
+        except (Py4JJavaError, PySparkException):
+            return None
     found = next((pickle.loads(r.inspected) for r in rows if r.inspected is not None), None)
     if isinstance(found, str):
         raise ModelError(found)
     return found
-
-
-@contextmanager
-def keras_workers(spark, backend: str) -> Iterator[None]:
-    """Stages started inside run in Python workers whose Keras runs on `backend`.
-
-    Keras picks its backend once per process. Spark pools Python workers by the environment
-    their functions carry: with `KERAS_BACKEND` in it, a session that runs both backends never
-    mixes them in one process."""
-    environment = spark.sparkContext.environment
-    previous = environment.get("KERAS_BACKEND")
-    environment["KERAS_BACKEND"] = backend
-    try:
-        yield
-    finally:
-        if previous is None:
-            del environment["KERAS_BACKEND"]
-        else:
-            environment["KERAS_BACKEND"] = previous
-
-
-def spark_schema(schema: pa.Schema):
-    """The Spark StructType of an Arrow schema."""
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    return from_arrow_schema(schema)
-
-
-@contextmanager
-def spark_failures(what: str, hint: str) -> Iterator[None]:
-    """Raise a failed Spark job as a one-line `JobFailed`: what failed, the failed task's cause
-    and what to do.
-
-    The executors' full stack traces are already in Spark's log."""
-    from py4j.protocol import Py4JJavaError
-    from pyspark.errors import PySparkException
-
-    try:
-        yield
-    except (Py4JJavaError, PySparkException) as exc:
-        raise JobFailed(f"{what}: {_task_failure(str(exc))}; {hint}") from None
-
-
-def _task_failure(text: str) -> str:
-    """The cause of a failed Spark job in one line, from the driver-side exception's text."""
-    lost = re.search(r"most recent failure: Lost task .*?\): (?:\S+Exception: )?(.+)", text)
-    if lost:  # a JVM-side failure: "... Lost task 0.0 in stage 2.0 (TID 5) (host ...): cause"
-        cause = lost.group(1)
-    else:  # a Python exception in the task: its traceback ends with "Type: message"
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        cause = lines[-1] if lines else "unknown error"
-    return cause.split(". Consider setting")[0][:300]

@@ -19,20 +19,23 @@ JVM_OPTIONS = f"-XX:SharedArchiveFile={ROOT / 'build' / 'jvm' / 'spark-classes.j
 LOCAL_CLUSTER_WORK = Path(pyspark.__file__).parent / "work"  # executors' folders land here
 
 
-def submit_command(args: list, master: str) -> tuple[list[str], dict]:
-    """spark-submit.sh's command line and environment for `args` on `master`."""
+def submit_command(args: list, master: str | None) -> tuple[list[str], dict]:
+    """spark-submit.sh's command line and environment for `args` on `master` (None: the
+    environment's SPARK_REMOTE, a Spark Connect server)."""
     venv = Path(sys.executable).parent.parent
-    env = dict(os.environ, SPARK_MASTER=master, SPARKINFER_VENV=str(venv))
+    env = dict(os.environ, SPARKINFER_VENV=str(venv))
+    if master is not None:
+        env["SPARK_MASTER"] = master
     return [str(ROOT / "spark-submit.sh"), *map(str, args)], env
 
 
-def submit(args: list, master: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def submit(args: list, master: str | None, timeout: int = 300) -> subprocess.CompletedProcess:
     command, env = submit_command(args, master)
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
 
-def start(args: list, master: str, log: Path) -> subprocess.Popen:
+def start(args: list, master: str | None, log: Path) -> subprocess.Popen:
     """spark-submit.sh in the background, stdout and stderr to `log`, in its own session."""
     command, env = submit_command(args, master)
     with log.open("w") as out:

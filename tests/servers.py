@@ -1,5 +1,6 @@
 """Servers the tests start on 127.0.0.1 and stop after: a Spark standalone cluster (a master and
-one worker from the installed pyspark) and an S3-compatible object store (moto in server mode)."""
+one worker from the installed pyspark), a Spark Connect server, and an S3-compatible object
+store (moto in server mode)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,36 @@ def standalone_cluster(folder: Path, gpus: int = 0) -> Iterator[str]:
         yield url
     finally:
         _stop([worker, master])
+        log.close()
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def connect_server(folder: Path, master: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A Spark Connect server of the installed pyspark (what sbin/start-connect-server.sh
+    starts) on `master`; yields its sc:// URL and its process. Its Python workers run this
+    interpreter."""
+    port = free_port()
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    log = (folder / "connect.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / "spark-submit"), "--class",
+         "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", master,
+         "--conf", f"spark.connect.grpc.binding.port={port}", "--conf", "spark.ui.enabled=false",
+         "--conf", f"spark.executorEnv.PYSPARK_PYTHON={sys.executable}",
+         "--conf", f"spark.executor.extraJavaOptions={JVM_OPTIONS}",
+         "--driver-java-options", JVM_OPTIONS],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _listens(port), 120, "the Spark Connect server to listen", server)
+        yield f"sc://127.0.0.1:{port}", server
+    finally:
+        _stop([server])
         log.close()
 
 

@@ -17,7 +17,8 @@ from rasterio.transform import from_origin
 
 from sparkinfer.config import load_config
 from sparkinfer.job import chunks_to_do, prepare_job, prepare_staging
-from sparkinfer.stage import map_in_partitions, plan_table
+from sparkinfer.session import map_in_partitions
+from sparkinfer.stage import plan_table
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,10 @@
 
 Keras picks its backend once per process, when it is first imported (`KERAS_BACKEND`), and
 cannot load models after a switch (`keras.config.set_backend`). The job therefore starts its
-Python workers with `KERAS_BACKEND` set (`stage.keras_workers`): Spark keeps workers of
-different environments apart, so a worker never meets a second backend.
+Python workers with `KERAS_BACKEND` set (`session.worker_environment`): Spark keeps workers of
+different environments apart, so a worker never meets a second backend. (Over Spark Connect
+the executors' environment is the cluster's: a worker imports Keras on the job's backend, and
+refuses a model for another one.)
 
 On JAX the model runs as one jitted function of its variables (`stateless_call`), with the cast,
 the normalisation and the class rule inside, on the runtime's device.

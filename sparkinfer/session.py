@@ -1,0 +1,195 @@
+"""The job's edge with Spark: what it asks of a session, classic or Spark Connect.
+
+Spark Connect (Databricks shared and serverless compute, Spark 4's `--remote`) has no
+SparkContext: no broadcast variables, no RDDs, no executor environment, no setting read from
+the driver's JVM. Everything the job needs from a session goes through this module, and only
+DataFrame operations that both kinds run: `spark.range(...).mapInArrow(...)`, the session's
+configuration, and files added to the session. No session setting is ever changed, so a
+notebook's own session is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from sparkinfer.errors import JobFailed
+from sparkinfer.model import ModelPackage
+
+# Task slots assumed on a Spark Connect server that states neither `spark.default.parallelism`
+# nor a local master: enough tasks to keep a few executors busy; set the setting to say better.
+CONNECT_DEFAULT_SLOTS = 8
+
+
+def is_connect(spark) -> bool:
+    """Whether `spark` is a Spark Connect session."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def slots_of_master(master: str, cpu_count: int) -> int | None:
+    """Task slots a master URL states (`local[4]`, `local[*]`, `local-cluster[2,1,1024]`);
+    None for a cluster manager's URL."""
+    if master == "local":
+        return 1
+    local = re.fullmatch(r"local\[(\*|\d+)(?:,\d+)?\]", master)
+    if local:
+        return cpu_count if local.group(1) == "*" else int(local.group(1))
+    cluster = re.fullmatch(r"local-cluster\[(\d+),\s*(\d+),\s*\d+\]", master)
+    if cluster:
+        return int(cluster.group(1)) * int(cluster.group(2))
+    return None
+
+
+def task_slots(spark) -> int:
+    """How many tasks the session's executors run at once."""
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    stated = spark.conf.get("spark.default.parallelism", None)
+    if stated:
+        return int(stated)
+    master = spark.conf.get("spark.master", "")
+    return slots_of_master(master, os.cpu_count() or 1) or CONNECT_DEFAULT_SLOTS
+
+
+def application(spark) -> dict:
+    """The master, the application's id and the kind of session, for the run report."""
+    conf = spark.conf
+    return {"master": conf.get("spark.master", None), "app_id": conf.get("spark.app.id", None),
+            "connect": is_connect(spark)}  # fmt: skip
+
+
+def web_ui(spark) -> str | None:
+    """The Spark UI's address, where the driver knows it (not over Connect)."""
+    return None if is_connect(spark) else spark.sparkContext.uiWebUrl
+
+
+class Shipment:
+    """A model package on its way to the executors; `package()` there gives it back."""
+
+    def package(self) -> ModelPackage:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Broadcast(Shipment):
+    variable: object  # pyspark.Broadcast
+
+    def package(self) -> ModelPackage:
+        return self.variable.value
+
+
+_ARRIVED: dict[str, ModelPackage] = {}  # per Python worker: packages read from session files
+
+
+@dataclass(frozen=True)
+class _SessionFile(Shipment):
+    name: str
+
+    def package(self) -> ModelPackage:
+        if self.name not in _ARRIVED:
+            from pyspark import SparkFiles
+
+            with open(SparkFiles.get(self.name), "rb") as file:
+                _ARRIVED[self.name] = pickle.load(file)
+        return _ARRIVED[self.name]
+
+
+@contextmanager
+def shipped(spark, package: ModelPackage) -> Iterator[Shipment]:
+    """`package` sent to the executors once for the stages run inside: a zstd-compressed
+    broadcast variable on a classic session; over Spark Connect a file added to the session
+    (`addArtifacts`), named by the package's digest, read once per Python worker."""
+    if not is_connect(spark):
+        variable = spark.sparkContext.broadcast(package)
+        yield _Broadcast(variable)
+        variable.unpersist()  # not after a failure: the job's other tasks may still read it
+        return
+    name = f"sparkinfer-model-{package.digest[:16]}.pkl"
+    with tempfile.TemporaryDirectory(prefix="sparkinfer-") as folder:
+        path = Path(folder) / name
+        path.write_bytes(pickle.dumps(package, protocol=pickle.HIGHEST_PROTOCOL))
+        spark.addArtifacts(str(path), file=True)  # the same name again is the same bytes
+    yield _SessionFile(name)
+
+
+@contextmanager
+def worker_environment(spark, key: str, value: str) -> Iterator[None]:
+    """Stages started inside run in Python workers with `key=value` in their environment.
+
+    Spark pools Python workers by the environment their functions carry, so workers of
+    different values never mix. Over Spark Connect the executors' environment is the cluster's
+    (`spark.executorEnv.*`): nothing is set, and the workers check what they need themselves."""
+    if is_connect(spark):
+        yield
+        return
+    environment = spark.sparkContext.environment
+    previous = environment.get(key)
+    environment[key] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del environment[key]
+        else:
+            environment[key] = previous
+
+
+def map_in_partitions(spark, table: pa.Table, partitions: int, function: Callable,
+                      schema: pa.Schema) -> list:  # fmt: skip
+    """Run `function` (a mapInArrow function) over `table` cut into `partitions` runs of
+    consecutive rows; its output rows, collected on the driver.
+
+    `spark.range` cuts its ids into even runs, one per partition, without a shuffle; each task
+    takes its rows of `table` (a few numbers each), which travels with the function."""
+    count = len(table)
+
+    def rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        def selected() -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                yield from table.take(batch.column(0)).to_batches()
+
+        return function(selected())
+
+    frame = spark.range(count, numPartitions=max(1, min(partitions, count)))
+    return frame.mapInArrow(rows, spark_schema(schema)).collect()
+
+
+def spark_schema(schema: pa.Schema):
+    """The Spark StructType of an Arrow schema."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
+
+
+@contextmanager
+def spark_failures(what: str, hint: str) -> Iterator[None]:
+    """Raise a failed Spark job as a one-line `JobFailed`: what failed, the failed task's cause
+    and what to do.
+
+    The executors' full stack traces are already in Spark's log."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (Py4JJavaError, PySparkException) as exc:
+        raise JobFailed(f"{what}: {task_failure(str(exc))}; {hint}") from None
+
+
+def task_failure(text: str) -> str:
+    """The cause of a failed Spark job in one line, from the driver-side exception's text."""
+    lost = re.search(r"most recent failure: Lost task .*?\): (?:\S+Exception: )?(.+)", text)
+    if lost:  # a JVM-side failure: "... Lost task 0.0 in stage 2.0 (TID 5) (host ...): cause"
+        cause = lost.group(1)
+    else:  # a Python exception in the task: its traceback ends with "Type: message"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        cause = lines[-1] if lines else "unknown error"
+    return cause.split(". Consider setting")[0][:300]
