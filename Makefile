@@ -12,7 +12,7 @@ SAMPLE_INPUT ?= data/nc_landsat7_2000.tif data/L7_ETMs.tif
 SAMPLE_MODEL ?= data/landcover.keras
 SAMPLE_OUTPUT ?= out/sample
 
-.PHONY: run test bench lint lock venv airflow clean
+.PHONY: run test bench lint lock smoke-py312 venv airflow clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,12 @@ test: $(STAMP) $(AIRFLOW_STAMP) $(JVM_ARCHIVE)
 # Speed and memory against the bare model, a plain script and predict_batch_udf (about 25 min).
 bench: $(STAMP) $(JVM_ARCHIVE)
 	$(VENV)/bin/python -m benchmarks.run
+
+# `make run` on Python 3.12, in a venv of its own (CI runs it after the suite).
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+smoke-py312:
+	$(MAKE) run PYTHON=$(PYTHON312) VENV=.venv-py312 JVM_ARCHIVE=build/jvm/py312-classes.jsa \
+		SAMPLE_OUTPUT=out/sample-py312
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

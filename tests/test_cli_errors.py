@@ -12,12 +12,11 @@ from builders import write_raster
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# jobs/infer_tiles.py's main, then a line if the driver imported TensorFlow: the model is
-# loaded and checked in the Python workers, never on the driver.
-MAIN = f"""
+# The command line's main, then a line if the driver imported TensorFlow: the model is loaded
+# and checked in the Python workers, never on the driver.
+MAIN = """
 import sys
-sys.path.insert(0, {str(ROOT / "jobs")!r})
-from infer_tiles import main
+from sparkinfer.cli import main
 code = main(sys.argv[1:])
 if "tensorflow" in sys.modules:
     print("the driver imported tensorflow", file=sys.stderr)
