@@ -41,8 +41,9 @@ from benchmarks.large_raster import make_large_raster  # noqa: E402
 from benchmarks.models import save_model  # noqa: E402
 from sparkinfer.cli import config_from_args  # noqa: E402
 from sparkinfer.devices import TaskResources  # noqa: E402
-from sparkinfer.job import prepare_job, stage_spec  # noqa: E402
-from sparkinfer.stage import infer_partition, plan_table  # noqa: E402
+from sparkinfer.job import stage_spec  # noqa: E402
+from sparkinfer.prepare import prepare_job  # noqa: E402
+from sparkinfer.stages.infer import infer_partition, plan_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = [ROOT / "data" / "nc_landsat7_2000.tif", ROOT / "data" / "L7_ETMs.tif"]
@@ -73,7 +74,7 @@ def run_partition(
 
 def _classes(job) -> list[np.ndarray]:
     """Each raster's class map, from its committed chunk files."""
-    from sparkinfer.job import chunk_specs
+    from sparkinfer.stages.assemble import chunk_specs
 
     maps = []
     for raster in job.rasters:
@@ -156,8 +157,8 @@ def main() -> None:
                str(1 / 255))  # fmt: skip
     batch = args.batch
     if batch == "auto":  # what `--batch-size auto` picks on this device for this window
-        from sparkinfer.job import runtime_options
         from sparkinfer.model import load_package
+        from sparkinfer.prepare import runtime_options
 
         probe_job = _job([raster], unet, runs / "unet", *options)
         window = probe_job.tiling.window_size

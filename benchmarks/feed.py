@@ -6,8 +6,8 @@ I/O floor on the same cores, side by side in one run.
 - `floor`: the job's chunk windows (the same plan) read with rasterio in `cores` processes, an
   argmax over the bands, each window written as a deflate GeoTIFF: no Spark, no model. What
   reading, a trivial computation and writing cost on these cores.
-- `stage`: sparkinfer's stage (`timings.infer_write_s` of `run_job`, on `local[cores]` whose
-  Python workers were started by a first job) with `null`, one 1x1 convolution.
+- `stage`: sparkinfer's inference stage (`timings.infer_write_s` of `run_job`, on `local[cores]`
+  whose Python workers were started by a first job) with `null`, one 1x1 convolution.
 
 Rates are useful megapixels per second and per core; the result is `stage / floor`. Writes
 benchmarks/results/DATE-HOST-feed.json.
@@ -68,7 +68,7 @@ def floor(job, output: Path, cores: int) -> float:
 
 def _job(raster: Path, model: Path, output: Path, readers: int | None):
     from sparkinfer.cli import config_from_args
-    from sparkinfer.job import prepare_job
+    from sparkinfer.prepare import prepare_job
 
     argv = ["--input", str(raster), "--model", str(model), "--output", str(output),
             "--progress", "0", "--overwrite"]  # fmt: skip

@@ -51,9 +51,10 @@ def measure_plan(side: int, work: Path, cores: int) -> dict:
     """Plan one sparse raster of side x side pixels and put its chunks through Spark."""
     import pyarrow as pa
 
-    from sparkinfer.job import chunks_to_do, prepare_job, prepare_staging
+    from sparkinfer.job import chunks_to_do, prepare_staging
+    from sparkinfer.prepare import prepare_job
     from sparkinfer.session import map_in_partitions
-    from sparkinfer.stage import plan_table
+    from sparkinfer.stages.infer import plan_table
 
     (work / "in").mkdir(parents=True, exist_ok=True)
     raster = work / "in" / f"sparse-{side}.tif"
@@ -105,7 +106,8 @@ def measure_plan(side: int, work: Path, cores: int) -> dict:
 
 def measure_many(count: int, work: Path, cores: int) -> dict:
     """One run over `count` windows of the sample scene, each a raster of its own."""
-    from sparkinfer.job import prepare_job, run_job
+    from sparkinfer.job import run_job
+    from sparkinfer.prepare import prepare_job
 
     folder = work / "in"
     folder.mkdir(parents=True, exist_ok=True)

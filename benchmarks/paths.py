@@ -91,7 +91,7 @@ def peak_memory() -> dict:
 
 def _job(args):
     from sparkinfer.cli import config_from_args
-    from sparkinfer.job import prepare_job
+    from sparkinfer.prepare import prepare_job
 
     argv = ["--input", str(args.raster), "--model", str(args.model), "--output", str(args.output),
             "--tile-size", str(args.tile_size), "--scale", str(SCALE)]  # fmt: skip

@@ -52,7 +52,8 @@ values = {o.name: panel.get(o.name) for o in widgets()} if panel is not None els
 
 from sparkinfer.cli import config_from_args, print_summary  # noqa: E402
 from sparkinfer.errors import SparkInferError  # noqa: E402
-from sparkinfer.job import halo_notes, prepare_job, run_job  # noqa: E402
+from sparkinfer.job import run_job  # noqa: E402
+from sparkinfer.prepare import halo_notes, prepare_job  # noqa: E402
 
 if "spark" not in globals():  # Databricks defines it; a plain Python run makes one
     from pyspark.sql import SparkSession

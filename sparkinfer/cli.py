@@ -17,7 +17,8 @@ from typing import Any
 from sparkinfer import storage
 from sparkinfer.config import JobConfig, load_config
 from sparkinfer.errors import ConfigError, JobFailed, UserError
-from sparkinfer.job import check_job, halo_notes, plan_job, run_job
+from sparkinfer.job import run_job
+from sparkinfer.prepare import check_job, halo_notes, plan_job
 from sparkinfer.session import is_connect, web_ui
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user

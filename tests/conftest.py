@@ -50,7 +50,8 @@ def models(tmp_path_factory):
 def run(spark):
     """Run the job in-process on the shared local[2] session; returns the run report."""
     from sparkinfer.config import load_config
-    from sparkinfer.job import prepare_job, run_job
+    from sparkinfer.job import run_job
+    from sparkinfer.prepare import prepare_job
 
     def _run(**options):
         config = load_config(options, defaults_file=ROOT / "conf" / "default.yaml")

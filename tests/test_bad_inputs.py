@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 
 from sparkinfer.config import load_config
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError
-from sparkinfer.job import prepare_job
+from sparkinfer.prepare import prepare_job
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"

@@ -129,7 +129,7 @@ def test_the_blend_does_not_depend_on_the_chunks(tmp_path, run, scene):
 def test_blend_options_are_checked_and_said(tmp_path, scene):
     from sparkinfer.config import load_config
     from sparkinfer.errors import ConfigError
-    from sparkinfer.job import halo_notes, prepare_job
+    from sparkinfer.prepare import halo_notes, prepare_job
 
     raster, model = scene
     common = dict(input=[str(raster)], model=str(model), output=str(tmp_path / "out"))

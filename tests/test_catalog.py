@@ -19,7 +19,8 @@ DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, spark, models):
     from sparkinfer.config import load_config
-    from sparkinfer.job import prepare_job, run_job
+    from sparkinfer.job import run_job
+    from sparkinfer.prepare import prepare_job
 
     folder = tmp_path_factory.mktemp("catalog")
     (folder / "in").mkdir()

@@ -26,7 +26,8 @@ from processes import (
 )
 
 from sparkinfer.config import load_config
-from sparkinfer.job import prepare_job, run_job
+from sparkinfer.job import run_job
+from sparkinfer.prepare import prepare_job
 
 pytestmark = pytest.mark.slow
 

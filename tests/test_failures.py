@@ -14,15 +14,10 @@ from builders import lambda_model, whole_image_outputs, write_raster
 
 from sparkinfer.config import load_config
 from sparkinfer.errors import InputError, ModelError, OutputError
-from sparkinfer.job import (
-    LOCK_FILE,
-    STAGING_FOLDER,
-    output_names,
-    prepare_job,
-    run_job,
-    stage_spec,
-)
-from sparkinfer.stage import infer_and_write, plan_table
+from sparkinfer.job import run_job, stage_spec
+from sparkinfer.lock import LOCK_FILE
+from sparkinfer.prepare import STAGING_FOLDER, output_names, prepare_job
+from sparkinfer.stages.infer import infer_and_write, plan_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"
@@ -132,7 +127,7 @@ def test_complete_outputs_are_kept_until_the_input_or_config_changes(tmp_path, s
 
 
 def test_the_identity_covers_the_cog_layout_and_the_version(tmp_path, models, monkeypatch):
-    import sparkinfer.job
+    import sparkinfer.prepare
 
     raster = scene_in(tmp_path, "scene.tif", 100, 90)
     common = dict(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"))
@@ -144,7 +139,7 @@ def test_the_identity_covers_the_cog_layout_and_the_version(tmp_path, models, mo
     assert identity() == first
     assert identity(cog={"compression": "zstd"}) != first
     assert identity(cog={"blocksize": 256}) != first
-    monkeypatch.setattr(sparkinfer.job, "__version__", "0.0.0-other")
+    monkeypatch.setattr(sparkinfer.prepare, "__version__", "0.0.0-other")
     assert identity() != first, "another version of the job writes other bytes"
 
 
@@ -197,7 +192,7 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
     """Eight runs find the same dead run's lock at once: exactly one of them holds the folder."""
     import threading
 
-    from sparkinfer.job import OutputLock
+    from sparkinfer.lock import OutputLock
 
     out = tmp_path / "out"
     out.mkdir()

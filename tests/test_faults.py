@@ -28,7 +28,9 @@ from processes import (
 
 from sparkinfer.config import load_config
 from sparkinfer.errors import JobFailed
-from sparkinfer.job import LOCK_FILE, prepare_job, run_job
+from sparkinfer.job import run_job
+from sparkinfer.lock import LOCK_FILE
+from sparkinfer.prepare import prepare_job
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,10 @@ from servers import ROOT, fake_nvidia_smi
 
 from sparkinfer.config import load_config
 from sparkinfer.devices import TaskResources
-from sparkinfer.job import chunk_specs, chunks_to_do, prepare_job, prepare_staging, stage_spec
-from sparkinfer.stage import infer_partition, plan_table
+from sparkinfer.job import chunks_to_do, prepare_staging, stage_spec
+from sparkinfer.prepare import prepare_job
+from sparkinfer.stages.assemble import chunk_specs
+from sparkinfer.stages.infer import infer_partition, plan_table
 
 GPU_TASKS = ("--conf spark.executor.cores=2 --conf spark.executor.resource.gpu.amount=2 "
              "--conf spark.task.resource.gpu.amount=1")  # fmt: skip

@@ -32,7 +32,8 @@ def published():
 def _run_job(folder, model, mean, std, **options):
     """The job on the scene: DN / 255 for reflectance, then the model's mean and std."""
     from sparkinfer.config import load_config
-    from sparkinfer.job import halo_notes, prepare_job, run_job
+    from sparkinfer.job import run_job
+    from sparkinfer.prepare import halo_notes, prepare_job
 
     config = load_config(dict(input=[str(SCENE)], model=str(model), output=str(folder),
                               normalization=dict(scale=1 / 255, mean=mean, std=std),

@@ -12,11 +12,11 @@ from builders import export_onnx, export_savedmodel, onnx_as_shipped
 
 from sparkinfer.config import Normalization, load_config
 from sparkinfer.errors import ConfigError, ModelError
-from sparkinfer.job import prepare_job
 from sparkinfer.model import inspect_model, load_model, load_package, package_model
+from sparkinfer.prepare import prepare_job
 from sparkinfer.runtimes import RuntimeOptions, preprocess
 from sparkinfer.runtimes.base import GPU_DEFAULT_BATCH, GPU_MAX_BATCH, Device, Runtime
-from sparkinfer.stage import warm_workers
+from sparkinfer.stages.infer import warm_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENE = ROOT / "data" / "nc_landsat7_2000.tif"

@@ -16,7 +16,7 @@ from servers import s3_client
 from sparkinfer import storage
 from sparkinfer.config import load_config
 from sparkinfer.errors import InputError, OutputError
-from sparkinfer.job import prepare_job
+from sparkinfer.prepare import prepare_job
 from sparkinfer.raster import read_info, resolve_inputs
 from sparkinfer.writers import ChunkSpec, ChunkWriter
 

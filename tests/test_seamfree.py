@@ -70,7 +70,7 @@ def test_a_model_with_global_context_is_never_called_seam_free(tmp_path, run):
 
     from sparkinfer.config import load_config
     from sparkinfer.errors import ModelError
-    from sparkinfer.job import halo_notes, prepare_job
+    from sparkinfer.prepare import halo_notes, prepare_job
 
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 96, 80, seed=3)
@@ -88,7 +88,7 @@ def test_a_model_with_global_context_is_never_called_seam_free(tmp_path, run):
 
 def test_the_halo_used_is_said_when_it_differs_from_the_one_given(tmp_path, models):
     from sparkinfer.config import load_config
-    from sparkinfer.job import halo_notes, prepare_job
+    from sparkinfer.prepare import halo_notes, prepare_job
 
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 96, 80, seed=3)

@@ -1,0 +1,400 @@
+"""Prepare a run on the driver, from metadata only: check the options, the model, the output
+folder and every input, then plan each raster.
+
+`prepare_job` does all the checks that need no Spark. A problem of the whole run (config, model,
+output folder, no usable input) raises a `UserError` with one clear line, before anything is
+written. A problem of one raster is recorded as a `Failure` and the others go on (unless
+`fail_fast`).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sparkinfer import __version__, storage
+from sparkinfer.config import CHUNK_PIXELS, JobConfig
+from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, first_line
+from sparkinfer.lock import OutputLock
+from sparkinfer.model import (
+    FORMAT_NAMES,
+    ModelInfo,
+    ModelPackage,
+    inspect_model,
+    package_model,
+)
+from sparkinfer.plan import RasterPlan, Tiling, round_up
+from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
+from sparkinfer.runtimes import RuntimeOptions
+from sparkinfer.stages.infer import (
+    warm_workers,
+)
+
+SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
+STAGING_FOLDER = "_staging"
+IDENTITY_TAG = "SPARKINFER_IDENTITY"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A raster that could not be processed: which, at what stage, and why (one line)."""
+
+    input: str
+    stage: str  # "input", "plan", "infer" or "assemble"
+    error: str
+
+
+@dataclass(frozen=True)
+class RasterJob:
+    """One input raster, its plan and where its outputs go."""
+
+    info: RasterInfo
+    plan: RasterPlan
+    identity: str  # hash of input, model and config: what the outputs were made from
+    classes_path: str  # local path or s3:// URI, as every location below
+    scores_path: str | None
+    quicklook_path: str | None
+    staging: str
+
+    @property
+    def tile_index_path(self) -> str:
+        return self.classes_path.removesuffix(".tif") + ".tiles.parquet"
+
+    @property
+    def stac_path(self) -> str:
+        return self.classes_path.removesuffix(".tif") + ".stac.json"
+
+    @property
+    def outputs(self) -> list[str]:
+        paths = (self.classes_path, self.scores_path, self.quicklook_path, self.tile_index_path,
+                 self.stac_path)  # fmt: skip
+        return [p for p in paths if p]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked, planned run: everything `run_job` needs."""
+
+    config: JobConfig
+    model: ModelInfo
+    package: ModelPackage
+    tiling: Tiling
+    bands: tuple[int, ...]
+    output: str  # absolute local path or s3:// URI
+    rasters: tuple[RasterJob, ...]
+    failed: tuple[Failure, ...] = ()  # rasters refused before Spark
+
+
+def _input_roots(patterns: list[str]) -> list[tuple[str, str]]:
+    """(pattern, folder) for each input that names a folder or a glob pattern: the folder it
+    lists, or the pattern's fixed part (up to its first wildcard)."""
+    roots = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            if storage.is_s3(pattern):  # only the file name may hold wildcards
+                roots.append((pattern, storage.parent(pattern)))
+                continue
+            parts = Path(pattern).absolute().parts
+            fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            roots.append((pattern, str(Path(*parts[:fixed]).resolve())))
+        elif storage.is_dir(pattern):
+            roots.append((pattern, storage.absolute(pattern) if storage.is_s3(pattern)
+                          else str(Path(pattern).resolve())))  # fmt: skip
+    return roots
+
+
+def _check_output_folder(output: str, patterns: list[str], inputs: list[str]) -> None:
+    """The output is neither an input's own folder nor inside a folder or pattern given as
+    input, so no later run takes outputs for inputs; next to an input file is fine."""
+    resolved = None if storage.is_s3(output) else Path(output).resolve()
+    target = output if resolved is None else str(resolved)
+    for pattern, root in _input_roots(patterns):
+        if target == root or target.startswith(root.rstrip("/") + "/"):
+            raise OutputError(
+                f"{output}: output folder is inside input {pattern}, where a later run would "
+                "take the outputs for inputs; choose a folder outside it"
+            )
+    for path in inputs:
+        if target == storage.parent(path):
+            raise OutputError(
+                f"{output}: output folder is the folder of input {path}; choose a separate folder"
+            )
+    if resolved is None:
+        try:
+            storage.probe_write(output)
+        except OSError as exc:
+            raise OutputError(
+                f"{output}: cannot write there ({first_line(exc, 200)}); check the bucket name "
+                "and the AWS_* credentials and endpoint"
+            ) from None
+        return
+    existing = next((p for p in [resolved, *resolved.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise OutputError(
+            f"{output}: cannot create the output folder ({existing} is not a folder)"
+        )
+    try:
+        storage.probe_write(str(existing))
+    except OSError as exc:
+        where = "output folder" if existing == resolved else f"folder {existing}"
+        raise OutputError(
+            f"{output}: cannot write in the {where} ({exc.strerror}); choose another --output"
+        ) from None
+
+
+def runtime_options(config: JobConfig) -> RuntimeOptions:
+    """How the executors run the model for `config`."""
+    return RuntimeOptions(config.backend, config.precision, config.normalization,
+                          config.activation)  # fmt: skip
+
+
+def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
+    if config.halo != "auto":
+        return round_up(config.halo, model.stride)
+    if model.receptive_halo is None:
+        raise ModelError(
+            f"{model.path}: each output pixel depends on the whole input window (global "
+            "pooling or attention), so no halo makes tiles equal whole-image inference; give "
+            "the context to read around each tile with --halo PIXELS, or blend overlapping "
+            "windows with --merge blend"
+        )
+    return round_up(model.receptive_halo, model.stride)
+
+
+def _tiling(config: JobConfig, model: ModelInfo) -> Tiling:
+    """How the model's rasters are cut: the halo (`crop`) or half the overlap (`blend`) around
+    tiles of `tile_size`, whose windows are the model's input where its size is fixed."""
+    if config.merge == "blend":
+        margin = model.stride  # overlaps are even multiples of the stride: half is the halo
+        window = model.input_size or config.tile_size * 5 // 4
+        overlap = window // 5 if config.overlap == "auto" else config.overlap
+        halo = round_up(overlap, 2 * margin) // 2
+    else:
+        halo = _resolve_halo(config, model)
+    tile_size = config.tile_size
+    if model.input_size is not None:  # the window is the model's input
+        tile_size = model.input_size - 2 * halo
+        if tile_size < 1:
+            blend = config.merge == "blend"
+            room = f"an overlap of {2 * halo}" if blend else f"a halo of {halo} on each side"
+            raise ModelError(
+                f"{model.path}: the model takes windows of exactly {model.input_size} pixels, "
+                f"which leave no room for {room}; give a smaller --{'overlap' if blend else 'halo'}"
+            )
+    try:
+        chunk_tiles = config.chunk_tiles
+        if chunk_tiles == "auto":
+            chunk_tiles = max(1, CHUNK_PIXELS // tile_size)
+        return Tiling(tile_size, halo, model.stride, chunk_tiles,
+                      fixed_window=model.input_size is not None, merge=config.merge)  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
+
+
+def seam_free(model: ModelInfo, tiling: Tiling) -> bool:
+    """Whether the stitched output equals whole-image inference: windows are cropped to their
+    cores, and the halo covers the model's receptive field."""
+    return (tiling.merge == "crop" and model.receptive_halo is not None
+            and tiling.halo >= model.receptive_halo)  # fmt: skip
+
+
+def halo_notes(job: Job) -> list[str]:
+    """What a user should know about the context the job gives each tile: a tile size, halo or
+    overlap that differs from the one given, and whether the result is seam-free."""
+    model, tiling, config = job.model, job.tiling, job.config
+    blend = tiling.merge == "blend"
+    notes = []
+    if model.input_size is not None and tiling.tile_size != config.tile_size:
+        context = (f"overlapping by {tiling.overlap}" if blend
+                   else f"{tiling.halo} of halo on each side")  # fmt: skip
+        notes.append(f"tile size {tiling.tile_size}: the model takes windows of exactly "
+                     f"{model.input_size} pixels, {context}")  # fmt: skip
+    if blend:
+        if config.overlap != "auto" and config.overlap != tiling.overlap:
+            notes.append(f"overlap {config.overlap} rounded up to {tiling.overlap}, a multiple "
+                         f"of twice the model's stride {model.stride}")  # fmt: skip
+        if model.receptive_halo is not None:
+            notes.append(f"the model's receptive field is local ({model.receptive_halo} pixels): "
+                         "--merge crop gives whole-image inference exactly")  # fmt: skip
+        notes.append(f"windows of {tiling.window_size} pixels overlap by {tiling.overlap} and "
+                     "their scores are blended: smooth across tiles, not seam-free")  # fmt: skip
+        return notes
+    halo, given = tiling.halo, config.halo
+    if given != "auto" and given != halo:
+        notes.append(f"halo {given} rounded up to {halo}, a multiple of the model's stride "
+                     f"{model.stride}")  # fmt: skip
+    if model.receptive_halo is None:
+        notes.append(f"{model.path}: each output pixel depends on the whole input window: "
+                     "tiles are not seam-free; --merge blend smooths their borders")  # fmt: skip
+    elif halo < model.receptive_halo:
+        notes.append(f"halo {halo} is less than the model's receptive field "
+                     f"({model.receptive_halo} pixels, by {model.halo_found_by}): tiles differ "
+                     "from whole-image inference near their borders")  # fmt: skip
+    return notes
+
+
+def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling: Tiling) -> str:
+    """Hash of everything that decides a raster's outputs, their bytes included (the COG's
+    layout, the code that wrote them): chunks of another run never mix."""
+    parts = {
+        "input": [info.path, info.size, info.mtime_ns],
+        "model": package.digest,
+        "tiling": asdict(tiling),
+        "pixels": config.model_dump(
+            include={"bands", "normalization", "activation", "scores", "backend", "precision",
+                     "cog"}
+        ),
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """Output file stems: input stems made safe (ASCII letters, digits, '.', '_', '-'; never
+    starting with '.' or '_', so never a hidden or reserved name), and distinct: stems that
+    clash get a suffix from a hash of their input's full path."""
+    stems = []
+    for path in paths:
+        stem = storage.name(path).rsplit(".", 1)[0]
+        ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore")
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem.decode()).strip("._-")
+        stems.append(safe or "raster")
+    counts = Counter(stem.casefold() for stem in stems)  # case-insensitive file systems too
+    return [
+        stem if counts[stem.casefold()] == 1
+        else f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+        for stem, path in zip(stems, paths, strict=True)
+    ]
+
+
+def _resolve(config: JobConfig) -> tuple[list[str], list[Failure]]:
+    """Every input pattern's rasters, in order and once each; patterns that find none fail."""
+    found: dict[str, None] = {}
+    failed = []
+    for pattern in config.input:
+        try:
+            for path in resolve_inputs([pattern]):
+                found.setdefault(path, None)
+        except InputError as exc:
+            if config.fail_fast:
+                raise
+            failed.append(Failure(pattern, "input", str(exc)))
+    return list(found), failed
+
+
+def _checked_info(path: str, config: JobConfig, model: ModelInfo) -> RasterInfo:
+    info = read_info(path)
+    if info.dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{info.path}: pixel type {info.dtype} is not supported "
+            f"(use one of {', '.join(sorted(SUPPORTED_DTYPES))})"
+        )
+    if info.transform[1] != 0 or info.transform[3] != 0:
+        raise InputError(
+            f"{info.path}: the geotransform is rotated or sheared; warp the raster to a "
+            "north-up grid first (gdalwarp)"
+        )
+    bands = config.bands or list(range(1, info.count + 1))
+    if max(bands) > info.count:
+        raise InputError(
+            f"{info.path}: band {max(bands)} requested but the raster has {info.count} bands"
+        )
+    if len(bands) != model.bands:
+        raise InputError(
+            f"{info.path}: {len(bands)} bands selected but the model takes {model.bands}; "
+            "choose them with --bands"
+        )
+    return info
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A run checked without loading its model: inputs found, output folder usable and free,
+    model files packaged."""
+
+    config: JobConfig
+    output: str  # absolute local path or s3:// URI
+    inputs: tuple[str, ...]
+    failed: tuple[Failure, ...]  # input patterns that found nothing
+    package: ModelPackage
+
+
+def check_job(config: JobConfig) -> Checked:
+    """The checks that need neither the model loaded nor Spark; a UserError stops the run."""
+    output = storage.absolute(config.output)
+    inputs, failed = _resolve(config)
+    _check_output_folder(output, config.input, inputs)
+    OutputLock(output).check()
+    package = package_model(config.model, config.trust_model)
+    return Checked(config, output, tuple(inputs), tuple(failed), package)
+
+
+def prepare_job(config: JobConfig, spark=None) -> Job:
+    """Check model, output and inputs, then plan every raster (`check_job`, then `plan_job`)."""
+    return plan_job(check_job(config), spark)
+
+
+def plan_job(checked: Checked, spark=None) -> Job:
+    """Check the model, check the inputs, then plan every raster.
+
+    With a session, its Python workers start, load the model and inspect it (`warm_workers`),
+    so the driver never starts a framework and the stage finds the model loaded; without one,
+    or if that job fails, the model is inspected here.
+
+    Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
+    `Failure` in `Job.failed` (or raises, with `fail_fast`).
+    """
+    config, output, package = checked.config, checked.output, checked.package
+    inputs, failed = list(checked.inputs), list(checked.failed)
+    model = None
+    if spark is not None:
+        model = warm_workers(spark, package, runtime_options(config), config.model)
+    if model is None:
+        model = inspect_model(config.model, config.trust_model, config.backend)
+    if config.precision != "float32" and model.format != "keras":
+        raise ConfigError(
+            f"{config.model}: --precision {config.precision} applies to .keras models; run "
+            f"{FORMAT_NAMES[model.format]} in float32"
+        )
+    count = config.normalization.band_count
+    if count is not None and count != model.bands:
+        raise ConfigError(
+            f"normalization has statistics for {count} bands but the model takes {model.bands}"
+        )
+    tiling = _tiling(config, model)
+
+    infos = []
+    for path in inputs:
+        try:
+            infos.append(_checked_info(path, config, model))
+        except InputError as exc:
+            if config.fail_fast:
+                raise
+            failed.append(Failure(path, "plan", str(exc)))
+    if not infos:
+        first = failed[0].error if failed else "no inputs"
+        more = f" (and {len(failed) - 1} more inputs failed)" if len(failed) > 1 else ""
+        raise InputError(first + more)
+
+    rasters = []
+    for info, name in zip(infos, output_names([i.path for i in infos]), strict=True):
+        identity = _identity(info, package, config, tiling)
+        rasters.append(
+            RasterJob(
+                info=info,
+                plan=RasterPlan(info.height, info.width, tiling),
+                identity=identity,
+                classes_path=storage.join(output, f"{name}.tif"),
+                scores_path=storage.join(output, f"{name}.scores.tif") if config.scores else None,
+                quicklook_path=storage.join(output, f"{name}.png") if config.quicklook else None,
+                staging=storage.join(output, STAGING_FOLDER, f"{name}-{identity}"),
+            )
+        )
+    bands = tuple(config.bands or range(1, model.bands + 1))
+    return Job(config, model, package, tiling, bands, output, tuple(rasters), tuple(failed))

@@ -1,0 +1,109 @@
+"""The run report, `_run.json`: what each raster got, what failed, the model, the tiling, the
+devices and the timings."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparkinfer import __version__
+from sparkinfer.prepare import seam_free
+from sparkinfer.session import (
+    application,
+)
+
+
+def _chunks_by_gpu(results: pa.Table) -> dict:
+    """{"by_gpu": {address: [[chunk_row, chunk_col], ...]}} for the chunks that tasks with a
+    GPU assigned by Spark inferred; {} without GPUs."""
+    with_gpu = results.filter(pc.is_valid(results["gpu"])).to_pylist()
+    if not with_gpu:
+        return {}
+    by_gpu: dict[str, list] = {}
+    for row in sorted(with_gpu, key=lambda r: (r["chunk_row"], r["chunk_col"])):
+        by_gpu.setdefault(row["gpu"], []).append([row["chunk_row"], row["chunk_col"]])
+    return {"by_gpu": dict(sorted(by_gpu.items()))}
+
+
+def run_report(job, todo, results, assembled, complete, failed, resumed, timings, spark) -> dict:
+    failed_inputs = {f.input for f in failed}
+    assembled_s = {a["input"]: a["assemble_s"] for a in assembled}
+    verified = {a["input"]: json.loads(a["verify"]) for a in assembled if a.get("verify")}
+    per_raster = []
+    for index, raster in enumerate(todo):
+        if raster.info.path in failed_inputs:
+            continue
+        mine = results.filter(pc.equal(results["raster_index"], index))
+        written = raster.info.path in assembled_s  # or stopped by --fail-fast
+        per_raster.append(
+            {
+                "input": raster.info.path,
+                "status": "written" if written else "stopped",
+                "outputs": raster.outputs if written else [],
+                "width": raster.info.width,
+                "height": raster.info.height,
+                "tiles": {
+                    "planned": raster.plan.tile_count,
+                    "skipped_nodata": pc.sum(mine["skipped"]).as_py() or 0,
+                    "inferred": pc.sum(mine["inferred"]).as_py() or 0,
+                },
+                "chunks": {
+                    "planned": raster.plan.chunk_count,
+                    "resumed": resumed[raster.info.path],  # committed by an earlier run
+                    "kept_on_retry": pc.sum(mine["reused"].cast(pa.int32())).as_py() or 0,
+                }
+                | _chunks_by_gpu(mine),
+                "assemble_s": assembled_s.get(raster.info.path),
+            }
+            | ({"verify": verified[raster.info.path]} if raster.info.path in verified else {})
+        )
+    for raster in complete:
+        per_raster.append(
+            {
+                "input": raster.info.path,
+                "status": "complete",  # outputs of the same input, model and config: kept
+                "outputs": raster.outputs,
+                "width": raster.info.width,
+                "height": raster.info.height,
+                "tiles": {"planned": raster.plan.tile_count, "skipped_nodata": 0, "inferred": 0},
+            }
+        )
+    task_time = {k: pc.sum(results[k]).as_py() or 0.0 for k in ("read_s", "infer_s", "write_s")}
+    inferred = results.filter(pc.is_valid(results["device"]))
+    devices = inferred.group_by("device").aggregate([("tiles", "count"), ("inferred", "sum")])
+    return {
+        "sparkinfer_version": __version__,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "spark": application(spark),
+        "model": {
+            "path": job.model.path,
+            "sha256": job.package.digest,
+            "bands": job.model.bands,
+            "classes": job.model.classes,
+            "channels": job.model.channels,
+            "stride": job.model.stride,
+            "receptive_halo": job.model.receptive_halo,
+            "halo_found_by": job.model.halo_found_by,
+            "class_names": list(job.model.class_names),
+        },
+        "tiling": asdict(job.tiling) | {"overlap": job.tiling.overlap,
+                                        "halo_share": round(job.tiling.halo_share, 4),
+                                        "seam_free": seam_free(job.model, job.tiling)},
+        "rasters": per_raster,
+        "failed": [asdict(f) for f in failed],
+        "tiles": {
+            key: sum(r["tiles"][key] for r in per_raster)
+            for key in ("planned", "skipped_nodata", "inferred")
+        },
+        "timings": timings | {"task_" + k: v for k, v in task_time.items()},
+        # What ran the model: "cpu", or "gpu:N" as the worker numbers its GPUs.
+        "devices": {row["device"]: {"chunks": row["tiles_count"], "tiles": row["inferred_sum"]}
+                    for row in devices.to_pylist()},  # fmt: skip
+        "config": job.config.model_dump(mode="json"),
+    }

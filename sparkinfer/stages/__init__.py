@@ -1,0 +1,1 @@
+"""The job's two Spark stages: inference (`infer`) and assembly (`assemble`)."""
