@@ -218,8 +218,10 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
     return load_config(overrides, config_file=args.config, defaults_file=defaults_file)
 
 
-def print_summary(report: dict, stream=sys.stdout, errors=sys.stderr) -> None:
-    """What was written, kept and where; then one line per failed raster on `errors`."""
+def print_summary(report: dict, stream=None, errors=None) -> None:
+    """What was written, kept and where, on `stream` (stdout); then one line per failed raster
+    on `errors` (stderr). Both default to the streams of the moment of the call."""
+    stream, errors = stream or sys.stdout, errors or sys.stderr
     tiles = report["tiles"]
     timings = report["timings"]
     written = [r for r in report["rasters"] if r["status"] == "written"]

@@ -288,6 +288,12 @@ def _resolve(config: JobConfig) -> tuple[list[str], list[Failure]]:
     return list(found), failed
 
 
+def _no_usable_input(failed: list[Failure]) -> InputError:
+    first = failed[0].error if failed else "no inputs"
+    more = f" (and {len(failed) - 1} more inputs failed)" if len(failed) > 1 else ""
+    return InputError(first + more)
+
+
 def _checked_info(path: str, config: JobConfig, model: ModelInfo) -> RasterInfo:
     info = read_info(path)
     if info.dtype not in SUPPORTED_DTYPES:
@@ -332,6 +338,8 @@ def check_job(config: JobConfig) -> Checked:
     _check_output_folder(output, config.input, inputs)
     OutputLock(output).check()
     package = package_model(config.model, config.trust_model)
+    if not inputs:  # said before Spark starts
+        raise _no_usable_input(failed)
     return Checked(config, output, tuple(inputs), tuple(failed), package)
 
 
@@ -378,9 +386,7 @@ def plan_job(checked: Checked, spark=None) -> Job:
                 raise
             failed.append(Failure(path, "plan", str(exc)))
     if not infos:
-        first = failed[0].error if failed else "no inputs"
-        more = f" (and {len(failed) - 1} more inputs failed)" if len(failed) > 1 else ""
-        raise InputError(first + more)
+        raise _no_usable_input(failed)
 
     rasters = []
     for info, name in zip(infos, output_names([i.path for i in infos]), strict=True):

@@ -4,9 +4,9 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import rasterio
@@ -23,11 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"
 
 
-def infer(*args):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "infer_tiles.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+@pytest.fixture
+def infer(spark, capsys):
+    """The command line, run in this process on the shared session (`cli.main(argv, spark)`):
+    its exit code and what it printed."""
+    from sparkinfer.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args], spark, defaults_file=DEFAULTS)
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
 
 
 def broken_geotiff(path: Path) -> Path:
@@ -46,7 +53,7 @@ def broken_geotiff(path: Path) -> Path:
     return path
 
 
-def test_a_broken_raster_fails_alone_and_a_rerun_keeps_what_was_written(tmp_path, models):
+def test_a_broken_raster_fails_alone_and_a_rerun_keeps_what_was_written(tmp_path, models, infer):
     (tmp_path / "in").mkdir()
     good = write_raster(tmp_path / "in" / "good.tif", 150, 130, seed=1)
     broken = broken_geotiff(tmp_path / "in" / "broken.tif")
@@ -82,7 +89,7 @@ def test_a_broken_raster_fails_alone_and_a_rerun_keeps_what_was_written(tmp_path
     assert (out / "good.tif").stat().st_mtime_ns == written_at, "a complete output is kept"
 
 
-def test_fail_fast_stops_at_the_first_failing_raster(tmp_path, models):
+def test_fail_fast_stops_at_the_first_failing_raster(tmp_path, models, infer):
     (tmp_path / "in").mkdir()
     write_raster(tmp_path / "in" / "a.tif", 64, 64)
     five = write_raster(tmp_path / "in" / "b.tif", 64, 64, bands=5)

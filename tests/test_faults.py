@@ -4,7 +4,7 @@ job that cannot finish keeps its chunks and says so.
 
 The job runs as users run it (spark-submit.sh). The faults are real: the test kills Spark's
 Python workers, an executor JVM or the whole driver with SIGKILL once the first chunk is
-committed, while hundreds of chunks are still to do.
+committed, while most of the 96 chunks are still to do.
 """
 
 import json
@@ -35,7 +35,7 @@ from sparkinfer.prepare import prepare_job
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-TILE = 64  # with one tile per chunk: 384 chunks, each committed on its own
+TILE = 64  # with one tile per chunk: 96 chunks, each committed on its own
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,13 @@ def scene(tmp_path_factory, spark):
     """A raster, a model slow enough to give a window for the fault, and a clean run's output."""
     folder = tmp_path_factory.mktemp("faults")
     (folder / "in").mkdir()
-    raster = write_raster(folder / "in" / "scene.tif", 1536, 1024, seed=11)
+    raster = write_raster(folder / "in" / "scene.tif", 768, 512, seed=11)
     model = conv_stack(folder / "wide.keras", depth=6, filters=48)
     options = dict(input=[str(raster)], model=str(model), tile_size=TILE, chunk_tiles=1)
     clean = folder / "clean"
     config = load_config(options | {"output": str(clean)}, ROOT / "conf" / "default.yaml")
     report = run_job(spark, prepare_job(config))
-    assert report["rasters"][0]["chunks"]["planned"] == 384
+    assert report["rasters"][0]["chunks"]["planned"] == 96
     return SimpleNamespace(raster=raster, model=model, options=options,
                            expected=(clean / "scene.tif").read_bytes())  # fmt: skip
 
@@ -81,7 +81,7 @@ def test_a_task_whose_python_worker_dies_is_retried(tmp_path, scene):
     report = assert_clean_result(scene, out)
     # The retries kept what the failed attempts had committed (one tile per chunk here).
     kept = report["rasters"][0]["chunks"]["kept_on_retry"]
-    assert kept >= 1 and report["tiles"]["inferred"] == 384 - kept
+    assert kept >= 1 and report["tiles"]["inferred"] == 96 - kept
 
 
 def test_a_killed_executor_jvm_is_replaced(tmp_path, scene):
@@ -113,15 +113,15 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, scene):
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in tree[1:]), 60,
                "the job's processes to end")  # fmt: skip
     committed = committed_chunks(out)
-    assert 0 < len(committed) < 384 and (out / LOCK_FILE).exists()
+    assert 0 < len(committed) < 96 and (out / LOCK_FILE).exists()
 
     again = submit(job_args(scene, out), "local[2]")
     assert again.returncode == 0, again.stderr[-3000:]
     report = assert_clean_result(scene, out)
     # Every committed chunk was kept; only the ones in flight or not started were inferred.
-    assert report["rasters"][0]["chunks"] == {"planned": 384, "resumed": len(committed),
+    assert report["rasters"][0]["chunks"] == {"planned": 96, "resumed": len(committed),
                                               "kept_on_retry": 0}
-    assert report["tiles"]["inferred"] == 384 - len(committed)
+    assert report["tiles"]["inferred"] == 96 - len(committed)
 
 
 def test_a_spark_job_that_fails_keeps_its_chunks_and_says_so(tmp_path, spark, scene):
