@@ -29,7 +29,7 @@ def published():
     return folder / "model_6b_l1c.onnx", stats["img"][0], stats["img"][1]
 
 
-def _run_job(folder, model, mean, std, **options):
+def _run_job(spark, folder, model, mean, std, **options):
     """The job on the scene: DN / 255 for reflectance, then the model's mean and std."""
     from sparkinfer.config import load_config
     from sparkinfer.job import run_job
@@ -41,7 +41,7 @@ def _run_job(folder, model, mean, std, **options):
                          defaults_file=ROOT / "conf" / "default.yaml")  # fmt: skip
     started = time.perf_counter()
     job = prepare_job(config)
-    report = run_job(spark_session(), job)
+    report = run_job(spark, job)
     seconds = time.perf_counter() - started
     with rasterio.open(folder / "L7_ETMs.tif") as src:
         classes = src.read(1)
@@ -50,22 +50,16 @@ def _run_job(folder, model, mean, std, **options):
     return job, report, classes, probabilities, seconds, halo_notes(job)
 
 
-def spark_session():
-    from pyspark.sql import SparkSession
-
-    return SparkSession.getActiveSession()
-
-
 @pytest.fixture(scope="module")
 def job_run(tmp_path_factory, spark, published):
     """With `crop`: a 32-pixel halo around each tile."""
-    return _run_job(tmp_path_factory.mktemp("csmask"), *published, halo=HALO)
+    return _run_job(spark, tmp_path_factory.mktemp("csmask"), *published, halo=HALO)
 
 
 @pytest.fixture(scope="module")
 def blend_run(tmp_path_factory, spark, published):
     """With `blend`: whole windows, overlapping by a fifth (`--overlap auto`), blended."""
-    return _run_job(tmp_path_factory.mktemp("csmask-blend"), *published, merge="blend",
+    return _run_job(spark, tmp_path_factory.mktemp("csmask-blend"), *published, merge="blend",
                     verify=True)  # fmt: skip
 
 
