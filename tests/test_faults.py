@@ -35,7 +35,10 @@ from sparkinfer.prepare import prepare_job
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-TILE = 64  # with one tile per chunk: 96 chunks, each committed on its own
+# One tile per chunk and per model call: 96 chunks, each committed on its own. With batches of
+# many tiles a task commits its whole partition at once, and a fault sent after the first commit
+# can find it already done.
+TILE = 64
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,8 @@ def scene(tmp_path_factory, spark):
     (folder / "in").mkdir()
     raster = write_raster(folder / "in" / "scene.tif", 768, 512, seed=11)
     model = conv_stack(folder / "wide.keras", depth=6, filters=48)
-    options = dict(input=[str(raster)], model=str(model), tile_size=TILE, chunk_tiles=1)
+    options = dict(input=[str(raster)], model=str(model), tile_size=TILE, chunk_tiles=1,
+                   batch_size=1)
     clean = folder / "clean"
     config = load_config(options | {"output": str(clean)}, ROOT / "conf" / "default.yaml")
     report = run_job(spark, prepare_job(config))
@@ -56,7 +60,7 @@ def scene(tmp_path_factory, spark):
 
 def job_args(scene, output: Path) -> list:
     return ["--input", scene.raster, "--model", scene.model, "--output", output,
-            "--tile-size", TILE, "--chunk-tiles", 1]  # fmt: skip
+            "--tile-size", TILE, "--chunk-tiles", 1, "--batch-size", 1]  # fmt: skip
 
 
 def assert_clean_result(scene, output: Path) -> dict:
