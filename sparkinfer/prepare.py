@@ -294,7 +294,8 @@ def _no_usable_input(failed: list[Failure]) -> InputError:
     return InputError(first + more)
 
 
-def _checked_info(path: str, config: JobConfig, model: ModelInfo) -> RasterInfo:
+def _checked_info(path: str, config: JobConfig) -> RasterInfo:
+    """The raster's metadata, if the job can read it (what the model has no say in)."""
     info = read_info(path)
     if info.dtype not in SUPPORTED_DTYPES:
         raise InputError(
@@ -311,36 +312,49 @@ def _checked_info(path: str, config: JobConfig, model: ModelInfo) -> RasterInfo:
         raise InputError(
             f"{info.path}: band {max(bands)} requested but the raster has {info.count} bands"
         )
-    if len(bands) != model.bands:
+    return info
+
+
+def _check_bands(info: RasterInfo, config: JobConfig, model: ModelInfo) -> None:
+    selected = len(config.bands) if config.bands else info.count
+    if selected != model.bands:
         raise InputError(
-            f"{info.path}: {len(bands)} bands selected but the model takes {model.bands}; "
+            f"{info.path}: {selected} bands selected but the model takes {model.bands}; "
             "choose them with --bands"
         )
-    return info
 
 
 @dataclass(frozen=True)
 class Checked:
-    """A run checked without loading its model: inputs found, output folder usable and free,
-    model files packaged."""
+    """A run checked without loading its model or starting Spark: inputs found and readable,
+    output folder usable and free, model files packaged."""
 
     config: JobConfig
     output: str  # absolute local path or s3:// URI
-    inputs: tuple[str, ...]
-    failed: tuple[Failure, ...]  # input patterns that found nothing
+    infos: tuple[RasterInfo, ...]
+    failed: tuple[Failure, ...]  # input patterns that found nothing, rasters that cannot be read
     package: ModelPackage
 
 
 def check_job(config: JobConfig) -> Checked:
-    """The checks that need neither the model loaded nor Spark; a UserError stops the run."""
+    """The checks that need neither the model loaded nor Spark (the rasters' metadata is read
+    here); a UserError stops the run, a raster that cannot be used becomes a `Failure`."""
     output = storage.absolute(config.output)
     inputs, failed = _resolve(config)
     _check_output_folder(output, config.input, inputs)
     OutputLock(output).check()
     package = package_model(config.model, config.trust_model)
-    if not inputs:  # said before Spark starts
+    infos = []
+    for path in inputs:
+        try:
+            infos.append(_checked_info(path, config))
+        except InputError as exc:
+            if config.fail_fast:
+                raise
+            failed.append(Failure(path, "plan", str(exc)))
+    if not infos:
         raise _no_usable_input(failed)
-    return Checked(config, output, tuple(inputs), tuple(failed), package)
+    return Checked(config, output, tuple(infos), tuple(failed), package)
 
 
 def prepare_job(config: JobConfig, spark=None) -> Job:
@@ -359,7 +373,7 @@ def plan_job(checked: Checked, spark=None) -> Job:
     `Failure` in `Job.failed` (or raises, with `fail_fast`).
     """
     config, output, package = checked.config, checked.output, checked.package
-    inputs, failed = list(checked.inputs), list(checked.failed)
+    failed = list(checked.failed)
     model = None
     if spark is not None:
         model = warm_workers(spark, package, runtime_options(config), config.model)
@@ -378,13 +392,14 @@ def plan_job(checked: Checked, spark=None) -> Job:
     tiling = _tiling(config, model)
 
     infos = []
-    for path in inputs:
+    for info in checked.infos:
         try:
-            infos.append(_checked_info(path, config, model))
+            _check_bands(info, config, model)
+            infos.append(info)
         except InputError as exc:
             if config.fail_fast:
                 raise
-            failed.append(Failure(path, "plan", str(exc)))
+            failed.append(Failure(info.path, "plan", str(exc)))
     if not infos:
         raise _no_usable_input(failed)
 

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +41,6 @@ def scene(tmp_path):
 def _bad_inputs(tmp_path, scene, models):
     text_tif = tmp_path / "in" / "notes.tif"
     text_tif.write_text("not a raster\n")
-    five_bands = write_raster(tmp_path / "in" / "five.tif", 32, 32, bands=5)
     bad_yaml = tmp_path / "job.yaml"
     bad_yaml.write_text("tile_size: 128\nhalo_pixels: 8\n")
     missing = tmp_path / "in" / "nope.tif"
@@ -50,18 +48,17 @@ def _bad_inputs(tmp_path, scene, models):
     return {
         "missing file": (missing, models["conv"], [], missing, "input not found"),
         "not a raster": (text_tif, models["conv"], [], text_tif, "not a readable raster"),
-        "band mismatch": (five_bands, models["conv"], [], five_bands,
-                          "5 bands selected but the model takes 4"),
-        "not convolutional": (scene, models["dense"], [], models["dense"],
-                              "not fully convolutional"),
         "bad config key": (scene, models["conv"], ["--config", bad_yaml], bad_yaml,
                            "unknown option 'halo_pixels'"),
+        "not convolutional": (scene, models["dense"], [], models["dense"],
+                              "not fully convolutional"),
     }  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "case", ["missing file", "not a raster", "band mismatch", "not convolutional", "bad config key"]
-)
+FOUND_BEFORE_SPARK = ["missing file", "not a raster", "bad config key"]
+
+
+@pytest.mark.parametrize("case", [*FOUND_BEFORE_SPARK, "not convolutional"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene, models, case):
     raster, model, extra, named, message = _bad_inputs(tmp_path, scene, models)[case]
     out = tmp_path / "out"
@@ -71,7 +68,26 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene, models, case)
     errors = [line for line in lines if line.startswith("sparkinfer: error: ")]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert errors[0].startswith(f"sparkinfer: error: {named}: ")
+    if case in FOUND_BEFORE_SPARK:  # said before Spark starts: not even its UI line
+        assert lines == errors, done.stderr
     assert "Traceback" not in done.stderr
+    assert not out.exists(), "nothing written for a bad input"
+
+
+def test_a_band_mismatch_is_one_line_once_the_workers_read_the_model(tmp_path, models, spark,
+                                                                     capsys):  # fmt: skip
+    """The model's band count is known once the Python workers load it (here on the shared
+    session, in this process)."""
+    from sparkinfer.cli import main
+
+    five_bands = write_raster(tmp_path / "five.tif", 32, 32, bands=5)
+    out = tmp_path / "out"
+    code = main(["--input", str(five_bands), "--model", str(models["conv"]), "--output",
+                 str(out)], spark, defaults_file=ROOT / "conf" / "default.yaml")  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"sparkinfer: error: {five_bands}: 5 bands selected but the model takes 4; choose them "
+        "with --bands"]  # fmt: skip
     assert not out.exists(), "nothing written for a bad input"
 
 
@@ -93,19 +109,3 @@ def test_bad_input_through_spark_submit_is_the_last_line_on_stderr(tmp_path, sce
     assert ("WARNING: Using incubator modules: jdk.incubator.vector" in lines) == verbose
     assert len(lines) == (2 if verbose else 1)
     assert "Traceback" not in done.stderr and not out.exists()
-
-
-def test_spark_submit_shows_stderr_lines_as_they_come(tmp_path):
-    """The driver's lines reach stderr while the job runs, not when it ends."""
-    env = dict(os.environ, SPARKINFER_VENV=str(Path(sys.executable).parent.parent))
-    job = subprocess.Popen(
-        [str(ROOT / "spark-submit.sh"), "--input", ROOT / "data" / "L7_ETMs.tif", "--model",
-         ROOT / "data" / "landcover.keras", "--output", tmp_path / "out", "--tile-size", "128"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    first = job.stderr.readline()
-    first_at = time.monotonic()
-    out, _ = job.communicate(timeout=300)
-    # The workers load and check the model, then the job runs, after the session's line.
-    assert first.startswith("sparkinfer: Spark UI at ") and time.monotonic() - first_at > 2
-    assert job.returncode == 0 and out.startswith("sparkinfer: 1 raster(s) written")

@@ -1,7 +1,8 @@
-"""GPU executors on Spark's resource scheduling, shown on CPUs: a standalone worker offers two
-fake GPUs (conf/gpu-discovery.sh over a stand-in nvidia-smi), each task gets one, and _run.json
-records which address served which chunks. With no GPU there, the model runs on the CPU and
-the report says so."""
+"""GPU executors on Spark's resource scheduling, shown on CPUs: a real standalone cluster (a
+master and a worker on 127.0.0.1 from the installed pyspark) writes a local[2] run's bytes.
+Its worker offers two fake GPUs (conf/gpu-discovery.sh over a stand-in nvidia-smi), each task
+gets one, and _run.json records which address served which chunks. With no GPU there, the
+model runs on the CPU and the report says so."""
 
 import json
 import os
@@ -46,6 +47,7 @@ def test_tasks_get_distinct_gpus_and_the_report_says_which_served_each_chunk(
                   standalone)  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     report = json.loads((tmp_path / "gpus" / "_run.json").read_text())
+    assert report["spark"]["master"] == standalone
     by_gpu = report["rasters"][0]["chunks"]["by_gpu"]
     assert sorted(by_gpu) == ["0", "1"], "both GPUs served tasks"
     served = [tuple(chunk) for chunks in by_gpu.values() for chunk in chunks]

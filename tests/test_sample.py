@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -74,15 +75,21 @@ def test_make_run_writes_cogs_and_quicklooks_of_the_sample(tmp_path):
     out, temp = tmp_path / "sample", tmp_path / "temp"
     temp.mkdir()
     venv = Path(sys.executable).parent.parent
-    done = subprocess.run(["make", "run", f"SAMPLE_OUTPUT={out}", f"VENV={venv}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, SPARKINFER_VENV=str(venv),
-                                   TMPDIR=str(temp)))  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    job = subprocess.Popen(["make", "run", f"SAMPLE_OUTPUT={out}", f"VENV={venv}"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, SPARKINFER_VENV=str(venv),
+                                    TMPDIR=str(temp)))  # fmt: skip
+    first = job.stderr.readline()
+    first_at = time.monotonic()
+    stdout, stderr = job.communicate(timeout=600)
+    assert job.returncode == 0, stdout[-2000:] + first + stderr[-2000:]
+    # spark-submit.sh passes the driver's lines on as they come, not when the job ends: the
+    # session's line, then the workers load the model and the job runs.
+    assert first.startswith("sparkinfer: Spark UI at ") and time.monotonic() - first_at > 2
     # Python workers end by os._exit, with no atexit cleanup: what they leave stays.
     assert not list(temp.iterdir()), "the run leaves nothing in the temp folder"
     for name in ("nc_landsat7_2000", "L7_ETMs"):
-        assert f"-> {out / name}.tif" in done.stdout
+        assert f"-> {out / name}.tif" in stdout
         assert cog_validate(str(out / f"{name}.tif"))[0]
         with rasterio.open(ROOT / "data" / f"{name}.tif") as src:
             shape = src.shape
