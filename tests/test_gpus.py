@@ -35,11 +35,11 @@ def test_the_discovery_script_lists_nvidia_smi_s_gpus(tmp_path):
 
 @pytest.mark.slow
 def test_tasks_get_distinct_gpus_and_the_report_says_which_served_each_chunk(
-    tmp_path, run, models, standalone, monkeypatch
+    tmp_path, run, onnx_models, standalone, monkeypatch
 ):
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 300, 260, seed=8)
-    common = dict(model=str(models["conv"]), tile_size=64, chunk_tiles=1)
+    common = dict(model=str(onnx_models["conv"]), tile_size=64, chunk_tiles=1)
     run(input=[str(raster)], output=str(tmp_path / "local"), **common)
     monkeypatch.setenv("SPARK_SUBMIT_ARGS", GPU_TASKS)
     done = submit(["--input", raster, "--model", common["model"], "--output",

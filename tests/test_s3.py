@@ -40,12 +40,12 @@ def upload(local, uri: str) -> str:
 
 @pytest.mark.slow
 def test_s3_in_and_out_on_a_cluster_whose_executors_have_no_aws_settings(
-    tmp_path, run, models, standalone, client
+    tmp_path, run, onnx_models, standalone, client
 ):
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 300, 260, seed=8)
     upload(raster, "s3://scenes/in/scene.tif")
-    common = dict(model=str(models["unet"]), tile_size=64, chunk_tiles=2, quicklook=True)
+    common = dict(model=str(onnx_models["unet"]), tile_size=64, chunk_tiles=2, quicklook=True)
     run(input=[str(raster)], output=str(tmp_path / "local"), **common)
 
     args = ["--input", "s3://scenes/in/", "--model", common["model"],
