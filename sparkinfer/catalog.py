@@ -1,7 +1,9 @@
 """Catalog outputs beside each COG: a STAC Item and a GeoParquet index of its tiles.
 
-Both are written on the executor that assembled the COG, from the COG itself (the tile index
-reads it tile by tile: memory stays one tile), under temporary names renamed when whole.
+Both are written on the executor that assembles the COG, under temporary names renamed when
+whole. The tile index does not read the COG: the inference stage counts each tile's classes
+while they are in memory and stores the counts with the chunk (`tile_counts`), and the index is
+streamed from them a chunk at a time.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ import pyarrow.parquet as pq
 import rasterio
 import rasterio.warp
 from affine import Affine
-from rasterio.windows import Window
 
 from sparkinfer import storage
 from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import RasterInfo
-from sparkinfer.writers import CLASS_NODATA
+from sparkinfer.writers import CLASS_NODATA, ChunkSpec
 
 TILE_INDEX_SCHEMA = pa.schema(
     [
@@ -49,35 +50,93 @@ def _footprint(transform: Affine, row_off: int, col_off: int, height: int, width
     return [transform * corner for corner in corners]
 
 
-def _wkb_polygon(ring: list[tuple[float, float]]) -> bytes:
-    """A one-ring polygon as little-endian WKB (ISO type 3)."""
-    return struct.pack(f"<BIII{2 * len(ring)}d", 1, 3, 1, len(ring), *np.ravel(ring))
+# Points along each edge of a raster's footprint before it is reprojected to longitude and
+# latitude, where straight edges of the raster's grid become curves.
+FOOTPRINT_EDGE_POINTS = 22  # 21 inside each edge: as rasterio.warp.transform_bounds
+
+
+def _densified(ring: list[tuple[float, float]], points: int) -> list[tuple[float, float]]:
+    """The closed `ring` with `points` - 1 points added, evenly, inside each edge."""
+    dense = []
+    for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:], strict=True):
+        dense += [(x0 + (x1 - x0) * i / points, y0 + (y1 - y0) * i / points)
+                  for i in range(points)]  # fmt: skip
+    return dense + [ring[-1]]
+
+
+def _lonlat_bbox(geometry: dict) -> list[float]:
+    """The STAC bbox of a GeoJSON (Multi)Polygon in longitude and latitude. Cut at the
+    antimeridian (parts on both sides of it), its west is east of its east, as RFC 7946 says."""
+    polygons = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [
+        geometry["coordinates"]]  # fmt: skip
+    parts = [np.asarray(polygon[0], float) for polygon in polygons]
+    lats = np.concatenate([p[:, 1] for p in parts])
+    east_side = [p for p in parts if p[:, 0].max() == 180.0]
+    west_side = [p for p in parts if p[:, 0].min() == -180.0]
+    if east_side and west_side:
+        west = min(p[:, 0].min() for p in east_side)
+        east = max(p[:, 0].max() for p in west_side)
+    else:
+        lons = np.concatenate([p[:, 0] for p in parts])
+        west, east = lons.min(), lons.max()
+    return [float(west), float(lats.min()), float(east), float(lats.max())]
+
+
+def _chunk_tile_grid(plan: RasterPlan, chunk_row: int, chunk_col: int):
+    """The tile rows and columns of one chunk's tiles, row-major (as `plan.chunk_tiles`)."""
+    side = plan.tiling.chunk_tiles
+    rows = np.arange(chunk_row * side, min((chunk_row + 1) * side, len(plan.rows)))
+    cols = np.arange(chunk_col * side, min((chunk_col + 1) * side, len(plan.cols)))
+    grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
+    return grid_rows.ravel(), grid_cols.ravel()
+
+
+# A closed 5-point ring as little-endian WKB: byte order, type 3 (Polygon), 1 ring, 5 points.
+_RING_WKB = np.dtype([("header", "S13"), ("xy", "<f8", (10,))])
+_RING_HEADER = struct.pack("<BIII", 1, 3, 1, 5)
+
+
+def _wkb_rectangles(transform: Affine, top, left, height, width) -> pa.Array:
+    """The footprints of pixel windows (arrays of their offsets and sizes) as WKB polygons in
+    the raster's CRS: one Arrow binary array, made without a Python object per window."""
+    cols = np.stack([left, left + width, left + width, left, left], axis=1).astype(float)
+    rows = np.stack([top, top, top + height, top + height, top], axis=1).astype(float)
+    a, b, c, d, e, f = transform[:6]
+    rings = np.empty(len(top), _RING_WKB)
+    rings["header"] = _RING_HEADER
+    rings["xy"][:, 0::2] = a * cols + b * rows + c
+    rings["xy"][:, 1::2] = d * cols + e * rows + f
+    offsets = pa.array(np.arange(len(top) + 1, dtype=np.int32) * _RING_WKB.itemsize)
+    return pa.BinaryArray.from_buffers(pa.binary(), len(top),
+                                       [None, offsets.buffers()[1], pa.py_buffer(rings)])
+
+
+# The per-tile class counts of a chunk, made where the tiles' classes are in memory (the
+# inference stage) and stored in the chunk's class map's metadata, committed with it.
+TILE_COUNTS_TAG = "SPARKINFER_TILE_COUNTS"
+
+
+def tile_counts(class_map: np.ndarray, row_off: int, col_off: int, tiles: list[dict],
+                classes: int) -> str:  # fmt: skip
+    """The pixels of each class in each of `tiles` (whose cores lie in `class_map`, a chunk at
+    raster offsets `row_off`, `col_off`), as the JSON of a `TILE_COUNTS_TAG`: one
+    [tile_row, tile_col, class 0 pixels, ..., class n-1 pixels] per tile."""
+    rows = []
+    for tile in tiles:
+        top, left = tile["core_row_off"] - row_off, tile["core_col_off"] - col_off
+        core = class_map[top : top + tile["core_height"], left : left + tile["core_width"]]
+        counts = np.bincount(core.ravel(), minlength=CLASS_NODATA + 1)[:classes]
+        rows.append([tile["tile_row"], tile["tile_col"], *counts.tolist()])
+    return json.dumps(rows, separators=(",", ":"))
 
 
 def write_tile_index(
-    info: RasterInfo, plan: RasterPlan, classes_path: str, path: str, classes: int
+    info: RasterInfo, plan: RasterPlan, chunks: list[ChunkSpec], path: str, classes: int
 ) -> None:
-    """GeoParquet 1.1 of the raster's tiles (from the class map COG at `classes_path`):
-    footprint, class histogram and status."""
+    """GeoParquet 1.1 of the raster's tiles: footprint, class histogram and status, from the
+    counts its `chunks` carry (`TILE_COUNTS_TAG`), streamed a chunk at a time: memory holds one
+    chunk's tiles, whatever the raster's size."""
     transform = Affine(*info.transform)
-    rows = []
-    chunk_rows, chunk_cols = plan.chunk_grid
-    chunks = ((r, c) for r in range(chunk_rows) for c in range(chunk_cols))
-    with storage.open_own_raster(classes_path) as cog:
-        for chunk_row, chunk_col in chunks:
-            for tile in plan.chunk_tiles(chunk_row, chunk_col):
-                top, left = tile["core_row_off"], tile["core_col_off"]
-                height, width = tile["core_height"], tile["core_width"]
-                values = cog.read(1, window=Window(left, top, width, height)).ravel()
-                counts = np.bincount(values, minlength=CLASS_NODATA + 1)
-                valid = int(counts[:CLASS_NODATA].sum())
-                rows.append({
-                    "tile_row": tile["tile_row"], "tile_col": tile["tile_col"],
-                    "row_off": top, "col_off": left, "height": height, "width": width,
-                    "status": "inferred" if valid else "skipped_nodata",
-                    "valid_pixels": valid, "class_pixels": counts[:classes].tolist(),
-                    "geometry": _wkb_polygon(_footprint(transform, top, left, height, width)),
-                })  # fmt: skip
     bounds = _footprint(transform, 0, 0, info.height, info.width)
     xs, ys = zip(*bounds, strict=True)
     geo = {
@@ -92,10 +151,30 @@ def write_tile_index(
             }
         },
     }
-    table = pa.Table.from_pylist(rows, schema=TILE_INDEX_SCHEMA)
-    table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
-    with storage.staged(path) as local:
-        pq.write_table(table, local, compression="zstd")
+    schema = TILE_INDEX_SCHEMA.with_metadata({b"geo": json.dumps(geo).encode()})
+    with storage.staged(path) as local, pq.ParquetWriter(local, schema,
+                                                         compression="zstd") as writer:  # fmt: skip
+        for chunk in chunks:
+            with storage.open_own_raster(chunk.classes_path) as src:
+                counted = np.array(json.loads(src.tags()[TILE_COUNTS_TAG]), np.int64)
+            rows, cols = _chunk_tile_grid(plan, chunk.chunk_row, chunk.chunk_col)
+            if not (np.array_equal(counted[:, 0], rows) and np.array_equal(counted[:, 1], cols)):
+                raise RuntimeError(f"{chunk.classes_path}: its tile counts are not its tiles'")
+            counts = counted[:, 2:].reshape(len(rows), classes)
+            valid = counts.sum(axis=1)
+            top, left = plan.rows.core_start[rows], plan.cols.core_start[cols]
+            height = plan.rows.core_stop[rows] - top
+            width = plan.cols.core_stop[cols] - left
+            columns = {
+                "tile_row": rows, "tile_col": cols, "row_off": top, "col_off": left,
+                "height": height, "width": width,
+                "status": np.where(valid > 0, "inferred", "skipped_nodata"),
+                "valid_pixels": valid,
+                "class_pixels": pa.FixedSizeListArray.from_arrays(counts.ravel(), classes)
+                .cast(pa.list_(pa.int64())),
+                "geometry": _wkb_rectangles(transform, top, left, height, width),
+            }  # fmt: skip
+            writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
 
 
 def write_stac_item(
@@ -115,14 +194,15 @@ def write_stac_item(
 
     transform = Affine(*info.transform)
     ring = _footprint(transform, 0, 0, info.height, info.width)
-    native = {"type": "Polygon", "coordinates": [ring]}
-    geometry = rasterio.warp.transform_geom(info.crs, "EPSG:4326", native)
-    lons, lats = zip(*geometry["coordinates"][0], strict=True)
+    native = {"type": "Polygon", "coordinates": [_densified(ring, FOOTPRINT_EDGE_POINTS)]}
+    # Cut at the antimeridian into a MultiPolygon where the raster crosses it (RFC 7946).
+    geometry = rasterio.warp.transform_geom(info.crs, "EPSG:4326", native,
+                                            antimeridian_cutting=True)  # fmt: skip
     xs, ys = zip(*ring, strict=True)
     item = pystac.Item(
         id=storage.name(path).removesuffix(".stac.json"),
         geometry=geometry,
-        bbox=[min(lons), min(lats), max(lons), max(lats)],
+        bbox=_lonlat_bbox(geometry),
         datetime=datetime.now(UTC),  # when the predictions were made
         properties=properties,
     )

@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", metavar="YAML", help="YAML file of options (flags override it)")
     add("--input", nargs="+", action="extend", metavar="PATH",
         help="raster files, folders or glob patterns (quote globs), local or s3://")  # fmt: skip
-    add("--model", metavar="MODEL",
-        help="a .keras file, a TensorFlow SavedModel folder or an .onnx file")  # fmt: skip
+    add("--model", nargs="+", action="extend", metavar="MODEL",
+        help="a .keras file, a TensorFlow SavedModel folder or an .onnx file; several: an "
+             "ensemble (the mean of their scores)")  # fmt: skip
     add("--backend", choices=["tensorflow", "jax"],
         help="Keras backend of a .keras model (default: KERAS_BACKEND or tensorflow)")  # fmt: skip
     add("--precision", choices=["float32", "bfloat16"],
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the model outputs logits: softmax them into probabilities")
     outputs.add_argument("--sigmoid", dest="activation", action="store_const", const="sigmoid",
                          help="the model outputs logits: sigmoid them into probabilities")
+    add("--tta", choices=["none", "flips", "d4"],
+        help="test-time augmentation: average the scores over each window's 4 flips or its 8 "
+             "flips and rotations (default none)")  # fmt: skip
     add("--batch-size", type=_int_or_auto, metavar="N|auto",
         help="tiles per model call (default auto: from the device, see the README)")  # fmt: skip
     add("--readers", type=_int_or_auto, metavar="N|auto",
@@ -198,6 +202,7 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "overlap": args.overlap,
         "bands": args.bands,
         "activation": args.activation,
+        "tta": args.tta,
         "batch_size": args.batch_size,
         "readers": args.readers,
         "scores": args.scores,

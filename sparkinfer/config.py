@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sparkinfer.errors import ConfigError
 
@@ -87,8 +94,10 @@ class JobConfig(_Strict):
         description="Raster files, folders or glob patterns to run on: local paths or "
         "s3://bucket/key URIs (only the file name of an S3 pattern may hold wildcards).",
     )
-    model: str = Field(
-        ..., description="A .keras file, a TensorFlow SavedModel folder or an .onnx file."
+    model: Annotated[list[str], Field(min_length=1)] = Field(
+        ...,
+        description="A .keras file, a TensorFlow SavedModel folder or an .onnx file; several: "
+        "an ensemble, whose scores are the mean of the models' (same bands and classes).",
     )
     backend: Literal["tensorflow", "jax"] = Field(
         default_factory=_default_backend,
@@ -139,6 +148,12 @@ class JobConfig(_Strict):
         description="Applied to the model's outputs, for a model that outputs logits: "
         "softmax over the classes or sigmoid, so scores are probabilities.",
     )
+    tta: Literal["none", "flips", "d4"] = Field(
+        "none",
+        description="Test-time augmentation: each window's scores are the mean of the model's "
+        "over its 4 flips ('flips') or its 8 flips and rotations ('d4'), each mapped back; "
+        "still seam-free, at 4 or 8 times the model's cost.",
+    )
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto",
         description="Tiles per model call; 'auto': on a CPU tiles up to 2^18 pixels together "
@@ -185,6 +200,11 @@ class JobConfig(_Strict):
         description="Load the model with Keras safe_mode off, running any code it holds "
         "(Lambda layers); only for model files you trust.",
     )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _one_or_several(cls, value):
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import shutil
 import tarfile
 import tempfile
@@ -25,26 +26,30 @@ from pathlib import Path
 
 import zstandard
 
+from sparkinfer.averaging import Augmented, Ensemble
 from sparkinfer.errors import ModelError
 from sparkinfer.runtimes import Backend, Runtime, RuntimeOptions, open_runtime
 
 
 @dataclass(frozen=True)
 class ModelPackage:
-    """A model's files, compressed, with the digest that identifies them."""
+    """A model's files, compressed, with the digest that identifies them; or an ensemble's
+    models, each in a package of its own."""
 
-    format: str  # "keras" or "onnx" (a single file), or "savedmodel" (a tar of the folder)
+    format: str  # "keras" or "onnx" (a single file), "savedmodel" (a tar of the folder), or
+    # "ensemble" (`members`)
     payload: bytes
     digest: str
     trusted: bool = False  # load with Keras safe_mode off (--trust-model)
+    members: tuple[ModelPackage, ...] = ()
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """What the driver learned about a model before Spark starts."""
 
-    path: str
-    format: str
+    path: str  # as the user gave it; an ensemble's: its models' joined by " + "
+    format: str  # "keras", "savedmodel" or "onnx"; an ensemble's: its models' joined by "+"
     bands: int
     channels: int  # output channels: a score per class, or one sigmoid score (of class 1)
     stride: int
@@ -76,6 +81,15 @@ def model_format(path: Path) -> str:
     if path.suffix not in (".keras", ".onnx"):
         raise ModelError(f"{path}: expected a .keras file, an .onnx file or a SavedModel folder")
     return path.suffix[1:]
+
+
+def package_models(paths: list[str], trusted: bool = False) -> ModelPackage:
+    """The package of one model, or of an ensemble of several."""
+    if len(paths) == 1:
+        return package_model(paths[0], trusted)
+    members = tuple(package_model(path, trusted) for path in paths)
+    digest = hashlib.sha256("+".join(m.digest for m in members).encode()).hexdigest()
+    return ModelPackage("ensemble", b"", digest, trusted, members)
 
 
 def package_model(path: str | Path, trusted: bool = False) -> ModelPackage:
@@ -192,6 +206,53 @@ def inspect_model(
 CLASS_TABLE = "sparkinfer.json"
 
 
+def inspect_models(
+    paths: list[str], trusted: bool = False, backend: Backend = "tensorflow"
+) -> ModelInfo:
+    """`inspect_model` on each model, `combined`."""
+    return combined([inspect_model(path, trusted, backend) for path in paths])
+
+
+def combined(infos: list[ModelInfo]) -> ModelInfo:
+    """What an ensemble of the models of `infos` is: their bands and classes, which must be the
+    same; the widest receptive field; the coarsest stride. One model: its own."""
+    if len(infos) == 1:
+        return infos[0]
+    first = infos[0]
+    for info in infos[1:]:
+        if (info.bands, info.channels) != (first.bands, first.channels):
+            raise ModelError(
+                f"{info.path}: takes {info.bands} bands and gives {info.channels} score "
+                f"channels, but {first.path} takes {first.bands} and gives {first.channels}; "
+                "an ensemble's models must take the same bands and give the same classes"
+            )
+        if info.input_size != first.input_size:
+            raise ModelError(
+                f"{info.path}: takes windows of {info.input_size or 'any size'}, but "
+                f"{first.path} of {first.input_size or 'any size'}; an ensemble's models must "
+                "take the same windows"
+            )
+        if info.class_names and first.class_names and info.class_names != first.class_names:
+            raise ModelError(
+                f"{info.path}: its classes {list(info.class_names)} are not {first.path}'s "
+                f"{list(first.class_names)}; an ensemble's models must give the same classes"
+            )
+    halos = [i.receptive_halo for i in infos]
+    named = next((i for i in infos if i.class_names), first)
+    return ModelInfo(
+        path=" + ".join(i.path for i in infos),
+        format="+".join(dict.fromkeys(i.format for i in infos)),
+        bands=first.bands,
+        channels=first.channels,
+        stride=math.lcm(*(i.stride for i in infos)),
+        receptive_halo=None if None in halos else max(halos),
+        halo_found_by="trace" if all(i.halo_found_by == "trace" for i in infos) else "probe",
+        input_size=first.input_size,
+        class_names=named.class_names,
+        class_colors=named.class_colors,
+    )
+
+
 def read_class_table(
     path: Path, classes: int, runtime: Runtime
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -267,11 +328,17 @@ def unpacked(package: ModelPackage) -> Iterator[Path]:
 
 
 def inspect_package(
-    package: ModelPackage, name: str, backend: Backend, runtime: Runtime | None = None
+    package: ModelPackage, names: list[str], backend: Backend, runtime: Runtime | None = None
 ) -> ModelInfo:
     """`inspect_model` on a package's files (and its `runtime`, where the worker has loaded
     it), in a Python worker, so that the driver need not start a framework; messages and the
-    result name the model `name` the user gave."""
+    result name the models by the `names` the user gave. An ensemble's models are inspected
+    one by one, then `combined`."""
+    if package.members:
+        runtimes = runtime.runtimes if isinstance(runtime, Ensemble) else [None] * len(names)
+        return combined([inspect_package(m, [n], backend, r) for m, n, r in
+                         zip(package.members, names, runtimes, strict=True)])  # fmt: skip
+    (name,) = names
     with unpacked(package) as path:
         try:
             info = inspect_model(path, package.trusted, backend, runtime)
@@ -281,9 +348,10 @@ def inspect_package(
 
 
 # Per-worker cache: Spark reuses Python workers (spark.python.worker.reuse), so a model loaded
-# by one task serves every later task of the worker; one per GPU where a worker serves several.
+# by one task serves every later task of the worker; one per GPU where a worker serves several,
+# one per model of an ensemble (an ensemble of more models than this reloads them every task).
 _WORKER_CACHE: dict[tuple, Runtime] = {}
-_WORKER_CACHE_SIZE = 4
+_WORKER_CACHE_SIZE = 8
 
 
 def load_package(
@@ -292,17 +360,26 @@ def load_package(
     gpu: int | None = None,
     threads: int | None = None,
 ) -> Runtime:
-    """The model of `package` as a runtime, loaded once per Python worker and GPU."""
+    """The model of `package` as a runtime, loaded once per Python worker and GPU (each model
+    of an ensemble on its own), with the test-time augmentation of `options` around it."""
     options = options or RuntimeOptions()
+    if package.members:
+        plain = replace(options, tta="none")
+        runtime = Ensemble([load_package(m, plain, gpu, threads) for m in package.members])
+        return runtime if options.tta == "none" else Augmented(runtime, options.tta)
     key = (package.digest, options.key, gpu)
-    cached = _WORKER_CACHE.get(key)
-    if cached is not None:
-        return cached
+    runtime = _WORKER_CACHE.get(key)
+    if runtime is None:
+        runtime = _loaded(package, options, gpu, threads)
+        while len(_WORKER_CACHE) >= _WORKER_CACHE_SIZE:
+            _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
+        _WORKER_CACHE[key] = runtime
+    return runtime if options.tta == "none" else Augmented(runtime, options.tta)
+
+
+def _loaded(package: ModelPackage, options: RuntimeOptions, gpu: int | None,
+            threads: int | None) -> Runtime:  # fmt: skip
     # Loading restores every variable, so the files are no longer needed after it.
     with unpacked(package) as path:
-        runtime = open_runtime(path, package.format, options, gpu=gpu, threads=threads,
-                               trusted=package.trusted)  # fmt: skip
-    while len(_WORKER_CACHE) >= _WORKER_CACHE_SIZE:
-        _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
-    _WORKER_CACHE[key] = runtime
-    return runtime
+        return open_runtime(path, package.format, options, gpu=gpu, threads=threads,
+                            trusted=package.trusted)  # fmt: skip

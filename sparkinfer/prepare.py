@@ -26,8 +26,8 @@ from sparkinfer.model import (
     FORMAT_NAMES,
     ModelInfo,
     ModelPackage,
-    inspect_model,
-    package_model,
+    inspect_models,
+    package_models,
 )
 from sparkinfer.plan import RasterPlan, Tiling, round_up
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
@@ -151,7 +151,7 @@ def _check_output_folder(output: str, patterns: list[str], inputs: list[str]) ->
 def runtime_options(config: JobConfig) -> RuntimeOptions:
     """How the executors run the model for `config`."""
     return RuntimeOptions(config.backend, config.precision, config.normalization,
-                          config.activation)  # fmt: skip
+                          config.activation, config.tta)  # fmt: skip
 
 
 def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
@@ -247,8 +247,8 @@ def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling
         "model": package.digest,
         "tiling": asdict(tiling),
         "pixels": config.model_dump(
-            include={"bands", "normalization", "activation", "scores", "backend", "precision",
-                     "cog"}
+            include={"bands", "normalization", "activation", "tta", "scores", "backend",
+                     "precision", "cog"}
         ),
         "version": __version__,
     }
@@ -343,7 +343,7 @@ def check_job(config: JobConfig) -> Checked:
     inputs, failed = _resolve(config)
     _check_output_folder(output, config.input, inputs)
     OutputLock(output).check()
-    package = package_model(config.model, config.trust_model)
+    package = package_models(config.model, config.trust_model)
     infos = []
     for path in inputs:
         try:
@@ -378,11 +378,12 @@ def plan_job(checked: Checked, spark=None) -> Job:
     if spark is not None:
         model = warm_workers(spark, package, runtime_options(config), config.model)
     if model is None:
-        model = inspect_model(config.model, config.trust_model, config.backend)
-    if config.precision != "float32" and model.format != "keras":
+        model = inspect_models(config.model, config.trust_model, config.backend)
+    others = [f for f in model.format.split("+") if f != "keras"]
+    if config.precision != "float32" and others:
         raise ConfigError(
-            f"{config.model}: --precision {config.precision} applies to .keras models; run "
-            f"{FORMAT_NAMES[model.format]} in float32"
+            f"{model.path}: --precision {config.precision} applies to .keras models; run "
+            f"{' and '.join(FORMAT_NAMES[f] for f in others)} in float32"
         )
     count = config.normalization.band_count
     if count is not None and count != model.bands:

@@ -88,7 +88,8 @@ class ChunkSpec:
 
 
 class ChunkWriter:
-    """Writes one chunk's class map (and optionally scores) tile by tile, then commits it."""
+    """Writes one chunk's class map (and optionally scores) tile by tile, then commits it. The
+    class map stays in memory too (`class_map`, a byte per pixel) for what is counted in it."""
 
     def __init__(
         self, spec: ChunkSpec, raster: RasterInfo, channels: int, write_scores: bool
@@ -102,6 +103,7 @@ class ChunkWriter:
             crs=raster.crs,
             transform=transform,
         )
+        self.class_map = np.full((spec.height, spec.width), CLASS_NODATA, np.uint8)
         self._files: list[tuple[Path, str, rasterio.io.DatasetWriter]] = []
         self._classes = self._open(spec.classes_path, common, 1, "uint8", CLASS_NODATA)
         self._scores = (
@@ -125,11 +127,16 @@ class ChunkWriter:
             classes.shape[1], classes.shape[0],
         )  # fmt: skip
         self._classes.write(classes, 1, window=window)
+        top, left = int(window.row_off), int(window.col_off)
+        self.class_map[top : top + classes.shape[0], left : left + classes.shape[1]] = classes
         if self._scores is not None and scores is not None:
             self._scores.write(np.moveaxis(scores, -1, 0), window=window)
 
-    def commit(self) -> None:
-        """Close the files and move (or upload) them to their final names."""
+    def commit(self, tags: dict[str, str] | None = None) -> None:
+        """Close the files and move (or upload) them to their final names; `tags` go into the
+        class map's metadata, so they are committed with it."""
+        if tags:
+            self._classes.update_tags(**tags)
         for _, _, dst in self._files:
             dst.close()
         for tmp, final, _ in self._files:

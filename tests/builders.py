@@ -130,8 +130,10 @@ def dense_classifier(path: Path, bands: int = 4) -> Path:
     return path
 
 
-def whole_image_outputs(model_path: Path, raster_path: Path, stride: int = 1):
-    """Reference: the model on the whole raster at once (nodata as 0, padded to the stride)."""
+def whole_image_outputs(model_path: Path, raster_path: Path, stride: int = 1, transforms=None):
+    """Reference: the model on the whole raster at once (nodata as 0, padded to the stride).
+    With `transforms` ((forward, inverse) pairs of functions of a (1, height, width, bands)
+    array), the mean of the model's scores over the transformed rasters, each mapped back."""
     import keras
 
     model = keras.models.load_model(model_path, compile=False)
@@ -143,7 +145,10 @@ def whole_image_outputs(model_path: Path, raster_path: Path, stride: int = 1):
     padded_h, padded_w = -(-height // stride) * stride, -(-width // stride) * stride
     batch = np.zeros((1, padded_h, padded_w, pixels.shape[0]), np.float32)
     batch[0, :height, :width] = np.moveaxis(pixels, 0, -1)
-    scores = np.array(model(batch))[0, :height, :width]
+    transforms = transforms or [(lambda x: x, lambda x: x)]
+    outputs = [inverse(np.array(model(np.ascontiguousarray(forward(batch)))))
+               for forward, inverse in transforms]  # fmt: skip
+    scores = np.mean(outputs, axis=0, dtype=np.float32)[0, :height, :width]
     classes = scores.argmax(-1).astype(np.uint8)
     classes[~valid] = 255
     scores[~valid] = np.nan
@@ -238,3 +243,18 @@ def onnx_as_shipped(onnx_path: Path, path: Path, size: int | None, logits: bool)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def tile_counts_of_index_and_cog(output: Path, stem: str) -> tuple[list, list]:
+    """Each tile's class counts as the tile index gives them, and as counted in the COG."""
+    import pyarrow.parquet as pq
+
+    tiles = pq.read_table(output / f"{stem}.tiles.parquet").to_pylist()
+    with rasterio.open(output / f"{stem}.tif") as cog:
+        classes = cog.read(1)
+    counted = []
+    for t in tiles:
+        core = classes[t["row_off"] : t["row_off"] + t["height"],
+                       t["col_off"] : t["col_off"] + t["width"]]  # fmt: skip
+        counted.append(np.bincount(core.ravel(), minlength=256)[: len(t["class_pixels"])].tolist())
+    return [t["class_pixels"] for t in tiles], counted

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
-from builders import squeeze_excite, write_raster
+from builders import squeeze_excite, tile_counts_of_index_and_cog, write_raster
 
 from sparkinfer.blend import taper
 from sparkinfer.plan import RasterPlan, Tiling
@@ -124,6 +124,9 @@ def test_the_blend_does_not_depend_on_the_chunks(tmp_path, run, scene):
     assert report["tiling"]["chunk_tiles"] == 3
     for one, three in zip(_outputs(tmp_path / "one"), _outputs(tmp_path / "three"), strict=True):
         np.testing.assert_array_equal(three, one)
+    for chunks in ("one", "three"):  # the blend's tile counts, made from each chunk's map
+        indexed, counted = tile_counts_of_index_and_cog(tmp_path / chunks, "scene")
+        assert indexed == counted
 
 
 def test_blend_options_are_checked_and_said(tmp_path, scene):

@@ -10,7 +10,8 @@ import pystac
 import pytest
 import rasterio
 import rasterio.warp
-from builders import write_raster
+from affine import Affine
+from builders import tile_counts_of_index_and_cog, write_raster
 from pystac.validation import JsonSchemaSTACValidator
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
@@ -74,6 +75,52 @@ def test_the_tile_index_is_geoparquet_that_agrees_with_the_cog(written):
             rasterio.windows.bounds(rasterio.windows.Window(0, 0, 64, 64), cog.transform))
     assert len(tiles) == report["tiles"]["planned"] == 9
     assert (tiles.status == "skipped_nodata").sum() == report["tiles"]["skipped_nodata"] == 1
+    indexed, counted = tile_counts_of_index_and_cog(out, "scene")
+    assert indexed == counted, "each tile's counts, as the inference stage made them"
     histogram = np.sum(np.stack(tiles.class_pixels.to_numpy()), axis=0)
     assert histogram.tolist() == np.bincount(classes[classes != 255], minlength=3).tolist()
     assert tiles.valid_pixels.sum() == (classes != 255).sum()
+
+
+def _item_of(tmp_path, crs: str, transform, height: int, width: int) -> dict:
+    """The STAC Item the job writes for a raster of this grid (written here, not inferred)."""
+    from sparkinfer.catalog import write_stac_item
+    from sparkinfer.raster import read_info
+
+    raster = write_raster(tmp_path / "grid.tif", height, width, crs=crs, transform=transform)
+    path = tmp_path / "grid.stac.json"
+    write_stac_item(read_info(str(raster)), str(path), {"classes": str(tmp_path / "grid.tif")},
+                    (), (), 2, {})  # fmt: skip
+    return json.loads(path.read_text())
+
+
+def test_a_footprint_across_the_antimeridian_is_cut_and_its_bbox_wraps(tmp_path):
+    # UTM 60N from 800 to 900 km east: about 179.70 E to 179.41 W at the equator.
+    item = _item_of(tmp_path, "EPSG:32660", Affine(1000, 0, 800_000, 0, -1000, 100_000), 100, 100)
+    assert item["geometry"]["type"] == "MultiPolygon"
+    west, south, east, north = item["bbox"]
+    assert west == pytest.approx(179.6951, abs=1e-4) and east == pytest.approx(-179.4073, abs=1e-4)
+    assert (south, north) == pytest.approx((0.0, 0.9037), abs=1e-4)
+    for polygon in item["geometry"]["coordinates"]:
+        lons = [lon for lon, _ in polygon[0]]
+        assert all(lon >= 179 for lon in lons) or all(lon <= -179 for lon in lons)
+
+
+def test_a_footprint_follows_the_grid_s_curved_edges(tmp_path):
+    """A 3000 km polar stereographic grid beside the pole: its straight edges are curves in
+    longitude and latitude, which the footprint follows (points along each edge, not only the
+    corners)."""
+    from shapely.geometry import Point, shape
+
+    left, top, side = 1_000_000, 1_500_000, 3_000_000
+    item = _item_of(tmp_path, "EPSG:3413", Affine(30_000, 0, left, 0, -30_000, top), 100, 100)
+    footprint = shape(item["geometry"])
+    corners = rasterio.warp.transform("EPSG:3413", "EPSG:4326", [left, left + side],
+                                      [top, top])  # fmt: skip
+    chord = shape({"type": "LineString", "coordinates": list(zip(*corners, strict=True))})
+    edge = rasterio.warp.transform("EPSG:3413", "EPSG:4326", np.linspace(left, left + side, 41),
+                                   [top] * 41)  # fmt: skip  # the top edge, finely
+    points = [Point(p) for p in zip(*edge, strict=True)]
+    from_footprint = max(footprint.exterior.distance(p) for p in points)
+    from_chord = max(chord.distance(p) for p in points)
+    assert from_footprint < 0.05 and from_chord > 4, (from_footprint, from_chord)

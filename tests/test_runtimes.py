@@ -211,12 +211,12 @@ def test_batch_size_auto_on_a_gpu_fills_half_its_free_memory(memory, batch):
 
 def test_the_workers_inspect_the_model_as_the_driver_does(spark, models):
     options = RuntimeOptions(backend="tensorflow")
-    found = warm_workers(spark, package_model(MODEL), options, str(MODEL))
+    found = warm_workers(spark, package_model(MODEL), options, [str(MODEL)])
     assert found == inspect_model(MODEL, backend="tensorflow")
     assert found.receptive_halo == HALO and found.classes == 7
     dense = str(models["dense"])
     with pytest.raises(ModelError, match=f"^{dense}: .*not fully convolutional"):
-        warm_workers(spark, package_model(dense), options, dense)
+        warm_workers(spark, package_model(dense), options, [dense])
 
 
 def test_a_saved_model_travels_without_the_other_files_of_its_folder(tmp_path, exported):

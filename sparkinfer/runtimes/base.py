@@ -19,6 +19,7 @@ from sparkinfer.config import Normalization
 Backend = Literal["tensorflow", "jax"]
 Precision = Literal["float32", "bfloat16"]
 Activation = Literal["none", "softmax", "sigmoid"]
+Augmentation = Literal["none", "flips", "d4"]
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,11 @@ class RuntimeOptions:
     precision: Precision = "float32"
     normalization: Normalization = field(default_factory=Normalization)
     activation: Activation = "none"  # applied to the model's outputs: logits to probabilities
+    tta: Augmentation = "none"  # test-time augmentation around the model (`sparkinfer.averaging`)
 
     @property
     def key(self) -> str:
-        """A text that tells these options apart from any others (for caches)."""
+        """A text that tells apart the options that change the loaded model (for caches)."""
         return (f"{self.backend}/{self.precision}/{self.normalization.model_dump_json()}/"
                 f"{self.activation}")  # fmt: skip
 

@@ -72,7 +72,7 @@ def _assemble(task: tuple, verifying: tuple | None) -> dict:
             if raster.quicklook_path is not None:
                 write_quicklook(str(classes), raster.quicklook_path, model.class_names,
                                 model.class_colors)  # fmt: skip
-            write_tile_index(raster.info, raster.plan, str(classes), raster.tile_index_path,
+            write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path,
                              model.classes)  # fmt: skip
             if verifying is not None:
                 verified = _verified(raster, classes, *verifying)

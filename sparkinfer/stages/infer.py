@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -28,9 +28,16 @@ from rasterio.errors import RasterioError
 
 from sparkinfer import storage
 from sparkinfer.blend import BlendedChunk
+from sparkinfer.catalog import TILE_COUNTS_TAG, tile_counts
 from sparkinfer.devices import TaskResources, gpu_ordinal, task_resources
 from sparkinfer.errors import ModelError, first_line
-from sparkinfer.model import ModelInfo, ModelPackage, inspect_package, load_package
+from sparkinfer.model import (
+    ModelInfo,
+    ModelPackage,
+    class_count,
+    inspect_package,
+    load_package,
+)
 from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
 from sparkinfer.runtimes import RuntimeOptions
@@ -372,7 +379,11 @@ class _ChunkFiles:
                     classes, scores = chunk.blended.result()
                     chunk.writer.write(tile["chunk_row_off"], tile["chunk_col_off"], classes,
                                        scores if spec.scores else None)  # fmt: skip
-                chunk.writer.commit()
+                plan = spec.plans[tile["raster_index"]]
+                tiles = plan.chunk_tiles(tile["chunk_row"], tile["chunk_col"])
+                chunk.writer.commit({TILE_COUNTS_TAG: tile_counts(
+                    chunk.writer.class_map, tile["chunk_row_off"], tile["chunk_col_off"], tiles,
+                    class_count(spec.channels))})  # fmt: skip
             del self.open[key]
         summary["write_s"] += time.perf_counter() - started
         return summary | (result.placement or {}) if complete else None
@@ -521,7 +532,7 @@ def infer_and_write(
 
 
 def warm_workers(
-    spark, package: ModelPackage, options: RuntimeOptions, name: str
+    spark, package: ModelPackage, options: RuntimeOptions, names: list[str]
 ) -> ModelInfo | None:
     """Start a Python worker per core and load the model in each, with a job of one task per
     core, so that the stage's tasks find it loaded in the workers Spark reuses. The first task
@@ -538,18 +549,21 @@ def warm_workers(
         resources = task_resources()
         package = model.package()
         # First, so that the runtime sets the task's thread limits before anything starts
-        # the framework.
+        # the framework. The model itself, not its test-time augmentation: that is what is
+        # inspected (augmentation mirrors its receptive field, the halo stays the same).
         runtime = None
         with suppress(Exception):  # the inspection below loads it again and says why it fails
-            runtime = load_package(package, options, gpu_ordinal(resources.gpu), resources.cpus)
+            runtime = load_package(package, replace(options, tta="none"),
+                                   gpu_ordinal(resources.gpu), resources.cpus)  # fmt: skip
         found = None
         if TaskContext.get().partitionId() == 0:
             try:
-                found = pickle.dumps(inspect_package(package, name, options.backend, runtime))
+                found = pickle.dumps(inspect_package(package, names, options.backend, runtime))
             except ModelError as exc:
                 found = pickle.dumps(str(exc))
             except Exception as exc:  # noqa: BLE001 -- whatever fails, the model is unusable
-                found = pickle.dumps(f"{name}: cannot load model ({first_line(exc)})")
+                found = pickle.dumps(f"{' + '.join(names)}: cannot load model "
+                                     f"({first_line(exc)})")  # fmt: skip
         for _ in batches:
             pass
         yield pa.RecordBatch.from_pydict({"inspected": [found]}, schema=INSPECTED_SCHEMA)

@@ -1,0 +1,123 @@
+"""Runtimes that average scores: over transforms of each window (test-time augmentation) and
+over several models (ensembles). Both are models like any other, so they stay seam-free.
+
+Test-time augmentation runs the model on flipped and rotated copies of each window and maps each
+output back before the mean. The transforms are those of the square's symmetry group (D4):
+`flips` is its 4 flips (none, rows, columns, both); `d4` adds the transpose of each (8 in all,
+the 4 rotations and their mirrors). The mean's receptive field is the model's, mirrored, so a
+halo that covers one covers it; and windows start and end on the model's stride grid, so a
+flipped window is sampled on the grid of the flipped whole image.
+
+An ensemble's scores are the mean of its models' (after `--softmax`/`--sigmoid`, so of
+probabilities); its receptive field is the widest of theirs, its stride the coarsest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparkinfer.runtimes.base import Augmentation, Runtime, classes_of
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A flip of rows and/or columns, after a transpose of the two: one element of D4, acting
+    on axes 1 and 2 of (batch, height, width[, channels]) arrays."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def forward(self, array: np.ndarray) -> np.ndarray:
+        if self.transpose:
+            array = array.swapaxes(1, 2)
+        return self._flipped(array)
+
+    def inverse(self, array: np.ndarray) -> np.ndarray:
+        array = self._flipped(array)
+        return array.swapaxes(1, 2) if self.transpose else array
+
+    def _flipped(self, array: np.ndarray) -> np.ndarray:
+        if self.flip_rows:
+            array = array[:, ::-1]
+        if self.flip_cols:
+            array = array[:, :, ::-1]
+        return array
+
+
+FLIPS = tuple(Transform(False, rows, cols) for rows in (False, True) for cols in (False, True))
+TRANSFORMS: dict[str, tuple[Transform, ...]] = {
+    "flips": FLIPS,
+    "d4": FLIPS + tuple(Transform(True, t.flip_rows, t.flip_cols) for t in FLIPS),
+}
+
+
+class Augmented(Runtime):
+    """`runtime` called once per transform of `augmentation` on each batch; the scores are the
+    mean of the calls' scores mapped back, the classes follow from the mean."""
+
+    def __init__(self, runtime: Runtime, augmentation: Augmentation) -> None:
+        super().__init__(runtime.bands, runtime.options, runtime.device)
+        self.runtime = runtime
+        self.format = runtime.format
+        self.fixed_size = runtime.fixed_size
+        self.transforms = TRANSFORMS[augmentation]
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        return self._mean(lambda t: self.runtime.scores(np.ascontiguousarray(t.forward(batch))))
+
+    def auto_batch(self, height: int, width: int, dtype: np.dtype) -> int:
+        return self.runtime.auto_batch(height, width, dtype)
+
+    def window_memory(self, height: int, width: int, dtype: np.dtype) -> tuple[int, int] | None:
+        return self.runtime.window_memory(height, width, dtype)
+
+    def classify(
+        self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        def call(t: Transform) -> np.ndarray:
+            mask = None if valid is None else np.ascontiguousarray(t.forward(valid))
+            return self.runtime.classify(np.ascontiguousarray(t.forward(pixels)), mask, True)[1]
+
+        scores = self._mean(call)
+        return classes_of(scores), (scores if with_scores else None)
+
+    def _mean(self, call: Callable[[Transform], np.ndarray]) -> np.ndarray:
+        return mean(t.inverse(np.asarray(call(t), np.float32)) for t in self.transforms)
+
+
+class Ensemble(Runtime):
+    """Several loaded models that take the same bands and give the same classes; the scores are
+    the mean of theirs, the classes follow from the mean."""
+
+    format = "ensemble"
+
+    def __init__(self, runtimes: list[Runtime]) -> None:
+        first = runtimes[0]
+        super().__init__(first.bands, first.options, first.device)
+        self.runtimes = runtimes
+        self.fixed_size = first.fixed_size
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        return mean(np.asarray(r.scores(batch), np.float32) for r in self.runtimes)
+
+    def auto_batch(self, height: int, width: int, dtype: np.dtype) -> int:
+        return min(r.auto_batch(height, width, dtype) for r in self.runtimes)
+
+    def classify(
+        self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        scores = mean(r.classify(pixels, valid, True)[1] for r in self.runtimes)
+        return classes_of(scores), (scores if with_scores else None)
+
+
+def mean(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    """The float32 mean of same-shaped arrays, summed in their order."""
+    total, count = None, 0
+    for array in arrays:
+        total = array.astype(np.float32, copy=True) if total is None else total + array
+        count += 1
+    return total / np.float32(count)
