@@ -31,6 +31,7 @@ from benchmarks.large_raster import make_large_raster
 from benchmarks.models import save_model
 from benchmarks.paths import DEFAULTS, _spark, _warm_up
 from benchmarks.run import envelope, write_result
+from sparkinfer.plan import Chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,20 +39,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def _floor_chunk(task: tuple) -> None:
     """Read one chunk's window, argmax over its bands, write its core as a deflate GeoTIFF."""
     raster, output, chunk = task
+    read, kept = chunk.read, chunk.core
     with rasterio.open(raster) as src:
-        window = Window(chunk["read_col_off"], chunk["read_row_off"], chunk["read_width"],
-                        chunk["read_height"])  # fmt: skip
-        data = src.read(window=window)
+        data = src.read(window=Window(read.col_off, read.row_off, read.width, read.height))
         classes = data.argmax(axis=0).astype(np.uint8)
-        top = chunk["row_off"] - chunk["read_row_off"]
-        left = chunk["col_off"] - chunk["read_col_off"]
-        core = classes[top : top + chunk["height"], left : left + chunk["width"]]
-        core_window = Window(chunk["col_off"], chunk["row_off"], chunk["width"], chunk["height"])
+        core = classes[kept.slices(read)]
+        core_window = Window(kept.col_off, kept.row_off, kept.width, kept.height)
         profile = {"driver": "GTiff", "width": core.shape[1], "height": core.shape[0],
                    "count": 1, "dtype": "uint8", "compress": "deflate", "tiled": True,
                    "blockxsize": 256, "blockysize": 256, "crs": src.crs,
                    "transform": src.window_transform(core_window)}  # fmt: skip
-        name = f"chunk_{chunk['chunk_row']}_{chunk['chunk_col']}.tif"
+        name = f"chunk_{chunk.row}_{chunk.col}.tif"
         with rasterio.open(Path(output) / name, "w", **profile) as dst:
             dst.write(core, 1)
 
@@ -59,7 +57,8 @@ def _floor_chunk(task: tuple) -> None:
 def floor(job, output: Path, cores: int) -> float:
     output.mkdir(parents=True, exist_ok=True)
     raster = job.rasters[0]
-    tasks = [(raster.info.path, str(output), c) for c in raster.plan.chunks().to_pylist()]
+    tasks = [(raster.info.path, str(output), Chunk.of_row(row))
+             for row in raster.plan.chunks().to_pylist()]  # fmt: skip
     started = time.perf_counter()
     with ProcessPoolExecutor(cores) as pool:
         list(pool.map(_floor_chunk, tasks))

@@ -28,9 +28,12 @@ import json
 import os
 import sys
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
+
+from sparkinfer.plan import PixelWindow, Tile
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"
@@ -111,31 +114,27 @@ def _batch_size(job) -> int:
     return max(1, CPU_CALL_PIXELS // window**2)
 
 
-def _tiles(job) -> list[dict]:
+def _tiles(job) -> list[Tile]:
     plan = job.rasters[0].plan
     chunks = plan.chunks().select(["chunk_row", "chunk_col"]).to_pylist()
     return [t for c in chunks for t in plan.chunk_tiles(c["chunk_row"], c["chunk_col"])]
 
 
-def _read(src, tile: dict) -> tuple[np.ndarray, np.ndarray]:
+def _read(src, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     """A tile's model input and the validity of its core (nodata in any band is invalid)."""
     from sparkinfer.raster import read_window
     from sparkinfer.runtimes import preprocess
 
-    data, valid = read_window(src, list(range(1, src.count + 1)), tile["read_row_off"],
-                              tile["read_col_off"], tile["read_height"], tile["read_width"],
-                              masking="nodata")  # fmt: skip
-    top = tile["core_row_off"] - tile["read_row_off"]
-    left = tile["core_col_off"] - tile["read_col_off"]
-    core = valid[top : top + tile["core_height"], left : left + tile["core_width"]]
+    read = tile.read
+    data, valid = read_window(src, list(range(1, src.count + 1)), read.row_off, read.col_off,
+                              read.height, read.width, masking="nodata")  # fmt: skip
+    core = valid[tile.core.slices(read)]
     return preprocess(np.moveaxis(data, 0, -1), valid, _normalization()), core
 
 
-def _core_classes(tile: dict, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _core_classes(tile: Tile, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The tile's class map: argmax of its core's scores, 255 where the input is nodata."""
-    top = tile["core_row_off"] - tile["read_row_off"]
-    left = tile["core_col_off"] - tile["read_col_off"]
-    core = scores[top : top + tile["core_height"], left : left + tile["core_width"]]
+    core = scores[tile.core.slices(tile.read)]
     classes = core.argmax(-1).astype(np.uint8)
     classes[~valid] = 255
     return classes
@@ -190,8 +189,8 @@ def plain_script(args) -> dict:
                 pixels, valid = zip(*(_read(src, t) for t in batch), strict=True)
                 scores = model.predict_on_batch(np.stack(pixels))
                 for tile, score, core_valid in zip(batch, scores, valid, strict=True):
-                    window = Window(tile["core_col_off"], tile["core_row_off"],
-                                    tile["core_width"], tile["core_height"])  # fmt: skip
+                    core = tile.core
+                    window = Window(core.col_off, core.row_off, core.width, core.height)
                     dst.write(_core_classes(tile, score, core_valid), 1, window=window)
     return {"seconds": time.perf_counter() - started, "memory": peak_memory()}
 
@@ -277,12 +276,13 @@ def predict_batch_udf(args) -> dict:
             src = rasterio.open(raster)
 
             def predict(windows: np.ndarray) -> np.ndarray:
-                batch = [dict(zip(FIELDS, map(int, values), strict=True)) for values in windows]
+                batch = [_tile_of(dict(zip(FIELDS, map(int, values), strict=True)))
+                         for values in windows]  # fmt: skip
                 pixels, valid = zip(*(_read(src, t) for t in batch), strict=True)
                 scores = model.predict_on_batch(np.stack(pixels))
                 out = np.full((len(batch), tile_size * tile_size), 255, np.uint8)
                 for i, (t, score, core_valid) in enumerate(zip(batch, scores, valid, strict=True)):
-                    h, w = t["core_height"], t["core_width"]
+                    h, w = t.core.height, t.core.width
                     out[i, : h * w] = _core_classes(t, score, core_valid).ravel()
                 return out.view(np.int8)  # Spark has no unsigned byte
 
@@ -292,7 +292,7 @@ def predict_batch_udf(args) -> dict:
             make_predict_fn, return_type=ArrayType(ByteType()), batch_size=_batch_size(job),
             input_tensor_shapes=[[len(FIELDS)]],
         )  # fmt: skip
-        frame = spark.createDataFrame(pa.Table.from_pylist(tiles))  # a slice per core
+        frame = spark.createDataFrame(pa.Table.from_pylist([_row(t) for t in tiles]))  # by core
         predicted = frame.withColumn("classes", classify(array(*FIELDS)))
 
         def write_tiles(batches):
@@ -300,12 +300,13 @@ def predict_batch_udf(args) -> dict:
 
             for batch in batches:
                 flat = batch.column("classes").flatten().to_numpy().view(np.uint8)
-                for i, t in enumerate(batch.drop_columns(["classes"]).to_pylist()):
-                    h, w = t["core_height"], t["core_width"]
+                for i, row in enumerate(batch.drop_columns(["classes"]).to_pylist()):
+                    t = _tile_of(row)
+                    h, w = t.core.height, t.core.width
                     start = i * tile_size * tile_size
                     classes = flat[start : start + h * w].reshape(h, w)
                     writer = ChunkWriter(_tile_chunk(folder, t), info, 8, False)
-                    writer.write(t["core_row_off"], t["core_col_off"], classes, None)
+                    writer.write(t.core.row_off, t.core.col_off, classes, None)
                     writer.commit()
                 yield pa.RecordBatch.from_pydict({"tiles": [batch.num_rows]})
 
@@ -321,15 +322,26 @@ def predict_batch_udf(args) -> dict:
     return {"seconds": seconds, "startup": startup, "memory": memory}
 
 
+# A tile as the UDF's table has it: one flat row of numbers.
 FIELDS = ("tile_row", "tile_col", "core_row_off", "core_col_off", "core_height", "core_width",
           "read_row_off", "read_col_off", "read_height", "read_width")  # fmt: skip
 
 
-def _tile_chunk(folder: Path, tile: dict):
+def _row(tile: Tile) -> dict:
+    values = (tile.row, tile.col, *astuple(tile.core), *astuple(tile.read))
+    return dict(zip(FIELDS, values, strict=True))
+
+
+def _tile_of(row: dict) -> Tile:
+    values = [row[field] for field in FIELDS]
+    return Tile(values[0], values[1], PixelWindow(*values[2:6]), PixelWindow(*values[6:]))
+
+
+def _tile_chunk(folder: Path, tile: Tile):
+    """The tile as a chunk of its own (the UDF path writes each tile's file)."""
     from sparkinfer.writers import ChunkSpec
 
-    return ChunkSpec(str(folder), tile["tile_row"], tile["tile_col"], tile["core_row_off"],
-                     tile["core_col_off"], tile["core_height"], tile["core_width"])  # fmt: skip
+    return ChunkSpec(str(folder), tile.row, tile.col, *astuple(tile.core))
 
 
 PATHS = {f.__name__: f for f in (model_only, plain_script, predict_batch_udf, sparkinfer)}

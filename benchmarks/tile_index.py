@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.run import envelope, write_result
 from sparkinfer.catalog import TILE_COUNTS_TAG, tile_counts, write_tile_index
-from sparkinfer.plan import RasterPlan, Tiling
+from sparkinfer.plan import PixelWindow, RasterPlan, Tiling
 from sparkinfer.raster import RasterInfo
 from sparkinfer.writers import ChunkSpec, ChunkWriter
 
@@ -62,8 +62,8 @@ def write_chunks(side: int, folder: Path) -> None:
         classes = rng.integers(0, CLASSES, (spec.height, spec.width), np.uint8)
         writer.write(spec.row_off, spec.col_off, classes, None)
         tiles = plan.chunk_tiles(spec.chunk_row, spec.chunk_col)
-        writer.commit({TILE_COUNTS_TAG: tile_counts(writer.class_map, spec.row_off,
-                                                    spec.col_off, tiles, CLASSES)})  # fmt: skip
+        core = PixelWindow(spec.row_off, spec.col_off, spec.height, spec.width)
+        writer.commit({TILE_COUNTS_TAG: tile_counts(writer.class_map, core, tiles, CLASSES)})
 
 
 def measure(side: int, folder: Path) -> dict:

@@ -12,12 +12,16 @@ at the raster's edges), the mean is still normalised by the weights' sum.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
+from sparkinfer.plan import PixelWindow, Tile
 from sparkinfer.runtimes.base import classes_of
 from sparkinfer.writers import CLASS_NODATA
 
 
+@lru_cache(maxsize=16)  # windows have one or two lengths: made once, read-only
 def taper(length: int, overlap: int) -> np.ndarray:
     """float64 weights along a window of `length` pixels: sin² rising over the first `overlap`
     pixels (at most half the window), 1 in between, falling symmetrically. Taken at pixel
@@ -28,6 +32,7 @@ def taper(length: int, overlap: int) -> np.ndarray:
         rising = np.sin(np.pi / 2 * (np.arange(ramp) + 0.5) / ramp) ** 2
         weights[:ramp] = rising
         weights[length - ramp :] = rising[::-1]
+    weights.flags.writeable = False
     return weights
 
 
@@ -37,24 +42,20 @@ class BlendedChunk:
     A pixel's windows are added in the plan's row-major order whichever chunk holds it, so its
     value is the same, to the bit, whichever way the raster is cut into chunks."""
 
-    def __init__(self, row_off: int, col_off: int, height: int, width: int, channels: int,
-                 overlap: int) -> None:  # fmt: skip
-        self.row_off, self.col_off = row_off, col_off
+    def __init__(self, core: PixelWindow, channels: int, overlap: int) -> None:
+        self.core = core  # the chunk's
         self.overlap = overlap
-        self.sums = np.zeros((height, width, channels), np.float32)
-        self.weights = np.zeros((height, width), np.float32)
+        self.sums = np.zeros((core.height, core.width, channels), np.float32)
+        self.weights = np.zeros((core.height, core.width), np.float32)
 
-    def add(self, window: dict, scores: np.ndarray) -> None:
-        """Add one window's scores over its core (`TILE_FIELDS`: the part inside this chunk),
-        NaN where its pixels are nodata."""
-        top = window["core_row_off"] - window["read_row_off"]
-        left = window["core_col_off"] - window["read_col_off"]
-        height, width = window["core_height"], window["core_width"]
-        rows = taper(window["read_height"], self.overlap)[top : top + height]
-        cols = taper(window["read_width"], self.overlap)[left : left + width]
-        weight = np.outer(rows, cols).astype(np.float32)
-        r, c = window["core_row_off"] - self.row_off, window["core_col_off"] - self.col_off
-        here = (slice(r, r + height), slice(c, c + width))
+    def add(self, window: Tile, scores: np.ndarray) -> None:
+        """Add one window's scores over its core (the part inside this chunk), NaN where its
+        pixels are nodata."""
+        rows, cols = window.core.slices(window.read)
+        weight = np.outer(taper(window.read.height, self.overlap)[rows],
+                          taper(window.read.width, self.overlap)[cols])  # fmt: skip
+        weight = weight.astype(np.float32)
+        here = window.core.slices(self.core)
         self.sums[here] += scores * weight[..., None]
         self.weights[here] += weight
 

@@ -23,7 +23,7 @@ import rasterio.warp
 from affine import Affine
 
 from sparkinfer import storage
-from sparkinfer.plan import RasterPlan
+from sparkinfer.plan import PixelWindow, RasterPlan, Tile
 from sparkinfer.raster import RasterInfo
 from sparkinfer.writers import CLASS_NODATA, ChunkSpec
 
@@ -82,15 +82,6 @@ def _lonlat_bbox(geometry: dict) -> list[float]:
     return [float(west), float(lats.min()), float(east), float(lats.max())]
 
 
-def _chunk_tile_grid(plan: RasterPlan, chunk_row: int, chunk_col: int):
-    """The tile rows and columns of one chunk's tiles, row-major (as `plan.chunk_tiles`)."""
-    side = plan.tiling.chunk_tiles
-    rows = np.arange(chunk_row * side, min((chunk_row + 1) * side, len(plan.rows)))
-    cols = np.arange(chunk_col * side, min((chunk_col + 1) * side, len(plan.cols)))
-    grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
-    return grid_rows.ravel(), grid_cols.ravel()
-
-
 # A closed 5-point ring as little-endian WKB: byte order, type 3 (Polygon), 1 ring, 5 points.
 _RING_WKB = np.dtype([("header", "S13"), ("xy", "<f8", (10,))])
 _RING_HEADER = struct.pack("<BIII", 1, 3, 1, 5)
@@ -116,17 +107,16 @@ def _wkb_rectangles(transform: Affine, top, left, height, width) -> pa.Array:
 TILE_COUNTS_TAG = "SPARKINFER_TILE_COUNTS"
 
 
-def tile_counts(class_map: np.ndarray, row_off: int, col_off: int, tiles: list[dict],
+def tile_counts(class_map: np.ndarray, chunk: PixelWindow, tiles: list[Tile],
                 classes: int) -> str:  # fmt: skip
-    """The pixels of each class in each of `tiles` (whose cores lie in `class_map`, a chunk at
-    raster offsets `row_off`, `col_off`), as the JSON of a `TILE_COUNTS_TAG`: one
-    [tile_row, tile_col, class 0 pixels, ..., class n-1 pixels] per tile."""
+    """The pixels of each class in each of `tiles` (whose cores lie in `class_map`, the class
+    map of `chunk`), as the JSON of a `TILE_COUNTS_TAG`: one [tile row, tile column, class 0
+    pixels, ..., class n-1 pixels] per tile."""
     rows = []
     for tile in tiles:
-        top, left = tile["core_row_off"] - row_off, tile["core_col_off"] - col_off
-        core = class_map[top : top + tile["core_height"], left : left + tile["core_width"]]
+        core = class_map[tile.core.slices(chunk)]
         counts = np.bincount(core.ravel(), minlength=CLASS_NODATA + 1)[:classes]
-        rows.append([tile["tile_row"], tile["tile_col"], *counts.tolist()])
+        rows.append([tile.row, tile.col, *counts.tolist()])
     return json.dumps(rows, separators=(",", ":"))
 
 
@@ -157,7 +147,7 @@ def write_tile_index(
         for chunk in chunks:
             with storage.open_own_raster(chunk.classes_path) as src:
                 counted = np.array(json.loads(src.tags()[TILE_COUNTS_TAG]), np.int64)
-            rows, cols = _chunk_tile_grid(plan, chunk.chunk_row, chunk.chunk_col)
+            rows, cols = plan.chunk_tile_grid(chunk.chunk_row, chunk.chunk_col)
             if not (np.array_equal(counted[:, 0], rows) and np.array_equal(counted[:, 1], cols)):
                 raise RuntimeError(f"{chunk.classes_path}: its tile counts are not its tiles'")
             counts = counted[:, 2:].reshape(len(rows), classes)

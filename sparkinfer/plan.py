@@ -25,7 +25,7 @@ a pixel's value never depends on how the raster was cut into chunks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
 
@@ -107,25 +107,73 @@ def plan_axis(length: int, tiling: Tiling) -> AxisPlan:
     return AxisPlan(core_start, core_stop, read_start, read_stop)
 
 
-# A tile's fields, as `RasterPlan.chunk_tiles` gives them.
-TILE_FIELDS = (
-    "tile_row",
-    "tile_col",
-    "core_row_off",
-    "core_col_off",
-    "core_height",
-    "core_width",
-    "read_row_off",
-    "read_col_off",
-    "read_height",
-    "read_width",
-)
+@dataclass(frozen=True)
+class PixelWindow:
+    """A rectangle of a raster's pixels: its offsets and size."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    def slices(self, outer: PixelWindow) -> tuple[slice, slice]:
+        """Where this window's pixels are in an array of the pixels of `outer` (which holds
+        it)."""
+        top, left = self.row_off - outer.row_off, self.col_off - outer.col_off
+        return slice(top, top + self.height), slice(left, left + self.width)
 
 
-def _chunk_axis(axis: AxisPlan, side: int, merge: str) -> dict[str, np.ndarray]:
-    """Chunks along one axis: runs of `side` tiles, with their core interval, the windows they
-    infer (`first_window` to `last_window`: their own tiles', or with `blend` every window that
-    reaches into the core interval) and the union of those windows' read intervals."""
+@dataclass(frozen=True)
+class Tile:
+    """One window of the plan: its place in the tile grid, the core whose output is kept, and
+    the read window the model sees (the core grown by the halo)."""
+
+    row: int
+    col: int
+    core: PixelWindow
+    read: PixelWindow
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of the plan: its place in the chunk grid, the core it writes, the window it
+    reads in one piece (the union of its windows' read windows), and how many tiles it holds
+    and windows it infers (more than its tiles with `blend`)."""
+
+    row: int
+    col: int
+    core: PixelWindow
+    read: PixelWindow
+    tiles: int
+    windows: int
+
+    @classmethod
+    def of_row(cls, row: dict) -> Chunk:
+        """The chunk of one row of `RasterPlan.chunks`."""
+        return cls(row["chunk_row"], row["chunk_col"],
+                   PixelWindow(row["row_off"], row["col_off"], row["height"], row["width"]),
+                   PixelWindow(row["read_row_off"], row["read_col_off"], row["read_height"],
+                               row["read_width"]), row["tiles"], row["windows"])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChunkAxis:
+    """Chunks along one axis, as arrays indexed by chunk: their core interval (`off`, `size`),
+    the union of the read intervals of the windows they infer (`read_off`, `read_size`), their
+    tiles, and the windows they infer (`first_window` to `last_window`: their own tiles', or
+    with `blend` every window that reaches into the core interval)."""
+
+    off: np.ndarray
+    size: np.ndarray
+    read_off: np.ndarray
+    read_size: np.ndarray
+    tiles: np.ndarray
+    first_window: np.ndarray
+    last_window: np.ndarray
+
+
+def _chunk_axis(axis: AxisPlan, side: int, merge: str) -> ChunkAxis:
+    """Chunks along one axis: runs of `side` tiles."""
     first = np.arange(0, len(axis), side)
     last = np.minimum(first + side, len(axis)) - 1
     start, stop = axis.core_start[first], axis.core_stop[last]
@@ -133,15 +181,15 @@ def _chunk_axis(axis: AxisPlan, side: int, merge: str) -> dict[str, np.ndarray]:
     if merge == "blend":  # read intervals are sorted by both ends
         first_window = np.searchsorted(axis.read_stop, start, side="right")
         last_window = np.searchsorted(axis.read_start, stop, side="left") - 1
-    return {
-        "off": start,
-        "size": stop - start,
-        "read_off": axis.read_start[first_window],
-        "read_size": axis.read_stop[last_window] - axis.read_start[first_window],
-        "tiles": last - first + 1,
-        "first_window": first_window,
-        "last_window": last_window,
-    }
+    return ChunkAxis(
+        off=start,
+        size=stop - start,
+        read_off=axis.read_start[first_window],
+        read_size=axis.read_stop[last_window] - axis.read_start[first_window],
+        tiles=last - first + 1,
+        first_window=first_window,
+        last_window=last_window,
+    )
 
 
 @dataclass(frozen=True)
@@ -182,7 +230,7 @@ class RasterPlan:
         rows, cols = self.chunk_grid
         return rows * cols
 
-    def _chunk_axes(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def _chunk_axes(self) -> tuple[ChunkAxis, ChunkAxis]:
         side, merge = self.tiling.chunk_tiles, self.tiling.merge
         return _chunk_axis(self.rows, side, merge), _chunk_axis(self.cols, side, merge)
 
@@ -195,66 +243,66 @@ class RasterPlan:
         `windows`, how many windows it infers (`chunk_windows`).
         """
         rows, cols = self._chunk_axes()
-        grid = np.meshgrid(np.arange(len(rows["off"])), np.arange(len(cols["off"])), indexing="ij")
+        grid = np.meshgrid(np.arange(len(rows.off)), np.arange(len(cols.off)), indexing="ij")
         r, c = (g.ravel() for g in grid)
         columns = {
             "chunk_row": r,
             "chunk_col": c,
-            "row_off": rows["off"][r],
-            "col_off": cols["off"][c],
-            "height": rows["size"][r],
-            "width": cols["size"][c],
-            "read_row_off": rows["read_off"][r],
-            "read_col_off": cols["read_off"][c],
-            "read_height": rows["read_size"][r],
-            "read_width": cols["read_size"][c],
-            "tiles": rows["tiles"][r] * cols["tiles"][c],
-            "windows": (rows["last_window"][r] - rows["first_window"][r] + 1)
-            * (cols["last_window"][c] - cols["first_window"][c] + 1),
+            "row_off": rows.off[r],
+            "col_off": cols.off[c],
+            "height": rows.size[r],
+            "width": cols.size[c],
+            "read_row_off": rows.read_off[r],
+            "read_col_off": cols.read_off[c],
+            "read_height": rows.read_size[r],
+            "read_width": cols.read_size[c],
+            "tiles": rows.tiles[r] * cols.tiles[c],
+            "windows": (rows.last_window[r] - rows.first_window[r] + 1)
+            * (cols.last_window[c] - cols.first_window[c] + 1),
         }
         return pa.table({name: pa.array(values, pa.int32()) for name, values in columns.items()})
 
-    def chunk_tiles(self, chunk_row: int, chunk_col: int) -> list[dict]:
-        """The tiles of one chunk, row-major, each a dict of `TILE_FIELDS`."""
-        side = self.tiling.chunk_tiles
-        row_tiles = range(chunk_row * side, min((chunk_row + 1) * side, len(self.rows)))
-        col_tiles = range(chunk_col * side, min((chunk_col + 1) * side, len(self.cols)))
-        return [self._tile(r, c) for r in row_tiles for c in col_tiles]
+    def chunk_tiles(self, chunk_row: int, chunk_col: int) -> list[Tile]:
+        """The tiles of one chunk, row-major."""
+        rows, cols = self.chunk_tile_grid(chunk_row, chunk_col)
+        return [self._tile(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
 
-    def chunk_windows(self, chunk_row: int, chunk_col: int) -> list[dict]:
-        """The windows one chunk infers, row-major, each a dict of `TILE_FIELDS` whose core is
-        the part of the window's output the chunk keeps: with `crop` its tiles, with `blend`
-        every window that reaches into the chunk, its core clipped to the chunk."""
+    def chunk_tile_grid(self, chunk_row: int, chunk_col: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tile rows and columns of one chunk's tiles, row-major, as arrays."""
+        side = self.tiling.chunk_tiles
+        rows = np.arange(chunk_row * side, min((chunk_row + 1) * side, len(self.rows)))
+        cols = np.arange(chunk_col * side, min((chunk_col + 1) * side, len(self.cols)))
+        grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
+        return grid_rows.ravel(), grid_cols.ravel()
+
+    def chunk_windows(self, chunk_row: int, chunk_col: int) -> list[Tile]:
+        """The windows one chunk infers, row-major, each a tile whose core is the part of the
+        window's output the chunk keeps: with `crop` its tiles, with `blend` every window that
+        reaches into the chunk, its core clipped to the chunk."""
         if self.tiling.merge == "crop":
             return self.chunk_tiles(chunk_row, chunk_col)
         rows, cols = self._chunk_axes()
-        top, left = int(rows["off"][chunk_row]), int(cols["off"][chunk_col])
-        bottom, right = top + int(rows["size"][chunk_row]), left + int(cols["size"][chunk_col])
+        top, left = int(rows.off[chunk_row]), int(cols.off[chunk_col])
+        bottom, right = top + int(rows.size[chunk_row]), left + int(cols.size[chunk_col])
         windows = []
-        for r in range(rows["first_window"][chunk_row], rows["last_window"][chunk_row] + 1):
-            for c in range(cols["first_window"][chunk_col], cols["last_window"][chunk_col] + 1):
+        for r in range(rows.first_window[chunk_row], rows.last_window[chunk_row] + 1):
+            for c in range(cols.first_window[chunk_col], cols.last_window[chunk_col] + 1):
                 window = self._tile(r, c)
-                row_start = max(top, window["read_row_off"])
-                col_start = max(left, window["read_col_off"])
-                row_stop = min(bottom, window["read_row_off"] + window["read_height"])
-                col_stop = min(right, window["read_col_off"] + window["read_width"])
-                windows.append(window | {
-                    "core_row_off": row_start, "core_col_off": col_start,
-                    "core_height": row_stop - row_start, "core_width": col_stop - col_start,
-                })  # fmt: skip
+                read = window.read
+                row_start, col_start = max(top, read.row_off), max(left, read.col_off)
+                row_stop = min(bottom, read.row_off + read.height)
+                col_stop = min(right, read.col_off + read.width)
+                core = PixelWindow(row_start, col_start, row_stop - row_start,
+                                   col_stop - col_start)  # fmt: skip
+                windows.append(replace(window, core=core))
         return windows
 
-    def _tile(self, r: int, c: int) -> dict:
+    def _tile(self, r: int, c: int) -> Tile:
         rows, cols = self.rows, self.cols
-        return {
-            "tile_row": r,
-            "tile_col": c,
-            "core_row_off": int(rows.core_start[r]),
-            "core_col_off": int(cols.core_start[c]),
-            "core_height": int(rows.core_stop[r] - rows.core_start[r]),
-            "core_width": int(cols.core_stop[c] - cols.core_start[c]),
-            "read_row_off": int(rows.read_start[r]),
-            "read_col_off": int(cols.read_start[c]),
-            "read_height": int(rows.read_stop[r] - rows.read_start[r]),
-            "read_width": int(cols.read_stop[c] - cols.read_start[c]),
-        }
+        core = PixelWindow(int(rows.core_start[r]), int(cols.core_start[c]),
+                           int(rows.core_stop[r] - rows.core_start[r]),
+                           int(cols.core_stop[c] - cols.core_start[c]))  # fmt: skip
+        read = PixelWindow(int(rows.read_start[r]), int(cols.read_start[c]),
+                           int(rows.read_stop[r] - rows.read_start[r]),
+                           int(cols.read_stop[c] - cols.read_start[c]))  # fmt: skip
+        return Tile(r, c, core, read)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkinfer.plan import RasterPlan, Tiling, plan_axis, round_up
+from sparkinfer.plan import Chunk, PixelWindow, RasterPlan, Tiling, plan_axis, round_up
 
 
 @st.composite
@@ -48,26 +48,24 @@ def test_chunks_partition_tiles_in_adjacent_blocks(height, width, tile, chunk_ti
     assert len(table) == plan.chunk_count
     covered = np.zeros((height, width), np.uint8)
     seen = set()
-    for chunk in table.to_pylist():
-        block = covered[chunk["row_off"] : chunk["row_off"] + chunk["height"],
-                        chunk["col_off"] : chunk["col_off"] + chunk["width"]]  # fmt: skip
-        block += 1
-        tiles = plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"])
-        assert len(tiles) == chunk["tiles"]
+    for chunk in map(Chunk.of_row, table.to_pylist()):
+        covered[chunk.core.slices(PixelWindow(0, 0, height, width))] += 1
+        tiles = plan.chunk_tiles(chunk.row, chunk.col)
+        assert len(tiles) == chunk.tiles
         for tile in tiles:
-            seen.add((tile["tile_row"], tile["tile_col"]))
-            assert tile["tile_row"] // chunk_tiles == chunk["chunk_row"]
-            assert tile["tile_col"] // chunk_tiles == chunk["chunk_col"]
-            assert chunk["row_off"] <= tile["core_row_off"]
-            assert tile["core_row_off"] + tile["core_height"] <= chunk["row_off"] + chunk["height"]
+            seen.add((tile.row, tile.col))
+            assert (tile.row // chunk_tiles, tile.col // chunk_tiles) == (chunk.row, chunk.col)
+            assert _inside(tile.core, chunk.core)
             # The chunk's read window (read in one piece) holds every tile's read window.
-            for axis, size in (("row", "height"), ("col", "width")):
-                start = chunk[f"read_{axis}_off"]
-                assert start <= tile[f"read_{axis}_off"]
-                stop = start + chunk[f"read_{size}"]
-                assert tile[f"read_{axis}_off"] + tile[f"read_{size}"] <= stop
+            assert _inside(tile.read, chunk.read)
     assert (covered == 1).all(), "chunks cover the raster exactly once"
     assert len(seen) == plan.tile_count
+
+
+def _inside(inner: PixelWindow, outer: PixelWindow) -> bool:
+    return (outer.row_off <= inner.row_off and outer.col_off <= inner.col_off
+            and inner.row_off + inner.height <= outer.row_off + outer.height
+            and inner.col_off + inner.width <= outer.col_off + outer.width)  # fmt: skip
 
 
 def test_edge_windows_shift_inward_and_keep_their_shape():
@@ -133,18 +131,13 @@ def test_a_blend_chunk_infers_every_window_that_reaches_into_it(case, width, chu
         for left, right in zip(plan.cols.read_start, plan.cols.read_stop, strict=True):
             covering[top:bottom, left:right] += 1
     kept = np.zeros((height, width), int)
-    for chunk in plan.chunks().to_pylist():
-        windows = plan.chunk_windows(chunk["chunk_row"], chunk["chunk_col"])
-        assert len(windows) == chunk["windows"] >= chunk["tiles"]
+    whole = PixelWindow(0, 0, height, width)
+    for chunk in map(Chunk.of_row, plan.chunks().to_pylist()):
+        windows = plan.chunk_windows(chunk.row, chunk.col)
+        assert len(windows) == chunk.windows >= chunk.tiles
         for w in windows:
-            assert w["core_height"] > 0 and w["core_width"] > 0, "only windows reaching in"
-            assert chunk["row_off"] <= w["core_row_off"] and chunk["col_off"] <= w["core_col_off"]
-            assert w["core_row_off"] + w["core_height"] <= chunk["row_off"] + chunk["height"]
-            assert w["core_col_off"] + w["core_width"] <= chunk["col_off"] + chunk["width"]
-            assert w["read_row_off"] <= w["core_row_off"] and w["read_col_off"] <= w["core_col_off"]
-            assert chunk["read_row_off"] <= w["read_row_off"]
-            assert (w["read_row_off"] + w["read_height"]
-                    <= chunk["read_row_off"] + chunk["read_height"])  # fmt: skip
-            kept[w["core_row_off"] : w["core_row_off"] + w["core_height"],
-                 w["core_col_off"] : w["core_col_off"] + w["core_width"]] += 1  # fmt: skip
+            assert w.core.height > 0 and w.core.width > 0, "only windows reaching in"
+            assert _inside(w.core, chunk.core) and _inside(w.core, w.read)
+            assert _inside(w.read, chunk.read)
+            kept[w.core.slices(whole)] += 1
     np.testing.assert_array_equal(kept, covering)

@@ -110,6 +110,8 @@ def test_the_class_map_is_onnxruntime_on_the_same_windows(job_run, published):
     tile's core."""
     import onnxruntime as ort
 
+    from sparkinfer.plan import PixelWindow
+
     job, _, classes, probabilities, _, _ = job_run
     model, mean, std = published
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -119,13 +121,9 @@ def test_the_class_map_is_onnxruntime_on_the_same_windows(job_run, published):
     with rasterio.open(SCENE) as src:
         for chunk in plan.chunks().to_pylist():
             for t in plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"]):
-                logits = window_logits(session, src, t["read_row_off"], t["read_col_off"], mean,
-                                       std)  # fmt: skip
-                top = t["core_row_off"] - t["read_row_off"]
-                left = t["core_col_off"] - t["read_col_off"]
-                core = logits[:, top : top + t["core_height"], left : left + t["core_width"]]
-                rows = slice(t["core_row_off"], t["core_row_off"] + t["core_height"])
-                cols = slice(t["core_col_off"], t["core_col_off"] + t["core_width"])
+                logits = window_logits(session, src, t.read.row_off, t.read.col_off, mean, std)
+                core = logits[:, *t.core.slices(t.read)]
+                rows, cols = t.core.slices(PixelWindow(0, 0, *classes.shape))
                 expected[rows, cols] = core.argmax(0)
                 expected_probabilities[rows, cols] = np.moveaxis(softmax(core), 0, -1)
     np.testing.assert_array_equal(classes, expected)

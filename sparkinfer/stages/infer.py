@@ -38,7 +38,7 @@ from sparkinfer.model import (
     inspect_package,
     load_package,
 )
-from sparkinfer.plan import RasterPlan
+from sparkinfer.plan import Chunk, RasterPlan, Tile
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.session import (
@@ -73,7 +73,6 @@ class StageSpec:
 
 INSPECTED_SCHEMA = pa.schema([("inspected", pa.binary())])  # a pickled ModelInfo or error line
 
-CHUNK_FIELDS = ("raster_index", "chunk_row", "chunk_col")
 
 CHUNK_RESULT_SCHEMA = pa.schema(
     [
@@ -102,12 +101,21 @@ def plan_table(chunk_tables: list[pa.Table]) -> pa.Table:
     )
 
 
+@dataclass(frozen=True)
+class PlacedTile:
+    """A window of the stage's plan: which raster (its index in the stage), chunk and tile."""
+
+    raster_index: int
+    chunk: Chunk
+    tile: Tile
+
+
 @dataclass
 class TileResult:
     """One tile's prediction, cropped to its core, on its way from the model to a chunk file."""
 
-    tile: dict  # the plan's chunk fields (raster_index, chunk_*) and tile fields
-    classes: np.ndarray | None  # uint8 (core_height, core_width); None: core all nodata, skipped
+    placed: PlacedTile
+    classes: np.ndarray | None  # uint8, the core's shape; None: core all nodata, skipped
     scores: np.ndarray | None  # float32 (core_height, core_width, classes), when asked for
     read_s: float
     infer_s: float = 0.0
@@ -117,7 +125,7 @@ class TileResult:
 
 @dataclass
 class _ReadTile:
-    tile: dict
+    placed: PlacedTile
     pixels: np.ndarray | None  # read window (h, w, bands), the raster's type; None: core nodata
     valid: np.ndarray | None  # of the window; None when every pixel is valid
     core_valid: np.ndarray | None
@@ -126,41 +134,26 @@ class _ReadTile:
 
 
 @dataclass
-class _Chunk:
-    """A chunk row of the plan with its tiles (each a dict of the chunk's and the tile's fields)
-    and, once read, its read window: pixels (bands, height, width) in the raster's own type and
-    their validity."""
+class _ReadChunk:
+    """A chunk of the stage's plan with the windows it infers and, once read, its read window:
+    pixels (bands, height, width) in the raster's own type and their validity."""
 
-    fields: dict
-    tiles: list[dict]
+    raster_index: int
+    chunk: Chunk
+    windows: list[Tile]
     data: np.ndarray | None = None
     valid: np.ndarray | None = None
     read_s: float = 0.0
     error: str | None = None  # why the window could not be read
 
 
-def _plan_chunks(batches: Iterator[pa.RecordBatch], spec: StageSpec) -> Iterator[_Chunk]:
-    """The chunk rows, each with its tiles from its raster's plan."""
+def _plan_chunks(batches: Iterator[pa.RecordBatch], spec: StageSpec) -> Iterator[_ReadChunk]:
+    """The chunk rows, each with the windows it infers, from its raster's plan."""
     for batch in batches:
-        for chunk in batch.to_pylist():
-            fields = {
-                "raster_index": chunk["raster_index"],
-                "chunk_row": chunk["chunk_row"],
-                "chunk_col": chunk["chunk_col"],
-                "chunk_row_off": chunk["row_off"],
-                "chunk_col_off": chunk["col_off"],
-                "chunk_height": chunk["height"],
-                "chunk_width": chunk["width"],
-                "chunk_tiles": chunk["tiles"],
-                "chunk_windows": chunk["windows"],
-                "chunk_read_row_off": chunk["read_row_off"],
-                "chunk_read_col_off": chunk["read_col_off"],
-                "chunk_read_height": chunk["read_height"],
-                "chunk_read_width": chunk["read_width"],
-            }
-            plan = spec.plans[chunk["raster_index"]]
-            windows = plan.chunk_windows(chunk["chunk_row"], chunk["chunk_col"])
-            yield _Chunk(fields, [fields | window for window in windows])
+        for row in batch.to_pylist():
+            chunk = Chunk.of_row(row)
+            windows = spec.plans[row["raster_index"]].chunk_windows(chunk.row, chunk.col)
+            yield _ReadChunk(row["raster_index"], chunk, windows)
 
 
 class _WindowReader:
@@ -184,16 +177,14 @@ class _WindowReader:
                 self.opened.append(datasets[index])
         return datasets[index]
 
-    def read(self, chunk: _Chunk) -> _Chunk:
+    def read(self, chunk: _ReadChunk) -> _ReadChunk:
         started = time.perf_counter()
-        f = chunk.fields
-        info = self.spec.rasters[f["raster_index"]]
+        info, read = self.spec.rasters[chunk.raster_index], chunk.chunk.read
         try:
             with storage.gdal_env(**GDAL_READ_OPTIONS):
                 chunk.data, chunk.valid = read_window(
-                    self._dataset(f["raster_index"]), list(self.spec.bands),
-                    f["chunk_read_row_off"], f["chunk_read_col_off"], f["chunk_read_height"],
-                    f["chunk_read_width"], info.masking,
+                    self._dataset(chunk.raster_index), list(self.spec.bands), read.row_off,
+                    read.col_off, read.height, read.width, info.masking,
                 )  # fmt: skip
         except (RasterioError, OSError) as exc:  # a broken file fails its raster, not the job
             chunk.error = f"{info.path}: cannot read pixels ({first_line(exc, 300)})"
@@ -205,31 +196,27 @@ class _WindowReader:
             src.close()
 
 
-def _cut(chunk: _Chunk) -> Iterator[_ReadTile]:
-    """The tiles of a read chunk: views of its window, with their validity."""
-    for i, tile in enumerate(chunk.tiles):
+def _cut(chunk: _ReadChunk) -> Iterator[_ReadTile]:
+    """The windows of a read chunk: views of its window, with their validity."""
+    for i, tile in enumerate(chunk.windows):
+        placed = PlacedTile(chunk.raster_index, chunk.chunk, tile)
         read_s = chunk.read_s if i == 0 else 0.0  # the chunk's read, counted once
         if chunk.data is None:
-            yield _ReadTile(tile, None, None, None, read_s, chunk.error)
+            yield _ReadTile(placed, None, None, None, read_s, chunk.error)
             continue
-        top = tile["read_row_off"] - tile["chunk_read_row_off"]
-        left = tile["read_col_off"] - tile["chunk_read_col_off"]
-        rows = slice(top, top + tile["read_height"])
-        cols = slice(left, left + tile["read_width"])
+        rows, cols = tile.read.slices(chunk.chunk.read)
         window_valid = chunk.valid[rows, cols]
-        top = tile["core_row_off"] - tile["read_row_off"]
-        left = tile["core_col_off"] - tile["read_col_off"]
-        core_valid = window_valid[top : top + tile["core_height"], left : left + tile["core_width"]]
+        core_valid = window_valid[tile.core.slices(tile.read)]
         if not core_valid.any():
-            yield _ReadTile(tile, None, None, None, read_s)
+            yield _ReadTile(placed, None, None, None, read_s)
             continue
         # A view: the batch is stacked from the chunk's array, in its own type.
         pixels = np.moveaxis(chunk.data[:, rows, cols], 0, -1)
         valid = None if window_valid.all() else window_valid
-        yield _ReadTile(tile, pixels, valid, core_valid, read_s)
+        yield _ReadTile(placed, pixels, valid, core_valid, read_s)
 
 
-def _prefetched(chunks: Iterator[_Chunk], spec: StageSpec, readers: int) -> Iterator[_ReadTile]:
+def _prefetched(chunks: Iterator[_ReadChunk], spec: StageSpec, readers: int) -> Iterator[_ReadTile]:
     """The chunks' tiles, their windows read by `readers` threads up to `readers` chunks ahead
     of the model.
 
@@ -278,16 +265,16 @@ def predict_tiles(
         classes, scores = runtime.classify(pixels, valid, spec.scores or spec.blend)
         share = (time.perf_counter() - started) / len(pending)
         for i, read in enumerate(pending):
-            t = read.tile
-            top, left = t["core_row_off"] - t["read_row_off"], t["core_col_off"] - t["read_col_off"]
-            core = (i, slice(top, top + t["core_height"]), slice(left, left + t["core_width"]))
+            tile = read.placed.tile
+            core = (i, *tile.core.slices(tile.read))
             core_classes = classes[core].copy()
             core_classes[~read.core_valid] = CLASS_NODATA
             core_scores = None
             if scores is not None:
                 core_scores = scores[core].astype(np.float32, copy=True)
                 core_scores[~read.core_valid] = np.nan
-            yield TileResult(t, core_classes, core_scores, read.read_s, share, placement)
+            yield TileResult(read.placed, core_classes, core_scores, read.read_s, share,
+                             placement)  # fmt: skip
         pending.clear()
 
     batch_sizes: dict[tuple, int] = {}  # per window shape and type, for batch_size auto
@@ -304,7 +291,7 @@ def predict_tiles(
     readers = spec.readers or resources.cpus
     for read in _prefetched(_plan_chunks(batches, spec), spec, readers):
         if read.pixels is None:
-            yield TileResult(read.tile, None, None, read.read_s, placement=placement,
+            yield TileResult(read.placed, None, None, read.read_s, placement=placement,
                              error=read.error)  # fmt: skip
             continue
         if pending and pending[0].pixels.shape != read.pixels.shape:
@@ -335,17 +322,17 @@ class _ChunkFiles:
 
     def add(self, result: TileResult) -> dict | None:
         """Add one window's prediction; the chunk's result row when it was the chunk's last."""
-        tile, spec = result.tile, self.spec
-        key = tuple(tile[k] for k in CHUNK_FIELDS)
+        placed, spec = result.placed, self.spec
+        index, where, tile = placed.raster_index, placed.chunk, placed.tile
+        key = (index, where.row, where.col)
         chunk = self.open.get(key)
         if chunk is None:
-            writer = None if result.error else _open_chunk(tile, spec)
+            writer = None if result.error else _open_chunk(index, where, spec)
             blended = None
             if spec.blend:
-                blended = BlendedChunk(tile["chunk_row_off"], tile["chunk_col_off"],
-                                       tile["chunk_height"], tile["chunk_width"], spec.channels,
-                                       spec.plans[tile["raster_index"]].tiling.overlap)  # fmt: skip
-            chunk = self.open[key] = _OpenChunk(writer, _new_summary(tile), blended)
+                blended = BlendedChunk(where.core, spec.channels,
+                                       spec.plans[index].tiling.overlap)  # fmt: skip
+            chunk = self.open[key] = _OpenChunk(writer, _new_summary(index, where), blended)
         summary = chunk.summary
         started = time.perf_counter()
         if result.error is not None:
@@ -355,35 +342,31 @@ class _ChunkFiles:
                 chunk.writer = None
             chunk.blended = None
         else:
-            height, width = tile["core_height"], tile["core_width"]
-            classes, scores = result.classes, result.scores
-            if classes is None:
-                classes = np.full((height, width), CLASS_NODATA, np.uint8)
-                if spec.scores:
-                    scores = np.full((height, width, spec.channels), np.nan, np.float32)
-                summary["skipped"] += 1
-            else:
-                summary["inferred"] += 1
+            summary["skipped" if result.classes is None else "inferred"] += 1
             if chunk.blended is not None:
                 if result.scores is not None:  # a window whose part here is all nodata adds none
                     chunk.blended.add(tile, result.scores)
             elif chunk.writer is not None:
-                chunk.writer.write(tile["core_row_off"], tile["core_col_off"], classes, scores)
+                classes, scores = result.classes, result.scores
+                if classes is None:  # a core all nodata is written as such
+                    shape = (tile.core.height, tile.core.width)
+                    classes = np.full(shape, CLASS_NODATA, np.uint8)
+                    if spec.scores:
+                        scores = np.full((*shape, spec.channels), np.nan, np.float32)
+                chunk.writer.write(tile.core.row_off, tile.core.col_off, classes, scores)
         summary["read_s"] += result.read_s
         summary["infer_s"] += result.infer_s
         chunk.received += 1
-        complete = chunk.received == tile["chunk_windows"]
+        complete = chunk.received == where.windows
         if complete:
             if chunk.writer is not None:
                 if chunk.blended is not None:
                     classes, scores = chunk.blended.result()
-                    chunk.writer.write(tile["chunk_row_off"], tile["chunk_col_off"], classes,
+                    chunk.writer.write(where.core.row_off, where.core.col_off, classes,
                                        scores if spec.scores else None)  # fmt: skip
-                plan = spec.plans[tile["raster_index"]]
-                tiles = plan.chunk_tiles(tile["chunk_row"], tile["chunk_col"])
+                tiles = spec.plans[index].chunk_tiles(where.row, where.col)
                 chunk.writer.commit({TILE_COUNTS_TAG: tile_counts(
-                    chunk.writer.class_map, tile["chunk_row_off"], tile["chunk_col_off"], tiles,
-                    class_count(spec.channels))})  # fmt: skip
+                    chunk.writer.class_map, where.core, tiles, class_count(spec.channels))})
             del self.open[key]
         summary["write_s"] += time.perf_counter() - started
         return summary | (result.placement or {}) if complete else None
@@ -427,25 +410,19 @@ def _result_row(written: Future) -> Iterator[pa.RecordBatch]:
         yield pa.RecordBatch.from_pylist([row], schema=CHUNK_RESULT_SCHEMA)
 
 
-def _open_chunk(row: dict, spec: StageSpec) -> ChunkWriter:
-    chunk = ChunkSpec(
-        folder=spec.staging[row["raster_index"]],
-        chunk_row=row["chunk_row"],
-        chunk_col=row["chunk_col"],
-        row_off=row["chunk_row_off"],
-        col_off=row["chunk_col_off"],
-        height=row["chunk_height"],
-        width=row["chunk_width"],
-    )
-    return ChunkWriter(chunk, spec.rasters[row["raster_index"]], spec.channels, spec.scores)
+def _open_chunk(raster_index: int, chunk: Chunk, spec: StageSpec) -> ChunkWriter:
+    files = ChunkSpec(spec.staging[raster_index], chunk.row, chunk.col, chunk.core.row_off,
+                      chunk.core.col_off, chunk.core.height, chunk.core.width)  # fmt: skip
+    return ChunkWriter(files, spec.rasters[raster_index], spec.channels, spec.scores)
 
 
-def _new_summary(row: dict) -> dict:
+def _new_summary(raster_index: int, chunk: Chunk) -> dict:
+    """The chunk's `CHUNK_RESULT_SCHEMA` row, before any of its windows."""
     return {
-        "raster_index": row["raster_index"],
-        "chunk_row": row["chunk_row"],
-        "chunk_col": row["chunk_col"],
-        "tiles": row["chunk_tiles"],
+        "raster_index": raster_index,
+        "chunk_row": chunk.row,
+        "chunk_col": chunk.col,
+        "tiles": chunk.tiles,
         "inferred": 0,
         "skipped": 0,
         "read_s": 0.0,
@@ -483,17 +460,15 @@ def _skip_committed(
         return
     listed: dict[int, set[str]] = {}
     for batch in batches:
-        chunks = batch.select(list(CHUNK_FIELDS)).to_pylist()
-        tiles = batch.column("tiles").to_pylist()
         todo = []
-        for chunk, count in zip(chunks, tiles, strict=True):
-            index = chunk["raster_index"]
+        for row in batch.to_pylist():
+            index, chunk = row["raster_index"], Chunk.of_row(row)
             if index not in listed:
                 listed[index] = storage.list_names(spec.staging[index])
-            done = is_committed(listed[index], chunk["chunk_row"], chunk["chunk_col"], spec.scores)
+            done = is_committed(listed[index], chunk.row, chunk.col, spec.scores)
             todo.append(not done)
             if done:
-                reused.append(_new_summary(chunk | {"chunk_tiles": count}) | {"reused": True})
+                reused.append(_new_summary(index, chunk) | {"reused": True})
         if any(todo):
             yield batch if all(todo) else batch.filter(pa.array(todo, pa.bool_()))
 
