@@ -30,7 +30,7 @@ lock: $(STAMP)
 		> requirements.lock.new && mv requirements.lock.new requirements.lock
 
 $(JVM_ARCHIVE): $(STAMP) conf/jvm-archive.sh
-	conf/jvm-archive.sh $@
+	SPARKINFER_VENV=$(abspath $(VENV)) conf/jvm-archive.sh $@
 
 airflow: $(AIRFLOW_DB)
 
@@ -45,7 +45,9 @@ $(AIRFLOW_DB): $(AIRFLOW_STAMP)
 	AIRFLOW_HOME=$(abspath $(AIRFLOW_VENV)/home) AIRFLOW__CORE__LOAD_EXAMPLES=False \
 		$(AIRFLOW_VENV)/bin/airflow db migrate > /dev/null
 
+# The job on VENV's Python and Spark (spark-submit.sh takes .venv unless told).
 run: $(STAMP) $(JVM_ARCHIVE)
+	SPARKINFER_VENV=$(abspath $(VENV)) SPARKINFER_JVM_ARCHIVE=$(abspath $(JVM_ARCHIVE)) \
 	./spark-submit.sh --input $(SAMPLE_INPUT) --model $(SAMPLE_MODEL) --output $(SAMPLE_OUTPUT) \
 		--tile-size 128 --quicklook
 
@@ -61,6 +63,8 @@ PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12
 smoke-py312:
 	$(MAKE) run PYTHON=$(PYTHON312) VENV=.venv-py312 JVM_ARCHIVE=build/jvm/py312-classes.jsa \
 		SAMPLE_OUTPUT=out/sample-py312
+	.venv-py312/bin/python -c "import json, sys; v = json.load(open('out/sample-py312/_run.json'))['python']; \
+		sys.exit(None if v.startswith('3.12.') else f'the smoke run ran on Python {v}, not 3.12')"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,8 @@
 #                      times, as on a cluster): spark://host:7077, yarn, k8s://https://...
 #   SPARK_SUBMIT_ARGS  extra spark-submit options, e.g. "--executor-memory 4g --num-executors 8"
 #   SPARKINFER_VENV    virtual environment holding pyspark and the dependencies (default .venv)
+#   SPARKINFER_JVM_ARCHIVE  the JVM's class-data archive made for that venv's Spark (default
+#                      build/jvm/spark-classes.jsa, made by make for .venv)
 #   SPARK_REMOTE       run as a Spark Connect client instead: sc://host:15002, or local[2] for
 #                      a local Connect server (SPARK_MASTER and SPARK_SUBMIT_ARGS then do not
 #                      apply: the server's cluster runs the stage, and needs the package installed)
@@ -36,7 +38,7 @@ fi
 
 # The class-data archive of Spark's classes (conf/jvm-archive.sh, made by make) halves the JVM's
 # start; a JVM that cannot use it (another version, another class path, no file) starts as usual.
-archive="$here/build/jvm/spark-classes.jsa"
+archive="${SPARKINFER_JVM_ARCHIVE:-$here/build/jvm/spark-classes.jsa}"
 java_options="-XX:SharedArchiveFile=$archive -Xlog:cds*=off"
 log_options="-Dlog4j2.configurationFile=file:$here/conf/log4j2.properties"
 

@@ -4,6 +4,7 @@ devices and the timings."""
 from __future__ import annotations
 
 import json
+import platform
 import socket
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -80,6 +81,7 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
         "sparkinfer_version": __version__,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
+        "python": platform.python_version(),  # the driver's
         "spark": application(spark),
         "model": {
             "path": job.model.path,
