@@ -63,6 +63,11 @@ class ModelInfo:
     def classes(self) -> int:
         return class_count(self.channels)
 
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The formats of the model, or of an ensemble's models."""
+        return tuple(self.format.split("+"))
+
 
 def class_count(channels: int) -> int:
     """Classes of the class map of a model with `channels` outputs: one sigmoid channel makes
@@ -363,23 +368,24 @@ def load_package(
     """The model of `package` as a runtime, loaded once per Python worker and GPU (each model
     of an ensemble on its own), with the test-time augmentation of `options` around it."""
     options = options or RuntimeOptions()
-    if package.members:
-        plain = replace(options, tta="none")
-        runtime = Ensemble([load_package(m, plain, gpu, threads) for m in package.members])
-        return runtime if options.tta == "none" else Augmented(runtime, options.tta)
-    key = (package.digest, options.key, gpu)
-    runtime = _WORKER_CACHE.get(key)
-    if runtime is None:
-        runtime = _loaded(package, options, gpu, threads)
-        while len(_WORKER_CACHE) >= _WORKER_CACHE_SIZE:
-            _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
-        _WORKER_CACHE[key] = runtime
+    runtime = _cached(package, options, gpu, threads)
     return runtime if options.tta == "none" else Augmented(runtime, options.tta)
 
 
-def _loaded(package: ModelPackage, options: RuntimeOptions, gpu: int | None,
+def _cached(package: ModelPackage, options: RuntimeOptions, gpu: int | None,
             threads: int | None) -> Runtime:  # fmt: skip
-    # Loading restores every variable, so the files are no longer needed after it.
-    with unpacked(package) as path:
-        return open_runtime(path, package.format, options, gpu=gpu, threads=threads,
-                            trusted=package.trusted)  # fmt: skip
+    """The package's model from the worker's cache, loaded there the first time; an
+    ensemble's models each on their own."""
+    if package.members:
+        return Ensemble([_cached(m, options, gpu, threads) for m in package.members])
+    key = (package.digest, options.key, gpu)  # the key leaves out `tta`: it is not loaded
+    runtime = _WORKER_CACHE.get(key)
+    if runtime is None:
+        # Loading restores every variable, so the files are no longer needed after it.
+        with unpacked(package) as path:
+            runtime = open_runtime(path, package.format, options, gpu=gpu, threads=threads,
+                                   trusted=package.trusted)  # fmt: skip
+        while len(_WORKER_CACHE) >= _WORKER_CACHE_SIZE:
+            _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
+        _WORKER_CACHE[key] = runtime
+    return runtime

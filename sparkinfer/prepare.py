@@ -32,9 +32,7 @@ from sparkinfer.model import (
 from sparkinfer.plan import RasterPlan, Tiling, round_up
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.runtimes import RuntimeOptions
-from sparkinfer.stages.infer import (
-    warm_workers,
-)
+from sparkinfer.stages.infer import warm_workers
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 STAGING_FOLDER = "_staging"
@@ -379,7 +377,7 @@ def plan_job(checked: Checked, spark=None) -> Job:
         model = warm_workers(spark, package, runtime_options(config), config.model)
     if model is None:
         model = inspect_models(config.model, config.trust_model, config.backend)
-    others = [f for f in model.format.split("+") if f != "keras"]
+    others = [f for f in model.formats if f != "keras"]
     if config.precision != "float32" and others:
         raise ConfigError(
             f"{model.path}: --precision {config.precision} applies to .keras models; run "

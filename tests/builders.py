@@ -207,6 +207,13 @@ def export_onnx(keras_path: Path, path: Path) -> Path:
     return path
 
 
+def fault_model(folder: Path) -> Path:
+    """The fault tests' model: convolutions slow enough (about 60 ms a 64-pixel tile on a core)
+    to leave a window for a fault mid-job, as ONNX: a Python worker that each fault restarts
+    loads onnxruntime in 0.3 s, TensorFlow in 8."""
+    return export_onnx(conv_stack(folder / "wide.keras", depth=8, filters=64), folder / "wide.onnx")
+
+
 def onnx_as_shipped(onnx_path: Path, path: Path, size: int | None, logits: bool) -> Path:
     """The ONNX file as PyTorch exports ship: channels first in and out, and, if asked, a fixed
     `size` x `size` input and logits (the final softmax cut off)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from builders import conv_stack, export_onnx, write_raster
+from builders import fault_model, write_raster
 from processes import (
     committed_chunks,
     descendants,
@@ -47,9 +47,7 @@ def scene(tmp_path_factory, spark):
     folder = tmp_path_factory.mktemp("faults")
     (folder / "in").mkdir()
     raster = write_raster(folder / "in" / "scene.tif", 768, 512, seed=11)
-    # ONNX: a Python worker that each fault restarts loads onnxruntime in 0.3 s, TensorFlow in 8.
-    model = export_onnx(conv_stack(folder / "wide.keras", depth=8, filters=64),
-                        folder / "wide.onnx")  # fmt: skip
+    model = fault_model(folder)
     options = dict(input=[str(raster)], model=str(model), tile_size=TILE, chunk_tiles=1,
                    batch_size=1)
     clean = folder / "clean"
