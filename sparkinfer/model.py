@@ -152,7 +152,7 @@ def inspect_model(
     """Check a model can be used for tiled per-pixel inference: `runtime` when it is already
     loaded, else the model at `path`, loaded here (a Keras model on `backend` unless Keras
     already runs here on another)."""
-    from sparkinfer.receptive_field import UntraceableLayer, probe, trace
+    from sparkinfer.receptive_field import UntraceableLayer, probe, probe_shift, trace
 
     path = Path(path)
     runtime = runtime or load_model(path, RuntimeOptions(backend=backend), trusted)
@@ -186,9 +186,12 @@ def inspect_model(
     size = None if fixed is None else fixed[0]
     if field is not None:
         halo, stride, found_by = field.halo, field.stride, "trace"
-    elif size is not None:  # one input size: no stride shows, and the probe has one window
-        stride, found_by = 1, "probe"
-        halo = probe(runtime.scores, runtime.bands, stride, smallest=size, largest=size)
+    elif size is not None:  # one input size: the stride shows only by shifting the window
+        found_by, reach = "probe", probe(runtime.scores, runtime.bands, 1, smallest=size,
+                                         largest=size)  # fmt: skip
+        stride = 1 if reach is None else probe_shift(runtime.scores, runtime.bands, size, reach)
+        halo = reach if stride == 1 else probe(runtime.scores, runtime.bands, stride,
+                                               smallest=size, largest=size)  # fmt: skip
     else:
         stride = _probe_stride(runtime, path)
         halo, found_by = probe(runtime.scores, runtime.bands, stride), "probe"

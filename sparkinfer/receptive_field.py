@@ -277,3 +277,39 @@ def probe(
             return reach
         size *= 2
     return None
+
+
+def probe_shift(
+    scores: Callable[[np.ndarray], np.ndarray],
+    bands: int,
+    size: int,
+    reach: int,
+    *,
+    largest: int = 64,
+    seed: int = 0,
+) -> int:
+    """The total stride of a model that takes only `size` x `size` windows, where sizes cannot
+    show it: the smallest power of two s such that two windows s pixels apart give the same
+    output where they overlap, away from their borders; 1 when no shift up to `largest` leaves
+    such an overlap.
+
+    `reach` is what `probe` found at stride 1, from one alignment: with a stride of at most s
+    the halo is less than `reach` + s, so that margin keeps both windows' padding out of the
+    comparison of shift s. A shift off the model's grid moves its pooling cells, which changes
+    the output everywhere; a shift on it only translates the output.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0.0, 1.0, (1, size + largest, size + largest, bands)).astype(np.float32)
+    first = scores(image[:, :size, :size])[0]
+    noise = float(np.abs(scores(image[:, :size, :size])[0] - first).max())
+    shift = 1
+    while shift <= largest and reach + 2 * shift < size - reach - shift:
+        margin = reach + shift
+        moved = scores(image[:, shift:shift + size, shift:shift + size])[0]
+        inside = slice(margin + shift, size - margin)  # image pixels inside both, far from borders
+        there = slice(margin, size - margin - shift)  # the same pixels in the moved window
+        difference = np.abs(first[inside, inside] - moved[there, there]).max()
+        if difference <= 4 * noise + 1e-5 * float(np.abs(first).max()):
+            return shift
+        shift *= 2
+    return 1

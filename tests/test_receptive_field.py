@@ -8,7 +8,7 @@ from keras import layers
 
 from sparkinfer.errors import ModelError
 from sparkinfer.model import inspect_model, load_package, package_model
-from sparkinfer.receptive_field import UntraceableLayer, probe, trace
+from sparkinfer.receptive_field import UntraceableLayer, probe, probe_shift, trace
 
 
 def test_conv_stack_radius_is_one_pixel_per_3x3_layer(tmp_path):
@@ -70,6 +70,9 @@ def test_the_probe_agrees_with_the_trace(tmp_path, build, stride):
     probed = probe(lambda x: np.asarray(model(x)), 4, field.stride)
     assert field.stride == stride
     assert field.halo <= probed <= field.halo + stride - 1
+    # One window size, as fixed-size models take: the stride shows by shifting the window.
+    reach = probe(lambda x: np.asarray(model(x)), 4, 1, smallest=64, largest=64)
+    assert probe_shift(lambda x: np.asarray(model(x)), 4, 64, reach) == stride
 
 
 def test_a_squeeze_and_excitation_model_has_no_exact_halo(tmp_path):

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from builders import export_onnx, export_savedmodel, onnx_as_shipped
+from builders import (
+    export_onnx,
+    export_savedmodel,
+    onnx_as_shipped,
+    whole_image_outputs,
+    write_raster,
+)
 
 from sparkinfer.config import Normalization, load_config
 from sparkinfer.errors import ConfigError, ModelError
@@ -89,6 +95,29 @@ def test_an_onnx_model_as_pytorch_ships_it(tmp_path, run, reference, exported, s
     expected_classes, expected_scores = reference
     assert (classes == expected_classes).mean() >= 0.9999
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+def test_a_fixed_size_model_s_stride_is_found_by_shifting_its_window(tmp_path, run, models,
+                                                                     onnx_models):  # fmt: skip
+    """A stride-4 U-Net that takes only 64 x 64 windows, as PyTorch exports ship: sizes cannot
+    show its stride, two windows 4 pixels apart can. Its tiles then lie on the stride grid and
+    the stitched map equals the free-size model on the whole raster."""
+    model = onnx_as_shipped(onnx_models["unet"], tmp_path / "unet64.onnx", 64, logits=False)
+    info = inspect_model(model)
+    assert (info.input_size, info.stride, info.halo_found_by) == (64, 4, "probe")
+    assert 23 <= info.receptive_halo <= 23 + 3, "the traced halo, within the stride above it"
+    mask = np.zeros((150, 134), bool)
+    mask[:30, :40] = True
+    (tmp_path / "in").mkdir()
+    scene = write_raster(tmp_path / "in" / "scene.tif", 150, 134, nodata=0, nodata_mask=mask,
+                         seed=21)  # fmt: skip
+    report = run(input=[str(scene)], model=str(model), output=str(tmp_path / "out"))
+    halo = -(-info.receptive_halo // 4) * 4
+    assert (report["tiling"]["tile_size"], report["tiling"]["seam_free"]) == (64 - 2 * halo, True)
+    with rasterio.open(tmp_path / "out" / "scene.tif") as out:
+        classes = out.read(1)
+    expected, _, _ = whole_image_outputs(models["unet"], scene, stride=4)
+    assert (classes == expected).mean() >= 0.9999
 
 
 @pytest.mark.parametrize("dtype, scale", [("uint8", 1 / 255), ("uint16", 1 / 4096)])
