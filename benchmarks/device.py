@@ -15,7 +15,8 @@ typing-inspection, zstandard, pyyaml and pystac. It writes DIR/device.json with:
    device's limit, in useful (core) megapixels per second;
 3. `partition`: the partition function over a mirrored copy of the sample of `--size` pixels a
    side (read, infer, write chunks: one task), in the same run, and its share of `model_only`;
-   a first pass over one batch of chunks compiles the model outside the timing.
+   a first pass over one batch of chunks compiles the model outside the timing;
+   `partition_sample_model`: the same with the sample's land-cover model (six bands).
 4. `auto_batch` (with `--batch auto`, the default): the batch `--batch-size auto` picks on this
    device for the U-Net's window, which the two measurements above then use.
 
@@ -135,6 +136,35 @@ def model_only(model_path: Path, tile: int, halo: int, batch: int, precision: st
     return {"device": str(device), "mpx_per_s": calls * batch * tile * tile / seconds / 1e6}
 
 
+def auto_batch(job) -> int:
+    """The batch `--batch-size auto` picks on this device for `job`'s windows."""
+    from sparkinfer.model import load_package
+    from sparkinfer.prepare import runtime_options
+
+    window = job.tiling.window_size
+    runtime = load_package(job.package, runtime_options(job.config), gpu=0)
+    return runtime.auto_batch(window, window, np.dtype("uint8"))
+
+
+def timed_partition(job, resources: TaskResources, batch: int) -> dict:
+    """`run_partition` over all of `job`'s chunks, after one batch that compiles the model's
+    shape outside the timing: seconds, useful pixels per second and the stage's parts."""
+    run_partition(job, resources, chunks=batch)
+    seconds, rows = run_partition(job, resources)
+    useful = sum(r.info.height * r.info.width for r in job.rasters)
+    return {
+        "devices": sorted({r["device"] for r in rows}),
+        "halo": job.tiling.halo,
+        "batch": batch,
+        "tiles": sum(r["inferred"] for r in rows),
+        "seconds": seconds,
+        "mpx_per_s": useful / seconds / 1e6,
+        "read_s": sum(r["read_s"] for r in rows),
+        "infer_s": sum(r["infer_s"] for r in rows),
+        "write_s": sum(r["write_s"] for r in rows),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="work folder; device.json")
@@ -149,7 +179,12 @@ def main() -> None:
     runs = work / "runs"
     result: dict = {"host": platform.node(), "cpus": os.cpu_count(), "args": vars(args) | {
         "output": str(args.output)}}  # fmt: skip
+
+    def save() -> None:  # after each part: a run stopped at its time limit keeps what it did
+        (work / "device.json").write_text(json.dumps(result, indent=2) + "\n")
+
     result["sample"] = sample_agreement(runs)
+    save()
 
     unet = save_model("unet", work / "models")
     raster = make_large_raster(work / "rasters" / f"nc_{args.size}.tif", args.size)
@@ -157,35 +192,28 @@ def main() -> None:
                str(1 / 255))  # fmt: skip
     batch = args.batch
     if batch == "auto":  # what `--batch-size auto` picks on this device for this window
-        from sparkinfer.model import load_package
-        from sparkinfer.prepare import runtime_options
-
         probe_job = _job([raster], unet, runs / "unet", *options)
-        window = probe_job.tiling.window_size
-        runtime = load_package(probe_job.package, runtime_options(probe_job.config), gpu=0)
-        batch = runtime.auto_batch(window, window, np.dtype("uint8"))
-        result["auto_batch"] = {"window": window, "batch": batch}
+        batch = auto_batch(probe_job)
+        result["auto_batch"] = {"window": probe_job.tiling.window_size, "batch": batch}
     batch = int(batch)
     job = _job([raster], unet, runs / "unet", *options, "--batch-size", str(batch))
     result["model_only"] = model_only(unet, args.tile, job.tiling.halo, batch, args.precision)
     gpu = TaskResources(os.cpu_count() or 1, "0")
-    run_partition(job, gpu, chunks=batch)  # compiles the batch's shape outside the timing
-    seconds, rows = run_partition(job, gpu)
-    useful = args.size * args.size
-    result["partition"] = {
-        "devices": sorted({r["device"] for r in rows}),
-        "halo": job.tiling.halo,
-        "tiles": sum(r["inferred"] for r in rows),
-        "seconds": seconds,
-        "mpx_per_s": useful / seconds / 1e6,
-        "read_s": sum(r["read_s"] for r in rows),
-        "infer_s": sum(r["infer_s"] for r in rows),
-        "write_s": sum(r["write_s"] for r in rows),
-    }
+    result["partition"] = timed_partition(job, gpu, batch)
     result["partition"]["share_of_model_only"] = (
         result["partition"]["mpx_per_s"] / result["model_only"]["mpx_per_s"]
     )
-    (work / "device.json").write_text(json.dumps(result, indent=2) + "\n")
+    save()
+    # The sample's land-cover model takes the six Landsat bands.
+    six_bands = make_large_raster(work / "rasters" / f"nc6_{args.size}.tif", args.size,
+                                  bands=(1, 2, 3, 4, 5, 6))  # fmt: skip
+    sample_options = [six_bands], ROOT / "data" / "landcover.keras", runs / "sample-large"
+    sample = _job(*sample_options, "--tile-size", str(args.tile))
+    sample_batch = auto_batch(sample) if args.batch == "auto" else int(args.batch)
+    sample = _job(*sample_options, "--tile-size", str(args.tile), "--batch-size",
+                  str(sample_batch))  # fmt: skip
+    result["partition_sample_model"] = timed_partition(sample, gpu, sample_batch)
+    save()
     print(json.dumps(result, indent=2))
 
 
