@@ -37,6 +37,8 @@ class Transform:
         return self._flipped(array)
 
     def inverse(self, array: np.ndarray) -> np.ndarray:
+        if array.ndim == 2:  # a chip classifier's (batch, classes): nothing to map back
+            return array
         array = self._flipped(array)
         return array.swapaxes(1, 2) if self.transpose else array
 

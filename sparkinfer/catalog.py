@@ -87,7 +87,7 @@ _RING_WKB = np.dtype([("header", "S13"), ("xy", "<f8", (10,))])
 _RING_HEADER = struct.pack("<BIII", 1, 3, 1, 5)
 
 
-def _wkb_rectangles(transform: Affine, top, left, height, width) -> pa.Array:
+def wkb_rectangles(transform: Affine, top, left, height, width) -> pa.Array:
     """The footprints of pixel windows (arrays of their offsets and sizes) as WKB polygons in
     the raster's CRS: one Arrow binary array, made without a Python object per window."""
     cols = np.stack([left, left + width, left + width, left, left], axis=1).astype(float)
@@ -100,6 +100,24 @@ def _wkb_rectangles(transform: Affine, top, left, height, width) -> pa.Array:
     offsets = pa.array(np.arange(len(top) + 1, dtype=np.int32) * _RING_WKB.itemsize)
     return pa.BinaryArray.from_buffers(pa.binary(), len(top),
                                        [None, offsets.buffers()[1], pa.py_buffer(rings)])
+
+
+def geoparquet_metadata(transform: Affine, crs: str, height: int, width: int) -> bytes:
+    """GeoParquet 1.1's `geo` metadata for WKB polygons in the CRS of a grid, within its
+    `height` x `width` pixels."""
+    xs, ys = zip(*_footprint(transform, 0, 0, height, width), strict=True)
+    return json.dumps({
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {
+            "geometry": {
+                "encoding": "WKB",
+                "geometry_types": ["Polygon"],
+                "crs": rasterio.crs.CRS.from_user_input(crs).to_dict(projjson=True),
+                "bbox": [min(xs), min(ys), max(xs), max(ys)],
+            }
+        },
+    }).encode()
 
 
 # The per-tile class counts of a chunk, made where the tiles' classes are in memory (the
@@ -127,21 +145,8 @@ def write_tile_index(
     counts its `chunks` carry (`TILE_COUNTS_TAG`), streamed a chunk at a time: memory holds one
     chunk's tiles, whatever the raster's size."""
     transform = Affine(*info.transform)
-    bounds = _footprint(transform, 0, 0, info.height, info.width)
-    xs, ys = zip(*bounds, strict=True)
-    geo = {
-        "version": "1.1.0",
-        "primary_column": "geometry",
-        "columns": {
-            "geometry": {
-                "encoding": "WKB",
-                "geometry_types": ["Polygon"],
-                "crs": rasterio.crs.CRS.from_user_input(info.crs).to_dict(projjson=True),
-                "bbox": [min(xs), min(ys), max(xs), max(ys)],
-            }
-        },
-    }
-    schema = TILE_INDEX_SCHEMA.with_metadata({b"geo": json.dumps(geo).encode()})
+    schema = TILE_INDEX_SCHEMA.with_metadata(
+        {b"geo": geoparquet_metadata(transform, info.crs, info.height, info.width)})
     with storage.staged(path) as local, pq.ParquetWriter(local, schema,
                                                          compression="zstd") as writer:  # fmt: skip
         for chunk in chunks:
@@ -162,7 +167,7 @@ def write_tile_index(
                 "valid_pixels": valid,
                 "class_pixels": pa.FixedSizeListArray.from_arrays(counts.ravel(), classes)
                 .cast(pa.list_(pa.int64())),
-                "geometry": _wkb_rectangles(transform, top, left, height, width),
+                "geometry": wkb_rectangles(transform, top, left, height, width),
             }  # fmt: skip
             writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
 
@@ -208,7 +213,7 @@ def write_stac_item(
     media = {".tif": pystac.MediaType.COG, ".png": pystac.MediaType.PNG,
              ".parquet": "application/vnd.apache.parquet"}  # fmt: skip
     roles = {"classes": ["data"], "scores": ["data"], "quicklook": ["overview"],
-             "tiles": ["metadata"]}  # fmt: skip
+             "tiles": ["metadata"], "chips": ["data"]}  # fmt: skip
     for key, asset_path in assets.items():
         asset_name = storage.name(asset_path)
         item.add_asset(key, pystac.Asset(href=f"./{asset_name}",

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--overlap", type=_int_or_auto, metavar="PIXELS|auto",
         help="with --merge blend: overlap of neighbouring windows (default auto: a fifth of "
              "the window)")  # fmt: skip
+    add("--chip-stride", type=int, metavar="PIXELS",
+        help="for a chip classifier: pixels between chips (default the chip size)")  # fmt: skip
     add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
     add("--scale", type=float, help="normalisation: pixels * scale + offset")
     add("--offset", type=float, help="normalisation: added after --scale")
@@ -200,6 +202,7 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "halo": args.halo,
         "merge": args.merge,
         "overlap": args.overlap,
+        "chip_stride": args.chip_stride,
         "bands": args.bands,
         "activation": args.activation,
         "tta": args.tta,

@@ -137,6 +137,12 @@ class JobConfig(_Strict):
         description="With merge 'blend': pixels by which neighbouring windows overlap, rounded "
         "up to twice the model's stride; 'auto': a fifth of the window, as ukis-csmask's 20%.",
     )
+    chip_stride: int | None = Field(
+        None,
+        gt=0,
+        description="For a chip classifier (a model that gives one class per window): pixels "
+        "between neighbouring chips; default the chip size (chips side by side).",
+    )
     bands: list[int] | None = Field(
         None, description="1-based input bands fed to the model, in order; default all bands."
     )

@@ -18,6 +18,7 @@ import rasterio
 
 from sparkinfer import __version__, storage
 from sparkinfer.lock import OutputLock
+from sparkinfer.plan import ChipGrid
 from sparkinfer.prepare import (
     IDENTITY_TAG,
     STAGING_FOLDER,
@@ -146,13 +147,12 @@ def _run(spark, job: Job) -> dict:
     if job.config.fail_fast and failed:
         to_assemble = []
     t = time.perf_counter()
-    metadata = {
-        "sparkinfer_version": __version__,
-        "model_sha256": job.package.digest,
-        "halo": str(job.tiling.halo),
-        "tile_size": str(job.tiling.tile_size),
-        "merge": job.tiling.merge,
-    }
+    metadata = {"sparkinfer_version": __version__, "model_sha256": job.package.digest}
+    if isinstance(job.tiling, ChipGrid):
+        metadata |= {"chip_size": str(job.tiling.size), "chip_stride": str(job.tiling.stride)}
+    else:
+        metadata |= {"halo": str(job.tiling.halo), "tile_size": str(job.tiling.tile_size),
+                     "merge": job.tiling.merge}  # fmt: skip
     tasks = [
         (r, job.config.cog, job.model,
          metadata | {"source": r.info.path, IDENTITY_TAG: r.identity})

@@ -4,7 +4,8 @@ worker and device.
 A model is a Keras 3 `.keras` file, a TensorFlow SavedModel folder or an `.onnx` file (see
 `sparkinfer.runtimes`). On the driver it is loaded once to check that it maps (batch, height,
 width, bands) to (batch, height, width, classes) at input resolution, and to derive its receptive
-field and total stride. Its bytes are compressed with zstd into a `ModelPackage`, broadcast, and
+field and total stride; or, for a chip classifier, windows of its one input size to (batch,
+classes). Its bytes are compressed with zstd into a `ModelPackage`, broadcast, and
 loaded by each Python worker the first time it needs it; the loaded runtime stays cached in the
 worker, keyed by the package's content hash, the runtime options and the GPU it runs on.
 """
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import zstandard
 
@@ -56,6 +58,9 @@ class ModelInfo:
     receptive_halo: int | None  # None: the output depends on the whole input window
     halo_found_by: str  # "trace" (the layer graph) or "probe" (perturbed inputs)
     input_size: int | None = None  # the side of the only window the model takes, if fixed
+    # "segmentation": scores per pixel (batch, height, width, channels); "chips": one per
+    # window (batch, channels), from a model of one input size
+    task: Literal["segmentation", "chips"] = "segmentation"
     class_names: tuple[str, ...] = ()  # from the model's sparkinfer.json, when it has one
     class_colors: tuple[str, ...] = ()  # "#rrggbb", one per class
 
@@ -159,17 +164,18 @@ def inspect_model(
     field = None
     if runtime.format == "keras":
         model = runtime.model
-        in_shape = tuple(model.inputs[0].shape)
+        in_shape, shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+        if len(model.outputs) != 1 or len(shape) not in (2, 4):
+            raise ModelError(
+                f"{path}: model output has shape {shape}; a per-pixel model outputs "
+                "(batch, height, width, classes), a chip classifier (batch, classes)"
+            )
+        if len(shape) == 2:
+            return _chip_classifier(path, runtime, in_shape[1:3])
         if in_shape[1:3] != (None, None):
             raise ModelError(
                 f"{path}: model input is fixed at {in_shape[1]}x{in_shape[2]} pixels; save it "
                 f"with input shape (None, None, {in_shape[-1]}) so it takes any tile size"
-            )
-        shape = tuple(model.outputs[0].shape) if model.outputs else ()
-        if len(model.outputs) != 1 or len(shape) != 4:
-            raise ModelError(
-                f"{path}: model output has shape {shape}; a per-pixel model must output "
-                "(batch, height, width, classes) -- it is not fully convolutional"
             )
         try:
             field = trace(model)
@@ -177,6 +183,10 @@ def inspect_model(
             pass  # a layer of unknown reach: probed below
         except ValueError as exc:
             raise ModelError(f"{path}: not a per-pixel model: {exc}") from None
+    elif runtime.fixed_size is not None:
+        shape = runtime.output_shape(*runtime.fixed_size)
+        if shape is not None and len(shape) == 2:
+            return _chip_classifier(path, runtime, runtime.fixed_size)
     fixed = runtime.fixed_size
     if fixed is not None and fixed[0] != fixed[1]:
         raise ModelError(
@@ -211,6 +221,25 @@ def inspect_model(
     )
 
 
+def _chip_classifier(path: Path, runtime: Runtime, size: tuple) -> ModelInfo:
+    """A model that gives one score vector per window: it must take one square size."""
+    if None in size or size[0] != size[1]:
+        raise ModelError(
+            f"{path}: a chip classifier (output (batch, classes)) must take one square input "
+            f"size, not {size[0] or 'any'}x{size[1] or 'any'}; save it with input shape "
+            f"(SIZE, SIZE, {runtime.bands})"
+        )
+    shape = runtime.output_shape(*size)
+    channels = int(shape[-1]) if shape is not None else 0
+    if not 1 <= channels <= 255:
+        raise ModelError(f"{path}: model outputs {channels} classes; 1 to 255 are supported")
+    names, colors = read_class_table(path, class_count(channels), runtime)
+    return ModelInfo(path=str(path), format=runtime.format, bands=runtime.bands,
+                     channels=channels, stride=1, receptive_halo=None, halo_found_by="none",
+                     input_size=int(size[0]), class_names=names, class_colors=colors,
+                     task="chips")  # fmt: skip
+
+
 CLASS_TABLE = "sparkinfer.json"
 
 
@@ -234,6 +263,9 @@ def combined(infos: list[ModelInfo]) -> ModelInfo:
                 f"channels, but {first.path} takes {first.bands} and gives {first.channels}; "
                 "an ensemble's models must take the same bands and give the same classes"
             )
+        if info.task != first.task:
+            raise ModelError(f"{info.path}: a {info.task} model, but {first.path} is a "
+                             f"{first.task} model; an ensemble's models must be of one kind")
         if info.input_size != first.input_size:
             raise ModelError(
                 f"{info.path}: takes windows of {info.input_size or 'any size'}, but "
@@ -258,6 +290,7 @@ def combined(infos: list[ModelInfo]) -> ModelInfo:
         input_size=first.input_size,
         class_names=named.class_names,
         class_colors=named.class_colors,
+        task=first.task,
     )
 
 

@@ -20,6 +20,10 @@ halo is exact) keeps whole windows, which then overlap by `overlap` = 2 x `halo`
 each pixel's scores over the windows that cover it (`sparkinfer.blend`). A chunk then infers
 every window that reaches into it, its neighbours' included, so that chunks stay independent:
 a pixel's value never depends on how the raster was cut into chunks.
+
+A chip classifier (one class per window) is planned the same way on a `ChipGrid`: its windows
+are chips of the model's size every `stride` pixels, and each tile's core, like each chunk's,
+is in cells of the output grid (one cell per chip), not in pixels.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +77,37 @@ class Tiling:
         return 1.0 - (self.tile_size / self.window_size) ** 2
 
 
+@dataclass(frozen=True)
+class ChipGrid:
+    """How rasters are cut for a chip classifier, a model that gives one class per window:
+    windows (chips) of `size` pixels every `stride` pixels, each one cell of the output grid,
+    grouped `chunk_tiles` x `chunk_tiles` into chunks. Along each axis the chips cover the
+    raster: the last one reaches past its edge (read as invalid pixels) where the stride does
+    not end on it. The output grid is the raster's scaled by `stride`, centred on the chips."""
+
+    size: int
+    stride: int
+    chunk_tiles: int
+
+    merge: ClassVar[str] = "crop"  # each window keeps its own output; nothing is blended
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.stride <= self.size:
+            raise ValueError(f"chip stride {self.stride} must be between 1 and the chip size "
+                             f"{self.size}")  # fmt: skip
+        if self.chunk_tiles < 1:
+            raise ValueError(f"chunk_tiles must be >= 1, got {self.chunk_tiles}")
+
+    def cells(self, length: int) -> int:
+        """Chips (output cells) along an axis of `length` pixels."""
+        return max(1, -(-(length - self.size) // self.stride) + 1)
+
+    @property
+    def offset(self) -> float:
+        """Where the output grid starts, in input pixels: its cells are centred on the chips."""
+        return (self.size - self.stride) / 2
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -90,10 +125,14 @@ class AxisPlan:
         return len(self.core_start)
 
 
-def plan_axis(length: int, tiling: Tiling) -> AxisPlan:
-    """Cut one axis of `length` pixels into core tiles and their read windows."""
+def plan_axis(length: int, tiling: Tiling | ChipGrid) -> AxisPlan:
+    """Cut one axis of `length` pixels into core tiles and their read windows. A chip's core is
+    its one cell of the output grid."""
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
+    if isinstance(tiling, ChipGrid):
+        cell = np.arange(tiling.cells(length), dtype=np.int64)
+        return AxisPlan(cell, cell + 1, cell * tiling.stride, cell * tiling.stride + tiling.size)
     tile, halo, window = tiling.tile_size, tiling.halo, tiling.window_size
     padded = round_up(length, tiling.stride)
     core_start = np.arange(0, length, tile, dtype=np.int64)
@@ -198,7 +237,7 @@ class RasterPlan:
 
     height: int
     width: int
-    tiling: Tiling
+    tiling: Tiling | ChipGrid
 
     @cached_property
     def rows(self) -> AxisPlan:
@@ -210,7 +249,9 @@ class RasterPlan:
 
     @property
     def tile_grid(self) -> tuple[int, int]:
-        """Number of tile rows and tile columns."""
+        """Number of tile rows and tile columns (with chips: the output grid's size)."""
+        if isinstance(self.tiling, ChipGrid):
+            return self.tiling.cells(self.height), self.tiling.cells(self.width)
         tile = self.tiling.tile_size
         return math.ceil(self.height / tile), math.ceil(self.width / tile)
 

@@ -29,7 +29,7 @@ from sparkinfer.model import (
     inspect_models,
     package_models,
 )
-from sparkinfer.plan import RasterPlan, Tiling, round_up
+from sparkinfer.plan import ChipGrid, RasterPlan, Tiling, round_up
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.stages.infer import warm_workers
@@ -61,8 +61,18 @@ class RasterJob:
     staging: str
 
     @property
+    def chips(self) -> bool:
+        """Whether the model is a chip classifier: its class map has a cell per chip, and a
+        chip table stands for the tile index."""
+        return isinstance(self.plan.tiling, ChipGrid)
+
+    @property
     def tile_index_path(self) -> str:
         return self.classes_path.removesuffix(".tif") + ".tiles.parquet"
+
+    @property
+    def chips_path(self) -> str:
+        return self.classes_path.removesuffix(".tif") + ".chips.parquet"
 
     @property
     def stac_path(self) -> str:
@@ -70,8 +80,8 @@ class RasterJob:
 
     @property
     def outputs(self) -> list[str]:
-        paths = (self.classes_path, self.scores_path, self.quicklook_path, self.tile_index_path,
-                 self.stac_path)  # fmt: skip
+        table = self.chips_path if self.chips else self.tile_index_path
+        paths = (self.classes_path, self.scores_path, self.quicklook_path, table, self.stac_path)
         return [p for p in paths if p]
 
 
@@ -82,7 +92,7 @@ class Job:
     config: JobConfig
     model: ModelInfo
     package: ModelPackage
-    tiling: Tiling
+    tiling: Tiling | ChipGrid
     bands: tuple[int, ...]
     output: str  # absolute local path or s3:// URI
     rasters: tuple[RasterJob, ...]
@@ -165,9 +175,37 @@ def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
     return round_up(model.receptive_halo, model.stride)
 
 
-def _tiling(config: JobConfig, model: ModelInfo) -> Tiling:
+def _chip_grid(config: JobConfig, model: ModelInfo) -> ChipGrid:
+    """Chips of the classifier's input size every `chip_stride` pixels; the options of
+    per-pixel models are refused, as they would change nothing."""
+    given = [flag for flag, used in (("--merge blend", config.merge == "blend"),
+                                     ("--halo", config.halo != "auto"),
+                                     ("--verify", config.verify)) if used]  # fmt: skip
+    if given:
+        raise ConfigError(
+            f"{model.path}: a chip classifier gives one class per window, so {given[0]} does "
+            "not apply; chips are placed with --chip-stride"
+        )
+    size = model.input_size
+    stride = config.chip_stride or size
+    if stride > size:
+        raise ConfigError(f"--chip-stride {stride} is larger than the chips ({size} pixels, the "
+                          "model's input); chips would leave gaps")  # fmt: skip
+    chunk_tiles = config.chunk_tiles
+    if chunk_tiles == "auto":  # about CHUNK_PIXELS of input per chunk side
+        chunk_tiles = max(1, CHUNK_PIXELS // stride)
+    return ChipGrid(size, stride, chunk_tiles)
+
+
+def _tiling(config: JobConfig, model: ModelInfo) -> Tiling | ChipGrid:
     """How the model's rasters are cut: the halo (`crop`) or half the overlap (`blend`) around
-    tiles of `tile_size`, whose windows are the model's input where its size is fixed."""
+    tiles of `tile_size`, whose windows are the model's input where its size is fixed; a chip
+    classifier's chips."""
+    if model.task == "chips":
+        return _chip_grid(config, model)
+    if config.chip_stride is not None:
+        raise ConfigError(f"{model.path}: --chip-stride applies to chip classifiers (an output "
+                          "of (batch, classes)); this model gives a class per pixel")  # fmt: skip
     if config.merge == "blend":
         margin = model.stride  # overlaps are even multiples of the stride: half is the halo
         window = model.input_size or config.tile_size * 5 // 4
@@ -195,10 +233,12 @@ def _tiling(config: JobConfig, model: ModelInfo) -> Tiling:
         raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
 
 
-def seam_free(model: ModelInfo, tiling: Tiling) -> bool:
+def seam_free(model: ModelInfo, tiling: Tiling | ChipGrid) -> bool:
     """Whether the stitched output equals whole-image inference: windows are cropped to their
-    cores, and the halo covers the model's receptive field."""
-    return (tiling.merge == "crop" and model.receptive_halo is not None
+    cores, and the halo covers the model's receptive field. (A chip classifier's output is
+    per chip: there is no whole-image inference to equal.)"""
+    return (isinstance(tiling, Tiling) and tiling.merge == "crop"
+            and model.receptive_halo is not None
             and tiling.halo >= model.receptive_halo)  # fmt: skip
 
 
@@ -206,6 +246,8 @@ def halo_notes(job: Job) -> list[str]:
     """What a user should know about the context the job gives each tile: a tile size, halo or
     overlap that differs from the one given, and whether the result is seam-free."""
     model, tiling, config = job.model, job.tiling, job.config
+    if isinstance(tiling, ChipGrid):
+        return []
     blend = tiling.merge == "blend"
     notes = []
     if model.input_size is not None and tiling.tile_size != config.tile_size:
@@ -237,7 +279,9 @@ def halo_notes(job: Job) -> list[str]:
     return notes
 
 
-def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling: Tiling) -> str:
+def _identity(
+    info: RasterInfo, package: ModelPackage, config: JobConfig, tiling: Tiling | ChipGrid
+) -> str:
     """Hash of everything that decides a raster's outputs, their bytes included (the COG's
     layout, the code that wrote them): chunks of another run never mix."""
     parts = {

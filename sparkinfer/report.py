@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparkinfer import __version__
-from sparkinfer.prepare import seam_free
+from sparkinfer.plan import ChipGrid
+from sparkinfer.prepare import Job, seam_free
 from sparkinfer.session import (
     application,
 )
@@ -93,10 +94,9 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
             "receptive_halo": job.model.receptive_halo,
             "halo_found_by": job.model.halo_found_by,
             "class_names": list(job.model.class_names),
+            "task": job.model.task,
         },
-        "tiling": asdict(job.tiling) | {"overlap": job.tiling.overlap,
-                                        "halo_share": round(job.tiling.halo_share, 4),
-                                        "seam_free": seam_free(job.model, job.tiling)},
+        "tiling": _tiling(job),
         "rasters": per_raster,
         "failed": [asdict(f) for f in failed],
         "tiles": {
@@ -109,3 +109,13 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
                     for row in devices.to_pylist()},  # fmt: skip
         "config": job.config.model_dump(mode="json"),
     }
+
+
+def _tiling(job: Job) -> dict:
+    """How the rasters were cut: tiles, halo or overlap, and whether that is seam-free; or a
+    chip classifier's chips (the output grid's cells are `stride` pixels)."""
+    if isinstance(job.tiling, ChipGrid):
+        return {"chips": asdict(job.tiling)}
+    return asdict(job.tiling) | {"overlap": job.tiling.overlap,
+                                 "halo_share": round(job.tiling.halo_share, 4),
+                                 "seam_free": seam_free(job.model, job.tiling)}  # fmt: skip

@@ -17,6 +17,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import rasterio
 import rasterio.shutil
 import rasterio.windows
@@ -86,6 +88,11 @@ class ChunkSpec:
     def scores_path(self) -> str:
         return scores_name(self.classes_path)
 
+    @property
+    def chips_path(self) -> str:
+        """A chip classifier's chip table of the chunk (`sparkinfer.chips`)."""
+        return self.classes_path.removesuffix(".tif") + ".chips.parquet"
+
 
 class ChunkWriter:
     """Writes one chunk's class map (and optionally scores) tile by tile, then commits it. The
@@ -132,13 +139,17 @@ class ChunkWriter:
         if self._scores is not None and scores is not None:
             self._scores.write(np.moveaxis(scores, -1, 0), window=window)
 
-    def commit(self, tags: dict[str, str] | None = None) -> None:
+    def commit(self, tags: dict[str, str] | None = None, chips: pa.Table | None = None) -> None:
         """Close the files and move (or upload) them to their final names; `tags` go into the
-        class map's metadata, so they are committed with it."""
+        class map's metadata, so they are committed with it. A chip classifier's `chips` table
+        is committed first: a chunk whose class map is there has its table too."""
         if tags:
             self._classes.update_tags(**tags)
         for _, _, dst in self._files:
             dst.close()
+        if chips is not None:
+            with storage.staged(self.spec.chips_path) as table:
+                pq.write_table(chips, table, compression="zstd")
         for tmp, final, _ in self._files:
             storage.commit(tmp, final)
 

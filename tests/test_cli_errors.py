@@ -50,15 +50,15 @@ def _bad_inputs(tmp_path, scene, models):
         "not a raster": (text_tif, models["conv"], [], text_tif, "not a readable raster"),
         "bad config key": (scene, models["conv"], ["--config", bad_yaml], bad_yaml,
                            "unknown option 'halo_pixels'"),
-        "not convolutional": (scene, models["dense"], [], models["dense"],
-                              "not fully convolutional"),
+        "classifier of any size": (scene, models["dense"], [], models["dense"],
+                                   "must take one square input size"),
     }  # fmt: skip
 
 
 FOUND_BEFORE_SPARK = ["missing file", "not a raster", "bad config key"]
 
 
-@pytest.mark.parametrize("case", [*FOUND_BEFORE_SPARK, "not convolutional"])
+@pytest.mark.parametrize("case", [*FOUND_BEFORE_SPARK, "classifier of any size"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene, models, case):
     raster, model, extra, named, message = _bad_inputs(tmp_path, scene, models)[case]
     out = tmp_path / "out"

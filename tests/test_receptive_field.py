@@ -47,8 +47,9 @@ def test_inspect_reports_bands_classes_stride_and_halo(tmp_path):
     assert (info.bands, info.classes, info.stride, info.receptive_halo) == (5, 7, 4, 23)
 
 
-def test_inspect_refuses_a_model_that_is_not_fully_convolutional(tmp_path):
-    with pytest.raises(ModelError, match="not fully convolutional"):
+def test_inspect_refuses_a_classifier_that_takes_any_size(tmp_path):
+    with pytest.raises(ModelError, match=r"a chip classifier \(output \(batch, classes\)\) must "
+                                         "take one square input size, not anyxany"):
         inspect_model(dense_classifier(tmp_path / "d.keras"))
 
 

@@ -244,7 +244,7 @@ def test_the_workers_inspect_the_model_as_the_driver_does(spark, models):
     assert found == inspect_model(MODEL, backend="tensorflow")
     assert found.receptive_halo == HALO and found.classes == 7
     dense = str(models["dense"])
-    with pytest.raises(ModelError, match=f"^{dense}: .*not fully convolutional"):
+    with pytest.raises(ModelError, match=f"^{dense}: a chip classifier .* one square input"):
         warm_workers(spark, package_model(dense), options, [dense])
 
 

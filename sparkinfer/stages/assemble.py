@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from sparkinfer import storage
 from sparkinfer.catalog import write_stac_item, write_tile_index
+from sparkinfer.chips import grid_info, write_chip_table
 from sparkinfer.devices import gpu_ordinal, task_resources
 from sparkinfer.errors import first_line
 from sparkinfer.model import (
@@ -57,6 +58,8 @@ def _assemble(task: tuple, verifying: tuple | None) -> dict:
     raster, options, model, metadata = task
     started = time.perf_counter()
     verified = None
+    # A chip classifier's outputs lie on its chips' grid, a cell per chip.
+    grid = grid_info(raster.info, raster.plan.tiling) if raster.chips else raster.info
     try:
         chunks = chunk_specs(raster)
         common = dict(classes=model.classes, channels=model.channels, metadata=metadata,
@@ -65,24 +68,34 @@ def _assemble(task: tuple, verifying: tuple | None) -> dict:
         # only once all are there, so a run that dies here redoes this raster from its chunks.
         if raster.scores_path is not None:
             with storage.staged(raster.scores_path) as scores:
-                assemble_cog(raster.info, chunks, scores, options, scores=True, **common)
+                assemble_cog(grid, chunks, scores, options, scores=True, **common)
         with storage.staged(raster.classes_path) as classes:
-            assemble_cog(raster.info, chunks, classes, options, scores=False, **common)
+            assemble_cog(grid, chunks, classes, options, scores=False, **common)
             # From the local COG, before its commit: on S3 no download of what was just made.
             if raster.quicklook_path is not None:
                 write_quicklook(str(classes), raster.quicklook_path, model.class_names,
                                 model.class_colors)  # fmt: skip
-            write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path,
-                             model.classes)  # fmt: skip
+            if raster.chips:
+                names = model.class_names or tuple(str(i) for i in range(model.classes))
+                write_chip_table(raster.info, raster.plan, chunks, raster.chips_path, names)
+            else:
+                write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path,
+                                 model.classes)  # fmt: skip
             if verifying is not None:
                 verified = _verified(raster, classes, *verifying)
         assets = {"classes": raster.classes_path, "scores": raster.scores_path,
-                  "quicklook": raster.quicklook_path, "tiles": raster.tile_index_path}  # fmt: skip
+                  "quicklook": raster.quicklook_path}  # fmt: skip
         properties = {"sparkinfer:version": metadata["sparkinfer_version"],
-                      "sparkinfer:model_sha256": metadata["model_sha256"],
-                      "sparkinfer:halo": int(metadata["halo"])}  # fmt: skip
+                      "sparkinfer:model_sha256": metadata["model_sha256"]}  # fmt: skip
+        if raster.chips:
+            assets["chips"] = raster.chips_path
+            properties |= {"sparkinfer:chip_size": raster.plan.tiling.size,
+                           "sparkinfer:chip_stride": raster.plan.tiling.stride}  # fmt: skip
+        else:
+            assets["tiles"] = raster.tile_index_path
+            properties["sparkinfer:halo"] = int(metadata["halo"])
         # Last: a STAC Item is there only when everything it lists is.
-        write_stac_item(raster.info, raster.stac_path,
+        write_stac_item(grid, raster.stac_path,
                         {key: path for key, path in assets.items() if path}, model.class_names,
                         model.class_colors, model.classes, properties)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 -- recorded per raster, reported at the end

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,7 @@ from rasterio.errors import RasterioError
 from sparkinfer import storage
 from sparkinfer.blend import BlendedChunk
 from sparkinfer.catalog import TILE_COUNTS_TAG, tile_counts
+from sparkinfer.chips import ChipResult, chunk_chip_table, grid_info
 from sparkinfer.devices import TaskResources, gpu_ordinal, task_resources
 from sparkinfer.errors import ModelError, first_line
 from sparkinfer.model import (
@@ -38,7 +39,7 @@ from sparkinfer.model import (
     inspect_package,
     load_package,
 )
-from sparkinfer.plan import Chunk, RasterPlan, Tile
+from sparkinfer.plan import ChipGrid, Chunk, RasterPlan, Tile
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.session import (
@@ -69,6 +70,16 @@ class StageSpec:
     def blend(self) -> bool:
         """Whether windows' scores are blended (`merge: blend`) instead of cropped."""
         return self.plans[0].tiling.merge == "blend"
+
+    @property
+    def chips(self) -> bool:
+        """Whether the model is a chip classifier: one class per window."""
+        return isinstance(self.plans[0].tiling, ChipGrid)
+
+    def grid(self, index: int) -> RasterInfo:
+        """The grid raster `index`'s outputs are written on: its own, or its chips' cells."""
+        info = self.rasters[index]
+        return grid_info(info, self.plans[index].tiling) if self.chips else info
 
 
 INSPECTED_SCHEMA = pa.schema([("inspected", pa.binary())])  # a pickled ModelInfo or error line
@@ -121,6 +132,7 @@ class TileResult:
     infer_s: float = 0.0
     placement: dict | None = None  # "gpu": the address Spark assigned, "device": what ran it
     error: str | None = None  # the tile's chunk could not be read
+    valid_share: float = 0.0  # of a chip: the share of its pixels that are valid
 
 
 @dataclass
@@ -196,8 +208,9 @@ class _WindowReader:
             src.close()
 
 
-def _cut(chunk: _ReadChunk) -> Iterator[_ReadTile]:
-    """The windows of a read chunk: views of its window, with their validity."""
+def _cut(chunk: _ReadChunk, chips: bool) -> Iterator[_ReadTile]:
+    """The windows of a read chunk: views of its window, with their validity. A chip's output
+    is its whole window's."""
     for i, tile in enumerate(chunk.windows):
         placed = PlacedTile(chunk.raster_index, chunk.chunk, tile)
         read_s = chunk.read_s if i == 0 else 0.0  # the chunk's read, counted once
@@ -206,7 +219,7 @@ def _cut(chunk: _ReadChunk) -> Iterator[_ReadTile]:
             continue
         rows, cols = tile.read.slices(chunk.chunk.read)
         window_valid = chunk.valid[rows, cols]
-        core_valid = window_valid[tile.core.slices(tile.read)]
+        core_valid = window_valid if chips else window_valid[tile.core.slices(tile.read)]
         if not core_valid.any():
             yield _ReadTile(placed, None, None, None, read_s)
             continue
@@ -230,9 +243,9 @@ def _prefetched(chunks: Iterator[_ReadChunk], spec: StageSpec, readers: int) -> 
             for chunk in chunks:
                 ahead.append(pool.submit(reader.read, chunk))
                 if len(ahead) > readers:
-                    yield from _cut(ahead.popleft().result())
+                    yield from _cut(ahead.popleft().result(), spec.chips)
             while ahead:
-                yield from _cut(ahead.popleft().result())
+                yield from _cut(ahead.popleft().result(), spec.chips)
         finally:
             for future in ahead:
                 future.cancel()
@@ -262,9 +275,14 @@ def predict_tiles(
             valid = np.stack([np.ones(p.pixels.shape[:2], bool) if p.valid is None else p.valid
                               for p in pending])  # fmt: skip
         pixels = np.stack([p.pixels for p in pending])
-        classes, scores = runtime.classify(pixels, valid, spec.scores or spec.blend)
+        classes, scores = runtime.classify(pixels, valid, spec.scores or spec.blend or spec.chips)
         share = (time.perf_counter() - started) / len(pending)
         for i, read in enumerate(pending):
+            if spec.chips:  # the window's one cell
+                yield TileResult(read.placed, classes[i].reshape(1, 1),
+                                 scores[i].astype(np.float32).reshape(1, 1, -1), read.read_s,
+                                 share, placement, valid_share=float(read.core_valid.mean()))
+                continue
             tile = read.placed.tile
             core = (i, *tile.core.slices(tile.read))
             core_classes = classes[core].copy()
@@ -309,6 +327,7 @@ class _OpenChunk:
     summary: dict  # its CHUNK_RESULT_SCHEMA row, filled as its windows arrive
     blended: BlendedChunk | None  # with `blend`: the windows' weighted scores, written at the end
     received: int = 0
+    chips: list[ChipResult] = field(default_factory=list)  # a chip classifier's, as they come
 
 
 class _ChunkFiles:
@@ -348,6 +367,8 @@ class _ChunkFiles:
                     chunk.blended.add(tile, result.scores)
             elif chunk.writer is not None:
                 classes, scores = result.classes, result.scores
+                if spec.chips:
+                    chunk.chips.append(_chip(tile, result))
                 if classes is None:  # a core all nodata is written as such
                     shape = (tile.core.height, tile.core.width)
                     classes = np.full(shape, CLASS_NODATA, np.uint8)
@@ -364,9 +385,12 @@ class _ChunkFiles:
                     classes, scores = chunk.blended.result()
                     chunk.writer.write(where.core.row_off, where.core.col_off, classes,
                                        scores if spec.scores else None)  # fmt: skip
-                tiles = spec.plans[index].chunk_tiles(where.row, where.col)
-                chunk.writer.commit({TILE_COUNTS_TAG: tile_counts(
-                    chunk.writer.class_map, where.core, tiles, class_count(spec.channels))})
+                if spec.chips:
+                    chunk.writer.commit(chips=chunk_chip_table(chunk.chips, spec.channels))
+                else:
+                    tiles = spec.plans[index].chunk_tiles(where.row, where.col)
+                    chunk.writer.commit({TILE_COUNTS_TAG: tile_counts(
+                        chunk.writer.class_map, where.core, tiles, class_count(spec.channels))})
             del self.open[key]
         summary["write_s"] += time.perf_counter() - started
         return summary | (result.placement or {}) if complete else None
@@ -413,7 +437,15 @@ def _result_row(written: Future) -> Iterator[pa.RecordBatch]:
 def _open_chunk(raster_index: int, chunk: Chunk, spec: StageSpec) -> ChunkWriter:
     files = ChunkSpec(spec.staging[raster_index], chunk.row, chunk.col, chunk.core.row_off,
                       chunk.core.col_off, chunk.core.height, chunk.core.width)  # fmt: skip
-    return ChunkWriter(files, spec.rasters[raster_index], spec.channels, spec.scores)
+    return ChunkWriter(files, spec.grid(raster_index), spec.channels, spec.scores)
+
+
+def _chip(tile: Tile, result: TileResult) -> ChipResult:
+    """A chip's row of its chunk's chip table."""
+    if result.classes is None:  # no valid pixel: not inferred
+        return ChipResult(tile.row, tile.col, None, None, 0.0)
+    return ChipResult(tile.row, tile.col, int(result.classes[0, 0]), result.scores[0, 0],
+                      result.valid_share)  # fmt: skip
 
 
 def _new_summary(raster_index: int, chunk: Chunk) -> dict:
