@@ -20,6 +20,7 @@ from sparkinfer.errors import ConfigError, JobFailed, UserError
 from sparkinfer.job import run_job
 from sparkinfer.prepare import check_job, halo_notes, plan_job
 from sparkinfer.session import is_connect, web_ui
+from sparkinfer.stac import RESAMPLING
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
 # error before any output (one line, nothing written); 3 some rasters failed (listed, also in
@@ -46,6 +47,10 @@ def _ints(text: str) -> list[int]:
     except ValueError:
         message = f"expected comma-separated integers, got {text!r}"
         raise argparse.ArgumentTypeError(message) from None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
 
 
 def _int_or_auto(text: str) -> int | str:
@@ -86,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --merge blend: overlap of neighbouring windows (default auto: a fifth of "
              "the window)")  # fmt: skip
     add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
+    add("--assets", type=_names, metavar="A1,A2,..",
+        help="for STAC Item inputs: the assets stacked as the model's bands, in order, by "
+             "asset key or band common name")  # fmt: skip
+    add("--resampling", choices=list(RESAMPLING),
+        help="for STAC Item inputs: how assets of another resolution than the first are "
+             "resampled to its grid (default bilinear)")  # fmt: skip
     add("--scale", type=float, help="normalisation: pixels * scale + offset")
     add("--offset", type=float, help="normalisation: added after --scale")
     add("--mean", type=_floats, metavar="M1,M2,..", help="normalisation: per-band mean")
@@ -201,6 +212,8 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "merge": args.merge,
         "overlap": args.overlap,
         "bands": args.bands,
+        "assets": args.assets,
+        "resampling": args.resampling,
         "activation": args.activation,
         "tta": args.tta,
         "batch_size": args.batch_size,

@@ -140,6 +140,18 @@ class JobConfig(_Strict):
     bands: list[int] | None = Field(
         None, description="1-based input bands fed to the model, in order; default all bands."
     )
+    assets: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        min_length=1,
+        description="For STAC Item inputs: the assets stacked as the model's bands, in order, "
+        "each by asset key or by the common name of one of an asset's bands (eo:bands).",
+    )
+    resampling: Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average",
+                        "mode"] = Field(
+        "bilinear",
+        description="For STAC Item inputs: how assets of another resolution than the first are "
+        "resampled to its grid.",
+    )  # fmt: skip
     normalization: Normalization = Field(
         default_factory=Normalization, description="Pixel scaling before inference."
     )
