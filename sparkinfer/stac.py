@@ -16,11 +16,11 @@ import os
 import posixpath
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import numpy as np
-import pystac
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
@@ -30,6 +30,9 @@ from rasterio.errors import RasterioError
 from sparkinfer import storage
 from sparkinfer.errors import InputError, first_line
 from sparkinfer.raster import GDAL_READ_OPTIONS, StackedItem
+
+if TYPE_CHECKING:  # imported when a STAC file is read: runs without one skip its 65-105 ms
+    import pystac
 
 # rasterio's names of the resampling methods a VRT source takes, and GDAL's names for them.
 RESAMPLING = {"nearest": "nearest", "bilinear": "bilinear", "cubic": "cubic",
@@ -53,6 +56,8 @@ class ItemInput:
 
 def read_items(location: str) -> list[ItemInput]:
     """The Items of a STAC Item or ItemCollection file, local or s3://."""
+    import pystac
+
     try:
         data = json.loads(storage.read_text(location))
     except (OSError, ValueError) as exc:
@@ -67,7 +72,8 @@ def read_items(location: str) -> list[ItemInput]:
             raise InputError(f"{location}: not a STAC Item or ItemCollection (a GeoJSON "
                              "Feature or FeatureCollection)")  # fmt: skip
     except (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{location}: not a valid STAC {kind} ({first_line(exc)})") from None
+        what = "Item" if kind == "Feature" else "ItemCollection"
+        raise InputError(f"{location}: not a valid STAC {what} ({first_line(exc)})") from None
     if not items:
         raise InputError(f"{location}: the ItemCollection holds no Items")
     twice = [id_ for id_, count in Counter(i.id for i in items).items() if count > 1]

@@ -16,7 +16,6 @@ from rasterio.transform import from_origin
 from sparkinfer import storage
 from sparkinfer.cli import main
 from sparkinfer.config import load_config
-from sparkinfer.errors import InputError
 from sparkinfer.prepare import check_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,29 +180,65 @@ def test_an_item_the_job_cannot_stack_is_one_line(scenes, spark, capsys, assets,
     assert printed == f"sparkinfer: error: {line}\n"
 
 
-def test_assets_of_different_crs_are_refused(scenes, tmp_path):
+def checked(tmp_path: Path, inputs: list, model: Path, assets: str = ASSETS):
+    config = load_config(dict(input=[str(i) for i in inputs], model=str(model),
+                              assets=assets.split(","), output=str(tmp_path / "out")),
+                         defaults_file=DEFAULTS)  # fmt: skip
+    return check_job(config)
+
+
+def test_an_asset_of_several_bands_gives_them_all_in_one_type(scenes, tmp_path):
+    four = write_raster(tmp_path / "four.tif", 40, 30, bands=4, dtype="uint16", seed=5,
+                        transform=from_origin(500_000, 5_300_000, 10, 10))  # fmt: skip
+    mask = write_raster(tmp_path / "mask.tif", 20, 15, bands=1, dtype="uint8", nodata=0, seed=6,
+                        transform=from_origin(500_000, 5_300_000, 20, 20))  # fmt: skip
+    item = pystac.Item("several", None, None, datetime(2024, 5, 1, tzinfo=UTC), {})
+    item.add_asset("four", pystac.Asset("./four.tif"))
+    item.add_asset("mask", pystac.Asset("./mask.tif"))
+    path = write_json(tmp_path / "several.json", item.to_dict())
+    (info,) = checked(tmp_path, [path], scenes["model"], "four,mask").infos
+    assert (info.count, info.dtype, info.masking) == (5, "uint16", "mask")
+    with rasterio.open(info.dataset) as stack, rasterio.open(four) as src, \
+            rasterio.open(mask) as coarse:  # fmt: skip
+        assert stack.nodatavals == (None, None, None, None, 0)
+        assert np.array_equal(stack.read([1, 2, 3, 4]), src.read())
+        assert np.array_equal(stack.read(5), coarse.read(1, out_shape=(40, 30),
+                                                         resampling=Resampling.bilinear))
+
+
+def test_an_item_the_job_cannot_use_is_refused_and_the_others_go_on(scenes, tmp_path):
+    good = {k: str(scenes["a"][k]) for k in BANDS}
     utm34 = write_raster(tmp_path / "B8A.tif", 75, 85, bands=1, dtype="uint16", crs="EPSG:32634",
                          transform=from_origin(500_000, 5_300_000, 20, 20))  # fmt: skip
-    hrefs = {k: str(scenes["a"][k]) for k in BANDS} | {"B8A": str(utm34)}
-    item = write_json(tmp_path / "item.json", stac_item("mixed", hrefs).to_dict())
-    config = load_config(dict(input=[str(item)], model=str(scenes["model"]),
-                              assets=ASSETS.split(","), output=str(tmp_path / "out")),
-                         defaults_file=DEFAULTS)  # fmt: skip
-    with pytest.raises(InputError) as refused:
-        check_job(config)
-    assert str(refused.value) == (f"{item}: asset B8A is in EPSG:32634 but B02 in EPSG:32633; "
-                                  "the assets stacked must share a CRS")  # fmt: skip
+    visual = stac_item("visual", good)
+    visual.add_asset("visual", pystac.Asset(good["B02"], extra_fields={"eo:bands": [
+        {"common_name": "red"}, {"common_name": "green"}, {"common_name": "blue"}]}))  # fmt: skip
+    items = pystac.ItemCollection([stac_item("good", good),
+                                   stac_item("utm34", good | {"B8A": str(utm34)}),
+                                   stac_item("remote", good | {"B02": "https://x.example/B02.tif"}),
+                                   visual])  # fmt: skip
+    collection = write_json(tmp_path / "items.json", items.to_dict())
+    not_stac = write_json(tmp_path / "labels.json", {"classes": ["water", "forest"]})
+    job = checked(tmp_path, [collection, not_stac], scenes["model"])
+    assert [info.path for info in job.infos] == [f"{collection}#good"]
+    assert {f.input: f.error for f in job.failed} == {
+        str(not_stac): f"{not_stac}: not a STAC Item or ItemCollection (a GeoJSON Feature or "
+        "FeatureCollection)",
+        f"{collection}#utm34": f"{collection}#utm34: asset B8A is in EPSG:32634 but B02 in "
+        "EPSG:32633; the assets stacked must share a CRS",
+        f"{collection}#remote": f"{collection}#remote: asset B02 is at https://x.example/B02.tif: "
+        "assets are read from local paths or s3:// only",
+        f"{collection}#visual": f"{collection}#visual: 'green' is the common name of bands of "
+        "assets B03, visual; name the asset instead",
+    }  # fmt: skip
 
 
-def test_an_item_on_s3_stacks_its_assets_next_to_it(scenes, s3):
+def test_an_item_on_s3_stacks_its_assets_next_to_it(scenes, s3, tmp_path):
     for key, path in scenes["a"].items():
         with storage.staged(f"s3://scenes/stac/a/{key}.tif") as staged:
             staged.write_bytes(path.read_bytes())
     storage.write_text("s3://scenes/stac/scene.json", scenes["scene"].read_text())
-    config = load_config(dict(input=["s3://scenes/stac/scene.json"], model=str(scenes["model"]),
-                              assets=ASSETS.split(","), output=str(scenes["folder"] / "s3out")),
-                         defaults_file=DEFAULTS)  # fmt: skip
-    (info,) = check_job(config).infos
+    (info,) = checked(tmp_path, ["s3://scenes/stac/scene.json"], scenes["model"]).infos
     assert info.path == "s3://scenes/stac/scene.json" and info.stem == "S2B_33UXP_20240501"
     assert "/vsis3/scenes/stac/a/B8A.tif" in info.dataset
     with storage.gdal_env(), rasterio.open(info.dataset) as stack:
