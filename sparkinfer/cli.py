@@ -12,15 +12,14 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from sparkinfer import storage
-from sparkinfer.config import JobConfig, load_config
+from sparkinfer.config import JobConfig, Resampling, load_config
 from sparkinfer.errors import ConfigError, JobFailed, UserError
 from sparkinfer.job import run_job
 from sparkinfer.prepare import check_job, halo_notes, plan_job
 from sparkinfer.session import is_connect, web_ui
-from sparkinfer.stac import RESAMPLING
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
 # error before any output (one line, nothing written); 3 some rasters failed (listed, also in
@@ -94,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--assets", type=_names, metavar="A1,A2,..",
         help="for STAC Item inputs: the assets stacked as the model's bands, in order, by "
              "asset key or band common name")  # fmt: skip
-    add("--resampling", choices=list(RESAMPLING),
+    add("--resampling", choices=get_args(Resampling),
         help="for STAC Item inputs: how assets of another resolution than the first are "
              "resampled to its grid (default bilinear)")  # fmt: skip
     add("--scale", type=float, help="normalisation: pixels * scale + offset")

@@ -28,17 +28,12 @@ from rasterio.dtypes import _gdal_typename
 from rasterio.errors import RasterioError
 
 from sparkinfer import storage
+from sparkinfer.config import Resampling
 from sparkinfer.errors import InputError, first_line
 from sparkinfer.raster import GDAL_READ_OPTIONS, StackedItem
 
 if TYPE_CHECKING:  # imported when a STAC file is read: runs without one skip its 65-105 ms
     import pystac
-
-# rasterio's names of the resampling methods a VRT source takes, and GDAL's names for them.
-RESAMPLING = {"nearest": "nearest", "bilinear": "bilinear", "cubic": "cubic",
-              "cubic_spline": "cubicspline", "lanczos": "lanczos", "average": "average",
-              "mode": "mode"}  # fmt: skip
-
 
 def is_stac(location: str) -> bool:
     """Whether an input file is a STAC Item or ItemCollection (JSON), not a raster."""
@@ -176,7 +171,7 @@ def _read_asset(path: str, key: str, location: str) -> _Asset:
         raise InputError(f"{where}: not a readable raster ({first_line(exc)})") from None
 
 
-def _vrt(layers: list[tuple[_Asset, int]], resampling: str) -> str:
+def _vrt(layers: list[tuple[_Asset, int]], resampling: Resampling) -> str:
     """VRT XML of `layers` (asset, band) as bands, on the first's grid, in one data type that
     holds every band's values."""
     grid = layers[0][0]
@@ -190,9 +185,10 @@ def _vrt(layers: list[tuple[_Asset, int]], resampling: str) -> str:
         x, y = (t.c - g.c) / g.a, (t.f - g.f) / g.e
         width, height = asset.width * t.a / g.a, asset.height * t.e / g.e
         nodata = asset.nodatavals[band - 1]
+        # GDAL's names of the methods are rasterio's without the underscore (cubicspline).
         lines += [f'<VRTRasterBand dataType="{dtype}" band="{index}">',
                   *([f"<NoDataValue>{nodata!r}</NoDataValue>"] if nodata is not None else []),
-                  f'<SimpleSource resampling="{RESAMPLING[resampling]}">',
+                  f'<SimpleSource resampling="{resampling.replace("_", "")}">',
                   f'<SourceFilename relativeToVRT="0">{escape(storage.gdal_path(asset.location))}'
                   "</SourceFilename>",
                   f"<SourceBand>{band}</SourceBand>",
@@ -203,7 +199,8 @@ def _vrt(layers: list[tuple[_Asset, int]], resampling: str) -> str:
     return "\n".join([*lines, "</VRTDataset>"])
 
 
-def stack_item(source: ItemInput, names: list[str] | None, resampling: str) -> StackedItem:
+def stack_item(source: ItemInput, names: list[str] | None,
+               resampling: Resampling) -> StackedItem:  # fmt: skip
     """The Item's assets `names` stacked as bands: one raster, read through a VRT.
 
     Raises `InputError` for a name that matches no asset or band, an asset that is not a
