@@ -13,7 +13,6 @@ import os
 import re
 import struct
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -228,7 +227,11 @@ def write_stac_item(
         )
         for i, name in enumerate(names)
     ] + [Classification.create(value=CLASS_NODATA, name="nodata", nodata=True)]  # fmt: skip
-    source = info.path if storage.is_s3(info.path) else Path(info.path).absolute().as_uri()
-    item.add_link(pystac.Link("derived_from", source, media_type=pystac.MediaType.GEOTIFF,
-                              title="input raster"))  # fmt: skip
+    if info.item is None:
+        item.add_link(pystac.Link("derived_from", storage.uri(info.path),
+                                  media_type=pystac.MediaType.GEOTIFF, title="input raster"))
+    else:
+        item.add_link(pystac.Link("derived_from", info.item.href,
+                                  media_type=pystac.MediaType.GEOJSON,
+                                  title=f"input STAC Item {info.item.id}"))  # fmt: skip
     storage.write_text(path, json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")

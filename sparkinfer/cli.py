@@ -12,10 +12,10 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from sparkinfer import storage
-from sparkinfer.config import JobConfig, load_config
+from sparkinfer.config import JobConfig, Resampling, load_config
 from sparkinfer.errors import ConfigError, JobFailed, UserError
 from sparkinfer.job import run_job
 from sparkinfer.prepare import check_job, halo_notes, plan_job
@@ -46,6 +46,10 @@ def _ints(text: str) -> list[int]:
     except ValueError:
         message = f"expected comma-separated integers, got {text!r}"
         raise argparse.ArgumentTypeError(message) from None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
 
 
 def _int_or_auto(text: str) -> int | str:
@@ -88,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--chip-stride", type=int, metavar="PIXELS",
         help="for a chip classifier: pixels between chips (default the chip size)")  # fmt: skip
     add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
+    add("--assets", type=_names, metavar="A1,A2,..",
+        help="for STAC Item inputs: the assets stacked as the model's bands, in order, by "
+             "asset key or band common name")  # fmt: skip
+    add("--resampling", choices=get_args(Resampling),
+        help="for STAC Item inputs: how assets of another resolution than the first are "
+             "resampled to its grid (default bilinear)")  # fmt: skip
     add("--scale", type=float, help="normalisation: pixels * scale + offset")
     add("--offset", type=float, help="normalisation: added after --scale")
     add("--mean", type=_floats, metavar="M1,M2,..", help="normalisation: per-band mean")
@@ -204,6 +214,8 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "overlap": args.overlap,
         "chip_stride": args.chip_stride,
         "bands": args.bands,
+        "assets": args.assets,
+        "resampling": args.resampling,
         "activation": args.activation,
         "tta": args.tta,
         "batch_size": args.batch_size,

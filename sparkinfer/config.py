@@ -27,6 +27,9 @@ from sparkinfer.errors import ConfigError
 # piece (a few tens of MB for 4 bands) and there are enough chunks to keep every core busy.
 CHUNK_PIXELS = 2048
 
+# rasterio's names of the resampling methods a VRT source takes (GDAL's: without the underscore).
+Resampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"]
+
 
 def _default_backend() -> str:
     """Keras's own choice, `KERAS_BACKEND`, where it is one the job runs; else TensorFlow."""
@@ -145,6 +148,17 @@ class JobConfig(_Strict):
     )
     bands: list[int] | None = Field(
         None, description="1-based input bands fed to the model, in order; default all bands."
+    )
+    assets: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        min_length=1,
+        description="For STAC Item inputs: the assets stacked as the model's bands, in order, "
+        "each by asset key or by the common name of one of an asset's bands (eo:bands).",
+    )
+    resampling: Resampling = Field(
+        "bilinear",
+        description="For STAC Item inputs: how assets of another resolution than the first are "
+        "resampled to its grid.",
     )
     normalization: Normalization = Field(
         default_factory=Normalization, description="Pixel scaling before inference."

@@ -32,6 +32,7 @@ from sparkinfer.model import (
 from sparkinfer.plan import ChipGrid, RasterPlan, Tiling, round_up
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.runtimes import RuntimeOptions
+from sparkinfer.stac import ItemInput, is_stac, read_items, stack_item
 from sparkinfer.stages.infer import warm_workers
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
@@ -284,8 +285,10 @@ def _identity(
 ) -> str:
     """Hash of everything that decides a raster's outputs, their bytes included (the COG's
     layout, the code that wrote them): chunks of another run never mix."""
+    # An Item's digest covers its JSON, its assets' files, those chosen and their resampling.
+    version = [info.item.digest] if info.item else [info.size, info.mtime_ns]
     parts = {
-        "input": [info.path, info.size, info.mtime_ns],
+        "input": [info.path, *version],
         "model": package.digest,
         "tiling": asdict(tiling),
         "pixels": config.model_dump(
@@ -297,21 +300,20 @@ def _identity(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def output_names(paths: list[str]) -> list[str]:
-    """Output file stems: input stems made safe (ASCII letters, digits, '.', '_', '-'; never
-    starting with '.' or '_', so never a hidden or reserved name), and distinct: stems that
-    clash get a suffix from a hash of their input's full path."""
-    stems = []
-    for path in paths:
-        stem = storage.name(path).rsplit(".", 1)[0]
+def output_names(stems: list[str], paths: list[str]) -> list[str]:
+    """Output file stems: the inputs' `stems` made safe (ASCII letters, digits, '.', '_', '-';
+    never starting with '.' or '_', so never a hidden or reserved name), and distinct: stems
+    that clash get a suffix from a hash of their input's full `paths`."""
+    safe_stems = []
+    for stem in stems:
         ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore")
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem.decode()).strip("._-")
-        stems.append(safe or "raster")
-    counts = Counter(stem.casefold() for stem in stems)  # case-insensitive file systems too
+        safe_stems.append(safe or "raster")
+    counts = Counter(stem.casefold() for stem in safe_stems)  # case-insensitive file systems too
     return [
         stem if counts[stem.casefold()] == 1
         else f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
-        for stem, path in zip(stems, paths, strict=True)
+        for stem, path in zip(safe_stems, paths, strict=True)
     ]
 
 
@@ -336,9 +338,11 @@ def _no_usable_input(failed: list[Failure]) -> InputError:
     return InputError(first + more)
 
 
-def _checked_info(path: str, config: JobConfig) -> RasterInfo:
-    """The raster's metadata, if the job can read it (what the model has no say in)."""
-    info = read_info(path)
+def _checked_info(path: str, config: JobConfig, item: ItemInput | None = None) -> RasterInfo:
+    """The raster's metadata, if the job can read it (what the model has no say in): a raster
+    file's, or a STAC Item's, its `--assets` stacked."""
+    stacked = None if item is None else stack_item(item, config.assets, config.resampling)
+    info = read_info(path, stacked)
     if info.dtype not in SUPPORTED_DTYPES:
         raise InputError(
             f"{info.path}: pixel type {info.dtype} is not supported "
@@ -386,14 +390,25 @@ def check_job(config: JobConfig) -> Checked:
     _check_output_folder(output, config.input, inputs)
     OutputLock(output).check()
     package = package_models(config.model, config.trust_model)
+
+    def refused(source: str, exc: InputError) -> None:
+        if config.fail_fast:
+            raise exc
+        failed.append(Failure(source, "plan", str(exc)))
+
     infos = []
     for path in inputs:
-        try:
-            infos.append(_checked_info(path, config))
+        try:  # a STAC file: each of its Items is a raster
+            items = read_items(path) if is_stac(path) else [None]
         except InputError as exc:
-            if config.fail_fast:
-                raise
-            failed.append(Failure(path, "plan", str(exc)))
+            refused(path, exc)
+            continue
+        for item in items:
+            source = path if item is None else item.path
+            try:
+                infos.append(_checked_info(source, config, item))
+            except InputError as exc:
+                refused(source, exc)
     if not infos:
         raise _no_usable_input(failed)
     return Checked(config, output, tuple(infos), tuple(failed), package)
@@ -447,7 +462,8 @@ def plan_job(checked: Checked, spark=None) -> Job:
         raise _no_usable_input(failed)
 
     rasters = []
-    for info, name in zip(infos, output_names([i.path for i in infos]), strict=True):
+    names = output_names([i.stem for i in infos], [i.path for i in infos])
+    for info, name in zip(infos, names, strict=True):
         identity = _identity(info, package, config, tiling)
         rasters.append(
             RasterJob(

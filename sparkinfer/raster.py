@@ -34,10 +34,21 @@ Masking = Literal["none", "nodata", "mask"]
 
 
 @dataclass(frozen=True)
+class StackedItem:
+    """A STAC Item read as one raster: its chosen assets stacked as bands (`sparkinfer.stac`)."""
+
+    id: str
+    file: str  # the JSON file it was read from (an Item's or an ItemCollection's)
+    href: str  # where the Item is, for its outputs' derived_from link: its self link, or the file
+    vrt: str  # GDAL VRT XML stacking the assets: what GDAL opens, no file written
+    digest: str  # sha256 of the Item, the VRT and the assets' sizes and times
+
+
+@dataclass(frozen=True)
 class RasterInfo:
     """Metadata of one input raster: all the driver ever reads of it."""
 
-    path: str
+    path: str  # a raster file, or a STAC Item's file (with `#id` for an ItemCollection's Item)
     width: int
     height: int
     count: int
@@ -48,6 +59,18 @@ class RasterInfo:
     masking: Masking  # how invalid pixels are marked in the bands
     size: int  # bytes; with mtime_ns, what tells this file from an edited one
     mtime_ns: int
+    item: StackedItem | None = None  # the STAC Item whose assets are the bands
+
+    @property
+    def dataset(self) -> str:
+        """What GDAL opens."""
+        return _dataset(self.path, self.item)
+
+    @property
+    def stem(self) -> str:
+        """What its outputs are named after: the file's name less its extension, or the Item's
+        id."""
+        return self.item.id if self.item else storage.name(self.path).rsplit(".", 1)[0]
 
 
 def resolve_inputs(patterns: list[str]) -> list[str]:
@@ -85,10 +108,16 @@ def _expand(pattern: str) -> list[str]:
     raise InputError(f"{pattern}: input not found")
 
 
-def read_info(path: str) -> RasterInfo:
-    """Open a raster's metadata, or raise `InputError` saying what is wrong with it."""
+def _dataset(path: str, item: StackedItem | None) -> str:
+    """What GDAL opens: the file (/vsis3/ on S3), or the VRT stacking an Item's assets."""
+    return item.vrt if item else storage.gdal_path(path)
+
+
+def read_info(path: str, item: StackedItem | None = None) -> RasterInfo:
+    """Open a raster's metadata, or raise `InputError` saying what is wrong with it: a raster
+    file's, or with `item` the stack of a STAC Item's assets (`path` is the Item's)."""
     try:
-        size, mtime_ns = storage.size_and_mtime(path)
+        size, mtime_ns = storage.size_and_mtime(item.file if item else path)
     except FileNotFoundError:
         raise InputError(f"{path}: input not found") from None
     except OSError as exc:
@@ -99,7 +128,7 @@ def read_info(path: str) -> RasterInfo:
         with warnings.catch_warnings():  # no georeference is reported below, in one line
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with storage.gdal_env(**GDAL_READ_OPTIONS), \
-                    rasterio.open(storage.gdal_path(path)) as src:  # fmt: skip
+                    rasterio.open(_dataset(path, item)) as src:  # fmt: skip
                 if src.count < 1:
                     raise InputError(f"{path}: raster has no bands")
                 if len(set(src.dtypes)) != 1:
@@ -118,6 +147,7 @@ def read_info(path: str) -> RasterInfo:
                     masking=_masking(src),
                     size=size,
                     mtime_ns=mtime_ns,
+                    item=item,
                 )
     except RasterioError as exc:
         raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from None

@@ -60,6 +60,11 @@ def absolute(location: str) -> str:
     return location.rstrip("/") if is_s3(location) else str(Path(location).absolute())
 
 
+def uri(location: str) -> str:
+    """A location as a URI: s3:// as it is, a local path as file://."""
+    return location if is_s3(location) else Path(location).absolute().as_uri()
+
+
 def gdal_path(location: str) -> str:
     """What GDAL opens for a location: /vsis3/bucket/key for S3."""
     return "/vsis3/" + location[len(S3_SCHEME) :] if is_s3(location) else location

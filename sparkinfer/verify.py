@@ -15,7 +15,6 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from sparkinfer import storage
 from sparkinfer.plan import Tiling
 from sparkinfer.raster import RasterInfo, read_window
 from sparkinfer.runtimes import Runtime
@@ -61,7 +60,7 @@ def verify(
     """The agreement between the tiled class map at `classes_path` and the model run on
     `window` whole, over the window less its margin."""
     size, m = window.size, window.margin
-    with rasterio.open(storage.gdal_path(info.path)) as src:
+    with rasterio.open(info.dataset) as src:
         data, valid = read_window(src, list(bands), window.row_off, window.col_off, size, size,
                                   info.masking)  # fmt: skip
     classes, _ = runtime.classify(np.moveaxis(data, 0, -1)[None], valid[None])

@@ -229,8 +229,9 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
 
 
 def test_output_names_are_safe_and_distinct():
-    names = output_names(["/a/scene.tif", "/b/scene.tif", "/c/São Paulo (2020).tif",
-                          "/d/..tif", "/e/_staging.tif", "/f/Scene.TIF"])  # fmt: skip
+    paths = ["/a/scene.tif", "/b/scene.tif", "/c/São Paulo (2020).tif", "/d/..tif",
+             "/e/_staging.tif", "/f/Scene.TIF"]
+    names = output_names(["scene", "scene", "São Paulo (2020)", ".", "_staging", "Scene"], paths)
     assert names[2] == "Sao_Paulo_2020" and names[3] == "raster" and names[4] == "staging"
     assert len(set(n.casefold() for n in names)) == len(names)
     assert names[0].startswith("scene-") and names[1].startswith("scene-")

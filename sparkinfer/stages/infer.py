@@ -184,7 +184,7 @@ class _WindowReader:
     def _dataset(self, index: int) -> rasterio.DatasetReader:
         datasets = self.local.__dict__.setdefault("datasets", {})
         if index not in datasets:
-            datasets[index] = rasterio.open(storage.gdal_path(self.spec.rasters[index].path))
+            datasets[index] = rasterio.open(self.spec.rasters[index].dataset)
             with self.lock:
                 self.opened.append(datasets[index])
         return datasets[index]
