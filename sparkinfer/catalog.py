@@ -120,6 +120,19 @@ def tile_counts(class_map: np.ndarray, chunk: PixelWindow, tiles: list[Tile],
     return json.dumps(rows, separators=(",", ":"))
 
 
+def geoparquet_metadata(crs: str, geometry_types: list[str], bbox: list[float] | None) -> dict:
+    """The `geo` metadata of a GeoParquet 1.1 file whose WKB column `geometry` holds geometries
+    of `geometry_types` in `crs`, within `bbox` (none: no geometry)."""
+    column = {
+        "encoding": "WKB",
+        "geometry_types": geometry_types,
+        "crs": rasterio.crs.CRS.from_user_input(crs).to_dict(projjson=True),
+    }
+    if bbox is not None:
+        column["bbox"] = bbox
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+
+
 def write_tile_index(
     info: RasterInfo, plan: RasterPlan, chunks: list[ChunkSpec], path: str, classes: int
 ) -> None:
@@ -129,18 +142,7 @@ def write_tile_index(
     transform = Affine(*info.transform)
     bounds = _footprint(transform, 0, 0, info.height, info.width)
     xs, ys = zip(*bounds, strict=True)
-    geo = {
-        "version": "1.1.0",
-        "primary_column": "geometry",
-        "columns": {
-            "geometry": {
-                "encoding": "WKB",
-                "geometry_types": ["Polygon"],
-                "crs": rasterio.crs.CRS.from_user_input(info.crs).to_dict(projjson=True),
-                "bbox": [min(xs), min(ys), max(xs), max(ys)],
-            }
-        },
-    }
+    geo = geoparquet_metadata(info.crs, ["Polygon"], [min(xs), min(ys), max(xs), max(ys)])
     schema = TILE_INDEX_SCHEMA.with_metadata({b"geo": json.dumps(geo).encode()})
     with storage.staged(path) as local, pq.ParquetWriter(local, schema,
                                                          compression="zstd") as writer:  # fmt: skip
@@ -208,7 +210,7 @@ def write_stac_item(
     media = {".tif": pystac.MediaType.COG, ".png": pystac.MediaType.PNG,
              ".parquet": "application/vnd.apache.parquet"}  # fmt: skip
     roles = {"classes": ["data"], "scores": ["data"], "quicklook": ["overview"],
-             "tiles": ["metadata"]}  # fmt: skip
+             "tiles": ["metadata"], "polygons": ["data"]}  # fmt: skip
     for key, asset_path in assets.items():
         asset_name = storage.name(asset_path)
         item.add_asset(key, pystac.Asset(href=f"./{asset_name}",

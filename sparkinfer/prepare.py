@@ -58,6 +58,7 @@ class RasterJob:
     classes_path: str  # local path or s3:// URI, as every location below
     scores_path: str | None
     quicklook_path: str | None
+    polygons_path: str | None
     staging: str
 
     @property
@@ -71,7 +72,7 @@ class RasterJob:
     @property
     def outputs(self) -> list[str]:
         paths = (self.classes_path, self.scores_path, self.quicklook_path, self.tile_index_path,
-                 self.stac_path)  # fmt: skip
+                 self.polygons_path, self.stac_path)  # fmt: skip
         return [p for p in paths if p]
 
 
@@ -246,7 +247,7 @@ def _identity(info: RasterInfo, package: ModelPackage, config: JobConfig, tiling
         "tiling": asdict(tiling),
         "pixels": config.model_dump(
             include={"bands", "normalization", "activation", "tta", "scores", "backend",
-                     "precision", "cog"}
+                     "precision", "cog", "polygons", "min_area"}
         ),
         "version": __version__,
     }
@@ -413,6 +414,8 @@ def plan_job(checked: Checked, spark=None) -> Job:
                 classes_path=storage.join(output, f"{name}.tif"),
                 scores_path=storage.join(output, f"{name}.scores.tif") if config.scores else None,
                 quicklook_path=storage.join(output, f"{name}.png") if config.quicklook else None,
+                polygons_path=(storage.join(output, f"{name}.polygons.parquet")
+                               if config.polygons else None),  # fmt: skip
                 staging=storage.join(output, STAGING_FOLDER, f"{name}-{identity}"),
             )
         )

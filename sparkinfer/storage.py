@@ -214,11 +214,15 @@ def remove_tree(folder: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def read_text(location: str) -> str:
+def read_bytes(location: str) -> bytes:
     if is_s3(location):
         with _s3(location).open_input_stream(_key(location)) as stream:
-            return stream.read().decode("utf-8")
-    return Path(location).read_text(encoding="utf-8")
+            return stream.read()
+    return Path(location).read_bytes()
+
+
+def read_text(location: str) -> str:
+    return read_bytes(location).decode("utf-8")
 
 
 def _scratch() -> Path:

@@ -39,6 +39,7 @@ from sparkinfer.model import (
     load_package,
 )
 from sparkinfer.plan import Chunk, RasterPlan, Tile
+from sparkinfer.polygons import chunk_polygons, write_chunk_polygons
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.session import (
@@ -64,6 +65,7 @@ class StageSpec:
     readers: int | None  # reader threads per task; None: one per core of the task
     channels: int  # the model's output channels: the scores' bands
     scores: bool
+    polygons: bool  # each chunk's polygons are written beside it (`sparkinfer.polygons`)
 
     @property
     def blend(self) -> bool:
@@ -365,6 +367,12 @@ class _ChunkFiles:
                     chunk.writer.write(where.core.row_off, where.core.col_off, classes,
                                        scores if spec.scores else None)  # fmt: skip
                 tiles = spec.plans[index].chunk_tiles(where.row, where.col)
+                if spec.polygons:
+                    info = spec.rasters[index]
+                    write_chunk_polygons(
+                        chunk.writer.staged_file(chunk.writer.spec.polygons_path),
+                        chunk_polygons(chunk.writer.class_map, where.core, info.height,
+                                       info.width), info.transform)  # fmt: skip
                 chunk.writer.commit({TILE_COUNTS_TAG: tile_counts(
                     chunk.writer.class_map, where.core, tiles, class_count(spec.channels))})
             del self.open[key]
@@ -465,7 +473,8 @@ def _skip_committed(
             index, chunk = row["raster_index"], Chunk.of_row(row)
             if index not in listed:
                 listed[index] = storage.list_names(spec.staging[index])
-            done = is_committed(listed[index], chunk.row, chunk.col, spec.scores)
+            done = is_committed(listed[index], chunk.row, chunk.col, spec.scores,
+                                polygons=spec.polygons)  # fmt: skip
             todo.append(not done)
             if done:
                 reused.append(_new_summary(index, chunk) | {"reused": True})
