@@ -77,7 +77,23 @@ def measure(side: int, folder: Path, crs: str) -> dict:
             "merge_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def _in_fresh_process(*args) -> dict:
+    """A step run in a fresh process: its peak memory is its own (a child forked from this
+    process would report this process's peak as its own)."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.polygons", *map(str, args)],
+                          cwd=ROOT, check=True, capture_output=True, text=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--write"]:
+        side, folder, classes_path = int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+        with rasterio.open(classes_path) as src:
+            classes, crs = src.read(1), src.crs.to_string()
+        seconds = write_chunks(classes, side, folder, crs)
+        print(json.dumps({"chunks": len(seconds), "crs": crs,
+                          "chunk_polygons_s_median": round(float(np.median(seconds)), 2)}))
+        return
     if sys.argv[1:2] == ["--measure"]:
         print(json.dumps(measure(int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])))
         return
@@ -86,18 +102,11 @@ def main() -> None:
                         default=ROOT / "out" / "sample" / "nc_landsat7_2000.tif")  # fmt: skip
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "polygons")
     args = parser.parse_args()
-    with rasterio.open(args.classes) as src:
-        classes, crs = src.read(1), src.crs.to_string()
     found = []
     for side in SIDES:
         folder = args.work / str(side)
-        seconds = write_chunks(classes, side, folder, crs)
-        done = subprocess.run([sys.executable, "-m", "benchmarks.polygons", "--measure",
-                               str(side), str(folder), crs], cwd=ROOT, check=True,
-                              capture_output=True, text=True)  # fmt: skip
-        found.append(json.loads(done.stdout.strip().splitlines()[-1])
-                     | {"chunks": len(seconds), "chunk_polygons_s_median":
-                        round(float(np.median(seconds)), 2)})  # fmt: skip
+        written = _in_fresh_process("--write", side, folder, args.classes)
+        found.append(_in_fresh_process("--measure", side, folder, written.pop("crs")) | written)
         print(f"  {found[-1]}", flush=True)
     write_result(envelope(args) | {"runs": found}, "polygons")
     print("| raster | chunks | a chunk's polygons (median) | regions | merged in | peak memory |")

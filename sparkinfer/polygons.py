@@ -15,8 +15,9 @@ in GeoParquet, made without holding the raster in any process.
    the regions still open and one chunk row's bottom edges.
 
 Parts stay in the raster's pixel coordinates (integers, exact in floating point) until merged:
-their union is exact (on the integer grid). Every vertex, of a whole region or of a merged one,
-is taken to the CRS by the same formula (`_region_table`), so both agree to the bit.
+their union is exact, their edges running along pixel edges. Every vertex, of a whole region or
+of a merged one, is taken to the CRS by the same formula (`_region_table`), so both agree to the
+bit.
 """
 
 from __future__ import annotations
@@ -276,8 +277,10 @@ class _OpenRegions:
         for members in closing.values():
             pieces = [self.parts[p][1] for p in members]
             classes.append(self.parts[members[0]][0])
-            geometries.append(pieces[0] if len(pieces) == 1
-                              else shapely.union_all(pieces, grid_size=1))  # fmt: skip
+            # Exact in floating point: edges run along rows and columns at integer coordinates,
+            # so every crossing is a vertex of the grid (unioned on the integer grid,
+            # grid_size=1, the regions came out the same, 2.6 times slower).
+            geometries.append(pieces[0] if len(pieces) == 1 else shapely.union_all(pieces))
             for part in members:
                 del self.parts[part], self.parent[part]
         return Regions(np.array(classes, np.uint8), np.array(geometries, object))
