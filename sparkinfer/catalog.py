@@ -101,22 +101,11 @@ def wkb_rectangles(transform: Affine, top, left, height, width) -> pa.Array:
                                        [None, offsets.buffers()[1], pa.py_buffer(rings)])
 
 
-def geoparquet_metadata(transform: Affine, crs: str, height: int, width: int) -> bytes:
-    """GeoParquet 1.1's `geo` metadata for WKB polygons in the CRS of a grid, within its
-    `height` x `width` pixels."""
+def grid_bbox(transform: Affine, height: int, width: int) -> list[float]:
+    """The bounds of `height` x `width` pixels of a north-up grid, in its CRS: a GeoParquet
+    bbox."""
     xs, ys = zip(*_footprint(transform, 0, 0, height, width), strict=True)
-    return json.dumps({
-        "version": "1.1.0",
-        "primary_column": "geometry",
-        "columns": {
-            "geometry": {
-                "encoding": "WKB",
-                "geometry_types": ["Polygon"],
-                "crs": rasterio.crs.CRS.from_user_input(crs).to_dict(projjson=True),
-                "bbox": [min(xs), min(ys), max(xs), max(ys)],
-            }
-        },
-    }).encode()
+    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 # The per-tile class counts of a chunk, made where the tiles' classes are in memory (the
@@ -137,6 +126,19 @@ def tile_counts(class_map: np.ndarray, chunk: PixelWindow, tiles: list[Tile],
     return json.dumps(rows, separators=(",", ":"))
 
 
+def geoparquet_metadata(crs: str, geometry_types: list[str], bbox: list[float] | None) -> dict:
+    """The `geo` metadata of a GeoParquet 1.1 file whose WKB column `geometry` holds geometries
+    of `geometry_types` in `crs`, within `bbox` (none: no geometry)."""
+    column = {
+        "encoding": "WKB",
+        "geometry_types": geometry_types,
+        "crs": rasterio.crs.CRS.from_user_input(crs).to_dict(projjson=True),
+    }
+    if bbox is not None:
+        column["bbox"] = bbox
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+
+
 def write_tile_index(
     info: RasterInfo, plan: RasterPlan, chunks: list[ChunkSpec], path: str, classes: int
 ) -> None:
@@ -144,8 +146,8 @@ def write_tile_index(
     counts its `chunks` carry (`TILE_COUNTS_TAG`), streamed a chunk at a time: memory holds one
     chunk's tiles, whatever the raster's size."""
     transform = Affine(*info.transform)
-    schema = TILE_INDEX_SCHEMA.with_metadata(
-        {b"geo": geoparquet_metadata(transform, info.crs, info.height, info.width)})
+    geo = geoparquet_metadata(info.crs, ["Polygon"], grid_bbox(transform, info.height, info.width))
+    schema = TILE_INDEX_SCHEMA.with_metadata({b"geo": json.dumps(geo).encode()})
     with storage.staged(path) as local, pq.ParquetWriter(local, schema,
                                                          compression="zstd") as writer:  # fmt: skip
         for chunk in chunks:
@@ -212,7 +214,7 @@ def write_stac_item(
     media = {".tif": pystac.MediaType.COG, ".png": pystac.MediaType.PNG,
              ".parquet": "application/vnd.apache.parquet"}  # fmt: skip
     roles = {"classes": ["data"], "scores": ["data"], "quicklook": ["overview"],
-             "tiles": ["metadata"], "chips": ["data"]}  # fmt: skip
+             "tiles": ["metadata"], "chips": ["data"], "polygons": ["data"]}  # fmt: skip
     for key, asset_path in assets.items():
         asset_name = storage.name(asset_path)
         item.add_asset(key, pystac.Asset(href=f"./{asset_name}",

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from affine import Affine
 
 from sparkinfer import storage
-from sparkinfer.catalog import geoparquet_metadata, wkb_rectangles
+from sparkinfer.catalog import geoparquet_metadata, grid_bbox, wkb_rectangles
 from sparkinfer.plan import ChipGrid, RasterPlan
 from sparkinfer.raster import RasterInfo
 from sparkinfer.writers import ChunkSpec
@@ -86,8 +86,9 @@ def write_chip_table(
     transform = Affine(*info.transform)
     height, width = plan.tile_grid
     extent = (chips.stride * (height - 1) + chips.size, chips.stride * (width - 1) + chips.size)
+    geo = geoparquet_metadata(info.crs, ["Polygon"], grid_bbox(transform, *extent))
     schema = CHIPS_SCHEMA.with_metadata(
-        {b"geo": geoparquet_metadata(transform, info.crs, *extent),
+        {b"geo": json.dumps(geo).encode(),
          b"sparkinfer": json.dumps({"class_names": list(class_names), "chip_size": chips.size,
                                     "chip_stride": chips.stride}).encode()}  # fmt: skip
     )

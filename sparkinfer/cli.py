@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
              "in _run.json")  # fmt: skip
     add("--quicklook", action="store_true", default=None,
         help="also write NAME.png, the class map with a legend")  # fmt: skip
+    add("--polygons", action="store_true", default=None,
+        help="also write NAME.polygons.parquet, the class map's regions as GeoParquet")  # fmt: skip
+    add("--min-area", type=float, metavar="AREA",
+        help="with --polygons: leave out regions smaller than AREA, in the CRS's units squared "
+             "(default 0)")  # fmt: skip
     add("--chunk-tiles", type=_int_or_auto, metavar="N|auto",
         help="a Spark task reads, infers and writes chunks of N x N tiles (default auto: "
              "about 2048 pixels)")  # fmt: skip
@@ -223,6 +228,8 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "scores": args.scores,
         "quicklook": args.quicklook,
         "verify": args.verify,
+        "polygons": args.polygons,
+        "min_area": args.min_area,
         "chunk_tiles": args.chunk_tiles,
         "fail_fast": args.fail_fast,
         "overwrite": args.overwrite,

@@ -193,6 +193,17 @@ class JobConfig(_Strict):
     quicklook: bool = Field(
         False, description="Also write NAME.png: the class map in the model's colours, a legend."
     )
+    polygons: bool = Field(
+        False,
+        description="Also write NAME.polygons.parquet: GeoParquet of the class map's regions, "
+        "each 4-connected region of one class one polygon, with its class and area.",
+    )
+    min_area: float = Field(
+        0.0,
+        ge=0,
+        description="With polygons: leave out regions of less than this area, in the CRS's "
+        "units squared (m² for a CRS in metres).",
+    )
     chunk_tiles: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto",
         description="Side, in tiles, of the square block of tiles one Spark task reads in one "
@@ -241,6 +252,8 @@ class JobConfig(_Strict):
                              "overlap pixels instead")  # fmt: skip
         if self.merge == "crop" and self.overlap != "auto":
             raise ValueError("overlap applies to merge 'blend'; with 'crop' give a halo")
+        if self.min_area and not self.polygons:
+            raise ValueError("min_area applies to polygons; add polygons (--polygons)")
         if self.bands is not None:
             if not self.bands:
                 raise ValueError("bands must list at least one band")

@@ -75,11 +75,11 @@ def chunks_to_do(raster: RasterJob) -> pa.Table:
     committed = storage.list_names(raster.staging)  # one listing, not a stat per chunk
     if not committed:
         return chunks
-    scores = raster.scores_path is not None
+    scores, polygons = raster.scores_path is not None, raster.polygons_path is not None
     done = []
     for row, col in zip(chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(),
                         strict=True):  # fmt: skip
-        done.append(is_committed(committed, row, col, scores))
+        done.append(is_committed(committed, row, col, scores, polygons=polygons))
     return chunks.filter(pa.array([not d for d in done], pa.bool_()))
 
 
@@ -95,6 +95,7 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
         readers=None if job.config.readers == "auto" else job.config.readers,
         channels=job.model.channels,
         scores=job.config.scores,
+        polygons=job.config.polygons,
     )
 
 
@@ -127,7 +128,8 @@ def _run(spark, job: Job) -> dict:
     if total_chunks:
         parallelism = task_slots(spark)
         t = time.perf_counter()
-        progress = Progress([r.staging for r in todo], chunk_tables, job.config.scores)
+        progress = Progress([r.staging for r in todo], chunk_tables, job.config.scores,
+                            polygons=job.config.polygons)  # fmt: skip
         with reported(progress, job.config.progress_seconds), \
                 spark_failures(f"{job.output}: inference failed", RESUME_HINT):  # fmt: skip
             # A few tasks per core: even load, and a lost task is a small share of the work.

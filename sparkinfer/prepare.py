@@ -59,6 +59,7 @@ class RasterJob:
     classes_path: str  # local path or s3:// URI, as every location below
     scores_path: str | None
     quicklook_path: str | None
+    polygons_path: str | None
     staging: str
 
     @property
@@ -82,7 +83,8 @@ class RasterJob:
     @property
     def outputs(self) -> list[str]:
         table = self.chips_path if self.chips else self.tile_index_path
-        paths = (self.classes_path, self.scores_path, self.quicklook_path, table, self.stac_path)
+        paths = (self.classes_path, self.scores_path, self.quicklook_path, table,
+                 self.polygons_path, self.stac_path)  # fmt: skip
         return [p for p in paths if p]
 
 
@@ -181,7 +183,8 @@ def _chip_grid(config: JobConfig, model: ModelInfo) -> ChipGrid:
     per-pixel models are refused, as they would change nothing."""
     given = [flag for flag, used in (("--merge blend", config.merge == "blend"),
                                      ("--halo", config.halo != "auto"),
-                                     ("--verify", config.verify)) if used]  # fmt: skip
+                                     ("--verify", config.verify),
+                                     ("--polygons", config.polygons)) if used]  # fmt: skip
     if given:
         raise ConfigError(
             f"{model.path}: a chip classifier gives one class per window, so {given[0]} does "
@@ -293,7 +296,7 @@ def _identity(
         "tiling": asdict(tiling),
         "pixels": config.model_dump(
             include={"bands", "normalization", "activation", "tta", "scores", "backend",
-                     "precision", "cog"}
+                     "precision", "cog", "polygons", "min_area"}
         ),
         "version": __version__,
     }
@@ -473,6 +476,8 @@ def plan_job(checked: Checked, spark=None) -> Job:
                 classes_path=storage.join(output, f"{name}.tif"),
                 scores_path=storage.join(output, f"{name}.scores.tif") if config.scores else None,
                 quicklook_path=storage.join(output, f"{name}.png") if config.quicklook else None,
+                polygons_path=(storage.join(output, f"{name}.polygons.parquet")
+                               if config.polygons else None),  # fmt: skip
                 staging=storage.join(output, STAGING_FOLDER, f"{name}-{identity}"),
             )
         )

@@ -31,10 +31,11 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts the tiles of committed chunks among the chunks this run has to do."""
 
-    def __init__(self, staging: list[str], chunk_tables: list[pa.Table], scores: bool) -> None:
+    def __init__(self, staging: list[str], chunk_tables: list[pa.Table], scores: bool, *,
+                 polygons: bool = False) -> None:  # fmt: skip
         self.folders = []  # (folder, {name of the file a chunk commits last: tiles})
         for folder, chunks in zip(staging, chunk_tables, strict=True):
-            names = [chunk_files(r, c, scores)[-1]
+            names = [chunk_files(r, c, scores, polygons=polygons)[-1]
                      for r, c in zip(chunks["chunk_row"].to_pylist(),
                                      chunks["chunk_col"].to_pylist(), strict=True)]  # fmt: skip
             tiles = dict(zip(names, chunks["tiles"].to_pylist(), strict=True))

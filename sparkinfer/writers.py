@@ -56,16 +56,25 @@ def scores_name(classes_name: str) -> str:
     return classes_name.removesuffix(".tif") + ".scores.tif"
 
 
-def chunk_files(chunk_row: int, chunk_col: int, scores: bool) -> list[str]:
+def polygons_name(classes_name: str) -> str:
+    """The name of a chunk's polygons file (`sparkinfer.polygons`) beside its class map."""
+    return classes_name.removesuffix(".tif") + ".polygons.parquet"
+
+
+def chunk_files(chunk_row: int, chunk_col: int, scores: bool, *,
+                polygons: bool = False) -> list[str]:  # fmt: skip
     """The names of a chunk's files, in the order `ChunkWriter.commit` writes them."""
     name = chunk_name(chunk_row, chunk_col)
-    return [name, scores_name(name)] if scores else [name]
+    return ([name] + ([scores_name(name)] if scores else [])
+            + ([polygons_name(name)] if polygons else []))  # fmt: skip
 
 
-def is_committed(listed: set[str], chunk_row: int, chunk_col: int, scores: bool) -> bool:
+def is_committed(listed: set[str], chunk_row: int, chunk_col: int, scores: bool, *,
+                 polygons: bool = False) -> bool:  # fmt: skip
     """Whether a chunk is committed, from the names listed in its staging folder: all its files
     are there (each appears whole)."""
-    return all(name in listed for name in chunk_files(chunk_row, chunk_col, scores))
+    names = chunk_files(chunk_row, chunk_col, scores, polygons=polygons)
+    return all(name in listed for name in names)
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,9 @@ class ChunkSpec:
         """A chip classifier's chip table of the chunk (`sparkinfer.chips`)."""
         return self.classes_path.removesuffix(".tif") + ".chips.parquet"
 
+    def polygons_path(self) -> str:
+        return polygons_name(self.classes_path)
+
 
 class ChunkWriter:
     """Writes one chunk's class map (and optionally scores) tile by tile, then commits it. The
@@ -111,7 +123,8 @@ class ChunkWriter:
             transform=transform,
         )
         self.class_map = np.full((spec.height, spec.width), CLASS_NODATA, np.uint8)
-        self._files: list[tuple[Path, str, rasterio.io.DatasetWriter]] = []
+        # (staging file, final name, its dataset while open; None for `staged_file`'s)
+        self._files: list[tuple[Path, str, rasterio.io.DatasetWriter | None]] = []
         self._classes = self._open(spec.classes_path, common, 1, "uint8", CLASS_NODATA)
         self._scores = (
             self._open(spec.scores_path, common, channels, "float32", SCORE_NODATA)
@@ -139,14 +152,20 @@ class ChunkWriter:
         if self._scores is not None and scores is not None:
             self._scores.write(np.moveaxis(scores, -1, 0), window=window)
 
+    def staged_file(self, final: str) -> Path:
+        """A local file for the caller to write `final` into: committed with the chunk, after
+        the files opened before it, or removed with it."""
+        tmp = storage.staging_file(final)
+        self._files.append((tmp, final, None))
+        return tmp
+
     def commit(self, tags: dict[str, str] | None = None, chips: pa.Table | None = None) -> None:
         """Close the files and move (or upload) them to their final names; `tags` go into the
         class map's metadata, so they are committed with it. A chip classifier's `chips` table
         is committed first: a chunk whose class map is there has its table too."""
         if tags:
             self._classes.update_tags(**tags)
-        for _, _, dst in self._files:
-            dst.close()
+        self._close()
         if chips is not None:
             with storage.staged(self.spec.chips_path) as table:
                 pq.write_table(chips, table, compression="zstd")
@@ -154,9 +173,14 @@ class ChunkWriter:
             storage.commit(tmp, final)
 
     def abort(self) -> None:
-        for tmp, _, dst in self._files:
-            dst.close()
+        self._close()
+        for tmp, _, _ in self._files:
             tmp.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        for _, _, dst in self._files:
+            if dst is not None:
+                dst.close()
 
 
 def _vrt_xml(

@@ -130,6 +130,19 @@ def dense_classifier(path: Path, bands: int = 4) -> Path:
     return path
 
 
+def argmax_model(path: Path, bands: int = 3) -> Path:
+    """A 1x1 convolution whose class is the input's brightest band: a class map painted into
+    the bands comes out as it was painted (halo 0)."""
+    import keras
+    from keras import layers
+
+    convolution = layers.Conv2D(bands, 1, use_bias=False, activation="softmax")
+    model = keras.Sequential([keras.Input((None, None, bands)), convolution])
+    convolution.set_weights([np.eye(bands, dtype=np.float32).reshape(1, 1, bands, bands)])
+    model.save(path)
+    return path
+
+
 def whole_image_outputs(model_path: Path, raster_path: Path, stride: int = 1, transforms=None):
     """Reference: the model on the whole raster at once (nodata as 0, padded to the stride).
     With `transforms` ((forward, inverse) pairs of functions of a (1, height, width, bands)

@@ -20,6 +20,7 @@ from sparkinfer.model import (
     ModelPackage,
     load_package,
 )
+from sparkinfer.polygons import write_polygons
 from sparkinfer.prepare import Job, RasterJob, runtime_options
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.session import (
@@ -50,9 +51,10 @@ def _verified(raster: RasterJob, classes_path: Path, job: Job, package: ModelPac
     return json.dumps(verify(raster.info, job.bands, str(classes_path), runtime, window))
 
 
-def _assemble(task: tuple, verifying: tuple | None) -> dict:
-    """Executor side: mosaic one raster's chunks into its COG(s), then drop the chunks; with
-    `verifying` (the job and its model package), verify the class map.
+def _assemble(task: tuple, min_area: float, verifying: tuple | None) -> dict:
+    """Executor side: mosaic one raster's chunks into its COG(s) (and merge their polygons,
+    leaving out regions under `min_area`), then drop the chunks; with `verifying` (the job and
+    its model package), verify the class map.
 
     A failure is returned, not raised: the other rasters' assembly goes on."""
     raster, options, model, metadata = task
@@ -81,10 +83,13 @@ def _assemble(task: tuple, verifying: tuple | None) -> dict:
             else:
                 write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path,
                                  model.classes)  # fmt: skip
+            if raster.polygons_path is not None:
+                names = model.class_names or tuple(str(i) for i in range(model.classes))
+                write_polygons(raster.info, chunks, raster.polygons_path, names, min_area)
             if verifying is not None:
                 verified = _verified(raster, classes, *verifying)
         assets = {"classes": raster.classes_path, "scores": raster.scores_path,
-                  "quicklook": raster.quicklook_path}  # fmt: skip
+                  "quicklook": raster.quicklook_path, "polygons": raster.polygons_path}  # fmt: skip
         properties = {"sparkinfer:version": metadata["sparkinfer_version"],
                       "sparkinfer:model_sha256": metadata["model_sha256"]}  # fmt: skip
         if raster.chips:
@@ -121,13 +126,15 @@ def assemble_on_executors(spark, tasks: list[tuple], job: Job) -> list[dict]:
     """
     table = pa.table({"task": list(range(len(tasks)))})
     partitions = min(len(tasks), 4 * task_slots(spark))  # tasks cost ~0.1 s
+    min_area = job.config.min_area
     with ExitStack() as stack:
         model = stack.enter_context(shipped(spark, job.package)) if job.config.verify else None
 
         def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             verifying = None if model is None else (job, model.package())
             for batch in batches:
-                done = [_assemble(tasks[i], verifying) for i in batch.column("task").to_pylist()]
+                done = [_assemble(tasks[i], min_area, verifying)
+                        for i in batch.column("task").to_pylist()]  # fmt: skip
                 yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
 
         rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)

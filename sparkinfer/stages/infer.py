@@ -40,6 +40,7 @@ from sparkinfer.model import (
     load_package,
 )
 from sparkinfer.plan import ChipGrid, Chunk, RasterPlan, Tile
+from sparkinfer.polygons import chunk_polygons, write_chunk_polygons
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.session import (
@@ -65,6 +66,7 @@ class StageSpec:
     readers: int | None  # reader threads per task; None: one per core of the task
     channels: int  # the model's output channels: the scores' bands
     scores: bool
+    polygons: bool  # each chunk's polygons are written beside it (`sparkinfer.polygons`)
 
     @property
     def blend(self) -> bool:
@@ -389,6 +391,12 @@ class _ChunkFiles:
                     chunk.writer.commit(chips=chunk_chip_table(chunk.chips, spec.channels))
                 else:
                     tiles = spec.plans[index].chunk_tiles(where.row, where.col)
+                    if spec.polygons:
+                        info = spec.rasters[index]
+                        write_chunk_polygons(
+                            chunk.writer.staged_file(chunk.writer.spec.polygons_path),
+                            chunk_polygons(chunk.writer.class_map, where.core, info.height,
+                                           info.width), info.transform)  # fmt: skip
                     chunk.writer.commit({TILE_COUNTS_TAG: tile_counts(
                         chunk.writer.class_map, where.core, tiles, class_count(spec.channels))})
             del self.open[key]
@@ -497,7 +505,8 @@ def _skip_committed(
             index, chunk = row["raster_index"], Chunk.of_row(row)
             if index not in listed:
                 listed[index] = storage.list_names(spec.staging[index])
-            done = is_committed(listed[index], chunk.row, chunk.col, spec.scores)
+            done = is_committed(listed[index], chunk.row, chunk.col, spec.scores,
+                                polygons=spec.polygons)  # fmt: skip
             todo.append(not done)
             if done:
                 reused.append(_new_summary(index, chunk) | {"reused": True})
