@@ -102,6 +102,7 @@ class ChunkSpec:
         """A chip classifier's chip table of the chunk (`sparkinfer.chips`)."""
         return self.classes_path.removesuffix(".tif") + ".chips.parquet"
 
+    @property
     def polygons_path(self) -> str:
         return polygons_name(self.classes_path)
 
