@@ -268,8 +268,8 @@ def print_estimate(estimate: dict, stream=None) -> None:
     here = estimate["predicted"]["this_cluster"]
     print(f"sparkinfer: estimate from {sample['chunks']} of {plan['chunks']} chunks: "
           f"{plan['tiles']} tiles (halo share {plan['halo_share']:.1%}), "
-          f"{data['read_decoded'] / 1e6:.1f} MB to read (halo included), "
-          f"{data['write_outputs'] / 1e6:.1f} MB to write", file=stream)  # fmt: skip
+          f"{data['read_decoded'] / 1e6:.3g} MB to read (halo included), "
+          f"{data['write_outputs'] / 1e6:.3g} MB to write", file=stream)  # fmt: skip
     slots = ", ".join(f"{n} slots {p['wall_s']:.0f} s"
                       for n, p in estimate["predicted"]["by_slots"].items())  # fmt: skip
     print(f"  {estimate['rate']['mpx_per_s_per_slot']:.3f} Mpx/s per task slot; predicted wall "

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from rasterio.crs import CRS
 
 ESTIMATE_FILE = "_estimate.json"
-TASKS_PER_SLOT = 4  # the run cuts each stage into this many tasks per slot (job.py)
+TASKS_PER_SLOT = 4  # a run's stages have this many tasks per slot: even load, small retries
 EARTH_RADIUS_M = 6_371_008.8  # mean radius (IUGG)
 
 

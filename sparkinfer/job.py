@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import rasterio
 
 from sparkinfer import __version__, storage
-from sparkinfer.estimate import ESTIMATE_FILE, compared, job_identity
+from sparkinfer.estimate import ESTIMATE_FILE, TASKS_PER_SLOT, compared, job_identity
 from sparkinfer.lock import OutputLock
 from sparkinfer.prepare import (
     IDENTITY_TAG,
@@ -146,7 +146,7 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
         with reported(progress, job.config.progress_seconds), \
                 spark_failures(f"{job.output}: inference failed", RESUME_HINT):  # fmt: skip
             # A few tasks per core: even load, and a lost task is a small share of the work.
-            results = infer_and_write(spark, plan_table(chunk_tables), 4 * parallelism,
+            results = infer_and_write(spark, plan_table(chunk_tables), TASKS_PER_SLOT * parallelism,
                                       stage_spec(job, todo), job.package)  # fmt: skip
         timings["infer_write_s"] = time.perf_counter() - t
         if len(results) != total_chunks:
