@@ -50,10 +50,11 @@ values = {o.name: panel.get(o.name) for o in widgets()} if panel is not None els
 
 # COMMAND ----------
 
-from sparkinfer.cli import config_from_args, print_summary  # noqa: E402
+from sparkinfer.cli import config_from_args, print_estimate, print_summary  # noqa: E402
 from sparkinfer.errors import SparkInferError  # noqa: E402
 from sparkinfer.job import run_job  # noqa: E402
 from sparkinfer.prepare import halo_notes, prepare_job  # noqa: E402
+from sparkinfer.stages.sample import run_estimate  # noqa: E402
 
 if "spark" not in globals():  # Databricks defines it; a plain Python run makes one
     from pyspark.sql import SparkSession
@@ -67,11 +68,14 @@ try:
     job = prepare_job(config_from_args(argv_of_widgets(values)), spark)
     for note in halo_notes(job):
         print(f"sparkinfer: {note}")
-    report = run_job(spark, job)
+    report = (run_estimate if job.config.estimate else run_job)(spark, job)
 except SparkInferError as exc:  # one line, as the command line gives it
     raise SystemExit(f"sparkinfer: error: {exc}") from None
 
 # COMMAND ----------
 
-print_summary(report, stream=sys.stdout, errors=sys.stdout)
-written = [(r["input"], r["outputs"][0]) for r in report["rasters"] if r["outputs"]]
+if job.config.estimate:  # _estimate.json, and no outputs
+    print_estimate(report, stream=sys.stdout)
+else:
+    print_summary(report, stream=sys.stdout, errors=sys.stdout)
+    written = [(r["input"], r["outputs"][0]) for r in report["rasters"] if r["outputs"]]

@@ -10,6 +10,7 @@ import io
 import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -17,9 +18,11 @@ from typing import Any, get_args
 from sparkinfer import storage
 from sparkinfer.config import JobConfig, Resampling, load_config
 from sparkinfer.errors import ConfigError, JobFailed, UserError
+from sparkinfer.estimate import ESTIMATE_FILE
 from sparkinfer.job import run_job
 from sparkinfer.prepare import check_job, halo_notes, plan_job
 from sparkinfer.session import is_connect, web_ui
+from sparkinfer.stages.sample import run_estimate
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
 # error before any output (one line, nothing written); 3 some rasters failed (listed, also in
@@ -139,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--progress", type=float, metavar="SECONDS",
         help="seconds between progress lines when stderr is not a terminal (default 10; "
              "0: none)")  # fmt: skip
+    add("--estimate", action="store_true", default=None,
+        help="write no outputs: run a spread sample of the chunks and write _estimate.json "
+             "(wall time here and on --estimate-slots, bytes, core-hours per 1,000 "
+             "km2)")  # fmt: skip
+    add("--estimate-sample", type=float, metavar="SHARE",
+        help="with --estimate: share of the chunks to run (default 0.02; at least one per "
+             "task slot)")  # fmt: skip
+    add("--estimate-slots", type=_ints, metavar="N1,N2,..",
+        help="with --estimate: task slots to predict the wall time on (default 8,64,512)")
     add("--verbose", action="store_true",
         help="show the JVM's start-up notices too (spark-submit.sh)")  # fmt: skip
     add("--trust-model", action="store_true", default=None,
@@ -234,6 +246,9 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "fail_fast": args.fail_fast,
         "overwrite": args.overwrite,
         "trust_model": args.trust_model,
+        "estimate": args.estimate,
+        "estimate_sample": args.estimate_sample,
+        "estimate_slots": args.estimate_slots,
         "progress_seconds": args.progress,
     }
     norm = {"scale": args.scale, "offset": args.offset, "mean": args.mean, "std": args.std}
@@ -268,6 +283,26 @@ def print_summary(report: dict, stream=None, errors=None) -> None:
         print(f"sparkinfer: failed ({failure['stage']}): {failure['error']}", file=errors)
 
 
+def print_estimate(estimate: dict, stream=None) -> None:
+    """The estimate's main figures on `stream` (stdout), and where the whole of it is."""
+    stream = stream or sys.stdout
+    plan, sample, data = estimate["plan"], estimate["sample"], estimate["bytes"]
+    here = estimate["predicted"]["this_cluster"]
+    print(f"sparkinfer: estimate from {sample['chunks']} of {plan['chunks']} chunks: "
+          f"{plan['tiles']} tiles (halo share {plan['halo_share']:.1%}), "
+          f"{data['read_decoded'] / 1e6:.3g} MB to read (halo included), "
+          f"{data['write_outputs'] / 1e6:.3g} MB to write", file=stream)  # fmt: skip
+    slots = ", ".join(f"{n} slots {p['wall_s']:.0f} s"
+                      for n, p in estimate["predicted"]["by_slots"].items())  # fmt: skip
+    print(f"  {estimate['rate']['mpx_per_s_per_slot']:.3f} Mpx/s per task slot; predicted wall "
+          f"time {here['wall_s']:.1f} s on this cluster ({here['slots']} slots); {slots}",
+          file=stream)  # fmt: skip
+    per_km2 = estimate["core_hours_per_1000_km2"]
+    if per_km2 is not None:
+        print(f"  {per_km2:.4g} core-hours per 1,000 km2", file=stream)
+    print(f"  estimate: {estimate['config']['output']}/{ESTIMATE_FILE}", file=stream)
+
+
 class _TaggedLines(io.TextIOBase):
     """A stream whose every line starts with `tag`.
 
@@ -294,6 +329,7 @@ def main(argv: list[str], spark=None, defaults_file: str | Path | None = None) -
     """Run the job for the command line `argv` (over the options of `defaults_file`); its exit
     code. With `spark`, on that session (left running); else on a session of its own, classic
     or Spark Connect (SPARK_REMOTE)."""
+    started = time.perf_counter()  # what an estimate predicts is measured from here
     tag = os.environ.get("SPARKINFER_STDERR_TAG")
     if tag:
         sys.stderr = _TaggedLines(sys.stderr, tag)
@@ -310,7 +346,7 @@ def main(argv: list[str], spark=None, defaults_file: str | Path | None = None) -
         print(f"sparkinfer: Spark UI at {ui}" if ui else "sparkinfer: Spark Connect at "
               f"{os.environ.get('SPARK_REMOTE')}", file=sys.stderr)  # fmt: skip
     try:
-        outcome = _run(checked, spark)
+        outcome = _run(checked, spark, started)
     except (UserError, JobFailed) as exc:  # a model or inputs the job cannot use, the folder
         outcome = exc  # taken meanwhile, a Spark job that failed: said after Spark stops
     except KeyboardInterrupt:
@@ -323,17 +359,22 @@ def main(argv: list[str], spark=None, defaults_file: str | Path | None = None) -
     if isinstance(outcome, UserError | JobFailed):
         print(f"sparkinfer: error: {outcome}", file=sys.stderr)
         return outcome.exit_code
+    if checked.config.estimate:
+        print_estimate(outcome)
+        return 0
     print_summary(outcome, errors=sys.stderr)
     return EXIT_SOME_FAILED if outcome["failed"] else 0
 
 
-def _run(checked, spark) -> dict:
+def _run(checked, spark, started: float) -> dict:
     # The Python workers start, load the model and inspect it: the driver never starts a
     # framework, and the stage finds the model loaded.
     job = plan_job(checked, spark)
     for note in halo_notes(job):
         print(f"sparkinfer: {note}", file=sys.stderr)
-    return run_job(spark, job)
+    if job.config.estimate:
+        return run_estimate(spark, job, started)
+    return run_job(spark, job, started)
 
 
 def _session():

@@ -226,6 +226,20 @@ class JobConfig(_Strict):
         description="Seconds between progress lines (tiles done, rate, ETA) on stderr when it "
         "is not a terminal; a terminal gets one line updated every second. 0: no progress.",
     )
+    estimate: bool = Field(
+        False,
+        description="Write no outputs: run the stages on a spread sample of the chunks and write "
+        "_estimate.json, the predicted wall time, bytes and core-hours of the whole run.",
+    )
+    estimate_sample: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.02,
+        description="With estimate: the share of chunks to sample (at least one per task slot).",
+    )
+    estimate_slots: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = Field(
+        [8, 64, 512],
+        description="With estimate: task slots to predict the run's wall time on, besides the "
+        "cluster's own.",
+    )
     trust_model: bool = Field(
         False,
         description="Load the model with Keras safe_mode off, running any code it holds "

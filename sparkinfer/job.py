@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import rasterio
 
 from sparkinfer import __version__, storage
+from sparkinfer.estimate import ESTIMATE_FILE, TASKS_PER_SLOT, compared, job_identity
 from sparkinfer.lock import OutputLock
 from sparkinfer.plan import ChipGrid
 from sparkinfer.prepare import (
@@ -83,6 +84,17 @@ def chunks_to_do(raster: RasterJob) -> pa.Table:
     return chunks.filter(pa.array([not d for d in done], pa.bool_()))
 
 
+def _estimate_of(job: Job) -> dict | None:
+    """The output folder's `_estimate.json`, if it was made for the same rasters, model and
+    config as `job`."""
+    path = storage.join(job.output, ESTIMATE_FILE)
+    if not storage.is_file(path):
+        return None
+    estimate = json.loads(storage.read_text(path))
+    same = estimate.get("identity") == job_identity([r.identity for r in job.rasters])
+    return estimate if same else None
+
+
 def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
     """What the executors need to infer and write `rasters` (in this order) for `job`."""
     return StageSpec(
@@ -99,17 +111,20 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
     )
 
 
-def run_job(spark, job: Job) -> dict:
+def run_job(spark, job: Job, started: float | None = None) -> dict:
     """Run the Spark stages for a prepared job under the output folder's lock; write and return
-    the run report. Rasters already complete are skipped, unfinished ones resume."""
+    the run report. Rasters already complete are skipped, unfinished ones resume. `started`
+    (`time.perf_counter`): when the command started, for the report's `setup_s` and `wall_s`;
+    by default when this run does."""
     storage.make_folders(job.output)
     backend = worker_environment(spark, "KERAS_BACKEND", job.config.backend)
     with OutputLock(job.output).held(), backend:
-        return _run(spark, job)
+        return _run(spark, job, started)
 
 
-def _run(spark, job: Job) -> dict:
+def _run(spark, job: Job, command_started: float | None) -> dict:
     started = time.perf_counter()
+    command_started = started if command_started is None else command_started
     timings: dict[str, float] = {"infer_write_s": 0.0}
     failed = list(job.failed)
     complete = [r for r in job.rasters if not job.config.overwrite and is_complete(r)]
@@ -125,6 +140,7 @@ def _run(spark, job: Job) -> dict:
     timings["plan_s"] = time.perf_counter() - t
 
     results = pa.Table.from_pylist([], schema=CHUNK_RESULT_SCHEMA)
+    timings["setup_s"] = time.perf_counter() - command_started
     if total_chunks:
         parallelism = task_slots(spark)
         t = time.perf_counter()
@@ -133,7 +149,7 @@ def _run(spark, job: Job) -> dict:
         with reported(progress, job.config.progress_seconds), \
                 spark_failures(f"{job.output}: inference failed", RESUME_HINT):  # fmt: skip
             # A few tasks per core: even load, and a lost task is a small share of the work.
-            results = infer_and_write(spark, plan_table(chunk_tables), 4 * parallelism,
+            results = infer_and_write(spark, plan_table(chunk_tables), TASKS_PER_SLOT * parallelism,
                                       stage_spec(job, todo), job.package)  # fmt: skip
         timings["infer_write_s"] = time.perf_counter() - t
         if len(results) != total_chunks:
@@ -172,7 +188,11 @@ def _run(spark, job: Job) -> dict:
     if not storage.list_names(staging_root):
         storage.remove_tree(staging_root)
     timings["total_s"] = time.perf_counter() - started
+    timings["wall_s"] = time.perf_counter() - command_started
 
     report = run_report(job, todo, results, assembled, complete, failed, resumed, timings, spark)
+    estimate = _estimate_of(job)
+    if estimate is not None:
+        report["estimate"] = compared(estimate, timings)
     storage.write_text(storage.join(job.output, RUN_REPORT), json.dumps(report, indent=2) + "\n")
     return report

@@ -16,6 +16,7 @@ from sparkinfer.catalog import write_stac_item, write_tile_index
 from sparkinfer.chips import grid_info, write_chip_table
 from sparkinfer.devices import gpu_ordinal, task_resources
 from sparkinfer.errors import first_line
+from sparkinfer.estimate import TASKS_PER_SLOT
 from sparkinfer.model import (
     ModelPackage,
     load_package,
@@ -125,7 +126,7 @@ def assemble_on_executors(spark, tasks: list[tuple], job: Job) -> list[dict]:
     RDD job would start others).
     """
     table = pa.table({"task": list(range(len(tasks)))})
-    partitions = min(len(tasks), 4 * task_slots(spark))  # tasks cost ~0.1 s
+    partitions = min(len(tasks), TASKS_PER_SLOT * task_slots(spark))  # tasks cost ~0.1 s
     min_area = job.config.min_area
     with ExitStack() as stack:
         model = stack.enter_context(shipped(spark, job.package)) if job.config.verify else None
