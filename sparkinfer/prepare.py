@@ -190,6 +190,9 @@ def _chip_grid(config: JobConfig, model: ModelInfo) -> ChipGrid:
             f"{model.path}: a chip classifier gives one class per window, so {given[0]} does "
             "not apply; chips are placed with --chip-stride"
         )
+    if config.estimate:
+        raise ConfigError(f"{model.path}: --estimate covers per-pixel models; run a chip "
+                          "classifier on a part of the input to time it")  # fmt: skip
     size = model.input_size
     stride = config.chip_stride or size
     if stride > size:

@@ -96,7 +96,7 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
             "class_names": list(job.model.class_names),
             "task": job.model.task,
         },
-        "tiling": _tiling(job),
+        "tiling": tiling_report(job),
         "rasters": per_raster,
         "failed": [asdict(f) for f in failed],
         "tiles": {
@@ -111,7 +111,7 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
     }
 
 
-def _tiling(job: Job) -> dict:
+def tiling_report(job: Job) -> dict:
     """How the rasters were cut: tiles, halo or overlap, and whether that is seam-free; or a
     chip classifier's chips (the output grid's cells are `stride` pixels)."""
     if isinstance(job.tiling, ChipGrid):

@@ -184,6 +184,7 @@ def test_overlapping_chips_on_a_finer_grid_through_onnx(spark, scene, tmp_path):
     (dict(verify=True), "so --verify does not apply"),
     (dict(chip_stride=9), "--chip-stride 9 is larger than the chips"),
     (dict(polygons=True), "so --polygons does not apply"),
+    (dict(estimate=True), "--estimate covers per-pixel models"),
 ])  # fmt: skip
 def test_options_of_per_pixel_models_are_refused(scene, tmp_path, options, message):
     config = dict(input=[str(scene["raster"])], model=str(scene["keras"]),

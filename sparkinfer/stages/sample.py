@@ -48,6 +48,7 @@ from sparkinfer.model import ModelPackage, load_package
 from sparkinfer.prepare import Job, RasterJob
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import GDAL_READ_OPTIONS
+from sparkinfer.report import tiling_report
 from sparkinfer.session import (
     application,
     map_in_partitions,
@@ -351,11 +352,7 @@ def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
             "tiles": tiles,
             "windows": sum(pc.sum(c["windows"]).as_py() for c in plans),
             "chunks": len(table),
-            "tile_size": job.tiling.tile_size,
-            "halo": job.tiling.halo,
-            "merge": job.tiling.merge,
-            "halo_share": round(job.tiling.halo_share, 4),
-        },
+        } | tiling_report(job),
         "bytes": {
             "read_decoded": sum(f["read_decoded"] for f in figures),  # halo included
             "read_from_storage": round(sum(f["read_from_storage"] for f in figures)),
