@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiles per model call (default auto: from the device, see the README)")  # fmt: skip
     add("--readers", type=_int_or_auto, metavar="N|auto",
         help="reader threads per task (default auto: one per core of the task)")  # fmt: skip
+    add("--tasks-per-slot", type=int, metavar="N",
+        help="inference tasks per task slot (default 4: faster executors take more)")
+    add("--speculation", action="store_true", default=None,
+        help="Spark speculation: a straggling task is copied to another executor")
     add("--scores", action="store_true", default=None, help="also write per-class scores")
     add("--verify", action="store_true", default=None,
         help="infer a sample window of each raster whole; its agreement with the tiles goes "
@@ -237,6 +241,8 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "tta": args.tta,
         "batch_size": args.batch_size,
         "readers": args.readers,
+        "tasks_per_slot": args.tasks_per_slot,
+        "speculation": args.speculation,
         "scores": args.scores,
         "quicklook": args.quicklook,
         "verify": args.verify,
@@ -341,10 +347,13 @@ def main(argv: list[str], spark=None, defaults_file: str | Path | None = None) -
 
     own = spark is None
     if own:
-        spark = _session()
+        spark = _session(checked.config.speculation)
         ui = web_ui(spark)
         print(f"sparkinfer: Spark UI at {ui}" if ui else "sparkinfer: Spark Connect at "
               f"{os.environ.get('SPARK_REMOTE')}", file=sys.stderr)  # fmt: skip
+    elif checked.config.speculation:
+        print("sparkinfer: --speculation applies to sessions the job starts; this session "
+              "keeps its spark.speculation", file=sys.stderr)  # fmt: skip
     try:
         outcome = _run(checked, spark, started)
     except (UserError, JobFailed) as exc:  # a model or inputs the job cannot use, the folder
@@ -377,12 +386,17 @@ def _run(checked, spark, started: float) -> dict:
     return run_job(spark, job, started)
 
 
-def _session():
+def _session(speculation: bool):
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("sparkinfer")
     if os.environ.get("SPARK_REMOTE"):  # a Connect client: the server's cluster is set up
+        if speculation:
+            print("sparkinfer: --speculation applies to sessions the job starts; set "
+                  "spark.speculation on the Spark Connect server", file=sys.stderr)  # fmt: skip
         return builder.getOrCreate()
+    if speculation:  # read when the scheduler starts: a running session keeps its own
+        builder = builder.config("spark.speculation", "true")
     # Executors on other hosts reach s3:// inputs and outputs with the driver's AWS settings;
     # set here, not on the command line, so secrets stay out of `ps` (the UI redacts them).
     for key, value in storage.executor_environment().items():

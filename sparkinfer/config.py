@@ -184,6 +184,19 @@ class JobConfig(_Strict):
         description="Threads per Spark task that read and decode chunk windows ahead of the "
         "model; 'auto': one per core of the task (spark.task.cpus).",
     )
+    tasks_per_slot: int = Field(
+        4,
+        gt=0,
+        description="Spark tasks of the inference stage per task slot of the cluster: several "
+        "keep slots busy to the end when executors run at different speeds (a faster one takes "
+        "more tasks), and make a lost task a small share of the work.",
+    )
+    speculation: bool = Field(
+        False,
+        description="Run Spark's speculation: a copy of a task that runs much slower than its "
+        "stage's others starts on another executor, and the first to finish counts. Applies to "
+        "the session the job starts (spark-submit.sh); a given session keeps its own setting.",
+    )
     scores: bool = Field(False, description="Also write per-class float32 scores.")
     verify: bool = Field(
         False,

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from rasterio.crs import CRS
 
 ESTIMATE_FILE = "_estimate.json"
-TASKS_PER_SLOT = 4  # a run's stages have this many tasks per slot: even load, small retries
+TASKS_PER_SLOT = 4  # the assembly stage's tasks per slot (and the inference stage's by default)
 EARTH_RADIUS_M = 6_371_008.8  # mean radius (IUGG)
 
 
@@ -123,10 +123,13 @@ def makespan(work: Sequence[float], slots: int) -> float:
     return max(free)
 
 
-def predict(rates: Rates, workload: Workload, slots: int) -> Prediction:
-    """The wall time of the run of `workload` on `slots` task slots, from `rates`."""
+def predict(
+    rates: Rates, workload: Workload, slots: int, tasks_per_slot: int = TASKS_PER_SLOT
+) -> Prediction:
+    """The wall time of the run of `workload` on `slots` task slots, from `rates`, its
+    inference stage cut into `tasks_per_slot` tasks per slot (`--tasks-per-slot`)."""
     partitions = TASKS_PER_SLOT * slots
-    tasks = tasks_of(workload.chunk_pixels, partitions) * rates.slot_s_per_px
+    tasks = tasks_of(workload.chunk_pixels, tasks_per_slot * slots) * rates.slot_s_per_px
     infer = rates.stage_overhead_s + rates.first_call_s + makespan(tasks, slots)
     rasters = [pixels * rates.cog_s_per_px + tiles * rates.index_s_per_tile + rates.item_s
                for pixels, tiles in zip(workload.raster_pixels, workload.raster_tiles,

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import rasterio
 
 from sparkinfer import __version__, storage
-from sparkinfer.estimate import ESTIMATE_FILE, TASKS_PER_SLOT, compared, job_identity
+from sparkinfer.estimate import ESTIMATE_FILE, compared, job_identity
 from sparkinfer.lock import OutputLock
 from sparkinfer.plan import ChipGrid
 from sparkinfer.prepare import (
@@ -142,14 +142,15 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
     results = pa.Table.from_pylist([], schema=CHUNK_RESULT_SCHEMA)
     timings["setup_s"] = time.perf_counter() - command_started
     if total_chunks:
-        parallelism = task_slots(spark)
+        tasks = job.config.tasks_per_slot * task_slots(spark)
         t = time.perf_counter()
         progress = Progress([r.staging for r in todo], chunk_tables, job.config.scores,
                             polygons=job.config.polygons)  # fmt: skip
         with reported(progress, job.config.progress_seconds), \
                 spark_failures(f"{job.output}: inference failed", RESUME_HINT):  # fmt: skip
-            # A few tasks per core: even load, and a lost task is a small share of the work.
-            results = infer_and_write(spark, plan_table(chunk_tables), TASKS_PER_SLOT * parallelism,
+            # A few tasks per slot: a faster executor takes more of them, and a lost task is a
+            # small share of the work.
+            results = infer_and_write(spark, plan_table(chunk_tables), tasks,
                                       stage_spec(job, todo), job.package)  # fmt: skip
         timings["infer_write_s"] = time.perf_counter() - t
         if len(results) != total_chunks:

@@ -32,6 +32,22 @@ def _chunks_by_gpu(results: pa.Table) -> dict:
     return {"by_gpu": dict(sorted(by_gpu.items()))}
 
 
+def _executors(results: pa.Table) -> dict:
+    """Per executor (`infer.executor_name`): the chunks and tiles it inferred, the span from its
+    first task's start to its last chunk, and its rate over that span: how the work spread."""
+    spread = results.group_by("executor").aggregate(
+        [("chunk_row", "count"), ("inferred", "sum"), ("task_started", "min"),
+         ("finished", "max")]  # fmt: skip
+    )
+    found = {}
+    for row in sorted(spread.to_pylist(), key=lambda r: r["executor"]):
+        chunks, span = row["chunk_row_count"], row["finished_max"] - row["task_started_min"]
+        found[row["executor"]] = {"chunks": chunks, "tiles": row["inferred_sum"],
+                                  "span_s": round(span, 3),
+                                  "chunks_per_s": round(chunks / max(span, 1e-9), 3)}  # fmt: skip
+    return found
+
+
 def run_report(job, todo, results, assembled, complete, failed, resumed, timings, spark) -> dict:
     failed_inputs = {f.input for f in failed}
     assembled_s = {a["input"]: a["assemble_s"] for a in assembled}
@@ -107,6 +123,7 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
         # What ran the model: "cpu", or "gpu:N" as the worker numbers its GPUs.
         "devices": {row["device"]: {"chunks": row["tiles_count"], "tiles": row["inferred_sum"]}
                     for row in devices.to_pylist()},  # fmt: skip
+        "executors": _executors(results),
         "config": job.config.model_dump(mode="json"),
     }
 

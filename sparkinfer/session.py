@@ -63,7 +63,8 @@ def application(spark) -> dict:
     """The master, the application's id and the kind of session, for the run report."""
     conf = spark.conf
     return {"master": conf.get("spark.master", None), "app_id": conf.get("spark.app.id", None),
-            "connect": is_connect(spark)}  # fmt: skip
+            "connect": is_connect(spark),
+            "speculation": conf.get("spark.speculation", "false") == "true"}  # fmt: skip
 
 
 def web_ui(spark) -> str | None:

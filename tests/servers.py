@@ -66,10 +66,14 @@ def fake_nvidia_smi(folder: Path, gpus: int) -> Path:
 
 
 @contextmanager
-def standalone_cluster(folder: Path, gpus: int = 0) -> Iterator[str]:
-    """spark://127.0.0.1:PORT with one 2-core worker offering `gpus` GPUs, found by
-    conf/gpu-discovery.sh (with a fake nvidia-smi: this machine has no GPU). The cluster gets no
-    AWS_* variables, as on a real cluster: executors have only what the job passes them."""
+def standalone_cluster(
+    folder: Path, gpus: int = 0, cores: tuple[int, ...] = (2,), pinned: bool = False
+) -> Iterator[str]:
+    """spark://127.0.0.1:PORT with a worker of each of `cores` cores, offering `gpus` GPUs
+    found by conf/gpu-discovery.sh (with a fake nvidia-smi: this machine has no GPU). With
+    `pinned`, worker i and all it starts (executor, Python workers) run on CPU i only. The
+    cluster gets no AWS_* variables, as on a real cluster: executors have only what the job
+    passes them."""
     port, ui_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env |= {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder / "logs"),
@@ -80,21 +84,27 @@ def standalone_cluster(folder: Path, gpus: int = 0) -> Iterator[str]:
             f"-Dspark.worker.resource.gpu.amount={gpus} "
             f"-Dspark.worker.resource.gpu.discoveryScript={ROOT / 'conf' / 'gpu-discovery.sh'}"
         )
+    folder.mkdir(parents=True, exist_ok=True)
     log = (folder / "cluster.log").open("w")
     common = dict(env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     master = subprocess.Popen([str(BIN / "spark-class"), "org.apache.spark.deploy.master.Master",
                                "--host", "127.0.0.1", "--port", str(port),
                                "--webui-port", str(ui_port)], **common)  # fmt: skip
     url = f"spark://127.0.0.1:{port}"
-    worker = subprocess.Popen([str(BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker",
-                               url, "--host", "127.0.0.1", "--cores", "2", "--memory", "2g",
-                               "--webui-port", str(free_port()),
-                               "--work-dir", str(folder / "work")], **common)  # fmt: skip
+    workers = []
+    for i, count in enumerate(cores):
+        pin = ["taskset", "-c", str(i)] if pinned else []
+        workers.append(subprocess.Popen(
+            [*pin, str(BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker", url,
+             "--host", "127.0.0.1", "--cores", str(count), "--memory", "2g",
+             "--webui-port", str(free_port()), "--work-dir", str(folder / f"work{i}")],
+            **common))  # fmt: skip
     try:
-        wait_until(lambda: _alive_workers(ui_port) == 1, 120, "the worker to register")
+        wait_until(lambda: _alive_workers(ui_port) == len(cores), 120,
+                   "the workers to register")  # fmt: skip
         yield url
     finally:
-        _stop([worker, master])
+        _stop([*workers, master])
         log.close()
 
 

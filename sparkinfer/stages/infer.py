@@ -12,7 +12,9 @@ arrays inside the Python worker: they never leave the executor.
 
 from __future__ import annotations
 
+import os
 import pickle
+import socket
 import threading
 import time
 from collections import deque
@@ -102,8 +104,18 @@ CHUNK_RESULT_SCHEMA = pa.schema(
         ("reused", pa.bool_()),  # already committed by a failed attempt of the same task
         ("gpu", pa.string()),  # the GPU address Spark assigned the task; null without GPUs
         ("device", pa.string()),  # what ran the model: "cpu" or "gpu:N" in the worker
+        ("executor", pa.string()),  # which executor ran the task (`executor_name`)
+        ("task_started", pa.float64()),  # when the chunk's task started, Unix seconds
+        ("finished", pa.float64()),  # when the chunk was committed (or found committed)
     ]
 )
+
+
+def executor_name() -> str:
+    """The executor this Python worker serves, as host:pid of its parent: the executor's Python
+    daemon, or the executor itself where Spark starts workers without one. (PySpark does not
+    tell a task its executor's id.)"""
+    return f"{socket.gethostname()}:{os.getppid()}"
 
 
 def plan_table(chunk_tables: list[pa.Table]) -> pa.Table:
@@ -337,8 +349,9 @@ class _ChunkFiles:
     `crop`) or its chunk's blend (with `blend`), and a chunk is committed once its last window
     is in. Used from one thread at a time."""
 
-    def __init__(self, spec: StageSpec) -> None:
+    def __init__(self, spec: StageSpec, started: float) -> None:
         self.spec = spec
+        self.started = started
         self.open: dict[tuple, _OpenChunk] = {}
 
     def add(self, result: TileResult) -> dict | None:
@@ -353,7 +366,8 @@ class _ChunkFiles:
             if spec.blend:
                 blended = BlendedChunk(where.core, spec.channels,
                                        spec.plans[index].tiling.overlap)  # fmt: skip
-            chunk = self.open[key] = _OpenChunk(writer, _new_summary(index, where), blended)
+            chunk = self.open[key] = _OpenChunk(writer, _new_summary(index, where, self.started),
+                                                blended)  # fmt: skip
         summary = chunk.summary
         started = time.perf_counter()
         if result.error is not None:
@@ -401,7 +415,9 @@ class _ChunkFiles:
                         chunk.writer.class_map, where.core, tiles, class_count(spec.channels))})
             del self.open[key]
         summary["write_s"] += time.perf_counter() - started
-        return summary | (result.placement or {}) if complete else None
+        if not complete:
+            return None
+        return summary | (result.placement or {}) | {"finished": time.time()}
 
     def abort(self) -> None:
         """Drop the files of every chunk not committed."""
@@ -410,13 +426,15 @@ class _ChunkFiles:
                 chunk.writer.abort()
 
 
-def write_chunks(results: Iterator[TileResult], spec: StageSpec) -> Iterator[pa.RecordBatch]:
+def write_chunks(
+    results: Iterator[TileResult], spec: StageSpec, started: float
+) -> Iterator[pa.RecordBatch]:
     """Stream tile predictions into chunk files; one result row per chunk once it is complete.
 
     Writing (GDAL compresses with the GIL released) runs on a thread of its own while the model
     runs on the next batch; at most one chunk of tile predictions waits for it. A chunk whose
     pixels could not be read is not written: its row carries the error."""
-    files = _ChunkFiles(spec)
+    files = _ChunkFiles(spec, started)
     waiting = spec.plans[0].tiling.chunk_tiles ** 2 if spec.plans else 1
     queued: deque[Future] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="sparkinfer-write") as pool:
@@ -456,7 +474,7 @@ def _chip(tile: Tile, result: TileResult) -> ChipResult:
                       result.valid_share)  # fmt: skip
 
 
-def _new_summary(raster_index: int, chunk: Chunk) -> dict:
+def _new_summary(raster_index: int, chunk: Chunk, task_started: float) -> dict:
     """The chunk's `CHUNK_RESULT_SCHEMA` row, before any of its windows."""
     return {
         "raster_index": raster_index,
@@ -472,6 +490,9 @@ def _new_summary(raster_index: int, chunk: Chunk) -> dict:
         "reused": False,
         "gpu": None,
         "device": None,
+        "executor": executor_name(),
+        "task_started": task_started,
+        "finished": None,
     }
 
 
@@ -488,7 +509,7 @@ def _retried_attempt() -> bool:
 
 
 def _skip_committed(
-    batches: Iterator[pa.RecordBatch], spec: StageSpec, reused: list[dict]
+    batches: Iterator[pa.RecordBatch], spec: StageSpec, reused: list[dict], started: float
 ) -> Iterator[pa.RecordBatch]:
     """The chunk rows whose files are not committed yet; a result row in `reused` for the others.
 
@@ -509,7 +530,8 @@ def _skip_committed(
                                 polygons=spec.polygons)  # fmt: skip
             todo.append(not done)
             if done:
-                reused.append(_new_summary(index, chunk) | {"reused": True})
+                reused.append(_new_summary(index, chunk, started)
+                              | {"reused": True, "finished": time.time()})  # fmt: skip
         if any(todo):
             yield batch if all(todo) else batch.filter(pa.array(todo, pa.bool_()))
 
@@ -525,10 +547,11 @@ def infer_partition(
 
     `resources` default to the running Spark task's cores and GPU. No Spark session is needed:
     given `resources`, it runs in any process (`benchmarks/device.py` runs it so on a GPU)."""
+    started = time.time()
     reused: list[dict] = []
-    todo = _skip_committed(batches, spec, reused)
+    todo = _skip_committed(batches, spec, reused, started)
     resources = resources or task_resources()
-    yield from write_chunks(predict_tiles(todo, spec, package, resources), spec)
+    yield from write_chunks(predict_tiles(todo, spec, package, resources), spec, started)
     if reused:
         yield pa.RecordBatch.from_pylist(reused, schema=CHUNK_RESULT_SCHEMA)
 

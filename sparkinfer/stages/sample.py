@@ -341,6 +341,7 @@ def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
     area = None if None in areas else sum(areas)
     hours = slot_hours(rates, workload)
     blocks = sum(f["blocks_read"] for f in figures)
+    per_slot = job.config.tasks_per_slot
     return {
         "sparkinfer_version": __version__,
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -368,8 +369,8 @@ def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
                      for key, value in asdict(rates).items()},  # fmt: skip
         "rate": {"mpx_per_s_per_slot": float(f"{1e-6 / rates.slot_s_per_px:.4g}")},
         "predicted": {
-            "this_cluster": predict(rates, workload, slots).figures(),
-            "by_slots": {str(n): predict(rates, workload, n).figures()
+            "this_cluster": predict(rates, workload, slots, per_slot).figures(),
+            "by_slots": {str(n): predict(rates, workload, n, per_slot).figures()
                          for n in job.config.estimate_slots},  # fmt: skip
         },
         "slot_hours": round(hours, 6),

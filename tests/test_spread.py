@@ -1,0 +1,102 @@
+"""Unequal executors: a real standalone cluster on 127.0.0.1 of two 1-core workers, each pinned
+to a CPU of its own, the second sharing its CPU with two busy loops that the test starts and stops.
+
+With a few tasks per slot (the default) the fast executor takes more of them, and the stage
+ends close to what the two executors' measured rates allow; with one task per executor the slow
+one's half decides. With --speculation Spark copies the slow executor's straggling tasks to the
+fast one: outputs stay exactly-once, byte for byte those of the run without."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from builders import fault_model, write_raster
+from processes import submit
+from servers import standalone_cluster
+
+pytestmark = pytest.mark.slow
+
+TILE = 64
+ROWS, COLS = 16, 20  # 320 one-tile chunks: about 13 s on the two executors
+SPECULATION = ("--conf spark.speculation.multiplier=1.2 --conf spark.speculation.quantile=0.5 "
+               "--conf spark.speculation.minTaskRuntime=500ms --conf "
+               "spark.speculation.interval=100ms --conf spark.eventLog.enabled=true")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("unequal")
+    with standalone_cluster(folder / "cluster", cores=(1, 1), pinned=True) as master:
+        # Two busy loops: the second worker's executor gets about a third of its CPU.
+        burners = [subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c",
+                                     "while True: pass"]) for _ in range(2)]  # fmt: skip
+        try:
+            yield master, folder
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
+
+
+@pytest.fixture(scope="module")
+def scene(cluster):
+    _, folder = cluster
+    (folder / "in").mkdir()
+    raster = write_raster(folder / "in" / "scene.tif", ROWS * TILE, COLS * TILE, seed=12)
+    return raster, fault_model(folder)
+
+
+def _run(cluster, scene, name, *options, monkeypatch=None):
+    master, folder = cluster
+    raster, model = scene
+    done = submit(["--input", raster, "--model", model, "--output", folder / name,
+                   "--tile-size", TILE, "--chunk-tiles", 1, "--batch-size", 1, "--progress", 0,
+                   *options], master)  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return json.loads((folder / name / "_run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def spread(cluster, scene):
+    return _run(cluster, scene, "spread")
+
+
+def test_the_fast_executor_takes_more_and_the_stage_ends_as_their_rates_allow(spread):
+    executors = spread["executors"]
+    assert len(executors) == 2
+    slow, fast = sorted(executors.values(), key=lambda e: e["chunks_per_s"])
+    print(json.dumps({"executors": executors, "infer_write_s": spread["timings"]["infer_write_s"]}))
+    assert fast["chunks_per_s"] > 1.3 * slow["chunks_per_s"], "the busy loop slows one"
+    assert fast["chunks"] > slow["chunks"]
+    assert fast["chunks"] + slow["chunks"] == ROWS * COLS
+    allowed = ROWS * COLS / (fast["chunks_per_s"] + slow["chunks_per_s"])
+    assert spread["timings"]["infer_write_s"] <= 1.15 * allowed
+
+
+def test_one_task_per_executor_waits_for_the_slow_one(cluster, scene, spread):
+    one_each = _run(cluster, scene, "one-each", "--tasks-per-slot", 1)
+    counts = sorted(e["chunks"] for e in one_each["executors"].values())
+    print(json.dumps({"one_task_each_s": one_each["timings"]["infer_write_s"],
+                      "spread_s": spread["timings"]["infer_write_s"]}))  # fmt: skip
+    assert counts == [ROWS * COLS // 2] * 2
+    assert one_each["timings"]["infer_write_s"] > 1.2 * spread["timings"]["infer_write_s"]
+
+
+def test_speculated_copies_leave_each_chunk_once(cluster, scene, spread, monkeypatch):
+    master, folder = cluster
+    events = folder / "events"
+    events.mkdir()
+    monkeypatch.setenv("SPARK_SUBMIT_ARGS", f"{SPECULATION} --conf spark.eventLog.dir={events}")
+    report = _run(cluster, scene, "speculated", "--speculation")
+    assert report["spark"]["speculation"] is True
+    log = "\n".join(p.read_text() for p in events.iterdir())
+    starts = [json.loads(line) for line in log.splitlines() if "SparkListenerTaskStart" in line]
+    speculative = [s for s in starts if s["Task Info"]["Speculative"]]
+    print(json.dumps({"task_starts": len(starts), "speculative": len(speculative)}))
+    assert speculative, "Spark copied a straggling task"
+    assert sum(e["chunks"] for e in report["executors"].values()) == ROWS * COLS
+    assert report["tiles"]["inferred"] == ROWS * COLS
+    assert not (folder / "speculated" / "_staging").exists()
+    assert (folder / "speculated" / "scene.tif").read_bytes() == (
+        folder / "spread" / "scene.tif").read_bytes()
