@@ -10,7 +10,7 @@ What is measured and what is modelled:
   task), a worker's first model call (tracing, once per worker), the seconds per output pixel
   of a task slot (read, infer, write, with the halo and the all-nodata tiles as sampled), and
   the assembly's seconds per pixel (COG), per tile (tile index) and per raster (STAC Item);
-- modelled: chunks cut into tasks as `spark.range` cuts them (`tasks_of`), tasks run in order
+- modelled: chunks cut into tasks as the stages cut them (`tasks_of`), tasks run in order
   on the first free slot (`makespan`), every chunk at the sampled rate per pixel.
 """
 
@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from rasterio.crs import CRS
+
+from sparkinfer.plan import task_bounds
 
 ESTIMATE_FILE = "_estimate.json"
 TASKS_PER_SLOT = 4  # the assembly stage's tasks per slot (and the inference stage's by default)
@@ -103,13 +105,12 @@ def spread_sample(raster_index: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return np.sort(order[picks])
 
 
-def tasks_of(work: np.ndarray, partitions: int) -> np.ndarray:
+def tasks_of(work: np.ndarray, partitions: int, tapered: bool = False) -> np.ndarray:
     """Each task's share of `work` (one figure per row, in order: pixels, seconds) when the rows
-    are cut into `partitions` runs as `spark.range(n, partitions)` cuts its ids (partition i
-    starts at id i * n // partitions); as many tasks as rows when there are fewer."""
-    count = len(work)
-    parts = max(1, min(partitions, count))
-    bounds = np.arange(parts + 1, dtype=np.int64) * count // parts
+    are cut into `partitions` runs as the stages cut them (`plan.task_bounds`: even, as
+    `spark.range(n, partitions)` cuts its ids, or `tapered` as the inference stage's); as many
+    tasks as rows when there are fewer."""
+    bounds = task_bounds(len(work), partitions, tapered)
     sums = np.concatenate([[0], np.cumsum(work)])
     return sums[bounds[1:]] - sums[bounds[:-1]]
 
@@ -129,7 +130,9 @@ def predict(
     """The wall time of the run of `workload` on `slots` task slots, from `rates`, its
     inference stage cut into `tasks_per_slot` tasks per slot (`--tasks-per-slot`)."""
     partitions = TASKS_PER_SLOT * slots
-    tasks = tasks_of(workload.chunk_pixels, tasks_per_slot * slots) * rates.slot_s_per_px
+    tasks = tasks_of(workload.chunk_pixels, tasks_per_slot * slots,
+                     tapered=tasks_per_slot > 1)  # as `job` cuts them
+    tasks = tasks * rates.slot_s_per_px
     infer = rates.stage_overhead_s + rates.first_call_s + makespan(tasks, slots)
     rasters = [pixels * rates.cog_s_per_px + tiles * rates.index_s_per_tile + rates.item_s
                for pixels, tiles in zip(workload.raster_pixels, workload.raster_tiles,

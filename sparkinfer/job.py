@@ -149,10 +149,15 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
         with reported(progress, job.config.progress_seconds), \
                 spark_failures(f"{job.output}: inference failed", RESUME_HINT):  # fmt: skip
             # A few tasks per slot: a faster executor takes more of them, and a lost task is a
-            # small share of the work.
+            # small share of the work. Tapered, the stage ends on short tasks; one task per
+            # slot stays even (each slot gets one).
             results = infer_and_write(spark, plan_table(chunk_tables), tasks,
-                                      stage_spec(job, todo), job.package)  # fmt: skip
+                                      stage_spec(job, todo), job.package,
+                                      tapered=job.config.tasks_per_slot > 1)  # fmt: skip
         timings["infer_write_s"] = time.perf_counter() - t
+        # From the first task's start to the last chunk: the stage less its start and finish.
+        timings["tasks_s"] = (pc.max(results["finished"]).as_py()
+                              - pc.min(results["task_started"]).as_py())  # fmt: skip
         if len(results) != total_chunks:
             raise RuntimeError(f"{len(results)} chunk results for {total_chunks} planned chunks")
     errors = results.filter(pc.is_valid(results["error"])).to_pylist()

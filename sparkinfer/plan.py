@@ -347,3 +347,17 @@ class RasterPlan:
                            int(rows.read_stop[r] - rows.read_start[r]),
                            int(cols.read_stop[c] - cols.read_start[c]))  # fmt: skip
         return Tile(r, c, core, read)
+
+
+def task_bounds(count: int, partitions: int, tapered: bool = False) -> np.ndarray:
+    """Where the rows of each of (at most) `partitions` tasks start, and the last ends, in
+    `count` rows: even runs, as `spark.range` cuts its ids; or `tapered`, runs that shrink from
+    the first task to the last (weights `partitions` down to 1). Spark starts a stage's tasks in
+    order, so tapered tasks leave short ones for the end, where an executor that is slower
+    than the others would otherwise hold the stage up with a long one (guided self-scheduling,
+    cut ahead of time). No task is empty."""
+    parts = max(1, min(partitions, count))
+    if not tapered or count <= partitions:  # one row a task is as fine as tasks get
+        return np.arange(parts + 1, dtype=np.int64) * count // parts
+    cumulative = np.concatenate([[0], np.cumsum(np.arange(parts, 0, -1, dtype=np.int64))])
+    return np.unique(cumulative * count // cumulative[-1])

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from sparkinfer.errors import JobFailed
 from sparkinfer.model import ModelPackage
+from sparkinfer.plan import task_bounds
 
 # Task slots assumed on a Spark Connect server that states neither `spark.default.parallelism`
 # nor a local master: enough tasks to keep a few executors busy; set the setting to say better.
@@ -144,22 +145,25 @@ def worker_environment(spark, key: str, value: str) -> Iterator[None]:
 
 
 def map_in_partitions(spark, table: pa.Table, partitions: int, function: Callable,
-                      schema: pa.Schema) -> list:  # fmt: skip
+                      schema: pa.Schema, tapered: bool = False) -> list:  # fmt: skip
     """Run `function` (a mapInArrow function) over `table` cut into `partitions` runs of
-    consecutive rows; its output rows, collected on the driver.
+    consecutive rows (`task_bounds`); its output rows, collected on the driver.
 
-    `spark.range` cuts its ids into even runs, one per partition, without a shuffle; each task
-    takes its rows of `table` (a few numbers each), which travels with the function."""
-    count = len(table)
+    `spark.range` gives each task its index, without a shuffle; the task takes its rows of
+    `table` (a few numbers each), which travels with the function."""
+    bounds = task_bounds(len(table), partitions, tapered)
 
     def rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         def selected() -> Iterator[pa.RecordBatch]:
             for batch in batches:
-                yield from table.take(batch.column(0)).to_batches()
+                for task in batch.column(0).to_pylist():
+                    start, stop = int(bounds[task]), int(bounds[task + 1])
+                    yield from table.slice(start, stop - start).to_batches()
 
         return function(selected())
 
-    frame = spark.range(count, numPartitions=max(1, min(partitions, count)))
+    tasks = len(bounds) - 1
+    frame = spark.range(tasks, numPartitions=tasks)
     return frame.mapInArrow(rows, spark_schema(schema)).collect()
 
 

@@ -69,11 +69,11 @@ def fake_nvidia_smi(folder: Path, gpus: int) -> Path:
 def standalone_cluster(
     folder: Path, gpus: int = 0, cores: tuple[int, ...] = (2,), pinned: bool = False
 ) -> Iterator[str]:
-    """spark://127.0.0.1:PORT with a worker of each of `cores` cores, offering `gpus` GPUs
-    found by conf/gpu-discovery.sh (with a fake nvidia-smi: this machine has no GPU). With
-    `pinned`, worker i and all it starts (executor, Python workers) run on CPU i only. The
-    cluster gets no AWS_* variables, as on a real cluster: executors have only what the job
-    passes them."""
+    """spark://127.0.0.1:PORT with a worker of each of `cores` cores (worker i on 127.0.0.(i+1)),
+    offering `gpus` GPUs found by conf/gpu-discovery.sh (with a fake nvidia-smi: this machine
+    has no GPU). With `pinned`, worker i and all it starts (executor, Python workers) run on
+    CPU i only. The cluster gets no AWS_* variables, as on a real cluster: executors have only
+    what the job passes them."""
     port, ui_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env |= {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder / "logs"),
@@ -93,12 +93,15 @@ def standalone_cluster(
     url = f"spark://127.0.0.1:{port}"
     workers = []
     for i, count in enumerate(cores):
+        # Worker i on 127.0.0.(i + 1): hosts of their own to Spark, which never runs a
+        # speculative copy of a task on the host of its first attempt.
+        host = f"127.0.0.{i + 1}"
         pin = ["taskset", "-c", str(i)] if pinned else []
         workers.append(subprocess.Popen(
             [*pin, str(BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker", url,
-             "--host", "127.0.0.1", "--cores", str(count), "--memory", "2g",
+             "--host", host, "--cores", str(count), "--memory", "2g",
              "--webui-port", str(free_port()), "--work-dir", str(folder / f"work{i}")],
-            **common))  # fmt: skip
+            **common | {"env": env | {"SPARK_LOCAL_IP": host}}))  # fmt: skip
     try:
         wait_until(lambda: _alive_workers(ui_port) == len(cores), 120,
                    "the workers to register")  # fmt: skip

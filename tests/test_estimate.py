@@ -159,8 +159,9 @@ def test_an_estimate_states_the_plan_the_sample_and_the_prediction(estimated):
     _, _, estimate, _, _ = estimated
     plan = RasterPlan(200, 260, Tiling(32, 4, chunk_tiles=2))  # the conv stack's halo is 4
     assert estimate["plan"] == {"rasters": 1, "pixels": 52000, "tiles": 63, "windows": 63,
-                                "chunks": 20, "tile_size": 32, "halo": 4, "merge": "crop",
-                                "halo_share": 0.36}  # fmt: skip
+                                "chunks": 20, "tile_size": 32, "halo": 4, "stride": 1,
+                                "chunk_tiles": 2, "fixed_window": False, "merge": "crop",
+                                "overlap": 8, "halo_share": 0.36, "seam_free": True}  # fmt: skip
     assert read_pixels(plan.chunks()) == 81648
     assert estimate["bytes"]["read_decoded"] == 81648 * 4  # 4 uint8 bands
     sample = estimate["sample"]

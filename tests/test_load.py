@@ -76,3 +76,6 @@ def test_a_plan_of_over_100000_tiles_stays_small(tmp_path, spark, models):
     schema = pa.schema([("chunks", pa.int64())])
     counted = map_in_partitions(spark, table, 8, chunks_per_task, schema)
     assert [row.chunks for row in counted] == [2048] * 8
+    # Tapered, as the inference stage cuts them: weights 8 down to 1, of 36.
+    tapered = map_in_partitions(spark, table, 8, chunks_per_task, schema, tapered=True)
+    assert [row.chunks for row in tapered] == [3640, 3186, 2731, 2275, 1821, 1365, 910, 456]

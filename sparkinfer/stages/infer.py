@@ -557,16 +557,19 @@ def infer_partition(
 
 
 def infer_and_write(
-    spark, plan: pa.Table, partitions: int, spec: StageSpec, package: ModelPackage
-) -> pa.Table:
+    spark, plan: pa.Table, partitions: int, spec: StageSpec, package: ModelPackage,
+    tapered: bool = False,
+) -> pa.Table:  # fmt: skip
     """Run inference and chunk writing on the executors, over `plan` (`plan_table`) cut into
-    `partitions` tasks; the per-chunk results, on the driver."""
+    `partitions` tasks, `tapered` or even (`plan.task_bounds`); the per-chunk results, on the
+    driver."""
     with shipped(spark, package) as model:
 
         def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             return infer_partition(batches, spec, model.package())
 
-        rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA)
+        rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA,
+                                 tapered)  # fmt: skip
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
 
 
