@@ -3,7 +3,7 @@ as a GeoParquet table.
 
 The inference stage writes each chunk's cells into its class map (and scores) as it writes any
 chunk, and beside it the chunk's chip table (`chunk_chip_table`), committed with it. Assembly
-makes the COG from those chunks on the output grid (`grid_info`), and streams the chunks'
+makes the COG from those chunks on the output grid (`output_grid`), and streams the chunks'
 tables into `NAME.chips.parquet` a chunk at a time (`write_chip_table`), adding each chip's
 window and footprint.
 """
@@ -20,17 +20,20 @@ from affine import Affine
 
 from sparkinfer import storage
 from sparkinfer.catalog import geoparquet_metadata, grid_bbox, wkb_rectangles
-from sparkinfer.plan import ChipGrid, RasterPlan
+from sparkinfer.plan import ChipGrid, RasterPlan, Tiling
 from sparkinfer.raster import RasterInfo
 from sparkinfer.writers import ChunkSpec
 
 
-def grid_info(info: RasterInfo, chips: ChipGrid) -> RasterInfo:
-    """The output grid of a raster's chips: a cell per chip, `stride` pixels a side, centred on
-    its chip (a chip of `size` pixels starts `offset` pixels before its cell)."""
-    transform = (Affine(*info.transform) * Affine.translation(chips.offset, chips.offset)
-                 * Affine.scale(chips.stride))  # fmt: skip
-    return replace(info, width=chips.cells(info.width), height=chips.cells(info.height),
+def output_grid(info: RasterInfo, tiling: Tiling | ChipGrid) -> RasterInfo:
+    """The grid a raster's outputs lie on: its own, or with chips a cell per chip, `stride`
+    pixels a side, centred on its chip (a chip of `size` pixels starts `offset` pixels before
+    its cell)."""
+    if not isinstance(tiling, ChipGrid):
+        return info
+    transform = (Affine(*info.transform) * Affine.translation(tiling.offset, tiling.offset)
+                 * Affine.scale(tiling.stride))  # fmt: skip
+    return replace(info, width=tiling.cells(info.width), height=tiling.cells(info.height),
                    transform=tuple(transform)[:6])  # fmt: skip
 
 
@@ -84,8 +87,8 @@ def write_chip_table(
     one chunk's chips, whatever the raster's size)."""
     chips = plan.tiling
     transform = Affine(*info.transform)
-    height, width = plan.tile_grid
-    extent = (chips.stride * (height - 1) + chips.size, chips.stride * (width - 1) + chips.size)
+    # The chips' windows reach past the raster's edges where the stride does not end on them.
+    extent = int(plan.rows.read_stop[-1]), int(plan.cols.read_stop[-1])
     geo = geoparquet_metadata(info.crs, ["Polygon"], grid_bbox(transform, *extent))
     schema = CHIPS_SCHEMA.with_metadata(
         {b"geo": json.dumps(geo).encode(),
@@ -100,7 +103,7 @@ def write_chip_table(
             rows = table["chip_row"].to_numpy()
             cols = table["chip_col"].to_numpy()
             classes = table["class"].combine_chunks()
-            top, left = rows * chips.stride, cols * chips.stride
+            top, left = plan.rows.read_start[rows], plan.cols.read_start[cols]
             size = np.full(len(rows), chips.size)
             inferred = classes.is_valid().to_numpy(zero_copy_only=False)
             index = classes.fill_null(len(class_names)).to_numpy()

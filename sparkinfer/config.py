@@ -26,6 +26,9 @@ from sparkinfer.errors import ConfigError
 # chunk_tiles 'auto': chunks of about this many pixels on a side. A chunk's window is read in one
 # piece (a few tens of MB for 4 bands) and there are enough chunks to keep every core busy.
 CHUNK_PIXELS = 2048
+# A stage's tasks per task slot (the inference stage's by default, `tasks_per_slot`): a faster
+# executor takes more of them, and a lost task is a small share of the work.
+TASKS_PER_SLOT = 4
 
 # rasterio's names of the resampling methods a VRT source takes (GDAL's: without the underscore).
 Resampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"]
@@ -185,7 +188,7 @@ class JobConfig(_Strict):
         "model; 'auto': one per core of the task (spark.task.cpus).",
     )
     tasks_per_slot: int = Field(
-        4,
+        TASKS_PER_SLOT,
         gt=0,
         description="Spark tasks of the inference stage per task slot of the cluster: several "
         "keep slots busy to the end when executors run at different speeds (a faster one takes "

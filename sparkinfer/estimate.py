@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rasterio.crs import CRS
 
+from sparkinfer.config import TASKS_PER_SLOT
 from sparkinfer.plan import task_bounds
 
 ESTIMATE_FILE = "_estimate.json"
-TASKS_PER_SLOT = 4  # the assembly stage's tasks per slot (and the inference stage's by default)
 EARTH_RADIUS_M = 6_371_008.8  # mean radius (IUGG)
 
 

@@ -171,7 +171,7 @@ def inspect_model(
                 "(batch, height, width, classes), a chip classifier (batch, classes)"
             )
         if len(shape) == 2:
-            return _chip_classifier(path, runtime, in_shape[1:3])
+            return _chip_classifier(path, runtime, in_shape[1:3], shape[-1])
         if in_shape[1:3] != (None, None):
             raise ModelError(
                 f"{path}: model input is fixed at {in_shape[1]}x{in_shape[2]} pixels; save it "
@@ -186,7 +186,7 @@ def inspect_model(
     elif runtime.fixed_size is not None:
         shape = runtime.output_shape(*runtime.fixed_size)
         if shape is not None and len(shape) == 2:
-            return _chip_classifier(path, runtime, runtime.fixed_size)
+            return _chip_classifier(path, runtime, runtime.fixed_size, shape[-1])
     fixed = runtime.fixed_size
     if fixed is not None and fixed[0] != fixed[1]:
         raise ModelError(
@@ -221,16 +221,16 @@ def inspect_model(
     )
 
 
-def _chip_classifier(path: Path, runtime: Runtime, size: tuple) -> ModelInfo:
-    """A model that gives one score vector per window: it must take one square size."""
+def _chip_classifier(path: Path, runtime: Runtime, size: tuple, channels: int) -> ModelInfo:
+    """A model that gives one score vector of `channels` per window: it must take one square
+    size."""
     if None in size or size[0] != size[1]:
         raise ModelError(
             f"{path}: a chip classifier (output (batch, classes)) must take one square input "
             f"size, not {size[0] or 'any'}x{size[1] or 'any'}; save it with input shape "
             f"(SIZE, SIZE, {runtime.bands})"
         )
-    shape = runtime.output_shape(*size)
-    channels = int(shape[-1]) if shape is not None else 0
+    channels = int(channels)
     if not 1 <= channels <= 255:
         raise ModelError(f"{path}: model outputs {channels} classes; 1 to 255 are supported")
     names, colors = read_class_table(path, class_count(channels), runtime)

@@ -250,10 +250,7 @@ class RasterPlan:
     @property
     def tile_grid(self) -> tuple[int, int]:
         """Number of tile rows and tile columns (with chips: the output grid's size)."""
-        if isinstance(self.tiling, ChipGrid):
-            return self.tiling.cells(self.height), self.tiling.cells(self.width)
-        tile = self.tiling.tile_size
-        return math.ceil(self.height / tile), math.ceil(self.width / tile)
+        return len(self.rows), len(self.cols)
 
     @property
     def tile_count(self) -> int:

@@ -13,10 +13,10 @@ import pyarrow as pa
 
 from sparkinfer import storage
 from sparkinfer.catalog import write_stac_item, write_tile_index
-from sparkinfer.chips import grid_info, write_chip_table
+from sparkinfer.chips import output_grid, write_chip_table
+from sparkinfer.config import TASKS_PER_SLOT
 from sparkinfer.devices import gpu_ordinal, task_resources
 from sparkinfer.errors import first_line
-from sparkinfer.estimate import TASKS_PER_SLOT
 from sparkinfer.model import (
     ModelPackage,
     load_package,
@@ -62,7 +62,8 @@ def _assemble(task: tuple, min_area: float, verifying: tuple | None) -> dict:
     started = time.perf_counter()
     verified = None
     # A chip classifier's outputs lie on its chips' grid, a cell per chip.
-    grid = grid_info(raster.info, raster.plan.tiling) if raster.chips else raster.info
+    grid = output_grid(raster.info, raster.plan.tiling)
+    names = model.class_names or tuple(str(i) for i in range(model.classes))
     try:
         chunks = chunk_specs(raster)
         common = dict(classes=model.classes, channels=model.channels, metadata=metadata,
@@ -79,13 +80,11 @@ def _assemble(task: tuple, min_area: float, verifying: tuple | None) -> dict:
                 write_quicklook(str(classes), raster.quicklook_path, model.class_names,
                                 model.class_colors)  # fmt: skip
             if raster.chips:
-                names = model.class_names or tuple(str(i) for i in range(model.classes))
                 write_chip_table(raster.info, raster.plan, chunks, raster.chips_path, names)
             else:
                 write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path,
                                  model.classes)  # fmt: skip
             if raster.polygons_path is not None:
-                names = model.class_names or tuple(str(i) for i in range(model.classes))
                 write_polygons(raster.info, chunks, raster.polygons_path, names, min_area)
             if verifying is not None:
                 verified = _verified(raster, classes, *verifying)

@@ -31,7 +31,7 @@ from rasterio.errors import RasterioError
 from sparkinfer import storage
 from sparkinfer.blend import BlendedChunk
 from sparkinfer.catalog import TILE_COUNTS_TAG, tile_counts
-from sparkinfer.chips import ChipResult, chunk_chip_table, grid_info
+from sparkinfer.chips import ChipResult, chunk_chip_table, output_grid
 from sparkinfer.devices import TaskResources, gpu_ordinal, task_resources
 from sparkinfer.errors import ModelError, first_line
 from sparkinfer.model import (
@@ -82,8 +82,7 @@ class StageSpec:
 
     def grid(self, index: int) -> RasterInfo:
         """The grid raster `index`'s outputs are written on: its own, or its chips' cells."""
-        info = self.rasters[index]
-        return grid_info(info, self.plans[index].tiling) if self.chips else info
+        return output_grid(self.rasters[index], self.plans[index].tiling)
 
 
 INSPECTED_SCHEMA = pa.schema([("inspected", pa.binary())])  # a pickled ModelInfo or error line

@@ -24,10 +24,10 @@ from affine import Affine
 
 from sparkinfer import __version__, storage
 from sparkinfer.catalog import write_stac_item, write_tile_index
+from sparkinfer.config import TASKS_PER_SLOT
 from sparkinfer.devices import gpu_ordinal, task_resources
 from sparkinfer.estimate import (
     ESTIMATE_FILE,
-    TASKS_PER_SLOT,
     Rates,
     Workload,
     blocks_read,
