@@ -33,16 +33,19 @@ def _chunks_by_gpu(results: pa.Table) -> dict:
 
 
 def _executors(results: pa.Table) -> dict:
-    """Per executor (`infer.executor_name`): the chunks and tiles it inferred, the span from its
-    first task's start to its last chunk, and its rate over that span: how the work spread."""
+    """Per executor (`infer.executor_name`): the chunks and tiles it inferred, when its first
+    task started (seconds after the stage's first), the span from then to its last chunk, and
+    its rate over that span: how the work spread."""
     spread = results.group_by("executor").aggregate(
         [("chunk_row", "count"), ("inferred", "sum"), ("task_started", "min"),
          ("finished", "max")]  # fmt: skip
     )
+    first = pc.min(results["task_started"]).as_py()
     found = {}
     for row in sorted(spread.to_pylist(), key=lambda r: r["executor"]):
         chunks, span = row["chunk_row_count"], row["finished_max"] - row["task_started_min"]
         found[row["executor"]] = {"chunks": chunks, "tiles": row["inferred_sum"],
+                                  "started_s": round(row["task_started_min"] - first, 3),
                                   "span_s": round(span, 3),
                                   "chunks_per_s": round(chunks / max(span, 1e-9), 3)}  # fmt: skip
     return found

@@ -73,8 +73,15 @@ def test_the_fast_executor_takes_more_and_the_stage_ends_as_their_rates_allow(sp
     assert fast["chunks_per_s"] > 1.3 * slow["chunks_per_s"], "the busy loop slows one"
     assert fast["chunks"] > slow["chunks"]
     assert fast["chunks"] + slow["chunks"] == ROWS * COLS
-    allowed = ROWS * COLS / (fast["chunks_per_s"] + slow["chunks_per_s"])
-    assert spread["timings"]["tasks_s"] <= 1.15 * allowed
+    assert spread["timings"]["tasks_s"] <= 1.15 * _allowed(executors.values(), ROWS * COLS)
+
+
+def _allowed(executors, chunks: int) -> float:
+    """When the stage could end at best, seconds after its first task's start: each executor
+    working at its measured rate from its own first task on, all ending together. An executor
+    can start late (its Python worker starts on a busy CPU), and no cut of the work helps that."""
+    rate = sum(e["chunks_per_s"] for e in executors)
+    return (chunks + sum(e["chunks_per_s"] * e["started_s"] for e in executors)) / rate
 
 
 def test_one_task_per_executor_waits_for_the_slow_one(cluster, scene, spread):
