@@ -19,6 +19,16 @@ typing-inspection, zstandard, pyyaml and pystac. It writes DIR/device.json with:
    `partition_sample_model`: the same with the sample's land-cover model (six bands).
 4. `auto_batch` (with `--batch auto`, the default): the batch `--batch-size auto` picks on this
    device for the U-Net's window, which the two measurements above then use.
+5. `shared_gpu`: the steady state, where the partition function over one raster is a single
+   batch above. `--links` hard links of the mirrored raster make one job of many chunks; N
+   processes (`--tasks 1,4,8,16`) share GPU 0 as Spark tasks do with
+   `spark.task.resource.gpu.amount` 1/N, each over its own contiguous run of the chunks with
+   cpus/N cores and the largest power-of-two batch under auto/N (N tasks hold N batches),
+   after a warm-up batch of its own that loads and compiles the model outside the timing.
+   Useful Mpx/s from the first timed start to the last end, and its share of `model_only`.
+
+`--parts` picks among sample, partition (with model_only and auto_batch), shared_gpu and
+sample_model (`partition_sample_model`): all by default.
 
 Without a GPU everything runs on the CPU (`device` says so): small sizes make a smoke test.
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -67,9 +78,7 @@ def run_partition(
         prepare_staging(raster, overwrite=True)
     plan = plan_table([chunks_to_do(r) for r in job.rasters]).slice(0, chunks)
     started = time.perf_counter()
-    rows = [row for batch in infer_partition(plan.to_batches(), stage_spec(job, job.rasters),
-                                             job.package, resources)
-            for row in batch.to_pylist()]  # fmt: skip
+    rows = _rows(plan, stage_spec(job, job.rasters), job.package, resources)
     return time.perf_counter() - started, rows
 
 
@@ -165,6 +174,63 @@ def timed_partition(job, resources: TaskResources, batch: int) -> dict:
     }
 
 
+def _rows(plan, spec, package, resources: TaskResources) -> list[dict]:
+    """The partition function over `plan` as one task: its result rows."""
+    return [row for batch in infer_partition(plan.to_batches(), spec, package, resources)
+            for row in batch.to_pylist()]  # fmt: skip
+
+
+def _shared_task(index, barrier, results, warm, timed, package, resources) -> None:
+    """One of the processes of `shared_gpu`: a warm-up run, the barrier, then the timed run."""
+    _rows(*warm, package, resources)
+    barrier.wait()
+    started = time.time()
+    rows = _rows(*timed, package, resources)
+    results.put({"task": index, "started": started, "ended": time.time(),
+                 "tiles": sum(r["inferred"] for r in rows),
+                 "devices": sorted({r["device"] for r in rows}),
+                 "read_s": sum(r["read_s"] for r in rows),
+                 "infer_s": sum(r["infer_s"] for r in rows),
+                 "write_s": sum(r["write_s"] for r in rows)})  # fmt: skip
+
+
+def shared_gpu(job, warm_job, tasks: int, batch: int) -> dict:
+    """`tasks` processes sharing GPU 0 over `job`'s chunks, cut in contiguous runs as Spark's
+    untapered tasks are; each warms up on its own chunks of `warm_job` (another staging folder,
+    so the timed run skips nothing)."""
+    from sparkinfer.job import chunks_to_do, prepare_staging
+
+    plans = []
+    for each in (job, warm_job):
+        for raster in each.rasters:
+            prepare_staging(raster, overwrite=True)
+        plans.append(plan_table([chunks_to_do(r) for r in each.rasters]))
+    plan, warm_plan = plans
+    per_task = len(plan) // tasks
+    context = multiprocessing.get_context("spawn")  # JAX's threads do not survive a fork
+    barrier, results = context.Barrier(tasks), context.Queue()
+    resources = TaskResources(max(1, (os.cpu_count() or 1) // tasks), "0")
+    spec, warm_spec = stage_spec(job, job.rasters), stage_spec(warm_job, warm_job.rasters)
+    processes = [context.Process(target=_shared_task, args=(
+        index, barrier, results, (warm_plan.slice(index * batch, batch), warm_spec),
+        (plan.slice(index * per_task, per_task), spec), job.package, resources))
+        for index in range(tasks)]  # fmt: skip
+    for process in processes:
+        process.start()
+    done = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join()
+    seconds = max(d["ended"] for d in done) - min(d["started"] for d in done)
+    useful = job.tiling.tile_size**2 * sum(d["tiles"] for d in done)
+    return {"tasks": tasks, "cores_per_task": resources.cpus, "batch": batch,
+            "chunks": per_task * tasks, "seconds": seconds, "mpx_per_s": useful / seconds / 1e6,
+            "devices": sorted({dev for d in done for dev in d["devices"]}),
+            **{k: sum(d[k] for d in done) for k in ("tiles", "read_s", "infer_s", "write_s")}}
+
+
+PARTS = ("sample", "partition", "shared_gpu", "sample_model")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="work folder; device.json")
@@ -173,7 +239,14 @@ def main() -> None:
     parser.add_argument("--batch", default="auto",
                         help="tiles per model call, or auto: what the job's runtime picks there")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--parts", default=",".join(PARTS), help="which parts to run")
+    parser.add_argument("--tasks", default="1,4,8,16", help="shared_gpu: processes per GPU")
+    parser.add_argument("--links", type=int, default=16,
+                        help="shared_gpu: hard links of the raster, one input each")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(unknown)}: pick among {','.join(PARTS)}")
     work = args.output
     shutil.rmtree(work / "runs", ignore_errors=True)
     runs = work / "runs"
@@ -183,37 +256,60 @@ def main() -> None:
     def save() -> None:  # after each part: a run stopped at its time limit keeps what it did
         (work / "device.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    result["sample"] = sample_agreement(runs)
-    save()
-
-    unet = save_model("unet", work / "models")
-    raster = make_large_raster(work / "rasters" / f"nc_{args.size}.tif", args.size)
-    options = ("--tile-size", str(args.tile), "--precision", args.precision, "--scale",
-               str(1 / 255))  # fmt: skip
-    batch = args.batch
-    if batch == "auto":  # what `--batch-size auto` picks on this device for this window
-        probe_job = _job([raster], unet, runs / "unet", *options)
-        batch = auto_batch(probe_job)
-        result["auto_batch"] = {"window": probe_job.tiling.window_size, "batch": batch}
-    batch = int(batch)
-    job = _job([raster], unet, runs / "unet", *options, "--batch-size", str(batch))
-    result["model_only"] = model_only(unet, args.tile, job.tiling.halo, batch, args.precision)
+    if "sample" in parts:
+        result["sample"] = sample_agreement(runs)
+        save()
     gpu = TaskResources(os.cpu_count() or 1, "0")
-    result["partition"] = timed_partition(job, gpu, batch)
-    result["partition"]["share_of_model_only"] = (
-        result["partition"]["mpx_per_s"] / result["model_only"]["mpx_per_s"]
-    )
-    save()
-    # The sample's land-cover model takes the six Landsat bands.
-    six_bands = make_large_raster(work / "rasters" / f"nc6_{args.size}.tif", args.size,
-                                  bands=(1, 2, 3, 4, 5, 6))  # fmt: skip
-    sample_options = [six_bands], ROOT / "data" / "landcover.keras", runs / "sample-large"
-    sample = _job(*sample_options, "--tile-size", str(args.tile))
-    sample_batch = auto_batch(sample) if args.batch == "auto" else int(args.batch)
-    sample = _job(*sample_options, "--tile-size", str(args.tile), "--batch-size",
-                  str(sample_batch))  # fmt: skip
-    result["partition_sample_model"] = timed_partition(sample, gpu, sample_batch)
-    save()
+    if "partition" in parts or "shared_gpu" in parts:
+        unet = save_model("unet", work / "models")
+        raster = make_large_raster(work / "rasters" / f"nc_{args.size}.tif", args.size)
+        options = ("--tile-size", str(args.tile), "--precision", args.precision, "--scale",
+                   str(1 / 255))  # fmt: skip
+        batch = args.batch
+        if batch == "auto":  # what `--batch-size auto` picks on this device for this window
+            probe_job = _job([raster], unet, runs / "unet", *options)
+            batch = auto_batch(probe_job)
+            result["auto_batch"] = {"window": probe_job.tiling.window_size, "batch": batch}
+        batch = int(batch)
+        job = _job([raster], unet, runs / "unet", *options, "--batch-size", str(batch))
+        result["model_only"] = model_only(unet, args.tile, job.tiling.halo, batch,
+                                          args.precision)  # fmt: skip
+        save()
+    if "partition" in parts:
+        result["partition"] = timed_partition(job, gpu, batch)
+        result["partition"]["share_of_model_only"] = (
+            result["partition"]["mpx_per_s"] / result["model_only"]["mpx_per_s"]
+        )
+        save()
+    if "shared_gpu" in parts:
+        links = []
+        for index in range(args.links):
+            link = raster.with_name(f"{raster.stem}_{index:02d}.tif")
+            if not link.exists():
+                os.link(raster, link)
+            links.append(link)
+        result["shared_gpu"] = []
+        for tasks in map(int, args.tasks.split(",")):
+            each = 2 ** int(np.log2(max(1, batch // tasks)))  # N tasks hold N batches
+            shared = [_job(links, unet, runs / f"shared-{tasks}-{name}", *options,
+                           "--batch-size", str(each)) for name in ("timed", "warm")]  # fmt: skip
+            measured = shared_gpu(*shared, tasks, each)
+            measured["share_of_model_only"] = (
+                measured["mpx_per_s"] / result["model_only"]["mpx_per_s"]
+            )
+            result["shared_gpu"].append(measured)
+            save()
+    if "sample_model" in parts:
+        # The sample's land-cover model takes the six Landsat bands.
+        six_bands = make_large_raster(work / "rasters" / f"nc6_{args.size}.tif", args.size,
+                                      bands=(1, 2, 3, 4, 5, 6))  # fmt: skip
+        sample_options = [six_bands], ROOT / "data" / "landcover.keras", runs / "sample-large"
+        sample = _job(*sample_options, "--tile-size", str(args.tile))
+        sample_batch = auto_batch(sample) if args.batch == "auto" else int(args.batch)
+        sample = _job(*sample_options, "--tile-size", str(args.tile), "--batch-size",
+                      str(sample_batch))  # fmt: skip
+        result["partition_sample_model"] = timed_partition(sample, gpu, sample_batch)
+        save()
     print(json.dumps(result, indent=2))
 
 
