@@ -23,8 +23,8 @@ typing-inspection, zstandard, pyyaml and pystac. It writes DIR/device.json with:
    batch above. `--links` hard links of the mirrored raster make one job of many chunks; N
    processes (`--tasks 1,4,8,16`) share GPU 0 as Spark tasks do with
    `spark.task.resource.gpu.amount` 1/N, each over its own contiguous run of the chunks with
-   cpus/N cores and the largest power-of-two batch under auto/N (N tasks hold N batches),
-   after a warm-up batch of its own that loads and compiles the model outside the timing.
+   cpus/N cores and the batch `--batch-size auto` picks for that share, after a warm-up batch
+   of its own that loads and compiles the model outside the timing.
    Useful Mpx/s from the first timed start to the last end, and its share of `model_only`.
 
 `--parts` picks among sample, partition (with model_only and auto_batch), shared_gpu and
@@ -145,14 +145,15 @@ def model_only(model_path: Path, tile: int, halo: int, batch: int, precision: st
     return {"device": str(device), "mpx_per_s": calls * batch * tile * tile / seconds / 1e6}
 
 
-def auto_batch(job) -> int:
-    """The batch `--batch-size auto` picks on this device for `job`'s windows."""
+def auto_batch(job, gpu_share: float = 1) -> int:
+    """The batch `--batch-size auto` picks on this device for `job`'s windows, for a task given
+    `gpu_share` of the GPU."""
     from sparkinfer.model import load_package
     from sparkinfer.prepare import runtime_options
 
     window = job.tiling.window_size
     runtime = load_package(job.package, runtime_options(job.config), gpu=0)
-    return runtime.auto_batch(window, window, np.dtype("uint8"))
+    return runtime.auto_batch(window, window, np.dtype("uint8"), gpu_share)
 
 
 def timed_partition(job, resources: TaskResources, batch: int) -> dict:
@@ -194,10 +195,11 @@ def _shared_task(index, barrier, results, warm, timed, package, resources) -> No
                  "write_s": sum(r["write_s"] for r in rows)})  # fmt: skip
 
 
-def shared_gpu(job, warm_job, tasks: int, batch: int) -> dict:
+def shared_gpu(job, warm_job, tasks: int) -> dict:
     """`tasks` processes sharing GPU 0 over `job`'s chunks, cut in contiguous runs as Spark's
-    untapered tasks are; each warms up on its own chunks of `warm_job` (another staging folder,
-    so the timed run skips nothing)."""
+    untapered tasks are, each with the batch `--batch-size auto` picks for a 1/tasks share;
+    each warms up on a batch of its own chunks of `warm_job` (another staging folder, so the
+    timed run skips nothing)."""
     from sparkinfer.job import chunks_to_do, prepare_staging
 
     plans = []
@@ -207,10 +209,12 @@ def shared_gpu(job, warm_job, tasks: int, batch: int) -> dict:
         plans.append(plan_table([chunks_to_do(r) for r in each.rasters]))
     plan, warm_plan = plans
     per_task = len(plan) // tasks
+    batch = auto_batch(job, 1 / tasks)
     context = multiprocessing.get_context("spawn")  # JAX's threads do not survive a fork
     barrier, results = context.Barrier(tasks), context.Queue()
     resources = TaskResources(max(1, (os.cpu_count() or 1) // tasks), "0")
-    spec, warm_spec = stage_spec(job, job.rasters), stage_spec(warm_job, warm_job.rasters)
+    spec = stage_spec(job, job.rasters, 1 / tasks)
+    warm_spec = stage_spec(warm_job, warm_job.rasters, 1 / tasks)
     processes = [context.Process(target=_shared_task, args=(
         index, barrier, results, (warm_plan.slice(index * batch, batch), warm_spec),
         (plan.slice(index * per_task, per_task), spec), job.package, resources))
@@ -290,10 +294,9 @@ def main() -> None:
             links.append(link)
         result["shared_gpu"] = []
         for tasks in map(int, args.tasks.split(",")):
-            each = 2 ** int(np.log2(max(1, batch // tasks)))  # N tasks hold N batches
-            shared = [_job(links, unet, runs / f"shared-{tasks}-{name}", *options,
-                           "--batch-size", str(each)) for name in ("timed", "warm")]  # fmt: skip
-            measured = shared_gpu(*shared, tasks, each)
+            shared = [_job(links, unet, runs / f"shared-{tasks}-{name}", *options)
+                      for name in ("timed", "warm")]  # fmt: skip
+            measured = shared_gpu(*shared, tasks)
             measured["share_of_model_only"] = (
                 measured["mpx_per_s"] / result["model_only"]["mpx_per_s"]
             )

@@ -71,8 +71,8 @@ class Augmented(Runtime):
     def scores(self, batch: np.ndarray) -> np.ndarray:
         return self._mean(lambda t: self.runtime.scores(np.ascontiguousarray(t.forward(batch))))
 
-    def auto_batch(self, height: int, width: int, dtype: np.dtype) -> int:
-        return self.runtime.auto_batch(height, width, dtype)
+    def auto_batch(self, height: int, width: int, dtype: np.dtype, gpu_share: float = 1) -> int:
+        return self.runtime.auto_batch(height, width, dtype, gpu_share)
 
     def window_memory(self, height: int, width: int, dtype: np.dtype) -> tuple[int, int] | None:
         return self.runtime.window_memory(height, width, dtype)
@@ -106,8 +106,8 @@ class Ensemble(Runtime):
     def scores(self, batch: np.ndarray) -> np.ndarray:
         return mean(np.asarray(r.scores(batch), np.float32) for r in self.runtimes)
 
-    def auto_batch(self, height: int, width: int, dtype: np.dtype) -> int:
-        return min(r.auto_batch(height, width, dtype) for r in self.runtimes)
+    def auto_batch(self, height: int, width: int, dtype: np.dtype, gpu_share: float = 1) -> int:
+        return min(r.auto_batch(height, width, dtype, gpu_share) for r in self.runtimes)
 
     def classify(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False

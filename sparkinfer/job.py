@@ -32,6 +32,7 @@ from sparkinfer.progress import Progress, reported
 from sparkinfer.report import run_report
 from sparkinfer.session import (
     spark_failures,
+    task_gpu_share,
     task_slots,
     worker_environment,
 )
@@ -95,8 +96,9 @@ def _estimate_of(job: Job) -> dict | None:
     return estimate if same else None
 
 
-def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
-    """What the executors need to infer and write `rasters` (in this order) for `job`."""
+def stage_spec(job: Job, rasters: list[RasterJob], gpu_share: float = 1) -> StageSpec:
+    """What the executors need to infer and write `rasters` (in this order) for `job`, on tasks
+    given `gpu_share` of a GPU each (`session.task_gpu_share`)."""
     return StageSpec(
         rasters=tuple(r.info for r in rasters),
         plans=tuple(r.plan for r in rasters),
@@ -105,6 +107,7 @@ def stage_spec(job: Job, rasters: list[RasterJob]) -> StageSpec:
         runtime=runtime_options(job.config),
         batch_size=None if job.config.batch_size == "auto" else job.config.batch_size,
         readers=None if job.config.readers == "auto" else job.config.readers,
+        gpu_share=gpu_share,
         channels=job.model.channels,
         scores=job.config.scores,
         polygons=job.config.polygons,
@@ -152,7 +155,7 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
             # small share of the work. Tapered, the stage ends on short tasks; one task per
             # slot stays even (each slot gets one).
             results = infer_and_write(spark, plan_table(chunk_tables), tasks,
-                                      stage_spec(job, todo), job.package,
+                                      stage_spec(job, todo, task_gpu_share(spark)), job.package,
                                       tapered=job.config.tasks_per_slot > 1)  # fmt: skip
         timings["infer_write_s"] = time.perf_counter() - t
         # From the first task's start to the last chunk: the stage less its start and finish.

@@ -65,7 +65,14 @@ def application(spark) -> dict:
     conf = spark.conf
     return {"master": conf.get("spark.master", None), "app_id": conf.get("spark.app.id", None),
             "connect": is_connect(spark),
-            "speculation": conf.get("spark.speculation", "false") == "true"}  # fmt: skip
+            "speculation": conf.get("spark.speculation", "false") == "true",
+            "task_gpu_share": task_gpu_share(spark)}  # fmt: skip
+
+
+def task_gpu_share(spark) -> float:
+    """The share of a GPU each task is given (`spark.task.resource.gpu.amount`; 1 without GPUs):
+    0.25 when four tasks share one."""
+    return float(spark.conf.get("spark.task.resource.gpu.amount", None) or 1)
 
 
 def web_ui(spark) -> str | None:

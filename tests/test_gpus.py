@@ -48,6 +48,7 @@ def test_tasks_get_distinct_gpus_and_the_report_says_which_served_each_chunk(
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     report = json.loads((tmp_path / "gpus" / "_run.json").read_text())
     assert report["spark"]["master"] == standalone
+    assert report["spark"]["task_gpu_share"] == 1.0  # spark.task.resource.gpu.amount, read
     by_gpu = report["rasters"][0]["chunks"]["by_gpu"]
     assert sorted(by_gpu) == ["0", "1"], "both GPUs served tasks"
     served = [tuple(chunk) for chunks in by_gpu.values() for chunk in chunks]

@@ -238,6 +238,15 @@ def test_batch_size_auto_on_a_gpu_fills_half_its_free_memory(memory, batch):
     assert _GPU(memory).auto_batch(2336, 2336, np.dtype("uint8")) == batch
 
 
+@pytest.mark.parametrize("share, batch", [(1, 22), (0.5, 11), (0.25, 5), (1 / 16, 1)])
+def test_tasks_that_share_a_gpu_split_its_memory(share, batch):
+    """Tasks sharing a GPU (`spark.task.resource.gpu.amount` < 1) load at once, each seeing all
+    its free memory: each takes its share of the half. 135 GiB free, 3 GiB a window: an H200
+    with the U-Net's 2624-pixel window, where auto picked 22."""
+    gpu = _GPU((135 << 30, 3 << 30))
+    assert gpu.auto_batch(2624, 2624, np.dtype("uint8"), share) == batch
+
+
 def test_the_workers_inspect_the_model_as_the_driver_does(spark, models):
     options = RuntimeOptions(backend="tensorflow")
     found = warm_workers(spark, package_model(MODEL), options, [str(MODEL)])

@@ -64,6 +64,14 @@ GPU_MAX_BATCH = 64
 GPU_DEFAULT_BATCH = 4
 
 
+def gpu_batch(free: int, window: int, gpu_share: float) -> int:
+    """Windows per call that fit in `GPU_MEMORY_SHARE` of a GPU's `free` bytes, `window` bytes
+    each, for a task given `gpu_share` of the GPU (`spark.task.resource.gpu.amount`): tasks that
+    share a GPU load at once, each seeing the same free memory, so each takes its share of it."""
+    fits = int(GPU_MEMORY_SHARE * gpu_share * free // max(window, 1))
+    return max(1, min(GPU_MAX_BATCH, fits))
+
+
 class Runtime(ABC):
     """A loaded model. Subclasses run one model format."""
 
@@ -87,17 +95,16 @@ class Runtime(ABC):
         except Exception:  # noqa: BLE001 -- any framework's error means "not this size"
             return None
 
-    def auto_batch(self, height: int, width: int, dtype: np.dtype) -> int:
+    def auto_batch(self, height: int, width: int, dtype: np.dtype, gpu_share: float = 1) -> int:
         """Windows per call for `batch_size` auto. On a CPU, windows up to `CPU_CALL_PIXELS`
-        pixels together. On a GPU, as many as fit in `GPU_MEMORY_SHARE` of its free memory,
-        from what one window took there (`window_memory`)."""
+        pixels together. On a GPU, `gpu_batch` of its free memory and what one window took there
+        (`window_memory`), for a task given `gpu_share` of the GPU."""
         if self.device.kind == "cpu":
             return max(1, CPU_CALL_PIXELS // (height * width))
         memory = self.window_memory(height, width, dtype)
         if memory is None:
             return GPU_DEFAULT_BATCH
-        free, one = memory
-        return max(1, min(GPU_MAX_BATCH, int(GPU_MEMORY_SHARE * free // max(one, 1))))
+        return gpu_batch(*memory, gpu_share)
 
     def window_memory(self, height: int, width: int, dtype: np.dtype) -> tuple[int, int] | None:
         """Free device memory and what a call on one window takes, in bytes; None where the

@@ -66,6 +66,7 @@ class StageSpec:
     runtime: RuntimeOptions  # how the model runs, the pixels' normalisation included
     batch_size: int | None  # tiles per model call; None: the runtime's auto_batch
     readers: int | None  # reader threads per task; None: one per core of the task
+    gpu_share: float  # of its GPU, a GPU task's (`spark.task.resource.gpu.amount`): auto batch
     channels: int  # the model's output channels: the scores' bands
     scores: bool
     polygons: bool  # each chunk's polygons are written beside it (`sparkinfer.polygons`)
@@ -316,7 +317,8 @@ def predict_tiles(
         key = (read.pixels.shape, read.pixels.dtype)
         if key not in batch_sizes:
             height, width = read.pixels.shape[:2]
-            batch_sizes[key] = runtime.auto_batch(height, width, read.pixels.dtype)
+            batch_sizes[key] = runtime.auto_batch(height, width, read.pixels.dtype,
+                                                  spec.gpu_share)  # fmt: skip
         return batch_sizes[key]
 
     readers = spec.readers or resources.cpus

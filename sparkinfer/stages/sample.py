@@ -54,6 +54,7 @@ from sparkinfer.session import (
     map_in_partitions,
     shipped,
     spark_failures,
+    task_gpu_share,
     task_slots,
     worker_environment,
 )
@@ -80,7 +81,8 @@ def _first_call(spec: StageSpec, package: ModelPackage, row: dict) -> tuple[floa
     resources = task_resources()
     runtime = load_package(package, spec.runtime, gpu_ordinal(resources.gpu), resources.cpus)
     dtype = np.dtype(spec.rasters[index].dtype)
-    batch = spec.batch_size or runtime.auto_batch(window.height, window.width, dtype)
+    batch = spec.batch_size or runtime.auto_batch(window.height, window.width, dtype,
+                                                  spec.gpu_share)  # fmt: skip
     pixels = np.zeros((batch, window.height, window.width, len(spec.bands)), dtype)
     seconds = []
     for _ in range(2):
@@ -280,7 +282,7 @@ def _measure(spark, job: Job, table: pa.Table, scratch: str, started: float) -> 
     staging = tuple(storage.join(scratch, storage.name(r.staging)) for r in job.rasters)
     for folder in staging:
         storage.make_folders(folder)
-    spec = replace(stage_spec(job, list(job.rasters)), staging=staging)
+    spec = replace(stage_spec(job, list(job.rasters), task_gpu_share(spark)), staging=staging)
     setup_s = time.perf_counter() - started
 
     results, stage_s = _sample_stage(spark, job, sample, spec, slots)
