@@ -1,10 +1,12 @@
 """s3:// inputs and outputs against an S3 server on 127.0.0.1: reads through /vsis3/, files
-uploaded whole, AWS settings handed to executors that do not have them."""
+uploaded whole (chunks, their polygons, the outputs), AWS settings handed to executors that do
+not have them."""
 
 import json
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 from builders import write_raster
@@ -45,17 +47,19 @@ def test_s3_in_and_out_on_a_cluster_whose_executors_have_no_aws_settings(
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 300, 260, seed=8)
     upload(raster, "s3://scenes/in/scene.tif")
-    common = dict(model=str(onnx_models["unet"]), tile_size=64, chunk_tiles=2, quicklook=True)
+    common = dict(model=str(onnx_models["unet"]), tile_size=64, chunk_tiles=2, quicklook=True,
+                  polygons=True)
     run(input=[str(raster)], output=str(tmp_path / "local"), **common)
 
     args = ["--input", "s3://scenes/in/", "--model", common["model"],
             "--output", "s3://predictions/run", "--tile-size", 64, "--chunk-tiles", 2,
-            "--quicklook"]  # fmt: skip
+            "--quicklook", "--polygons"]  # fmt: skip
     done = submit(args, standalone)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     # Only the outputs: no chunks, lock, write probe or temporary object left behind.
     assert keys(client, "predictions") == {f"run/{name}" for name in (
-        "scene.tif", "scene.png", "scene.tiles.parquet", "scene.stac.json", "_run.json")}
+        "scene.tif", "scene.png", "scene.tiles.parquet", "scene.polygons.parquet",
+        "scene.stac.json", "_run.json")}
     report = json.loads(storage.read_text("s3://predictions/run/_run.json"))
     assert report["spark"]["master"] == standalone
     assert report["rasters"][0]["input"] == "s3://scenes/in/scene.tif"
@@ -65,6 +69,12 @@ def test_s3_in_and_out_on_a_cluster_whose_executors_have_no_aws_settings(
         assert cog.profile == local.profile  # CRS, transform, nodata, layout
         assert np.array_equal(cog.read(), local.read())
         assert cog.tags()["source"] == "s3://scenes/in/scene.tif"
+    # Each chunk's polygons, staged on S3 beside its class map, merged as the local run's were.
+    with client.open_input_file("predictions/run/scene.polygons.parquet") as remote:
+        polygons = pq.read_table(remote)
+    local_polygons = pq.read_table(tmp_path / "local" / "scene.polygons.parquet")
+    assert polygons.num_rows == local_polygons.num_rows > 1
+    assert polygons.equals(local_polygons)
     item = json.loads(storage.read_text("s3://predictions/run/scene.stac.json"))
     assert item["assets"]["classes"]["href"] == "./scene.tif"
     assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == [
