@@ -125,11 +125,11 @@ def _location(path: str, key: str, href: str, file: str) -> str:
     url = urlsplit(href)
     if url.scheme == "file":
         return unquote(url.path)
-    if storage.is_s3(href) or os.path.isabs(href):
+    if storage.is_s3(href) or storage.is_http(href) or os.path.isabs(href):
         return href
     if url.scheme:
-        raise InputError(f"{path}: asset {key} is at {href}: assets are read from local paths "
-                         "or s3:// only")  # fmt: skip
+        raise InputError(f"{path}: asset {key} is at {href}: assets are read from local paths, "
+                         "s3:// or http(s)://")  # fmt: skip
     if storage.is_s3(file):
         folder = storage.parent(file).removeprefix(storage.S3_SCHEME)
         return storage.S3_SCHEME + posixpath.normpath(posixpath.join(folder, href))

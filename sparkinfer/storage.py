@@ -18,9 +18,12 @@ import os
 import posixpath
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,8 +39,17 @@ AWS_VARIABLES = (
 )  # fmt: skip
 
 
+HTTP_SCHEMES = ("http://", "https://")
+HTTP_TIMEOUT_S = 60
+
+
 def is_s3(location: str) -> bool:
     return location.startswith(S3_SCHEME)
+
+
+def is_http(location: str) -> bool:
+    """A file at an http(s) URL: read only (a STAC asset's href), through GDAL's /vsicurl/."""
+    return location.startswith(HTTP_SCHEMES)
 
 
 def join(folder: str, *names: str) -> str:
@@ -66,8 +78,10 @@ def uri(location: str) -> str:
 
 
 def gdal_path(location: str) -> str:
-    """What GDAL opens for a location: /vsis3/bucket/key for S3."""
-    return "/vsis3/" + location[len(S3_SCHEME) :] if is_s3(location) else location
+    """What GDAL opens for a location: /vsis3/bucket/key for S3, /vsicurl/URL for http(s)."""
+    if is_s3(location):
+        return "/vsis3/" + location[len(S3_SCHEME) :]
+    return "/vsicurl/" + location if is_http(location) else location
 
 
 def _endpoint() -> str | None:
@@ -156,6 +170,8 @@ def is_dir(location: str) -> bool:
 
 def size_and_mtime(location: str) -> tuple[int, int]:
     """Size in bytes and modification time in ns of a file; FileNotFoundError when absent."""
+    if is_http(location):
+        return _http_size_and_mtime(location)
     if is_s3(location):
         info = _info(location)
         if info.type != fs.FileType.File:
@@ -163,6 +179,23 @@ def size_and_mtime(location: str) -> tuple[int, int]:
         return info.size, info.mtime_ns or 0
     stat = os.stat(location)
     return stat.st_size, stat.st_mtime_ns
+
+
+def _http_size_and_mtime(url: str) -> tuple[int, int]:
+    """Content-Length and Last-Modified (0 where the server gives none) of a HEAD request."""
+    try:
+        request = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            headers = response.headers
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 410):
+            raise FileNotFoundError(url) from None
+        raise OSError(f"HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise OSError(str(exc.reason)) from None
+    modified = headers.get("Last-Modified")
+    mtime_ns = int(parsedate_to_datetime(modified).timestamp() * 1e9) if modified else 0
+    return int(headers.get("Content-Length") or 0), mtime_ns
 
 
 def _s3_entries(folder: str) -> list[fs.FileInfo]:

@@ -16,6 +16,7 @@ from rasterio.transform import from_origin
 from sparkinfer import storage
 from sparkinfer.cli import main
 from sparkinfer.config import load_config
+from sparkinfer.errors import InputError
 from sparkinfer.prepare import check_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,7 +216,7 @@ def test_an_item_the_job_cannot_use_is_refused_and_the_others_go_on(scenes, tmp_
         {"common_name": "red"}, {"common_name": "green"}, {"common_name": "blue"}]}))  # fmt: skip
     items = pystac.ItemCollection([stac_item("good", good),
                                    stac_item("utm34", good | {"B8A": str(utm34)}),
-                                   stac_item("remote", good | {"B02": "https://x.example/B02.tif"}),
+                                   stac_item("remote", good | {"B02": "ftp://x.example/B02.tif"}),
                                    visual])  # fmt: skip
     collection = write_json(tmp_path / "items.json", items.to_dict())
     not_stac = write_json(tmp_path / "labels.json", {"classes": ["water", "forest"]})
@@ -226,8 +227,8 @@ def test_an_item_the_job_cannot_use_is_refused_and_the_others_go_on(scenes, tmp_
         "FeatureCollection)",
         f"{collection}#utm34": f"{collection}#utm34: asset B8A is in EPSG:32634 but B02 in "
         "EPSG:32633; the assets stacked must share a CRS",
-        f"{collection}#remote": f"{collection}#remote: asset B02 is at https://x.example/B02.tif: "
-        "assets are read from local paths or s3:// only",
+        f"{collection}#remote": f"{collection}#remote: asset B02 is at ftp://x.example/B02.tif: "
+        "assets are read from local paths, s3:// or http(s)://",
         f"{collection}#visual": f"{collection}#visual: 'green' is the common name of bands of "
         "assets B03, visual; name the asset instead",
     }  # fmt: skip
@@ -243,3 +244,30 @@ def test_an_item_on_s3_stacks_its_assets_next_to_it(scenes, s3, tmp_path):
     assert "/vsis3/scenes/stac/a/B8A.tif" in info.dataset
     with storage.gdal_env(), rasterio.open(info.dataset) as stack:
         assert np.array_equal(stack.read(), stacked_by_hand(scenes["a"], Resampling.bilinear))
+
+
+def test_assets_at_http_urls_are_read_through_vsicurl(scenes, s3, spark, tmp_path):
+    """Public catalogues (Earth Search, say) give https hrefs to public objects in a bucket:
+    here the S3 server's plain HTTP, read without credentials, Range requests and all."""
+    import boto3
+
+    url = f"{s3['AWS_ENDPOINT_URL']}/scenes/http"
+    bucket = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"])
+    for key, path in scenes["a"].items():
+        bucket.put_object(Bucket="scenes", Key=f"http/a/{key}.tif", Body=path.read_bytes(),
+                          ACL="public-read")  # fmt: skip
+    item = write_json(tmp_path / "item.json",
+                      stac_item("over-http", {k: f"{url}/a/{k}.tif" for k in BANDS}).to_dict())
+    out = tmp_path / "out"
+    assert infer(spark, "--input", item, "--assets", ASSETS, "--model", scenes["model"],
+                 "--output", out, "--tile-size", 64, "--scores") == 0  # fmt: skip
+    with rasterio.open(out / "over-http.scores.tif") as scores:
+        expected = stacked_by_hand(scenes["a"], Resampling.bilinear)
+        assert np.array_equal(scores.read(), expected.astype(np.float32))
+    (info,) = checked(tmp_path, [item], scenes["model"]).infos
+    assert f"/vsicurl/{url}/a/B8A.tif" in info.dataset
+    missing = write_json(tmp_path / "missing.json", stac_item(
+        "missing", {k: f"{url}/a/{k}.tif" for k in BANDS} | {"B02": f"{url}/B02.tif"}).to_dict())
+    with pytest.raises(InputError) as refused:
+        checked(tmp_path, [missing], scenes["model"])
+    assert str(refused.value) == f"{missing}: asset B02 ({url}/B02.tif): not found"
