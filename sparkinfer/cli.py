@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--overlap", type=_int_or_auto, metavar="PIXELS|auto",
         help="with --merge blend: overlap of neighbouring windows (default auto: a fifth of "
              "the window)")  # fmt: skip
+    add("--chip-size", type=int, metavar="PIXELS",
+        help="for a chip classifier of any input size: the chips' side")  # fmt: skip
     add("--chip-stride", type=int, metavar="PIXELS",
         help="for a chip classifier: pixels between chips (default the chip size)")  # fmt: skip
     add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
@@ -233,6 +235,7 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "halo": args.halo,
         "merge": args.merge,
         "overlap": args.overlap,
+        "chip_size": args.chip_size,
         "chip_stride": args.chip_stride,
         "bands": args.bands,
         "assets": args.assets,

@@ -143,6 +143,12 @@ class JobConfig(_Strict):
         description="With merge 'blend': pixels by which neighbouring windows overlap, rounded "
         "up to twice the model's stride; 'auto': a fifth of the window, as ukis-csmask's 20%.",
     )
+    chip_size: int | None = Field(
+        None,
+        gt=0,
+        description="For a chip classifier that takes any input size: the chips' side, in "
+        "pixels (one of a single size takes its own).",
+    )
     chip_stride: int | None = Field(
         None,
         gt=0,

@@ -183,10 +183,11 @@ def inspect_model(
             pass  # a layer of unknown reach: probed below
         except ValueError as exc:
             raise ModelError(f"{path}: not a per-pixel model: {exc}") from None
-    elif runtime.fixed_size is not None:
-        shape = runtime.output_shape(*runtime.fixed_size)
+    else:  # a chip classifier shows by its output's rank, at its one size or at any
+        size = runtime.fixed_size or (CHIP_PROBE, CHIP_PROBE)
+        shape = runtime.output_shape(*size)
         if shape is not None and len(shape) == 2:
-            return _chip_classifier(path, runtime, runtime.fixed_size, shape[-1])
+            return _chip_classifier(path, runtime, runtime.fixed_size or (None, None), shape[-1])
     fixed = runtime.fixed_size
     if fixed is not None and fixed[0] != fixed[1]:
         raise ModelError(
@@ -222,13 +223,13 @@ def inspect_model(
 
 
 def _chip_classifier(path: Path, runtime: Runtime, size: tuple, channels: int) -> ModelInfo:
-    """A model that gives one score vector of `channels` per window: it must take one square
-    size."""
-    if None in size or size[0] != size[1]:
+    """A model that gives one score vector of `channels` per window: of one square size, or of
+    any (`input_size` None: the job's `chip_size` decides)."""
+    if size[0] != size[1]:
         raise ModelError(
-            f"{path}: a chip classifier (output (batch, classes)) must take one square input "
-            f"size, not {size[0] or 'any'}x{size[1] or 'any'}; save it with input shape "
-            f"(SIZE, SIZE, {runtime.bands})"
+            f"{path}: a chip classifier (output (batch, classes)) must take square windows, "
+            f"not {size[0] or 'any'}x{size[1] or 'any'}; save it with input shape "
+            f"(SIZE, SIZE, {runtime.bands}) or (None, None, {runtime.bands})"
         )
     channels = int(channels)
     if not 1 <= channels <= 255:
@@ -236,9 +237,11 @@ def _chip_classifier(path: Path, runtime: Runtime, size: tuple, channels: int) -
     names, colors = read_class_table(path, class_count(channels), runtime)
     return ModelInfo(path=str(path), format=runtime.format, bands=runtime.bands,
                      channels=channels, stride=1, receptive_halo=None, halo_found_by="none",
-                     input_size=int(size[0]), class_names=names, class_colors=colors,
-                     task="chips")  # fmt: skip
+                     input_size=size[0] and int(size[0]), class_names=names,
+                     class_colors=colors, task="chips")  # fmt: skip
 
+
+CHIP_PROBE = 64  # the window a model of any input size is tried on, to tell a chip classifier
 
 CLASS_TABLE = "sparkinfer.json"
 

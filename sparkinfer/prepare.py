@@ -193,7 +193,13 @@ def _chip_grid(config: JobConfig, model: ModelInfo) -> ChipGrid:
     if config.estimate:
         raise ConfigError(f"{model.path}: --estimate covers per-pixel models; run a chip "
                           "classifier on a part of the input to time it")  # fmt: skip
-    size = model.input_size
+    size = model.input_size or config.chip_size
+    if size is None:
+        raise ConfigError(f"{model.path}: the chip classifier takes any input size; give the "
+                          "chips' side with --chip-size PIXELS")  # fmt: skip
+    if config.chip_size not in (None, size):
+        raise ConfigError(f"{model.path}: the chip classifier takes {size}-pixel chips only; "
+                          f"--chip-size {config.chip_size} does not fit it")  # fmt: skip
     stride = config.chip_stride or size
     if stride > size:
         raise ConfigError(f"--chip-stride {stride} is larger than the chips ({size} pixels, the "
@@ -210,8 +216,11 @@ def _tiling(config: JobConfig, model: ModelInfo) -> Tiling | ChipGrid:
     classifier's chips."""
     if model.task == "chips":
         return _chip_grid(config, model)
-    if config.chip_stride is not None:
-        raise ConfigError(f"{model.path}: --chip-stride applies to chip classifiers (an output "
+    chip_flag = next((flag for flag, value in (("--chip-size", config.chip_size),
+                                               ("--chip-stride", config.chip_stride))
+                      if value is not None), None)  # fmt: skip
+    if chip_flag:
+        raise ConfigError(f"{model.path}: {chip_flag} applies to chip classifiers (an output "
                           "of (batch, classes)); this model gives a class per pixel")  # fmt: skip
     if config.merge == "blend":
         margin = model.stride  # overlaps are even multiples of the stride: half is the halo

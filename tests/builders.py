@@ -118,7 +118,7 @@ def squeeze_excite(path: Path, bands: int = 4, classes: int = 3, seed: int = 3) 
 
 
 def dense_classifier(path: Path, bands: int = 4) -> Path:
-    """An image-level classifier: not fully convolutional."""
+    """An image-level classifier of any input size: a chip classifier that needs --chip-size."""
     import keras
     from keras import layers
 

@@ -34,11 +34,12 @@ EXPECTED_SHARES = [[1.0, 1.0, 0.5, 0.5],
                    [0.5, 0.5, 0.5, 0.25]]  # fmt: skip
 
 
-def chip_model(path):
+def chip_model(path, size: int | None = 8):
+    """The hand-checked classifier, of one input size or (`size` None) of any."""
     import keras
     from keras import layers
 
-    inputs = keras.Input((8, 8, 2))
+    inputs = keras.Input((size, size, 2))
     dense = layers.Dense(3, activation="softmax")
     outputs = dense(layers.GlobalAveragePooling2D()(inputs))
     dense.set_weights([np.array([[1, 0, 0], [0, 1, 0]], np.float32),
@@ -67,7 +68,7 @@ def scene(tmp_path_factory):
         dst.write(_pixels())
     model = chip_model(folder / "chips.keras")
     return {"raster": path, "keras": model, "onnx": export_onnx(model, folder / "chips.onnx"),
-            "folder": folder}  # fmt: skip
+            "any_size": chip_model(folder / "any_size.keras", None), "folder": folder}
 
 
 def expected_scores(size: int, stride: int) -> np.ndarray:
@@ -193,8 +194,30 @@ def test_options_of_per_pixel_models_are_refused(scene, tmp_path, options, messa
         prepare_job(load_config(config))
 
 
-def test_a_chip_stride_for_a_per_pixel_model_is_refused(models, scene, tmp_path):
+@pytest.mark.parametrize("option, flag", [("chip_stride", "--chip-stride"),
+                                          ("chip_size", "--chip-size")])
+def test_chip_options_for_a_per_pixel_model_are_refused(models, scene, tmp_path, option, flag):
     config = dict(input=[str(scene["raster"])], model=str(models["conv"]), output=str(tmp_path),
-                  chip_stride=4, bands=[1, 2, 1, 2])  # fmt: skip
-    with pytest.raises(ConfigError, match="--chip-stride applies to chip classifiers"):
+                  bands=[1, 2, 1, 2]) | {option: 4}  # fmt: skip
+    with pytest.raises(ConfigError, match=f"{flag} applies to chip classifiers"):
         prepare_job(load_config(config))
+
+
+def test_a_classifier_of_any_size_takes_the_chip_size_given(spark, scene, tmp_path):
+    """The same classifier saved for any input size: with --chip-size 8, the grid worked by
+    hand; without, one line; and a model of one size refuses another."""
+    info = inspect_model(scene["any_size"])
+    assert (info.task, info.input_size, info.channels) == ("chips", None, 3)
+    onnx = inspect_model(export_onnx(scene["any_size"], tmp_path / "any_size.onnx"))
+    assert (onnx.task, onnx.input_size) == ("chips", None)
+    report = _run(spark, scene, tmp_path / "out", "--model", str(scene["any_size"]),
+                  "--chip-size", "8")  # fmt: skip
+    assert report["tiling"] == {"chips": {"size": 8, "stride": 8, "chunk_tiles": 2}}
+    with rasterio.open(tmp_path / "out" / "blocks.tif") as cog:
+        assert cog.read(1).tolist() == EXPECTED_CLASSES
+    config = dict(input=[str(scene["raster"])], output=str(tmp_path / "refused"))
+    with pytest.raises(ConfigError, match="takes any input size; give the chips' side with "
+                                          "--chip-size PIXELS"):  # fmt: skip
+        prepare_job(load_config(config | dict(model=str(scene["any_size"]))))
+    with pytest.raises(ConfigError, match="takes 8-pixel chips only; --chip-size 6 does not"):
+        prepare_job(load_config(config | dict(model=str(scene["keras"]), chip_size=6)))

@@ -51,7 +51,7 @@ def _bad_inputs(tmp_path, scene, models):
         "bad config key": (scene, models["conv"], ["--config", bad_yaml], bad_yaml,
                            "unknown option 'halo_pixels'"),
         "classifier of any size": (scene, models["dense"], [], models["dense"],
-                                   "must take one square input size"),
+                                   "takes any input size; give the chips' side with --chip-size"),
     }  # fmt: skip
 
 

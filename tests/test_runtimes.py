@@ -247,14 +247,23 @@ def test_tasks_that_share_a_gpu_split_its_memory(share, batch):
     assert gpu.auto_batch(2624, 2624, np.dtype("uint8"), share) == batch
 
 
-def test_the_workers_inspect_the_model_as_the_driver_does(spark, models):
+def test_the_workers_inspect_the_model_as_the_driver_does(spark, models, tmp_path):
+    import keras
+    from keras import layers
+
     options = RuntimeOptions(backend="tensorflow")
     found = warm_workers(spark, package_model(MODEL), options, [str(MODEL)])
     assert found == inspect_model(MODEL, backend="tensorflow")
     assert found.receptive_halo == HALO and found.classes == 7
-    dense = str(models["dense"])
-    with pytest.raises(ModelError, match=f"^{dense}: a chip classifier .* one square input"):
-        warm_workers(spark, package_model(dense), options, [dense])
+    dense = str(models["dense"])  # a chip classifier of any input size
+    found = warm_workers(spark, package_model(dense), options, [dense])
+    assert found == inspect_model(dense, backend="tensorflow")
+    assert (found.task, found.input_size) == ("chips", None)
+    oblong = tmp_path / "oblong.keras"
+    keras.Sequential([keras.Input((8, 6, 4)), layers.GlobalAveragePooling2D(),
+                      layers.Dense(3)]).save(oblong)  # fmt: skip
+    with pytest.raises(ModelError, match=f"^{oblong}: a chip classifier .* square windows"):
+        warm_workers(spark, package_model(oblong), options, [str(oblong)])
 
 
 def test_a_saved_model_travels_without_the_other_files_of_its_folder(tmp_path, exported):
