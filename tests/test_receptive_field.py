@@ -6,7 +6,6 @@ import pytest
 from builders import conv_stack, dense_classifier, squeeze_excite, unet
 from keras import layers
 
-from sparkinfer.errors import ModelError
 from sparkinfer.model import inspect_model, load_package, package_model
 from sparkinfer.receptive_field import UntraceableLayer, probe, probe_shift, trace
 
@@ -47,10 +46,16 @@ def test_inspect_reports_bands_classes_stride_and_halo(tmp_path):
     assert (info.bands, info.classes, info.stride, info.receptive_halo) == (5, 7, 4, 23)
 
 
-def test_inspect_refuses_a_classifier_that_takes_any_size(tmp_path):
-    with pytest.raises(ModelError, match=r"a chip classifier \(output \(batch, classes\)\) must "
-                                         "take one square input size, not anyxany"):
-        inspect_model(dense_classifier(tmp_path / "d.keras"))
+def test_inspect_tells_a_classifier_of_any_size_from_its_output(tmp_path):
+    """A Keras classifier by its output's rank; its SavedModel export by the output of a call."""
+    path = dense_classifier(tmp_path / "d.keras")
+    info = inspect_model(path)
+    assert (info.task, info.input_size, info.channels, info.receptive_halo) == (
+        "chips", None, 3, None)
+    keras.models.load_model(path).export(tmp_path / "saved", verbose=False)
+    saved = inspect_model(tmp_path / "saved")
+    assert (saved.format, saved.task, saved.input_size, saved.channels) == (
+        "savedmodel", "chips", None, 3)
 
 
 def test_savedmodel_stride_and_halo_are_probed(tmp_path):
