@@ -72,11 +72,7 @@ def run_partition(
 ) -> tuple[float, list[dict]]:
     """The partition function over the first `chunks` (default all) chunks of `job`, as one
     task; seconds and result rows."""
-    from sparkinfer.job import chunks_to_do, prepare_staging
-
-    for raster in job.rasters:
-        prepare_staging(raster, overwrite=True)
-    plan = plan_table([chunks_to_do(r) for r in job.rasters]).slice(0, chunks)
+    plan = _fresh_plan(job).slice(0, chunks)
     started = time.perf_counter()
     rows = _rows(plan, stage_spec(job, job.rasters), job.package, resources)
     return time.perf_counter() - started, rows
@@ -162,17 +158,25 @@ def timed_partition(job, resources: TaskResources, batch: int) -> dict:
     run_partition(job, resources, chunks=batch)
     seconds, rows = run_partition(job, resources)
     useful = sum(r.info.height * r.info.width for r in job.rasters)
-    return {
-        "devices": sorted({r["device"] for r in rows}),
-        "halo": job.tiling.halo,
-        "batch": batch,
-        "tiles": sum(r["inferred"] for r in rows),
-        "seconds": seconds,
-        "mpx_per_s": useful / seconds / 1e6,
-        "read_s": sum(r["read_s"] for r in rows),
-        "infer_s": sum(r["infer_s"] for r in rows),
-        "write_s": sum(r["write_s"] for r in rows),
-    }
+    return {"halo": job.tiling.halo, "batch": batch, "seconds": seconds,
+            "mpx_per_s": useful / seconds / 1e6, **_summed(rows)}  # fmt: skip
+
+
+def _fresh_plan(job):
+    """The plan table of all of `job`'s chunks, its staging emptied: nothing is skipped."""
+    from sparkinfer.job import chunks_to_do, prepare_staging
+
+    for raster in job.rasters:
+        prepare_staging(raster, overwrite=True)
+    return plan_table([chunks_to_do(r) for r in job.rasters])
+
+
+def _summed(rows: list[dict]) -> dict:
+    """What result `rows` of the partition function ran on, the tiles they inferred and the
+    seconds their tasks spent reading, inferring and writing."""
+    return {"devices": sorted({r["device"] for r in rows}),
+            "tiles": sum(r["inferred"] for r in rows),
+            **{k: sum(r[k] for r in rows) for k in ("read_s", "infer_s", "write_s")}}  # fmt: skip
 
 
 def _rows(plan, spec, package, resources: TaskResources) -> list[dict]:
@@ -181,18 +185,14 @@ def _rows(plan, spec, package, resources: TaskResources) -> list[dict]:
             for row in batch.to_pylist()]  # fmt: skip
 
 
-def _shared_task(index, barrier, results, warm, timed, package, resources) -> None:
-    """One of the processes of `shared_gpu`: a warm-up run, the barrier, then the timed run."""
+def _shared_task(barrier, results, warm, timed, package, resources) -> None:
+    """One of the processes of `shared_gpu`: a warm-up run, the barrier, then the timed run's
+    start, end and rows."""
     _rows(*warm, package, resources)
     barrier.wait()
     started = time.time()
     rows = _rows(*timed, package, resources)
-    results.put({"task": index, "started": started, "ended": time.time(),
-                 "tiles": sum(r["inferred"] for r in rows),
-                 "devices": sorted({r["device"] for r in rows}),
-                 "read_s": sum(r["read_s"] for r in rows),
-                 "infer_s": sum(r["infer_s"] for r in rows),
-                 "write_s": sum(r["write_s"] for r in rows)})  # fmt: skip
+    results.put({"started": started, "ended": time.time(), "rows": rows})
 
 
 def shared_gpu(job, warm_job, tasks: int) -> dict:
@@ -200,14 +200,7 @@ def shared_gpu(job, warm_job, tasks: int) -> dict:
     untapered tasks are, each with the batch `--batch-size auto` picks for a 1/tasks share;
     each warms up on a batch of its own chunks of `warm_job` (another staging folder, so the
     timed run skips nothing)."""
-    from sparkinfer.job import chunks_to_do, prepare_staging
-
-    plans = []
-    for each in (job, warm_job):
-        for raster in each.rasters:
-            prepare_staging(raster, overwrite=True)
-        plans.append(plan_table([chunks_to_do(r) for r in each.rasters]))
-    plan, warm_plan = plans
+    plan, warm_plan = _fresh_plan(job), _fresh_plan(warm_job)
     per_task = len(plan) // tasks
     batch = auto_batch(job, 1 / tasks)
     context = multiprocessing.get_context("spawn")  # JAX's threads do not survive a fork
@@ -216,7 +209,7 @@ def shared_gpu(job, warm_job, tasks: int) -> dict:
     spec = stage_spec(job, job.rasters, 1 / tasks)
     warm_spec = stage_spec(warm_job, warm_job.rasters, 1 / tasks)
     processes = [context.Process(target=_shared_task, args=(
-        index, barrier, results, (warm_plan.slice(index * batch, batch), warm_spec),
+        barrier, results, (warm_plan.slice(index * batch, batch), warm_spec),
         (plan.slice(index * per_task, per_task), spec), job.package, resources))
         for index in range(tasks)]  # fmt: skip
     for process in processes:
@@ -225,11 +218,11 @@ def shared_gpu(job, warm_job, tasks: int) -> dict:
     for process in processes:
         process.join()
     seconds = max(d["ended"] for d in done) - min(d["started"] for d in done)
-    useful = job.tiling.tile_size**2 * sum(d["tiles"] for d in done)
+    summed = _summed([row for d in done for row in d["rows"]])
+    useful = job.tiling.tile_size**2 * summed["tiles"]
     return {"tasks": tasks, "cores_per_task": resources.cpus, "batch": batch,
             "chunks": per_task * tasks, "seconds": seconds, "mpx_per_s": useful / seconds / 1e6,
-            "devices": sorted({dev for d in done for dev in d["devices"]}),
-            **{k: sum(d[k] for d in done) for k in ("tiles", "read_s", "infer_s", "write_s")}}
+            **summed}  # fmt: skip
 
 
 PARTS = ("sample", "partition", "shared_gpu", "sample_model")

@@ -237,7 +237,7 @@ def _chip_classifier(path: Path, runtime: Runtime, size: tuple, channels: int) -
     names, colors = read_class_table(path, class_count(channels), runtime)
     return ModelInfo(path=str(path), format=runtime.format, bands=runtime.bands,
                      channels=channels, stride=1, receptive_halo=None, halo_found_by="none",
-                     input_size=size[0] and int(size[0]), class_names=names,
+                     input_size=None if size[0] is None else int(size[0]), class_names=names,
                      class_colors=colors, task="chips")  # fmt: skip
 
 

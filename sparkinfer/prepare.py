@@ -216,12 +216,10 @@ def _tiling(config: JobConfig, model: ModelInfo) -> Tiling | ChipGrid:
     classifier's chips."""
     if model.task == "chips":
         return _chip_grid(config, model)
-    chip_flag = next((flag for flag, value in (("--chip-size", config.chip_size),
-                                               ("--chip-stride", config.chip_stride))
-                      if value is not None), None)  # fmt: skip
-    if chip_flag:
-        raise ConfigError(f"{model.path}: {chip_flag} applies to chip classifiers (an output "
-                          "of (batch, classes)); this model gives a class per pixel")  # fmt: skip
+    for flag, value in (("--chip-size", config.chip_size), ("--chip-stride", config.chip_stride)):
+        if value is not None:
+            raise ConfigError(f"{model.path}: {flag} applies to chip classifiers (an output of "
+                              "(batch, classes)); this model gives a class per pixel")  # fmt: skip
     if config.merge == "blend":
         margin = model.stride  # overlaps are even multiples of the stride: half is the halo
         window = model.input_size or config.tile_size * 5 // 4
