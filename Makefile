@@ -68,6 +68,7 @@ smoke-py312:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf out build dist *.egg-info

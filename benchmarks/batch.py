@@ -48,11 +48,22 @@ def measure(model: str, tile: int, batch: int, seconds: float, start_at: float) 
 def side_by_side(model: Path, tile: int, batch: int, seconds: float, processes: int) -> list:
     """`processes` fresh processes measuring together; their rates."""
     start_at = time.time() + 20  # after every process has loaded its model
-    command = [sys.executable, "-m", "benchmarks.batch", "--measure", str(model), str(tile),
-               str(batch), str(seconds), str(start_at)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.batch",
+        "--measure",
+        str(model),
+        str(tile),
+        str(batch),
+        str(seconds),
+        str(start_at),
+    ]
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    running = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-               for _ in range(processes)]  # fmt: skip
+    running = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
     return [round(float(p.communicate()[0].split()[-1]), 3) for p in running]
 
 

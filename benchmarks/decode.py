@@ -66,8 +66,10 @@ def main() -> None:
             started = time.perf_counter()
             way()
             seconds = time.perf_counter() - started
-        rates[name] = {"seconds": round(seconds, 2),
-                       "mpx_per_s": round(args.size**2 / seconds / 1e6, 1)}  # fmt: skip
+        rates[name] = {
+            "seconds": round(seconds, 2),
+            "mpx_per_s": round(args.size**2 / seconds / 1e6, 1),
+        }
         print(f"  {name}: {rates[name]}", flush=True)
     result = envelope(args, window=WINDOW) | {"rates": rates}
     print(json.dumps(rates, indent=2))

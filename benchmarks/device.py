@@ -62,8 +62,19 @@ SAMPLE = [ROOT / "data" / "nc_landsat7_2000.tif", ROOT / "data" / "L7_ETMs.tif"]
 
 
 def _job(inputs: list[Path], model: Path, output: Path, *options: str):
-    argv = ["--input", *map(str, inputs), "--model", str(model), "--output", str(output),
-            "--backend", "jax", "--progress", "0", *options]  # fmt: skip
+    argv = [
+        "--input",
+        *map(str, inputs),
+        "--model",
+        str(model),
+        "--output",
+        str(output),
+        "--backend",
+        "jax",
+        "--progress",
+        "0",
+        *options,
+    ]
     return prepare_job(config_from_args(argv, defaults_file=ROOT / "conf" / "default.yaml"))
 
 
@@ -97,8 +108,10 @@ def sample_agreement(work: Path) -> dict:
     """The sample inferred on GPU 0 and on the CPU: where the class maps agree."""
     model = ROOT / "data" / "landcover.keras"
     maps, devices = {}, {}
-    for name, resources in (("gpu", TaskResources(os.cpu_count() or 1, "0")),
-                            ("cpu", TaskResources(os.cpu_count() or 1, None))):  # fmt: skip
+    for name, resources in (
+        ("gpu", TaskResources(os.cpu_count() or 1, "0")),
+        ("cpu", TaskResources(os.cpu_count() or 1, None)),
+    ):
         job = _job(SAMPLE, model, work / f"sample-{name}", "--tile-size", "128")
         _, rows = run_partition(job, resources)
         devices[name] = sorted({r["device"] for r in rows})
@@ -120,9 +133,13 @@ def model_only(model_path: Path, tile: int, halo: int, batch: int, precision: st
 
         model = mixed_bfloat16(model, keras)
     device = jax.devices()[0]
-    variables = jax.device_put(([v.value for v in model.trainable_variables],
-                                [v.value for v in model.non_trainable_variables]),
-                               device)  # fmt: skip
+    variables = jax.device_put(
+        (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+        ),
+        device,
+    )
     window = tile + 2 * halo
 
     @jax.jit
@@ -130,8 +147,10 @@ def model_only(model_path: Path, tile: int, halo: int, batch: int, precision: st
         y, _ = model.stateless_call(*variables, x, training=False)
         return jnp.argmax(y[:, halo : halo + tile, halo : halo + tile], axis=-1).astype(jnp.uint8)
 
-    x = jax.device_put(np.random.default_rng(0).uniform(0, 1, (batch, window, window, 4))
-                       .astype(np.float32), device)  # fmt: skip
+    x = jax.device_put(
+        np.random.default_rng(0).uniform(0, 1, (batch, window, window, 4)).astype(np.float32),
+        device,
+    )
     classify(variables, x).block_until_ready()  # compile outside the timing
     calls, started = 0, time.perf_counter()
     while calls < 3 or time.perf_counter() - started < 5:
@@ -158,8 +177,13 @@ def timed_partition(job, resources: TaskResources, batch: int) -> dict:
     run_partition(job, resources, chunks=batch)
     seconds, rows = run_partition(job, resources)
     useful = sum(r.info.height * r.info.width for r in job.rasters)
-    return {"halo": job.tiling.halo, "batch": batch, "seconds": seconds,
-            "mpx_per_s": useful / seconds / 1e6, **_summed(rows)}  # fmt: skip
+    return {
+        "halo": job.tiling.halo,
+        "batch": batch,
+        "seconds": seconds,
+        "mpx_per_s": useful / seconds / 1e6,
+        **_summed(rows),
+    }
 
 
 def _fresh_plan(job):
@@ -174,15 +198,20 @@ def _fresh_plan(job):
 def _summed(rows: list[dict]) -> dict:
     """What result `rows` of the partition function ran on, the tiles they inferred and the
     seconds their tasks spent reading, inferring and writing."""
-    return {"devices": sorted({r["device"] for r in rows}),
-            "tiles": sum(r["inferred"] for r in rows),
-            **{k: sum(r[k] for r in rows) for k in ("read_s", "infer_s", "write_s")}}  # fmt: skip
+    return {
+        "devices": sorted({r["device"] for r in rows}),
+        "tiles": sum(r["inferred"] for r in rows),
+        **{k: sum(r[k] for r in rows) for k in ("read_s", "infer_s", "write_s")},
+    }
 
 
 def _rows(plan, spec, package, resources: TaskResources) -> list[dict]:
     """The partition function over `plan` as one task: its result rows."""
-    return [row for batch in infer_partition(plan.to_batches(), spec, package, resources)
-            for row in batch.to_pylist()]  # fmt: skip
+    return [
+        row
+        for batch in infer_partition(plan.to_batches(), spec, package, resources)
+        for row in batch.to_pylist()
+    ]
 
 
 def _shared_task(barrier, results, warm, timed, package, resources) -> None:
@@ -208,10 +237,20 @@ def shared_gpu(job, warm_job, tasks: int) -> dict:
     resources = TaskResources(max(1, (os.cpu_count() or 1) // tasks), "0")
     spec = stage_spec(job, job.rasters, 1 / tasks)
     warm_spec = stage_spec(warm_job, warm_job.rasters, 1 / tasks)
-    processes = [context.Process(target=_shared_task, args=(
-        barrier, results, (warm_plan.slice(index * batch, batch), warm_spec),
-        (plan.slice(index * per_task, per_task), spec), job.package, resources))
-        for index in range(tasks)]  # fmt: skip
+    processes = [
+        context.Process(
+            target=_shared_task,
+            args=(
+                barrier,
+                results,
+                (warm_plan.slice(index * batch, batch), warm_spec),
+                (plan.slice(index * per_task, per_task), spec),
+                job.package,
+                resources,
+            ),
+        )
+        for index in range(tasks)
+    ]
     for process in processes:
         process.start()
     done = [results.get(timeout=600) for _ in processes]
@@ -220,9 +259,15 @@ def shared_gpu(job, warm_job, tasks: int) -> dict:
     seconds = max(d["ended"] for d in done) - min(d["started"] for d in done)
     summed = _summed([row for d in done for row in d["rows"]])
     useful = job.tiling.tile_size**2 * summed["tiles"]
-    return {"tasks": tasks, "cores_per_task": resources.cpus, "batch": batch,
-            "chunks": per_task * tasks, "seconds": seconds, "mpx_per_s": useful / seconds / 1e6,
-            **summed}  # fmt: skip
+    return {
+        "tasks": tasks,
+        "cores_per_task": resources.cpus,
+        "batch": batch,
+        "chunks": per_task * tasks,
+        "seconds": seconds,
+        "mpx_per_s": useful / seconds / 1e6,
+        **summed,
+    }
 
 
 PARTS = ("sample", "partition", "shared_gpu", "sample_model")
@@ -233,13 +278,17 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="work folder; device.json")
     parser.add_argument("--size", type=int, default=8192, help="side of the raster, pixels")
     parser.add_argument("--tile", type=int, default=2048, help="core tile side, pixels")
-    parser.add_argument("--batch", default="auto",
-                        help="tiles per model call, or auto: what the job's runtime picks there")
+    parser.add_argument(
+        "--batch",
+        default="auto",
+        help="tiles per model call, or auto: what the job's runtime picks there",
+    )
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--parts", default=",".join(PARTS), help="which parts to run")
     parser.add_argument("--tasks", default="1,4,8,16", help="shared_gpu: processes per GPU")
-    parser.add_argument("--links", type=int, default=16,
-                        help="shared_gpu: hard links of the raster, one input each")
+    parser.add_argument(
+        "--links", type=int, default=16, help="shared_gpu: hard links of the raster, one input each"
+    )
     args = parser.parse_args()
     parts = args.parts.split(",")
     if unknown := set(parts) - set(PARTS):
@@ -247,8 +296,11 @@ def main() -> None:
     work = args.output
     shutil.rmtree(work / "runs", ignore_errors=True)
     runs = work / "runs"
-    result: dict = {"host": platform.node(), "cpus": os.cpu_count(), "args": vars(args) | {
-        "output": str(args.output)}}  # fmt: skip
+    result: dict = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "args": vars(args) | {"output": str(args.output)},
+    }
 
     def save() -> None:  # after each part: a run stopped at its time limit keeps what it did
         (work / "device.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -260,8 +312,14 @@ def main() -> None:
     if "partition" in parts or "shared_gpu" in parts:
         unet = save_model("unet", work / "models")
         raster = make_large_raster(work / "rasters" / f"nc_{args.size}.tif", args.size)
-        options = ("--tile-size", str(args.tile), "--precision", args.precision, "--scale",
-                   str(1 / 255))  # fmt: skip
+        options = (
+            "--tile-size",
+            str(args.tile),
+            "--precision",
+            args.precision,
+            "--scale",
+            str(1 / 255),
+        )
         batch = args.batch
         if batch == "auto":  # what `--batch-size auto` picks on this device for this window
             probe_job = _job([raster], unet, runs / "unet", *options)
@@ -269,8 +327,7 @@ def main() -> None:
             result["auto_batch"] = {"window": probe_job.tiling.window_size, "batch": batch}
         batch = int(batch)
         job = _job([raster], unet, runs / "unet", *options, "--batch-size", str(batch))
-        result["model_only"] = model_only(unet, args.tile, job.tiling.halo, batch,
-                                          args.precision)  # fmt: skip
+        result["model_only"] = model_only(unet, args.tile, job.tiling.halo, batch, args.precision)
         save()
     if "partition" in parts:
         result["partition"] = timed_partition(job, gpu, batch)
@@ -287,8 +344,10 @@ def main() -> None:
             links.append(link)
         result["shared_gpu"] = []
         for tasks in map(int, args.tasks.split(",")):
-            shared = [_job(links, unet, runs / f"shared-{tasks}-{name}", *options)
-                      for name in ("timed", "warm")]  # fmt: skip
+            shared = [
+                _job(links, unet, runs / f"shared-{tasks}-{name}", *options)
+                for name in ("timed", "warm")
+            ]
             measured = shared_gpu(*shared, tasks)
             measured["share_of_model_only"] = (
                 measured["mpx_per_s"] / result["model_only"]["mpx_per_s"]
@@ -297,13 +356,15 @@ def main() -> None:
             save()
     if "sample_model" in parts:
         # The sample's land-cover model takes the six Landsat bands.
-        six_bands = make_large_raster(work / "rasters" / f"nc6_{args.size}.tif", args.size,
-                                      bands=(1, 2, 3, 4, 5, 6))  # fmt: skip
+        six_bands = make_large_raster(
+            work / "rasters" / f"nc6_{args.size}.tif", args.size, bands=(1, 2, 3, 4, 5, 6)
+        )
         sample_options = [six_bands], ROOT / "data" / "landcover.keras", runs / "sample-large"
         sample = _job(*sample_options, "--tile-size", str(args.tile))
         sample_batch = auto_batch(sample) if args.batch == "auto" else int(args.batch)
-        sample = _job(*sample_options, "--tile-size", str(args.tile), "--batch-size",
-                      str(sample_batch))  # fmt: skip
+        sample = _job(
+            *sample_options, "--tile-size", str(args.tile), "--batch-size", str(sample_batch)
+        )
         result["partition_sample_model"] = timed_partition(sample, gpu, sample_batch)
         save()
     print(json.dumps(result, indent=2))

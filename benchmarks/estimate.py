@@ -37,13 +37,20 @@ def submit(args: list[str], output: Path) -> tuple[float, float, str]:
     """`./spark-submit.sh` with `args` on local[2]; the process's wall seconds, the load
     average before it, and its stdout."""
     load = os.getloadavg()[0]
-    env = os.environ | {"SPARK_MASTER": "local[2]", "PYTHONPATH": str(ROOT),
-                        "SPARKINFER_VENV": str(Path(sys.executable).parent.parent),
-                        "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
+    env = os.environ | {
+        "SPARK_MASTER": "local[2]",
+        "PYTHONPATH": str(ROOT),
+        "SPARKINFER_VENV": str(Path(sys.executable).parent.parent),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     started = time.perf_counter()
-    done = subprocess.run([str(ROOT / "spark-submit.sh"), *args, "--output", str(output),
-                           "--progress", "0"], cwd=ROOT, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        [str(ROOT / "spark-submit.sh"), *args, "--output", str(output), "--progress", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"spark-submit.sh failed:\n{done.stderr[-3000:]}")
@@ -69,9 +76,20 @@ def one_model(args: list[str], work: Path) -> dict:
         "processes_s": {"estimate": round(estimate_s, 2), "run": round(run_s, 2)},
         "load_average_before": {"estimate": round(estimate_load, 2), "run": round(run_load, 2)},
         "estimate_printed": printed.splitlines(),
-        "estimate": {key: estimate[key] for key in ("plan", "bytes", "sample", "measured",
-                                                    "rate", "predicted", "slot_hours",
-                                                    "core_hours_per_1000_km2", "area_km2")},
+        "estimate": {
+            key: estimate[key]
+            for key in (
+                "plan",
+                "bytes",
+                "sample",
+                "measured",
+                "rate",
+                "predicted",
+                "slot_hours",
+                "core_hours_per_1000_km2",
+                "area_km2",
+            )
+        },
         "run_timings_s": {k: round(v, 2) for k, v in run["timings"].items()},
         "run_tiles": run["tiles"],
     }
@@ -80,8 +98,9 @@ def one_model(args: list[str], work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--models", nargs="+", default=["tiny", "sample"],
-                        choices=["tiny", "sample", "unet"])  # fmt: skip
+    parser.add_argument(
+        "--models", nargs="+", default=["tiny", "sample"], choices=["tiny", "sample", "unet"]
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")
@@ -91,22 +110,32 @@ def main() -> None:
     found = {}
     for name in args.models:
         if name == "sample":
-            raster = make_large_raster(rasters / f"nc6_{args.size}.tif", args.size,
-                                       bands=SAMPLE_BANDS)  # fmt: skip
+            raster = make_large_raster(
+                rasters / f"nc6_{args.size}.tif", args.size, bands=SAMPLE_BANDS
+            )
             model, options = SAMPLE_MODEL, []
         else:
             raster = make_large_raster(rasters / f"nc_{args.size}.tif", args.size)
             model, options = save_model(name, args.work / "models"), ["--scale", str(SCALE)]
-        command = ["--input", str(raster), "--model", str(model), "--tile-size", str(args.tile),
-                   *options]  # fmt: skip
+        command = [
+            "--input",
+            str(raster),
+            "--model",
+            str(model),
+            "--tile-size",
+            str(args.tile),
+            *options,
+        ]
         found[name] = []
         for repeat in range(args.repeats):
             result = one_model(command, args.work / "runs" / "estimate" / name)
             found[name].append(result)
-            print(f"  {name} run {repeat + 1}: predicted {result['predicted_wall_s']:.1f} s, "
-                  f"actual {result['actual_wall_s']:.1f} s, ratio "
-                  f"{result['predicted_over_actual']:.3f} (load {result['load_average_before']})",
-                  flush=True)  # fmt: skip
+            print(
+                f"  {name} run {repeat + 1}: predicted {result['predicted_wall_s']:.1f} s, "
+                f"actual {result['actual_wall_s']:.1f} s, ratio "
+                f"{result['predicted_over_actual']:.3f} (load {result['load_average_before']})",
+                flush=True,
+            )
     target = f"predicted / actual within 1 ± {TARGET}"
     result = envelope(args, master="local[2]") | {"target": target, "models": found}
     write_result(result, "estimate")

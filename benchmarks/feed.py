@@ -45,10 +45,19 @@ def _floor_chunk(task: tuple) -> None:
         classes = data.argmax(axis=0).astype(np.uint8)
         core = classes[kept.slices(read)]
         core_window = Window(kept.col_off, kept.row_off, kept.width, kept.height)
-        profile = {"driver": "GTiff", "width": core.shape[1], "height": core.shape[0],
-                   "count": 1, "dtype": "uint8", "compress": "deflate", "tiled": True,
-                   "blockxsize": 256, "blockysize": 256, "crs": src.crs,
-                   "transform": src.window_transform(core_window)}  # fmt: skip
+        profile = {
+            "driver": "GTiff",
+            "width": core.shape[1],
+            "height": core.shape[0],
+            "count": 1,
+            "dtype": "uint8",
+            "compress": "deflate",
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "crs": src.crs,
+            "transform": src.window_transform(core_window),
+        }
         name = f"chunk_{chunk.row}_{chunk.col}.tif"
         with rasterio.open(Path(output) / name, "w", **profile) as dst:
             dst.write(core, 1)
@@ -57,8 +66,10 @@ def _floor_chunk(task: tuple) -> None:
 def floor(job, output: Path, cores: int) -> float:
     output.mkdir(parents=True, exist_ok=True)
     raster = job.rasters[0]
-    tasks = [(raster.info.path, str(output), Chunk.of_row(row))
-             for row in raster.plan.chunks().to_pylist()]  # fmt: skip
+    tasks = [
+        (raster.info.path, str(output), Chunk.of_row(row))
+        for row in raster.plan.chunks().to_pylist()
+    ]
     started = time.perf_counter()
     with ProcessPoolExecutor(cores) as pool:
         list(pool.map(_floor_chunk, tasks))
@@ -69,8 +80,17 @@ def _job(raster: Path, model: Path, output: Path, readers: int | None):
     from sparkinfer.cli import config_from_args
     from sparkinfer.prepare import prepare_job
 
-    argv = ["--input", str(raster), "--model", str(model), "--output", str(output),
-            "--progress", "0", "--overwrite"]  # fmt: skip
+    argv = [
+        "--input",
+        str(raster),
+        "--model",
+        str(model),
+        "--output",
+        str(output),
+        "--progress",
+        "0",
+        "--overwrite",
+    ]
     if readers:
         argv += ["--readers", str(readers)]
     return prepare_job(config_from_args(argv, defaults_file=DEFAULTS))
@@ -95,12 +115,16 @@ def main() -> None:
     try:
         for repeat in range(args.repeats):
             job = _job(raster, model, args.work / "runs" / "feed" / "job", args.readers)
-            seconds["floor"].append(floor(job, args.work / "runs" / "feed" / f"floor{repeat}",
-                                          args.cores))  # fmt: skip
+            seconds["floor"].append(
+                floor(job, args.work / "runs" / "feed" / f"floor{repeat}", args.cores)
+            )
             report = run_job(spark, job)
             seconds["stage"].append(report["timings"]["infer_write_s"])
-            print(f"  run {repeat + 1}: floor {seconds['floor'][-1]:.1f} s, "
-                  f"stage {seconds['stage'][-1]:.1f} s", flush=True)  # fmt: skip
+            print(
+                f"  run {repeat + 1}: floor {seconds['floor'][-1]:.1f} s, "
+                f"stage {seconds['stage'][-1]:.1f} s",
+                flush=True,
+            )
     finally:
         spark.stop()
     pixels = args.size * args.size
@@ -108,9 +132,12 @@ def main() -> None:
     for name, values in seconds.items():
         median = statistics.median(values)
         rate = pixels / median / 1e6
-        rates[name] = {"seconds": [round(v, 2) for v in values], "median_s": round(median, 2),
-                       "mpx_per_s": round(rate, 2),
-                       "mpx_per_s_per_core": round(rate / args.cores, 2)}  # fmt: skip
+        rates[name] = {
+            "seconds": [round(v, 2) for v in values],
+            "median_s": round(median, 2),
+            "mpx_per_s": round(rate, 2),
+            "mpx_per_s_per_core": round(rate / args.cores, 2),
+        }
     result = envelope(args) | {
         "raster": {"side": args.size, "pixels": pixels},
         "tiling": report["tiling"],

@@ -38,8 +38,10 @@ PLAN_SIDES = (262_144, 1_000_000)  # at tile 512: 262,144 and 3,818,116 tiles
 def _config(inputs: list[str], output: Path, **options):
     from sparkinfer.config import load_config
 
-    return load_config(dict(input=inputs, model=str(SAMPLE_MODEL), output=str(output), **options),
-                       defaults_file=DEFAULTS)  # fmt: skip
+    return load_config(
+        dict(input=inputs, model=str(SAMPLE_MODEL), output=str(output), **options),
+        defaults_file=DEFAULTS,
+    )
 
 
 def _jvm_heap_used_mb(spark) -> float:
@@ -58,10 +60,23 @@ def measure_plan(side: int, work: Path, cores: int) -> dict:
 
     (work / "in").mkdir(parents=True, exist_ok=True)
     raster = work / "in" / f"sparse-{side}.tif"
-    with rasterio.open(raster, "w", driver="GTiff", width=side, height=side, count=6,
-                       dtype="uint8", crs="EPSG:32617", nodata=0, tiled=True, blockxsize=4096,
-                       blockysize=4096, sparse_ok=True, bigtiff="yes",
-                       transform=from_origin(600_000, 4_000_000, 10, 10)):  # fmt: skip
+    with rasterio.open(
+        raster,
+        "w",
+        driver="GTiff",
+        width=side,
+        height=side,
+        count=6,
+        dtype="uint8",
+        crs="EPSG:32617",
+        nodata=0,
+        tiled=True,
+        blockxsize=4096,
+        blockysize=4096,
+        sparse_ok=True,
+        bigtiff="yes",
+        transform=from_origin(600_000, 4_000_000, 10, 10),
+    ):
         pass
     started = time.perf_counter()
     job = prepare_job(_config([str(raster)], work / "out"))  # imports TF, checks the model
@@ -149,10 +164,26 @@ def measure_many(count: int, work: Path, cores: int) -> dict:
 
 def _in_fresh_process(part: str, value: int, work: Path, cores: int) -> dict:
     result = work / f"{part}-{value}.json"
-    command = [sys.executable, "-m", "benchmarks.load", "--part", part, "--value", str(value),
-               "--work", str(work), "--cores", str(cores), "--result", str(result)]  # fmt: skip
-    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore",
-                        "PYSPARK_PYTHON": sys.executable}  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.load",
+        "--part",
+        part,
+        "--value",
+        str(value),
+        "--work",
+        str(work),
+        "--cores",
+        str(cores),
+        "--result",
+        str(result),
+    ]
+    env = os.environ | {
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONWARNINGS": "ignore",
+        "PYSPARK_PYTHON": sys.executable,
+    }
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"load benchmark {part} {value} failed:\n{done.stderr[-3000:]}")

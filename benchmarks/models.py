@@ -41,8 +41,13 @@ def mobilenet_unet(bands: int = BANDS, classes: int = CLASSES):
     encoder = keras.applications.MobileNetV2(
         input_shape=(None, None, bands), include_top=False, weights=None
     )
-    names = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
-             "block_13_expand_relu", "block_16_project")  # fmt: skip
+    names = (
+        "block_1_expand_relu",
+        "block_3_expand_relu",
+        "block_6_expand_relu",
+        "block_13_expand_relu",
+        "block_16_project",
+    )
     skips = [encoder.get_layer(name).output for name in names]
     x = skips[-1]
     for skip, filters in zip(reversed(skips[:-1]), (512, 256, 128, 64), strict=True):

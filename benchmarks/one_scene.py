@@ -34,9 +34,21 @@ TILE = 512
 def run_job(raster: Path, model: Path, output: Path) -> tuple[float, dict]:
     """spark-submit.sh as a user types it; wall seconds and the run report."""
     shutil.rmtree(output, ignore_errors=True)
-    command = [str(ROOT / "spark-submit.sh"), "--input", str(raster), "--model", str(model),
-               "--output", str(output), "--tile-size", str(TILE), "--scale", str(SCALE),
-               "--progress", "0"]  # fmt: skip
+    command = [
+        str(ROOT / "spark-submit.sh"),
+        "--input",
+        str(raster),
+        "--model",
+        str(model),
+        "--output",
+        str(output),
+        "--tile-size",
+        str(TILE),
+        "--scale",
+        str(SCALE),
+        "--progress",
+        "0",
+    ]
     env = os.environ | {"SPARKINFER_VENV": str(Path(sys.executable).parent.parent)}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -66,8 +78,9 @@ def main() -> None:
                 if path == "job":
                     spent, report = run_job(raster, model, work / "job")
                 else:
-                    spent = run_path("plain_script", raster, model, TILE, None, work / "plain",
-                                     cores)["process_s"]  # fmt: skip
+                    spent = run_path(
+                        "plain_script", raster, model, TILE, None, work / "plain", cores
+                    )["process_s"]
                 seconds[path].append(spent)
                 print(f"  {size} {path} run {repeat + 1}: {spent:.1f} s", flush=True)
         medians = {p: statistics.median(v) for p, v in seconds.items()}

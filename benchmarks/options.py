@@ -35,12 +35,18 @@ OPTIONS = {  # name: the job's options on top of the case's (a function of them)
 
 def cases(work: Path, size: int) -> dict[str, dict]:
     return {
-        "sample": dict(input=[str(ROOT / "data" / "nc_landsat7_2000.tif")],
-                       model=str(ROOT / "data" / "landcover.keras"), tile_size=128),
-        "unet": dict(input=[str(make_large_raster(work / f"mirror-{size}.tif", size))],
-                     model=str(save_model("unet", work / "models")), tile_size=512,
-                     normalization={"scale": SCALE}),
-    }  # fmt: skip
+        "sample": dict(
+            input=[str(ROOT / "data" / "nc_landsat7_2000.tif")],
+            model=str(ROOT / "data" / "landcover.keras"),
+            tile_size=128,
+        ),
+        "unet": dict(
+            input=[str(make_large_raster(work / f"mirror-{size}.tif", size))],
+            model=str(save_model("unet", work / "models")),
+            tile_size=512,
+            normalization={"scale": SCALE},
+        ),
+    }
 
 
 def main() -> None:
@@ -56,39 +62,57 @@ def main() -> None:
     from sparkinfer.job import run_job
     from sparkinfer.prepare import prepare_job
 
-    spark = (SparkSession.builder.master("local[2]").config("spark.python.worker.reuse", "true")
-             .config("spark.ui.enabled", "false").getOrCreate())  # fmt: skip
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
     runs: dict = {}
     for case, base in cases(args.work, args.size).items():
         names = list(OPTIONS)
         for repeat in range(args.repeats + 1):  # the first round warms the workers: not kept
-            for name in names[repeat % len(names):] + names[: repeat % len(names)]:
-                options = base | OPTIONS[name](base) | {"output": str(args.work / "options" / case),
-                                                  "overwrite": True}  # fmt: skip
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                options = (
+                    base
+                    | OPTIONS[name](base)
+                    | {"output": str(args.work / "options" / case), "overwrite": True}
+                )
                 config = load_config(options, ROOT / "conf" / "default.yaml")
                 started = time.perf_counter()
                 report = run_job(spark, prepare_job(config, spark))
                 wall = time.perf_counter() - started
                 if repeat:
-                    found = runs.setdefault(case, {}).setdefault(name, {"wall_s": [],
-                                                                        "stage_s": []})
+                    found = runs.setdefault(case, {}).setdefault(
+                        name, {"wall_s": [], "stage_s": []}
+                    )
                     found["wall_s"].append(round(wall, 2))
                     found["stage_s"].append(round(report["timings"]["infer_write_s"], 2))
                 print(f"  {case} {name}: {wall:.1f} s", flush=True)
     spark.stop()
-    medians = {case: {name: {k: statistics.median(v) for k, v in found.items()}
-                      for name, found in by_option.items()}
-               for case, by_option in runs.items()}  # fmt: skip
+    medians = {
+        case: {
+            name: {k: statistics.median(v) for k, v in found.items()}
+            for name, found in by_option.items()
+        }
+        for case, by_option in runs.items()
+    }
     write_result(envelope(args) | {"runs": runs, "medians": medians}, "options")
-    print("| option | " + " | ".join(f"{c}: run | {c}: stage | {c}: stage ratio"
-                                      for c in medians) + " |")  # fmt: skip
+    print(
+        "| option | "
+        + " | ".join(f"{c}: run | {c}: stage | {c}: stage ratio" for c in medians)
+        + " |"
+    )
     print("|---|" + "---|---|---|" * len(medians))
     for name in OPTIONS:
         cells = []
         for by_option in medians.values():
             m, base = by_option[name], by_option["none"]
-            cells += [f"{m['wall_s']:.1f} s", f"{m['stage_s']:.1f} s",
-                      f"{m['stage_s'] / base['stage_s']:.2f}x"]  # fmt: skip
+            cells += [
+                f"{m['wall_s']:.1f} s",
+                f"{m['stage_s']:.1f} s",
+                f"{m['stage_s'] / base['stage_s']:.2f}x",
+            ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(json.dumps(medians, indent=2))
 

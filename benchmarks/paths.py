@@ -96,8 +96,18 @@ def _job(args):
     from sparkinfer.cli import config_from_args
     from sparkinfer.prepare import prepare_job
 
-    argv = ["--input", str(args.raster), "--model", str(args.model), "--output", str(args.output),
-            "--tile-size", str(args.tile_size), "--scale", str(SCALE)]  # fmt: skip
+    argv = [
+        "--input",
+        str(args.raster),
+        "--model",
+        str(args.model),
+        "--output",
+        str(args.output),
+        "--tile-size",
+        str(args.tile_size),
+        "--scale",
+        str(SCALE),
+    ]
     if args.batch_size:
         argv += ["--batch-size", str(args.batch_size)]
     return prepare_job(config_from_args(argv, defaults_file=DEFAULTS))
@@ -126,8 +136,15 @@ def _read(src, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     from sparkinfer.runtimes import preprocess
 
     read = tile.read
-    data, valid = read_window(src, list(range(1, src.count + 1)), read.row_off, read.col_off,
-                              read.height, read.width, masking="nodata")  # fmt: skip
+    data, valid = read_window(
+        src,
+        list(range(1, src.count + 1)),
+        read.row_off,
+        read.col_off,
+        read.height,
+        read.width,
+        masking="nodata",
+    )
     core = valid[tile.core.slices(read)]
     return preprocess(np.moveaxis(data, 0, -1), valid, _normalization()), core
 
@@ -179,9 +196,16 @@ def plain_script(args) -> dict:
     output = Path(args.output) / "plain.tif"
     Path(args.output).mkdir(parents=True, exist_ok=True)
     with rasterio.open(args.raster) as src:
-        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 255, "tiled": True,
-                                 "blockxsize": 512, "blockysize": 512, "compress": "deflate",
-                                 "predictor": 2}  # fmt: skip
+        profile = src.profile | {
+            "count": 1,
+            "dtype": "uint8",
+            "nodata": 255,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+            "predictor": 2,
+        }
         with rasterio.open(output, "w", **profile) as dst:
             size = _batch_size(job)
             for i in range(0, len(tiles), size):
@@ -276,8 +300,9 @@ def predict_batch_udf(args) -> dict:
             src = rasterio.open(raster)
 
             def predict(windows: np.ndarray) -> np.ndarray:
-                batch = [_tile_of(dict(zip(FIELDS, map(int, values), strict=True)))
-                         for values in windows]  # fmt: skip
+                batch = [
+                    _tile_of(dict(zip(FIELDS, map(int, values), strict=True))) for values in windows
+                ]
                 pixels, valid = zip(*(_read(src, t) for t in batch), strict=True)
                 scores = model.predict_on_batch(np.stack(pixels))
                 out = np.full((len(batch), tile_size * tile_size), 255, np.uint8)
@@ -289,9 +314,11 @@ def predict_batch_udf(args) -> dict:
             return predict
 
         classify = spark_predict_batch_udf(
-            make_predict_fn, return_type=ArrayType(ByteType()), batch_size=_batch_size(job),
+            make_predict_fn,
+            return_type=ArrayType(ByteType()),
+            batch_size=_batch_size(job),
             input_tensor_shapes=[[len(FIELDS)]],
-        )  # fmt: skip
+        )
         frame = spark.createDataFrame(pa.Table.from_pylist([_row(t) for t in tiles]))  # by core
         predicted = frame.withColumn("classes", classify(array(*FIELDS)))
 
@@ -312,9 +339,16 @@ def predict_batch_udf(args) -> dict:
 
         predicted.mapInArrow(write_tiles, "tiles long").collect()
         chunks = [_tile_chunk(folder, t) for t in tiles]
-        assemble_cog(info, chunks, Path(args.output) / "udf.tif", CogOptions(), scores=False,
-                     classes=job.model.classes, channels=job.model.channels,
-                     metadata={})  # fmt: skip
+        assemble_cog(
+            info,
+            chunks,
+            Path(args.output) / "udf.tif",
+            CogOptions(),
+            scores=False,
+            classes=job.model.classes,
+            channels=job.model.channels,
+            metadata={},
+        )
         seconds = time.perf_counter() - started
         memory = peak_memory()
     finally:
@@ -323,8 +357,18 @@ def predict_batch_udf(args) -> dict:
 
 
 # A tile as the UDF's table has it: one flat row of numbers.
-FIELDS = ("tile_row", "tile_col", "core_row_off", "core_col_off", "core_height", "core_width",
-          "read_row_off", "read_col_off", "read_height", "read_width")  # fmt: skip
+FIELDS = (
+    "tile_row",
+    "tile_col",
+    "core_row_off",
+    "core_col_off",
+    "core_height",
+    "core_width",
+    "read_row_off",
+    "read_col_off",
+    "read_height",
+    "read_width",
+)
 
 
 def _row(tile: Tile) -> dict:

@@ -36,9 +36,19 @@ CHUNK = 2048
 
 
 def _raster(side: int, crs: str) -> RasterInfo:
-    return RasterInfo(path=f"mirrored-{side}.tif", width=side, height=side, count=1,
-                      dtype="uint8", crs=crs, nodata=None, masking="none", size=0,
-                      transform=(28.5, 0, 600_000, 0, -28.5, 230_000), mtime_ns=0)  # fmt: skip
+    return RasterInfo(
+        path=f"mirrored-{side}.tif",
+        width=side,
+        height=side,
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        nodata=None,
+        masking="none",
+        size=0,
+        transform=(28.5, 0, 600_000, 0, -28.5, 230_000),
+        mtime_ns=0,
+    )
 
 
 def _chunks(side: int, folder: Path) -> list[ChunkSpec]:
@@ -72,16 +82,24 @@ def measure(side: int, folder: Path, crs: str) -> dict:
     path = folder / "polygons.parquet"
     names = tuple(f"class {i}" for i in range(255))
     write_polygons(_raster(side, crs), _chunks(side, folder), str(path), names, 0.0)
-    return {"side": side, "regions": pq.ParquetFile(path).metadata.num_rows,
-            "merge_s": round(time.perf_counter() - started, 1),
-            "merge_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "side": side,
+        "regions": pq.ParquetFile(path).metadata.num_rows,
+        "merge_s": round(time.perf_counter() - started, 1),
+        "merge_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def _in_fresh_process(*args) -> dict:
     """A step run in a fresh process: its peak memory is its own (a child forked from this
     process would report this process's peak as its own)."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.polygons", *map(str, args)],
-                          cwd=ROOT, check=True, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.polygons", *map(str, args)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -91,15 +109,21 @@ def main() -> None:
         with rasterio.open(classes_path) as src:
             classes, crs = src.read(1), src.crs.to_string()
         seconds = write_chunks(classes, side, folder, crs)
-        print(json.dumps({"chunks": len(seconds), "crs": crs,
-                          "chunk_polygons_s_median": round(float(np.median(seconds)), 2)}))
+        print(
+            json.dumps(
+                {
+                    "chunks": len(seconds),
+                    "crs": crs,
+                    "chunk_polygons_s_median": round(float(np.median(seconds)), 2),
+                }
+            )
+        )
         return
     if sys.argv[1:2] == ["--measure"]:
         print(json.dumps(measure(int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes",
-                        default=ROOT / "out" / "sample" / "nc_landsat7_2000.tif")  # fmt: skip
+    parser.add_argument("--classes", default=ROOT / "out" / "sample" / "nc_landsat7_2000.tif")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "polygons")
     args = parser.parse_args()
     found = []
@@ -112,8 +136,10 @@ def main() -> None:
     print("| raster | chunks | a chunk's polygons (median) | regions | merged in | peak memory |")
     print("|---|---|---|---|---|---|")
     for run in found:
-        print(f"| {run['side']}² | {run['chunks']} | {run['chunk_polygons_s_median']} s | "
-              f"{run['regions']:,} | {run['merge_s']} s | {run['merge_peak_mib']} MiB |")
+        print(
+            f"| {run['side']}² | {run['chunks']} | {run['chunk_polygons_s_median']} s | "
+            f"{run['regions']:,} | {run['merge_s']} s | {run['merge_peak_mib']} MiB |"
+        )
 
 
 if __name__ == "__main__":

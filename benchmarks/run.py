@@ -53,9 +53,24 @@ def run_path(
     result_file = work / "result.json"
     shutil.rmtree(output, ignore_errors=True)  # a fresh run each time: nothing to resume
     work.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "benchmarks.paths", path, "--raster", str(raster),
-               "--model", str(model), "--output", str(output), "--result", str(result_file),
-               "--tile-size", str(tile), "--cores", str(cores)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.paths",
+        path,
+        "--raster",
+        str(raster),
+        "--model",
+        str(model),
+        "--output",
+        str(output),
+        "--result",
+        str(result_file),
+        "--tile-size",
+        str(tile),
+        "--cores",
+        str(cores),
+    ]
     if batch:
         command += ["--batch-size", str(batch)]
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
@@ -105,10 +120,13 @@ def benchmark_model(name: str, raster: Path, tile: int, batch: int | None, args)
             "median_s": round(seconds, 3),
             "mpx_per_s": round(pixels / seconds / 1e6, 3),
             "process_s": round(statistics.median(r["process_s"] for r in results), 2),
-            "startup": {k: round(statistics.median(r["startup"][k] for r in results), 2)
-                        for k in results[0].get("startup", {})},  # fmt: skip
-            "peak_memory_mb": {k: max(r["memory"][k] for r in results)
-                               for k in results[0]["memory"]},  # fmt: skip
+            "startup": {
+                k: round(statistics.median(r["startup"][k] for r in results), 2)
+                for k in results[0].get("startup", {})
+            },
+            "peak_memory_mb": {
+                k: max(r["memory"][k] for r in results) for k in results[0]["memory"]
+            },
         }
     summary["sparkinfer"]["stage_timings_s"] = {
         k: round(v, 2) for k, v in report["timings"].items()
@@ -117,15 +135,17 @@ def benchmark_model(name: str, raster: Path, tile: int, batch: int | None, args)
     tiling = report["tiling"]
     default = Tiling(DEFAULT_TILE, tiling["halo"], tiling["stride"])
     return {
-        "model": {"name": name, "parameters": _parameters(model), "bands": report["model"]["bands"],
-                  "receptive_halo": report["model"]["receptive_halo"]},  # fmt: skip
-        "raster": {"path": str(raster), "width_x_height": int(np.sqrt(pixels)),
-                   "pixels": pixels},  # fmt: skip
+        "model": {
+            "name": name,
+            "parameters": _parameters(model),
+            "bands": report["model"]["bands"],
+            "receptive_halo": report["model"]["receptive_halo"],
+        },
+        "raster": {"path": str(raster), "width_x_height": int(np.sqrt(pixels)), "pixels": pixels},
         "tiling": tiling | {"tiles": report["tiles"]["planned"]},
         "halo_share_at_default_tile": round(default.halo_share, 4),
         "paths": summary,
-        "ratios": {f"sparkinfer / {p}": round(rate["sparkinfer"] / rate[p], 3)
-                   for p in PATHS[:3]},  # fmt: skip
+        "ratios": {f"sparkinfer / {p}": round(rate["sparkinfer"] / rate[p], 3) for p in PATHS[:3]},
         "agreement_with_plain_script": {
             p: round(agreement(outputs["plain_script"], outputs[p]), 6)
             for p in ("predict_batch_udf", "sparkinfer")
@@ -147,8 +167,11 @@ def memory_scaling(args) -> dict:
         raster = make_large_raster(args.work / "rasters" / f"nc_{size}.tif", size)
         work = args.work / "runs" / "memory" / str(size)
         result = run_path("sparkinfer", raster, model, DEFAULT_TILE, None, work, args.cores)
-        found[size] = {"seconds": round(result["seconds"], 2), "memory_mb": result["memory"],
-                       "tiles": result["report"]["tiles"]["planned"]}  # fmt: skip
+        found[size] = {
+            "seconds": round(result["seconds"], 2),
+            "memory_mb": result["memory"],
+            "tiles": result["report"]["tiles"]["planned"],
+        }
         print(f"  memory {size}: {result['memory']}", flush=True)
     small, large = (found[s]["memory_mb"] for s in args.memory_sizes)
     growth = {
@@ -177,9 +200,14 @@ def envelope(args, **settings) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
     return {
         "host": socket.gethostname(),
@@ -187,8 +215,10 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "memory_gib": round(memory_kb / 2**20, 1),
         "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("pyspark", "tensorflow-cpu", "keras", "rasterio",
-                                             "numpy", "pyarrow")},  # fmt: skip
+        "versions": {
+            p: version(p)
+            for p in ("pyspark", "tensorflow-cpu", "keras", "rasterio", "numpy", "pyarrow")
+        },
         "gdal": rasterio.__gdal_version__,
     }
 
@@ -214,8 +244,11 @@ def markdown(results: dict) -> str:
     lines.append("")
     lines.append(f"| peak memory (MiB) | {sizes[0]}² | {sizes[1]}² | growth |")
     lines.append("|---|---|---|---|")
-    for key, label in (("driver_mb", "driver (Python)"), ("jvm_mb", "JVM"),
-                       ("worker_max_mb", "Python worker (max)")):  # fmt: skip
+    for key, label in (
+        ("driver_mb", "driver (Python)"),
+        ("jvm_mb", "JVM"),
+        ("worker_max_mb", "Python worker (max)"),
+    ):
         a, b = (m["sizes"][s]["memory_mb"][key] for s in sizes)
         lines.append(f"| {label} | {a:.0f} | {b:.0f} | {m['growth'][key]:+.1%} |")
     return "\n".join(lines)
@@ -238,11 +271,17 @@ def main() -> None:
         args.memory_sizes = [1024, 4096]
     rasters = args.work / "rasters"
     plan = {
-        "tiny": (make_large_raster(rasters / f"nc_{args.tiny_size}.tif", args.tiny_size),
-                 DEFAULT_TILE, None),
-        "unet": (make_large_raster(rasters / f"nc_{args.unet_size}.tif", args.unet_size),
-                 args.unet_tile, args.unet_batch),
-    }  # fmt: skip
+        "tiny": (
+            make_large_raster(rasters / f"nc_{args.tiny_size}.tif", args.tiny_size),
+            DEFAULT_TILE,
+            None,
+        ),
+        "unet": (
+            make_large_raster(rasters / f"nc_{args.unet_size}.tif", args.unet_size),
+            args.unet_tile,
+            args.unet_batch,
+        ),
+    }
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -255,18 +294,24 @@ def main() -> None:
     print("memory", flush=True)
     results["memory_scaling"] = memory_scaling(args)
     results["targets"] = {
-        label: {"value": results["models"][m]["ratios"][ratio], "target": least,
-                "met": results["models"][m]["ratios"][ratio] >= least}  # fmt: skip
+        label: {
+            "value": results["models"][m]["ratios"][ratio],
+            "target": least,
+            "met": results["models"][m]["ratios"][ratio] >= least,
+        }
         for label, (m, ratio, least) in TARGETS.items()
     }
     results["targets"]["halo share at tile 512 on tiny <= 12%"] = {
-        "value": results["models"]["tiny"]["halo_share_at_default_tile"], "target": 0.12,
+        "value": results["models"]["tiny"]["halo_share_at_default_tile"],
+        "target": 0.12,
         "met": results["models"]["tiny"]["halo_share_at_default_tile"] <= 0.12,
-    }  # fmt: skip
+    }
     growth = results["memory_scaling"]["growth"]
     results["targets"]["peak memory growth at 16x raster <= 10%"] = {
-        "value": max(growth.values()), "target": 0.10, "met": max(growth.values()) <= 0.10,
-    }  # fmt: skip
+        "value": max(growth.values()),
+        "target": 0.10,
+        "met": max(growth.values()) <= 0.10,
+    }
     results["table"] = markdown(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = results["date"][:10] + ("-quick" if args.quick else "")

@@ -76,12 +76,16 @@ def main() -> None:
     blocks_per_chunk = storage["bytes"]["input_blocks_per_chunk"]
     out_per_px = storage["bytes"]["write_outputs"] / storage["plan"]["pixels"]
     print(f"CPU slot-seconds per pixel: {cpu}; GPU Mpx/s: {gpu}")
-    print(f"storage: {read_per_px:.3f} B/px read, {out_per_px:.4f} B/px written, "
-          f"{blocks_per_chunk} input blocks per chunk")  # fmt: skip
+    print(
+        f"storage: {read_per_px:.3f} B/px read, {out_per_px:.4f} B/px written, "
+        f"{blocks_per_chunk} input blocks per chunk"
+    )
     print()
-    print("| resolution | pixels | chunks (2048²) | model | core-hours (CPU) | CPU cost | "
-          "GPU-hours (H200) | GPU cost | GB read | GETs (1 per block) | GET cost | PUTs | "
-          "PUT cost |")
+    print(
+        "| resolution | pixels | chunks (2048²) | model | core-hours (CPU) | CPU cost | "
+        "GPU-hours (H200) | GPU cost | GB read | GETs (1 per block) | GET cost | PUTs | "
+        "PUT cost |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for metres in (10, 1):
         pixels = LAND_KM2 * 1e6 / metres**2
@@ -91,25 +95,31 @@ def main() -> None:
         for model in ("sample", "unet"):
             core_hours = pixels * cpu[model] / 3600
             gpu_hours = pixels / (gpu[model] * 1e6) / 3600
-            print(f"| {metres} m | {pixels:.3g} | {chunks:,.0f} | {model} | {core_hours:,.0f} | "
-                  f"${core_hours * VCPU_HOUR_USD:,.0f} | {gpu_hours:,.1f} | "
-                  f"${gpu_hours * GPU_HOUR_USD:,.0f} | {pixels * read_per_px / 1e9:,.0f} | "
-                  f"{gets:,.0f} | ${gets * S3_GET_USD:,.0f} | {puts:,.0f} | "
-                  f"${puts * S3_PUT_USD:,.0f} |")  # fmt: skip
+            print(
+                f"| {metres} m | {pixels:.3g} | {chunks:,.0f} | {model} | {core_hours:,.0f} | "
+                f"${core_hours * VCPU_HOUR_USD:,.0f} | {gpu_hours:,.1f} | "
+                f"${gpu_hours * GPU_HOUR_USD:,.0f} | {pixels * read_per_px / 1e9:,.0f} | "
+                f"{gets:,.0f} | ${gets * S3_GET_USD:,.0f} | {puts:,.0f} | "
+                f"${puts * S3_PUT_USD:,.0f} |"
+            )
     print()
     for model in ("sample", "unet"):
         for metres in (10, 1):
             km2_s_core = metres**2 / 1e6 / cpu[model]  # pixels per second x km² per pixel
             km2_s_gpu = gpu[model] * metres**2
-            print(f"{model} at {metres} m: {km2_s_core:.3g} km²/s per core "
-                  f"({LUNGA_KM2_S / km2_s_core:,.1f} cores for {LUNGA_KM2_S} km²/s); "
-                  f"{km2_s_gpu:,.0f} km²/s per H200")  # fmt: skip
+            print(
+                f"{model} at {metres} m: {km2_s_core:.3g} km²/s per core "
+                f"({LUNGA_KM2_S / km2_s_core:,.1f} cores for {LUNGA_KM2_S} km²/s); "
+                f"{km2_s_gpu:,.0f} km²/s per H200"
+            )
     load = _load(LOAD)["plans"][-1]
     index = _load(TILE_INDEX)["runs"][-1]
-    print(f"plan of {load['tiles']:,} tiles: {load['chunks']:,} chunks, "
-          f"{load['plan_table_mb']} MB, {load['plan_s']} s, through Spark "
-          f"{load['plan_through_spark_s']} s, JVM heap {load['driver_jvm_heap_used_mb']} MiB; "
-          f"tile index {index['seconds']} s, {index['peak_mib']} MiB")  # fmt: skip
+    print(
+        f"plan of {load['tiles']:,} tiles: {load['chunks']:,} chunks, "
+        f"{load['plan_table_mb']} MB, {load['plan_s']} s, through Spark "
+        f"{load['plan_through_spark_s']} s, JVM heap {load['driver_jvm_heap_used_mb']} MiB; "
+        f"tile index {index['seconds']} s, {index['peak_mib']} MiB"
+    )
     per_chunk_mb = load["plan_table_mb"] / load["chunks"]
     for metres in (10, 1):
         chunks = LAND_KM2 * 1e6 / metres**2 / CHUNK_PIXELS
@@ -117,9 +127,11 @@ def main() -> None:
     for model in ("sample", "unet"):
         chunks_s = gpu[model] * 1e6 / CHUNK_PIXELS
         gets = chunks_s * blocks_per_chunk
-        print(f"{model}: one H200 commits {chunks_s:.0f} chunks/s: {gets:,.0f} GETs/s at one per "
-              f"block; {S3_GET_PER_PREFIX_S / gets:.1f} GPUs per input prefix; "
-              f"{S3_PUT_PER_PREFIX_S / chunks_s:.0f} GPUs per staging prefix")
+        print(
+            f"{model}: one H200 commits {chunks_s:.0f} chunks/s: {gets:,.0f} GETs/s at one per "
+            f"block; {S3_GET_PER_PREFIX_S / gets:.1f} GPUs per input prefix; "
+            f"{S3_PUT_PER_PREFIX_S / chunks_s:.0f} GPUs per staging prefix"
+        )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,19 @@ CLASSES = 8
 
 
 def _raster(side: int) -> RasterInfo:
-    return RasterInfo(path=f"synthetic-{side}.tif", width=side, height=side, count=4,
-                      dtype="uint8", crs="EPSG:32617", nodata=None, masking="none", size=0,
-                      transform=(10.0, 0, 500_000, 0, -10.0, 4_000_000), mtime_ns=0)  # fmt: skip
+    return RasterInfo(
+        path=f"synthetic-{side}.tif",
+        width=side,
+        height=side,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32617",
+        nodata=None,
+        masking="none",
+        size=0,
+        transform=(10.0, 0, 500_000, 0, -10.0, 4_000_000),
+        mtime_ns=0,
+    )
 
 
 def _plan(side: int) -> RasterPlan:
@@ -73,9 +83,12 @@ def measure(side: int, folder: Path) -> dict:
     write_tile_index(_raster(side), _plan(side), _chunks(_plan(side), folder), str(path), CLASSES)
     import pyarrow.parquet as pq
 
-    return {"side": side, "tiles": pq.ParquetFile(path).metadata.num_rows,
-            "seconds": round(time.perf_counter() - started, 1),
-            "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "side": side,
+        "tiles": pq.ParquetFile(path).metadata.num_rows,
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -91,9 +104,13 @@ def main() -> None:
         if not (folder / "done").exists():
             write_chunks(side, folder)
             (folder / "done").touch()
-        done = subprocess.run([sys.executable, "-m", "benchmarks.tile_index", "--measure",
-                               str(side), str(folder)], cwd=ROOT, check=True,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.tile_index", "--measure", str(side), str(folder)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         found.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"  {found[-1]}", flush=True)
     write_result(envelope(args) | {"runs": found}, "tile-index")

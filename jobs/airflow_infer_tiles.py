@@ -16,6 +16,7 @@ from airflow.sdk import DAG, Param
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
+LOG4J = REPO / "conf" / "log4j2.properties"
 
 with DAG(
     dag_id="sparkinfer_daily",
@@ -25,28 +26,43 @@ with DAG(
     catchup=False,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=10)},
     params={
-        "input": Param(str(REPO / "data" / "nc_landsat7_2000.tif"), type="string",
-                       description="raster file, folder or glob"),
-        "model": Param(str(REPO / "data" / "landcover.keras"), type="string",
-                       description=".keras file or SavedModel folder"),
-        "output": Param(str(REPO / "out" / "airflow"), type="string",
-                        description="output root; the run's date is appended"),
+        "input": Param(
+            str(REPO / "data" / "nc_landsat7_2000.tif"),
+            type="string",
+            description="raster file, folder or glob",
+        ),
+        "model": Param(
+            str(REPO / "data" / "landcover.keras"),
+            type="string",
+            description=".keras file or SavedModel folder",
+        ),
+        "output": Param(
+            str(REPO / "out" / "airflow"),
+            type="string",
+            description="output root; the run's date is appended",
+        ),
         "tile_size": Param(512, type="integer", minimum=1, description="core tile side"),
-    },  # fmt: skip
+    },
 ):
     SparkSubmitOperator(
         task_id="infer_tiles",
         application=str(REPO / "jobs" / "infer_tiles.py"),
-        application_args=["--input", "{{ params.input }}", "--model", "{{ params.model }}",
-                          "--output", "{{ params.output }}/{{ ds }}",
-                          "--tile-size", "{{ params.tile_size }}"],  # fmt: skip
+        application_args=[
+            "--input",
+            "{{ params.input }}",
+            "--model",
+            "{{ params.model }}",
+            "--output",
+            "{{ params.output }}/{{ ds }}",
+            "--tile-size",
+            "{{ params.tile_size }}",
+        ],
         conn_id="spark_default",
         name="sparkinfer-{{ ds }}",
         properties_file=str(REPO / "conf" / "spark-defaults.conf"),
         conf={
             "spark.executorEnv.PYSPARK_PYTHON": PYTHON,
-            "spark.driver.extraJavaOptions":
-                f"-Dlog4j2.configurationFile=file:{REPO / 'conf' / 'log4j2.properties'}",
+            "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG4J}",
         },
         env_vars={"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON},
     )

@@ -53,18 +53,30 @@ def main() -> None:
                 height = math.ceil(src.height / args.coarse)
                 transform = from_origin(bounds.left, bounds.top, size, size)
                 coarse = np.zeros((height, width), pixels.dtype)
-                rasterio.warp.reproject(pixels, coarse, src_transform=src.transform,
-                                        src_crs=crs, src_nodata=0, dst_transform=transform,
-                                        dst_crs=crs, dst_nodata=0,
-                                        resampling=Resampling.average)  # fmt: skip
+                rasterio.warp.reproject(
+                    pixels,
+                    coarse,
+                    src_transform=src.transform,
+                    src_crs=crs,
+                    src_nodata=0,
+                    dst_transform=transform,
+                    dst_crs=crs,
+                    dst_nodata=0,
+                    resampling=Resampling.average,
+                )
                 pixels = coarse
-                band_profile = profile | {"width": width, "height": height,
-                                          "transform": transform}  # fmt: skip
+                band_profile = profile | {"width": width, "height": height, "transform": transform}
             with rasterio.open(args.folder / f"{key}.tif", "w", **band_profile) as dst:
                 dst.write(pixels, 1)
-            item.add_asset(key, pystac.Asset(
-                f"./{key}.tif", media_type=pystac.MediaType.GEOTIFF, roles=["data"],
-                extra_fields={"eo:bands": [{"name": key, "common_name": common}]}))  # fmt: skip
+            item.add_asset(
+                key,
+                pystac.Asset(
+                    f"./{key}.tif",
+                    media_type=pystac.MediaType.GEOTIFF,
+                    roles=["data"],
+                    extra_fields={"eo:bands": [{"name": key, "common_name": common}]},
+                ),
+            )
     path = args.folder / "item.json"
     path.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
     print(path)

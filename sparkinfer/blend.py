@@ -52,8 +52,10 @@ class BlendedChunk:
         """Add one window's scores over its core (the part inside this chunk), NaN where its
         pixels are nodata."""
         rows, cols = window.core.slices(window.read)
-        weight = np.outer(taper(window.read.height, self.overlap)[rows],
-                          taper(window.read.width, self.overlap)[cols])  # fmt: skip
+        weight = np.outer(
+            taper(window.read.height, self.overlap)[rows],
+            taper(window.read.width, self.overlap)[cols],
+        )
         weight = weight.astype(np.float32)
         here = window.core.slices(self.core)
         self.sums[here] += scores * weight[..., None]

@@ -44,8 +44,13 @@ TILE_INDEX_SCHEMA = pa.schema(
 
 def _footprint(transform: Affine, row_off: int, col_off: int, height: int, width: int):
     """Corners of a pixel window, closed ring, in the raster's CRS."""
-    corners = [(col_off, row_off), (col_off + width, row_off), (col_off + width, row_off + height),
-               (col_off, row_off + height), (col_off, row_off)]  # fmt: skip
+    corners = [
+        (col_off, row_off),
+        (col_off + width, row_off),
+        (col_off + width, row_off + height),
+        (col_off, row_off + height),
+        (col_off, row_off),
+    ]
     return [transform * corner for corner in corners]
 
 
@@ -58,16 +63,16 @@ def _densified(ring: list[tuple[float, float]], points: int) -> list[tuple[float
     """The closed `ring` with `points` - 1 points added, evenly, inside each edge."""
     dense = []
     for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:], strict=True):
-        dense += [(x0 + (x1 - x0) * i / points, y0 + (y1 - y0) * i / points)
-                  for i in range(points)]  # fmt: skip
+        dense += [(x0 + (x1 - x0) * i / points, y0 + (y1 - y0) * i / points) for i in range(points)]
     return dense + [ring[-1]]
 
 
 def _lonlat_bbox(geometry: dict) -> list[float]:
     """The STAC bbox of a GeoJSON (Multi)Polygon in longitude and latitude. Cut at the
     antimeridian (parts on both sides of it), its west is east of its east, as RFC 7946 says."""
-    polygons = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [
-        geometry["coordinates"]]  # fmt: skip
+    polygons = (
+        geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+    )
     parts = [np.asarray(polygon[0], float) for polygon in polygons]
     lats = np.concatenate([p[:, 1] for p in parts])
     east_side = [p for p in parts if p[:, 0].max() == 180.0]
@@ -97,8 +102,9 @@ def wkb_rectangles(transform: Affine, top, left, height, width) -> pa.Array:
     rings["xy"][:, 0::2] = a * cols + b * rows + c
     rings["xy"][:, 1::2] = d * cols + e * rows + f
     offsets = pa.array(np.arange(len(top) + 1, dtype=np.int32) * _RING_WKB.itemsize)
-    return pa.BinaryArray.from_buffers(pa.binary(), len(top),
-                                       [None, offsets.buffers()[1], pa.py_buffer(rings)])
+    return pa.BinaryArray.from_buffers(
+        pa.binary(), len(top), [None, offsets.buffers()[1], pa.py_buffer(rings)]
+    )
 
 
 def grid_bbox(transform: Affine, height: int, width: int) -> list[float]:
@@ -113,8 +119,7 @@ def grid_bbox(transform: Affine, height: int, width: int) -> list[float]:
 TILE_COUNTS_TAG = "SPARKINFER_TILE_COUNTS"
 
 
-def tile_counts(class_map: np.ndarray, chunk: PixelWindow, tiles: list[Tile],
-                classes: int) -> str:  # fmt: skip
+def tile_counts(class_map: np.ndarray, chunk: PixelWindow, tiles: list[Tile], classes: int) -> str:
     """The pixels of each class in each of `tiles` (whose cores lie in `class_map`, the class
     map of `chunk`), as the JSON of a `TILE_COUNTS_TAG`: one [tile row, tile column, class 0
     pixels, ..., class n-1 pixels] per tile."""
@@ -148,8 +153,10 @@ def write_tile_index(
     transform = Affine(*info.transform)
     geo = geoparquet_metadata(info.crs, ["Polygon"], grid_bbox(transform, info.height, info.width))
     schema = TILE_INDEX_SCHEMA.with_metadata({b"geo": json.dumps(geo).encode()})
-    with storage.staged(path) as local, pq.ParquetWriter(local, schema,
-                                                         compression="zstd") as writer:  # fmt: skip
+    with (
+        storage.staged(path) as local,
+        pq.ParquetWriter(local, schema, compression="zstd") as writer,
+    ):
         for chunk in chunks:
             with storage.open_own_raster(chunk.classes_path) as src:
                 counted = np.array(json.loads(src.tags()[TILE_COUNTS_TAG]), np.int64)
@@ -162,14 +169,19 @@ def write_tile_index(
             height = plan.rows.core_stop[rows] - top
             width = plan.cols.core_stop[cols] - left
             columns = {
-                "tile_row": rows, "tile_col": cols, "row_off": top, "col_off": left,
-                "height": height, "width": width,
+                "tile_row": rows,
+                "tile_col": cols,
+                "row_off": top,
+                "col_off": left,
+                "height": height,
+                "width": width,
                 "status": np.where(valid > 0, "inferred", "skipped_nodata"),
                 "valid_pixels": valid,
-                "class_pixels": pa.FixedSizeListArray.from_arrays(counts.ravel(), classes)
-                .cast(pa.list_(pa.int64())),
+                "class_pixels": pa.FixedSizeListArray.from_arrays(counts.ravel(), classes).cast(
+                    pa.list_(pa.int64())
+                ),
                 "geometry": wkb_rectangles(transform, top, left, height, width),
-            }  # fmt: skip
+            }
             writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=schema))
 
 
@@ -192,8 +204,9 @@ def write_stac_item(
     ring = _footprint(transform, 0, 0, info.height, info.width)
     native = {"type": "Polygon", "coordinates": [_densified(ring, FOOTPRINT_EDGE_POINTS)]}
     # Cut at the antimeridian into a MultiPolygon where the raster crosses it (RFC 7946).
-    geometry = rasterio.warp.transform_geom(info.crs, "EPSG:4326", native,
-                                            antimeridian_cutting=True)  # fmt: skip
+    geometry = rasterio.warp.transform_geom(
+        info.crs, "EPSG:4326", native, antimeridian_cutting=True
+    )
     xs, ys = zip(*ring, strict=True)
     item = pystac.Item(
         id=storage.name(path).removesuffix(".stac.json"),
@@ -211,29 +224,55 @@ def write_stac_item(
         transform=list(info.transform),
         bbox=[min(xs), min(ys), max(xs), max(ys)],
     )
-    media = {".tif": pystac.MediaType.COG, ".png": pystac.MediaType.PNG,
-             ".parquet": "application/vnd.apache.parquet"}  # fmt: skip
-    roles = {"classes": ["data"], "scores": ["data"], "quicklook": ["overview"],
-             "tiles": ["metadata"], "chips": ["data"], "polygons": ["data"]}  # fmt: skip
+    media = {
+        ".tif": pystac.MediaType.COG,
+        ".png": pystac.MediaType.PNG,
+        ".parquet": "application/vnd.apache.parquet",
+    }
+    roles = {
+        "classes": ["data"],
+        "scores": ["data"],
+        "quicklook": ["overview"],
+        "tiles": ["metadata"],
+        "chips": ["data"],
+        "polygons": ["data"],
+    }
     for key, asset_path in assets.items():
         asset_name = storage.name(asset_path)
-        item.add_asset(key, pystac.Asset(href=f"./{asset_name}",
-                                         media_type=media[os.path.splitext(asset_name)[1]],
-                                         roles=roles[key]))  # fmt: skip
+        item.add_asset(
+            key,
+            pystac.Asset(
+                href=f"./{asset_name}",
+                media_type=media[os.path.splitext(asset_name)[1]],
+                roles=roles[key],
+            ),
+        )
     names = class_names or tuple(f"class {i}" for i in range(classes))
     ClassificationExtension.ext(item.assets["classes"], add_if_missing=True).classes = [
         Classification.create(
-            value=i, name=re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_") or f"class_{i}",
+            value=i,
+            name=re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_") or f"class_{i}",
             description=name,
             color_hint=class_colors[i].lstrip("#").upper() if class_colors else None,
         )
         for i, name in enumerate(names)
-    ] + [Classification.create(value=CLASS_NODATA, name="nodata", nodata=True)]  # fmt: skip
+    ] + [Classification.create(value=CLASS_NODATA, name="nodata", nodata=True)]
     if info.item is None:
-        item.add_link(pystac.Link("derived_from", storage.uri(info.path),
-                                  media_type=pystac.MediaType.GEOTIFF, title="input raster"))
+        item.add_link(
+            pystac.Link(
+                "derived_from",
+                storage.uri(info.path),
+                media_type=pystac.MediaType.GEOTIFF,
+                title="input raster",
+            )
+        )
     else:
-        item.add_link(pystac.Link("derived_from", info.item.href,
-                                  media_type=pystac.MediaType.GEOJSON,
-                                  title=f"input STAC Item {info.item.id}"))  # fmt: skip
+        item.add_link(
+            pystac.Link(
+                "derived_from",
+                info.item.href,
+                media_type=pystac.MediaType.GEOJSON,
+                title=f"input STAC Item {info.item.id}",
+            )
+        )
     storage.write_text(path, json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")

@@ -73,95 +73,218 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--config", metavar="YAML", help="YAML file of options (flags override it)")
-    add("--input", nargs="+", action="extend", metavar="PATH",
-        help="raster files, folders or glob patterns (quote globs), local or s3://")  # fmt: skip
-    add("--model", nargs="+", action="extend", metavar="MODEL",
+    add(
+        "--input",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="raster files, folders or glob patterns (quote globs), local or s3://",
+    )
+    add(
+        "--model",
+        nargs="+",
+        action="extend",
+        metavar="MODEL",
         help="a .keras file, a TensorFlow SavedModel folder or an .onnx file; several: an "
-             "ensemble (the mean of their scores)")  # fmt: skip
-    add("--backend", choices=["tensorflow", "jax"],
-        help="Keras backend of a .keras model (default: KERAS_BACKEND or tensorflow)")  # fmt: skip
-    add("--precision", choices=["float32", "bfloat16"],
-        help="compute precision of a .keras model (default float32)")  # fmt: skip
+        "ensemble (the mean of their scores)",
+    )
+    add(
+        "--backend",
+        choices=["tensorflow", "jax"],
+        help="Keras backend of a .keras model (default: KERAS_BACKEND or tensorflow)",
+    )
+    add(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        help="compute precision of a .keras model (default float32)",
+    )
     add("--output", metavar="DIR", help="output folder, local or s3://bucket/prefix")
     add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
-    add("--halo", type=_int_or_auto, metavar="PIXELS|auto",
-        help="context around each tile; auto: from the model's receptive field")  # fmt: skip
-    add("--merge", choices=["crop", "blend"],
+    add(
+        "--halo",
+        type=_int_or_auto,
+        metavar="PIXELS|auto",
+        help="context around each tile; auto: from the model's receptive field",
+    )
+    add(
+        "--merge",
+        choices=["crop", "blend"],
         help="crop: keep each window's core (default; exact for local models); blend: "
-             "average overlapping windows (for models with global context)")  # fmt: skip
-    add("--overlap", type=_int_or_auto, metavar="PIXELS|auto",
+        "average overlapping windows (for models with global context)",
+    )
+    add(
+        "--overlap",
+        type=_int_or_auto,
+        metavar="PIXELS|auto",
         help="with --merge blend: overlap of neighbouring windows (default auto: a fifth of "
-             "the window)")  # fmt: skip
-    add("--chip-size", type=int, metavar="PIXELS",
-        help="for a chip classifier of any input size: the chips' side")  # fmt: skip
-    add("--chip-stride", type=int, metavar="PIXELS",
-        help="for a chip classifier: pixels between chips (default the chip size)")  # fmt: skip
+        "the window)",
+    )
+    add(
+        "--chip-size",
+        type=int,
+        metavar="PIXELS",
+        help="for a chip classifier of any input size: the chips' side",
+    )
+    add(
+        "--chip-stride",
+        type=int,
+        metavar="PIXELS",
+        help="for a chip classifier: pixels between chips (default the chip size)",
+    )
     add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
-    add("--assets", type=_names, metavar="A1,A2,..",
+    add(
+        "--assets",
+        type=_names,
+        metavar="A1,A2,..",
         help="for STAC Item inputs: the assets stacked as the model's bands, in order, by "
-             "asset key or band common name")  # fmt: skip
-    add("--resampling", choices=get_args(Resampling),
+        "asset key or band common name",
+    )
+    add(
+        "--resampling",
+        choices=get_args(Resampling),
         help="for STAC Item inputs: how assets of another resolution than the first are "
-             "resampled to its grid (default bilinear)")  # fmt: skip
+        "resampled to its grid (default bilinear)",
+    )
     add("--scale", type=float, help="normalisation: pixels * scale + offset")
     add("--offset", type=float, help="normalisation: added after --scale")
     add("--mean", type=_floats, metavar="M1,M2,..", help="normalisation: per-band mean")
     add("--std", type=_floats, metavar="S1,S2,..", help="normalisation: per-band std")
     outputs = parser.add_mutually_exclusive_group()
-    outputs.add_argument("--softmax", dest="activation", action="store_const", const="softmax",
-                         help="the model outputs logits: softmax them into probabilities")
-    outputs.add_argument("--sigmoid", dest="activation", action="store_const", const="sigmoid",
-                         help="the model outputs logits: sigmoid them into probabilities")
-    add("--tta", choices=["none", "flips", "d4"],
+    outputs.add_argument(
+        "--softmax",
+        dest="activation",
+        action="store_const",
+        const="softmax",
+        help="the model outputs logits: softmax them into probabilities",
+    )
+    outputs.add_argument(
+        "--sigmoid",
+        dest="activation",
+        action="store_const",
+        const="sigmoid",
+        help="the model outputs logits: sigmoid them into probabilities",
+    )
+    add(
+        "--tta",
+        choices=["none", "flips", "d4"],
         help="test-time augmentation: average the scores over each window's 4 flips or its 8 "
-             "flips and rotations (default none)")  # fmt: skip
-    add("--batch-size", type=_int_or_auto, metavar="N|auto",
-        help="tiles per model call (default auto: from the device, see the README)")  # fmt: skip
-    add("--readers", type=_int_or_auto, metavar="N|auto",
-        help="reader threads per task (default auto: one per core of the task)")  # fmt: skip
-    add("--tasks-per-slot", type=int, metavar="N",
-        help="inference tasks per task slot (default 4: faster executors take more)")
-    add("--speculation", action="store_true", default=None,
-        help="Spark speculation: a straggling task is copied to another executor")
+        "flips and rotations (default none)",
+    )
+    add(
+        "--batch-size",
+        type=_int_or_auto,
+        metavar="N|auto",
+        help="tiles per model call (default auto: from the device, see the README)",
+    )
+    add(
+        "--readers",
+        type=_int_or_auto,
+        metavar="N|auto",
+        help="reader threads per task (default auto: one per core of the task)",
+    )
+    add(
+        "--tasks-per-slot",
+        type=int,
+        metavar="N",
+        help="inference tasks per task slot (default 4: faster executors take more)",
+    )
+    add(
+        "--speculation",
+        action="store_true",
+        default=None,
+        help="Spark speculation: a straggling task is copied to another executor",
+    )
     add("--scores", action="store_true", default=None, help="also write per-class scores")
-    add("--verify", action="store_true", default=None,
+    add(
+        "--verify",
+        action="store_true",
+        default=None,
         help="infer a sample window of each raster whole; its agreement with the tiles goes "
-             "in _run.json")  # fmt: skip
-    add("--quicklook", action="store_true", default=None,
-        help="also write NAME.png, the class map with a legend")  # fmt: skip
-    add("--polygons", action="store_true", default=None,
-        help="also write NAME.polygons.parquet, the class map's regions as GeoParquet")  # fmt: skip
-    add("--min-area", type=float, metavar="AREA",
+        "in _run.json",
+    )
+    add(
+        "--quicklook",
+        action="store_true",
+        default=None,
+        help="also write NAME.png, the class map with a legend",
+    )
+    add(
+        "--polygons",
+        action="store_true",
+        default=None,
+        help="also write NAME.polygons.parquet, the class map's regions as GeoParquet",
+    )
+    add(
+        "--min-area",
+        type=float,
+        metavar="AREA",
         help="with --polygons: leave out regions smaller than AREA, in the CRS's units squared "
-             "(default 0)")  # fmt: skip
-    add("--chunk-tiles", type=_int_or_auto, metavar="N|auto",
+        "(default 0)",
+    )
+    add(
+        "--chunk-tiles",
+        type=_int_or_auto,
+        metavar="N|auto",
         help="a Spark task reads, infers and writes chunks of N x N tiles (default auto: "
-             "about 2048 pixels)")  # fmt: skip
-    add("--cog-compression", choices=["deflate", "zstd", "lzw", "none"],
-        help="compression of the output COGs")  # fmt: skip
+        "about 2048 pixels)",
+    )
+    add(
+        "--cog-compression",
+        choices=["deflate", "zstd", "lzw", "none"],
+        help="compression of the output COGs",
+    )
     add("--cog-blocksize", type=int, metavar="PIXELS", help="COG tile side (default 512)")
-    add("--fail-fast", action="store_true", default=None,
-        help="stop at the first failing raster instead of writing the others")  # fmt: skip
-    add("--overwrite", action="store_true", default=None,
+    add(
+        "--fail-fast",
+        action="store_true",
+        default=None,
+        help="stop at the first failing raster instead of writing the others",
+    )
+    add(
+        "--overwrite",
+        action="store_true",
+        default=None,
         help="redo every raster; by default complete outputs are skipped and unfinished "
-             "ones resume")  # fmt: skip
-    add("--progress", type=float, metavar="SECONDS",
-        help="seconds between progress lines when stderr is not a terminal (default 10; "
-             "0: none)")  # fmt: skip
-    add("--estimate", action="store_true", default=None,
+        "ones resume",
+    )
+    add(
+        "--progress",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default 10; 0: none)",
+    )
+    add(
+        "--estimate",
+        action="store_true",
+        default=None,
         help="write no outputs: run a spread sample of the chunks and write _estimate.json "
-             "(wall time here and on --estimate-slots, bytes, core-hours per 1,000 "
-             "km2)")  # fmt: skip
-    add("--estimate-sample", type=float, metavar="SHARE",
+        "(wall time here and on --estimate-slots, bytes, core-hours per 1,000 "
+        "km2)",
+    )
+    add(
+        "--estimate-sample",
+        type=float,
+        metavar="SHARE",
         help="with --estimate: share of the chunks to run (default 0.02; at least one per "
-             "task slot)")  # fmt: skip
-    add("--estimate-slots", type=_ints, metavar="N1,N2,..",
-        help="with --estimate: task slots to predict the wall time on (default 8,64,512)")
-    add("--verbose", action="store_true",
-        help="show the JVM's start-up notices too (spark-submit.sh)")  # fmt: skip
-    add("--trust-model", action="store_true", default=None,
-        help="run code held in the model file (Lambda layers); only for files you "
-             "trust")  # fmt: skip
+        "task slot)",
+    )
+    add(
+        "--estimate-slots",
+        type=_ints,
+        metavar="N1,N2,..",
+        help="with --estimate: task slots to predict the wall time on (default 8,64,512)",
+    )
+    add(
+        "--verbose",
+        action="store_true",
+        help="show the JVM's start-up notices too (spark-submit.sh)",
+    )
+    add(
+        "--trust-model",
+        action="store_true",
+        default=None,
+        help="run code held in the model file (Lambda layers); only for files you trust",
+    )
     return parser
 
 
@@ -297,15 +420,21 @@ def print_estimate(estimate: dict, stream=None) -> None:
     stream = stream or sys.stdout
     plan, sample, data = estimate["plan"], estimate["sample"], estimate["bytes"]
     here = estimate["predicted"]["this_cluster"]
-    print(f"sparkinfer: estimate from {sample['chunks']} of {plan['chunks']} chunks: "
-          f"{plan['tiles']} tiles (halo share {plan['halo_share']:.1%}), "
-          f"{data['read_decoded'] / 1e6:.3g} MB to read (halo included), "
-          f"{data['write_outputs'] / 1e6:.3g} MB to write", file=stream)  # fmt: skip
-    slots = ", ".join(f"{n} slots {p['wall_s']:.0f} s"
-                      for n, p in estimate["predicted"]["by_slots"].items())  # fmt: skip
-    print(f"  {estimate['rate']['mpx_per_s_per_slot']:.3f} Mpx/s per task slot; predicted wall "
-          f"time {here['wall_s']:.1f} s on this cluster ({here['slots']} slots); {slots}",
-          file=stream)  # fmt: skip
+    print(
+        f"sparkinfer: estimate from {sample['chunks']} of {plan['chunks']} chunks: "
+        f"{plan['tiles']} tiles (halo share {plan['halo_share']:.1%}), "
+        f"{data['read_decoded'] / 1e6:.3g} MB to read (halo included), "
+        f"{data['write_outputs'] / 1e6:.3g} MB to write",
+        file=stream,
+    )
+    slots = ", ".join(
+        f"{n} slots {p['wall_s']:.0f} s" for n, p in estimate["predicted"]["by_slots"].items()
+    )
+    print(
+        f"  {estimate['rate']['mpx_per_s_per_slot']:.3f} Mpx/s per task slot; predicted wall "
+        f"time {here['wall_s']:.1f} s on this cluster ({here['slots']} slots); {slots}",
+        file=stream,
+    )
     per_km2 = estimate["core_hours_per_1000_km2"]
     if per_km2 is not None:
         print(f"  {per_km2:.4g} core-hours per 1,000 km2", file=stream)
@@ -352,11 +481,18 @@ def main(argv: list[str], spark=None, defaults_file: str | Path | None = None) -
     if own:
         spark = _session(checked.config.speculation)
         ui = web_ui(spark)
-        print(f"sparkinfer: Spark UI at {ui}" if ui else "sparkinfer: Spark Connect at "
-              f"{os.environ.get('SPARK_REMOTE')}", file=sys.stderr)  # fmt: skip
+        print(
+            f"sparkinfer: Spark UI at {ui}"
+            if ui
+            else f"sparkinfer: Spark Connect at {os.environ.get('SPARK_REMOTE')}",
+            file=sys.stderr,
+        )
     elif checked.config.speculation:
-        print("sparkinfer: --speculation applies to sessions the job starts; this session "
-              "keeps its spark.speculation", file=sys.stderr)  # fmt: skip
+        print(
+            "sparkinfer: --speculation applies to sessions the job starts; this session "
+            "keeps its spark.speculation",
+            file=sys.stderr,
+        )
     try:
         outcome = _run(checked, spark, started)
     except (UserError, JobFailed) as exc:  # a model or inputs the job cannot use, the folder
@@ -395,8 +531,11 @@ def _session(speculation: bool):
     builder = SparkSession.builder.appName("sparkinfer")
     if os.environ.get("SPARK_REMOTE"):  # a Connect client: the server's cluster is set up
         if speculation:
-            print("sparkinfer: --speculation applies to sessions the job starts; set "
-                  "spark.speculation on the Spark Connect server", file=sys.stderr)  # fmt: skip
+            print(
+                "sparkinfer: --speculation applies to sessions the job starts; set "
+                "spark.speculation on the Spark Connect server",
+                file=sys.stderr,
+            )
         return builder.getOrCreate()
     if speculation:  # read when the scheduler starts: a running session keeps its own
         builder = builder.config("spark.speculation", "true")

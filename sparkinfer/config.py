@@ -63,9 +63,7 @@ class Normalization(_Strict):
             if self.mean is None or self.std is None:
                 raise ValueError("mean and std must be given together")
             if len(self.mean) != len(self.std):
-                raise ValueError(
-                    f"mean has {len(self.mean)} values but std has {len(self.std)}"
-                )
+                raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
             if any(s <= 0 for s in self.std):
                 raise ValueError("every std must be > 0")
         return self
@@ -284,8 +282,10 @@ class JobConfig(_Strict):
                     "use a larger tile_size"
                 )
         if self.merge == "blend" and self.halo != "auto":
-            raise ValueError("halo applies to merge 'crop'; with 'blend' windows overlap by "
-                             "overlap pixels instead")  # fmt: skip
+            raise ValueError(
+                "halo applies to merge 'crop'; with 'blend' windows overlap by "
+                "overlap pixels instead"
+            )
         if self.merge == "crop" and self.overlap != "auto":
             raise ValueError("overlap applies to merge 'blend'; with 'crop' give a halo")
         if self.min_area and not self.polygons:

@@ -73,8 +73,12 @@ class Prediction:
 
     def figures(self) -> dict:
         """As `_estimate.json` states it: seconds to the hundredth."""
-        parts = {"setup_s": self.setup_s, "infer_write_s": self.infer_write_s,
-                 "assemble_s": self.assemble_s, "wall_s": self.wall_s}  # fmt: skip
+        parts = {
+            "setup_s": self.setup_s,
+            "infer_write_s": self.infer_write_s,
+            "assemble_s": self.assemble_s,
+            "wall_s": self.wall_s,
+        }
         return {"slots": self.slots} | {key: round(value, 2) for key, value in parts.items()}
 
 
@@ -93,8 +97,9 @@ def _morton(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return code
 
 
-def spread_sample(raster_index: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                  size: int) -> np.ndarray:  # fmt: skip
+def spread_sample(
+    raster_index: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
+) -> np.ndarray:
     """Positions, in the given order, of `size` chunks spread over the rasters: each raster's
     chunks ordered along a Z curve (so that neighbours in the order are neighbours on the
     ground), rasters one after another, and every `len / size`-th taken from the middle of its
@@ -130,13 +135,15 @@ def predict(
     """The wall time of the run of `workload` on `slots` task slots, from `rates`, its
     inference stage cut into `tasks_per_slot` tasks per slot (`--tasks-per-slot`)."""
     partitions = TASKS_PER_SLOT * slots
-    tasks = tasks_of(workload.chunk_pixels, tasks_per_slot * slots,
-                     tapered=tasks_per_slot > 1)  # as `job` cuts them
+    tasks = tasks_of(
+        workload.chunk_pixels, tasks_per_slot * slots, tapered=tasks_per_slot > 1
+    )  # as `job` cuts them
     tasks = tasks * rates.slot_s_per_px
     infer = rates.stage_overhead_s + rates.first_call_s + makespan(tasks, slots)
-    rasters = [pixels * rates.cog_s_per_px + tiles * rates.index_s_per_tile + rates.item_s
-               for pixels, tiles in zip(workload.raster_pixels, workload.raster_tiles,
-                                        strict=True)]  # fmt: skip
+    rasters = [
+        pixels * rates.cog_s_per_px + tiles * rates.index_s_per_tile + rates.item_s
+        for pixels, tiles in zip(workload.raster_pixels, workload.raster_tiles, strict=True)
+    ]
     per_task = tasks_of(np.asarray(rasters), partitions) if rasters else []
     assemble = rates.assemble_overhead_s + makespan(per_task, slots)
     return Prediction(slots, rates.setup_s, infer, assemble)
@@ -146,9 +153,10 @@ def slot_hours(rates: Rates, workload: Workload) -> float:
     """Task-slot hours of the run's variable work (what grows with its pixels): inference and
     assembly; fixed costs (setup, stages' overheads, first calls) left out."""
     pixels = float(np.sum(workload.chunk_pixels, dtype=np.int64))
-    assembly = sum(p * rates.cog_s_per_px + t * rates.index_s_per_tile + rates.item_s
-                   for p, t in zip(workload.raster_pixels, workload.raster_tiles,
-                                   strict=True))  # fmt: skip
+    assembly = sum(
+        p * rates.cog_s_per_px + t * rates.index_s_per_tile + rates.item_s
+        for p, t in zip(workload.raster_pixels, workload.raster_tiles, strict=True)
+    )
     return (pixels * rates.slot_s_per_px + assembly) / 3600
 
 
@@ -175,13 +183,20 @@ def pixel_area_m2(crs_wkt: str | None, transform: Sequence[float], height: int) 
 def read_pixels(chunks: pa.Table) -> int:
     """Pixels the chunks of a plan (`RasterPlan.chunks`) read, the halo included: the sum of
     their read windows (neighbouring chunks' windows overlap by the halo: read twice)."""
-    return int(pc.sum(pc.multiply(chunks["read_height"].cast(pa.int64()),
-                                  chunks["read_width"].cast(pa.int64()))).as_py() or 0)  # fmt: skip
+    return int(
+        pc.sum(
+            pc.multiply(
+                chunks["read_height"].cast(pa.int64()), chunks["read_width"].cast(pa.int64())
+            )
+        ).as_py()
+        or 0
+    )
 
 
 def blocks_read(chunks: pa.Table, block_height: int, block_width: int) -> int:
     """Input blocks (GeoTIFF tiles or strips) the chunks' read windows touch, all together:
     what a reader decodes and, on object storage, fetches (a block in two chunks' halos twice)."""
+
     def span(offset: pa.ChunkedArray, size: pa.ChunkedArray, block: int) -> np.ndarray:
         start = offset.to_numpy().astype(np.int64)
         stop = start + size.to_numpy().astype(np.int64)
@@ -210,6 +225,7 @@ def compared(estimate: dict, timings: dict) -> dict:
         "made_at": estimate["made_at"],
         "predicted": {key: predicted[key] for key in COMPARED},
         "actual": actual,
-        "predicted_over_actual": {key: round(predicted[key] / actual[key], 3)
-                                  for key in COMPARED if actual[key] > 0},  # fmt: skip
+        "predicted_over_actual": {
+            key: round(predicted[key] / actual[key], 3) for key in COMPARED if actual[key] > 0
+        },
     }

@@ -79,8 +79,9 @@ def chunks_to_do(raster: RasterJob) -> pa.Table:
         return chunks
     scores, polygons = raster.scores_path is not None, raster.polygons_path is not None
     done = []
-    for row, col in zip(chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(),
-                        strict=True):  # fmt: skip
+    for row, col in zip(
+        chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(), strict=True
+    ):
         done.append(is_committed(committed, row, col, scores, polygons=polygons))
     return chunks.filter(pa.array([not d for d in done], pa.bool_()))
 
@@ -137,8 +138,9 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
 
     t = time.perf_counter()
     chunk_tables = [chunks_to_do(r) for r in todo]
-    resumed = {r.info.path: r.plan.chunk_count - len(c) for r, c in zip(todo, chunk_tables,
-                                                                      strict=True)}  # fmt: skip
+    resumed = {
+        r.info.path: r.plan.chunk_count - len(c) for r, c in zip(todo, chunk_tables, strict=True)
+    }
     total_chunks = sum(len(c) for c in chunk_tables)
     timings["plan_s"] = time.perf_counter() - t
 
@@ -147,20 +149,29 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
     if total_chunks:
         tasks = job.config.tasks_per_slot * task_slots(spark)
         t = time.perf_counter()
-        progress = Progress([r.staging for r in todo], chunk_tables, job.config.scores,
-                            polygons=job.config.polygons)  # fmt: skip
-        with reported(progress, job.config.progress_seconds), \
-                spark_failures(f"{job.output}: inference failed", RESUME_HINT):  # fmt: skip
+        progress = Progress(
+            [r.staging for r in todo], chunk_tables, job.config.scores, polygons=job.config.polygons
+        )
+        with (
+            reported(progress, job.config.progress_seconds),
+            spark_failures(f"{job.output}: inference failed", RESUME_HINT),
+        ):
             # A few tasks per slot: a faster executor takes more of them, and a lost task is a
             # small share of the work. Tapered, the stage ends on short tasks; one task per
             # slot stays even (each slot gets one).
-            results = infer_and_write(spark, plan_table(chunk_tables), tasks,
-                                      stage_spec(job, todo, task_gpu_share(spark)), job.package,
-                                      tapered=job.config.tasks_per_slot > 1)  # fmt: skip
+            results = infer_and_write(
+                spark,
+                plan_table(chunk_tables),
+                tasks,
+                stage_spec(job, todo, task_gpu_share(spark)),
+                job.package,
+                tapered=job.config.tasks_per_slot > 1,
+            )
         timings["infer_write_s"] = time.perf_counter() - t
         # From the first task's start to the last chunk: the stage less its start and finish.
-        timings["tasks_s"] = (pc.max(results["finished"]).as_py()
-                              - pc.min(results["task_started"]).as_py())  # fmt: skip
+        timings["tasks_s"] = (
+            pc.max(results["finished"]).as_py() - pc.min(results["task_started"]).as_py()
+        )
         if len(results) != total_chunks:
             raise RuntimeError(f"{len(results)} chunk results for {total_chunks} planned chunks")
     errors = results.filter(pc.is_valid(results["error"])).to_pylist()
@@ -178,13 +189,15 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
     if isinstance(job.tiling, ChipGrid):
         metadata |= {"chip_size": str(job.tiling.size), "chip_stride": str(job.tiling.stride)}
     else:
-        metadata |= {"halo": str(job.tiling.halo), "tile_size": str(job.tiling.tile_size),
-                     "merge": job.tiling.merge}  # fmt: skip
+        metadata |= {
+            "halo": str(job.tiling.halo),
+            "tile_size": str(job.tiling.tile_size),
+            "merge": job.tiling.merge,
+        }
     tasks = [
-        (r, job.config.cog, job.model,
-         metadata | {"source": r.info.path, IDENTITY_TAG: r.identity})
+        (r, job.config.cog, job.model, metadata | {"source": r.info.path, IDENTITY_TAG: r.identity})
         for r in to_assemble
-    ]  # fmt: skip
+    ]
     assembled = []
     if tasks:
         with spark_failures(f"{job.output}: assembly failed", RESUME_HINT):

@@ -50,8 +50,13 @@ class OutputLock:
 
     @contextmanager
     def held(self):
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                         "started": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
+        me = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
         if not storage.create_new(self.path, me):
             # A stale lock is removed only by a run that holds the takeover, so no lock can be
             # removed between its check and its removal: of the runs that find it stale, one

@@ -144,8 +144,9 @@ def load_model(
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model not found")
-    return open_runtime(path, model_format(path), options or RuntimeOptions(), trusted=trusted,
-                        worker=False)  # fmt: skip
+    return open_runtime(
+        path, model_format(path), options or RuntimeOptions(), trusted=trusted, worker=False
+    )
 
 
 def inspect_model(
@@ -198,11 +199,16 @@ def inspect_model(
     if field is not None:
         halo, stride, found_by = field.halo, field.stride, "trace"
     elif size is not None:  # one input size: the stride shows only by shifting the window
-        found_by, reach = "probe", probe(runtime.scores, runtime.bands, 1, smallest=size,
-                                         largest=size)  # fmt: skip
+        found_by, reach = (
+            "probe",
+            probe(runtime.scores, runtime.bands, 1, smallest=size, largest=size),
+        )
         stride = 1 if reach is None else probe_shift(runtime.scores, runtime.bands, size, reach)
-        halo = reach if stride == 1 else probe(runtime.scores, runtime.bands, stride,
-                                               smallest=size, largest=size)  # fmt: skip
+        halo = (
+            reach
+            if stride == 1
+            else probe(runtime.scores, runtime.bands, stride, smallest=size, largest=size)
+        )
     else:
         stride = _probe_stride(runtime, path)
         halo, found_by = probe(runtime.scores, runtime.bands, stride), "probe"
@@ -235,10 +241,19 @@ def _chip_classifier(path: Path, runtime: Runtime, size: tuple, channels: int) -
     if not 1 <= channels <= 255:
         raise ModelError(f"{path}: model outputs {channels} classes; 1 to 255 are supported")
     names, colors = read_class_table(path, class_count(channels), runtime)
-    return ModelInfo(path=str(path), format=runtime.format, bands=runtime.bands,
-                     channels=channels, stride=1, receptive_halo=None, halo_found_by="none",
-                     input_size=None if size[0] is None else int(size[0]), class_names=names,
-                     class_colors=colors, task="chips")  # fmt: skip
+    return ModelInfo(
+        path=str(path),
+        format=runtime.format,
+        bands=runtime.bands,
+        channels=channels,
+        stride=1,
+        receptive_halo=None,
+        halo_found_by="none",
+        input_size=None if size[0] is None else int(size[0]),
+        class_names=names,
+        class_colors=colors,
+        task="chips",
+    )
 
 
 CHIP_PROBE = 64  # the window a model of any input size is tried on, to tell a chip classifier
@@ -267,8 +282,10 @@ def combined(infos: list[ModelInfo]) -> ModelInfo:
                 "an ensemble's models must take the same bands and give the same classes"
             )
         if info.task != first.task:
-            raise ModelError(f"{info.path}: a {info.task} model, but {first.path} is a "
-                             f"{first.task} model; an ensemble's models must be of one kind")
+            raise ModelError(
+                f"{info.path}: a {info.task} model, but {first.path} is a "
+                f"{first.task} model; an ensemble's models must be of one kind"
+            )
         if info.input_size != first.input_size:
             raise ModelError(
                 f"{info.path}: takes windows of {info.input_size or 'any size'}, but "
@@ -380,8 +397,12 @@ def inspect_package(
     one by one, then `combined`."""
     if package.members:
         runtimes = runtime.runtimes if isinstance(runtime, Ensemble) else [None] * len(names)
-        return combined([inspect_package(m, [n], backend, r) for m, n, r in
-                         zip(package.members, names, runtimes, strict=True)])  # fmt: skip
+        return combined(
+            [
+                inspect_package(m, [n], backend, r)
+                for m, n, r in zip(package.members, names, runtimes, strict=True)
+            ]
+        )
     (name,) = names
     with unpacked(package) as path:
         try:
@@ -411,8 +432,9 @@ def load_package(
     return runtime if options.tta == "none" else Augmented(runtime, options.tta)
 
 
-def _cached(package: ModelPackage, options: RuntimeOptions, gpu: int | None,
-            threads: int | None) -> Runtime:  # fmt: skip
+def _cached(
+    package: ModelPackage, options: RuntimeOptions, gpu: int | None, threads: int | None
+) -> Runtime:
     """The package's model from the worker's cache, loaded there the first time; an
     ensemble's models each on their own."""
     if package.members:
@@ -422,8 +444,9 @@ def _cached(package: ModelPackage, options: RuntimeOptions, gpu: int | None,
     if runtime is None:
         # Loading restores every variable, so the files are no longer needed after it.
         with unpacked(package) as path:
-            runtime = open_runtime(path, package.format, options, gpu=gpu, threads=threads,
-                                   trusted=package.trusted)  # fmt: skip
+            runtime = open_runtime(
+                path, package.format, options, gpu=gpu, threads=threads, trusted=package.trusted
+            )
         while len(_WORKER_CACHE) >= _WORKER_CACHE_SIZE:
             _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))
         _WORKER_CACHE[key] = runtime

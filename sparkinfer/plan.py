@@ -93,8 +93,9 @@ class ChipGrid:
 
     def __post_init__(self) -> None:
         if not 1 <= self.stride <= self.size:
-            raise ValueError(f"chip stride {self.stride} must be between 1 and the chip size "
-                             f"{self.size}")  # fmt: skip
+            raise ValueError(
+                f"chip stride {self.stride} must be between 1 and the chip size {self.size}"
+            )
         if self.chunk_tiles < 1:
             raise ValueError(f"chunk_tiles must be >= 1, got {self.chunk_tiles}")
 
@@ -189,10 +190,16 @@ class Chunk:
     @classmethod
     def of_row(cls, row: dict) -> Chunk:
         """The chunk of one row of `RasterPlan.chunks`."""
-        return cls(row["chunk_row"], row["chunk_col"],
-                   PixelWindow(row["row_off"], row["col_off"], row["height"], row["width"]),
-                   PixelWindow(row["read_row_off"], row["read_col_off"], row["read_height"],
-                               row["read_width"]), row["tiles"], row["windows"])  # fmt: skip
+        return cls(
+            row["chunk_row"],
+            row["chunk_col"],
+            PixelWindow(row["row_off"], row["col_off"], row["height"], row["width"]),
+            PixelWindow(
+                row["read_row_off"], row["read_col_off"], row["read_height"], row["read_width"]
+            ),
+            row["tiles"],
+            row["windows"],
+        )
 
 
 @dataclass(frozen=True)
@@ -330,19 +337,24 @@ class RasterPlan:
                 row_start, col_start = max(top, read.row_off), max(left, read.col_off)
                 row_stop = min(bottom, read.row_off + read.height)
                 col_stop = min(right, read.col_off + read.width)
-                core = PixelWindow(row_start, col_start, row_stop - row_start,
-                                   col_stop - col_start)  # fmt: skip
+                core = PixelWindow(row_start, col_start, row_stop - row_start, col_stop - col_start)
                 windows.append(replace(window, core=core))
         return windows
 
     def _tile(self, r: int, c: int) -> Tile:
         rows, cols = self.rows, self.cols
-        core = PixelWindow(int(rows.core_start[r]), int(cols.core_start[c]),
-                           int(rows.core_stop[r] - rows.core_start[r]),
-                           int(cols.core_stop[c] - cols.core_start[c]))  # fmt: skip
-        read = PixelWindow(int(rows.read_start[r]), int(cols.read_start[c]),
-                           int(rows.read_stop[r] - rows.read_start[r]),
-                           int(cols.read_stop[c] - cols.read_start[c]))  # fmt: skip
+        core = PixelWindow(
+            int(rows.core_start[r]),
+            int(cols.core_start[c]),
+            int(rows.core_stop[r] - rows.core_start[r]),
+            int(cols.core_stop[c] - cols.core_start[c]),
+        )
+        read = PixelWindow(
+            int(rows.read_start[r]),
+            int(cols.read_start[c]),
+            int(rows.read_stop[r] - rows.read_start[r]),
+            int(cols.read_stop[c] - cols.read_start[c]),
+        )
         return Tile(r, c, core, read)
 
 

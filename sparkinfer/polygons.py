@@ -55,8 +55,9 @@ POLYGONS_SCHEMA = pa.schema(
 )
 # Regions as the chunks store whole ones and the merge makes the others, before their class
 # names and areas.
-REGION_SCHEMA = pa.schema([POLYGONS_SCHEMA.field(name)
-                           for name in ("class", "pixels", "bbox", "geometry")])  # fmt: skip
+REGION_SCHEMA = pa.schema(
+    [POLYGONS_SCHEMA.field(name) for name in ("class", "pixels", "bbox", "geometry")]
+)
 # A chunk's file: its whole regions (REGION_SCHEMA, `part` null), then its parts (`part`, WKB in
 # pixel coordinates, the other columns but `class` null); which part holds each pixel of its
 # edges in the schema's metadata (int32 little-endian: top row, bottom row, left column, right
@@ -64,8 +65,10 @@ REGION_SCHEMA = pa.schema([POLYGONS_SCHEMA.field(name)
 CHUNK_POLYGONS_SCHEMA = REGION_SCHEMA.append(pa.field("part", pa.binary()))
 EDGES_KEY = b"sparkinfer:edges"
 ROWS_PER_GROUP = 65_536  # polygons per row group of the GeoParquet file
-GEOMETRY_TYPES = {shapely.GeometryType.POLYGON: "Polygon",
-                  shapely.GeometryType.MULTIPOLYGON: "MultiPolygon"}  # fmt: skip
+GEOMETRY_TYPES = {
+    shapely.GeometryType.POLYGON: "Polygon",
+    shapely.GeometryType.MULTIPOLYGON: "MultiPolygon",
+}
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,19 @@ class ChunkPolygons:
         (whole regions on an edge, at the raster's own edge, become -1)."""
         numbers = np.full(len(self.classes) + 1, -1, np.int32)  # [-1] stays -1
         numbers[np.flatnonzero(self.border)] = np.arange(self.border.sum(), dtype=np.int32)
-        edges = Edges(*(numbers[e] for e in (self.edges.top, self.edges.bottom,
-                                             self.edges.left, self.edges.right)))  # fmt: skip
-        return ChunkPolygons(self.core, self.classes[self.border], self.geometries[self.border],
-                             np.ones(int(self.border.sum()), bool), edges)  # fmt: skip
+        edges = Edges(
+            *(
+                numbers[e]
+                for e in (self.edges.top, self.edges.bottom, self.edges.left, self.edges.right)
+            )
+        )
+        return ChunkPolygons(
+            self.core,
+            self.classes[self.border],
+            self.geometries[self.border],
+            np.ones(int(self.border.sum()), bool),
+            edges,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,9 +140,10 @@ def _from_shapes(shapes: Iterable[tuple[dict, float]]) -> tuple[np.ndarray, np.n
     if not classes:
         return np.empty(0, np.uint8), np.empty(0, object)
     geometries = shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, np.array(points, float),
+        shapely.GeometryType.POLYGON,
+        np.array(points, float),
         (np.array(ring_ends), np.array(polygon_ends)),
-    )  # fmt: skip
+    )
     return np.array(classes, np.uint8), geometries
 
 
@@ -142,19 +155,24 @@ def _edge(geometries: np.ndarray, touching: np.ndarray, strip: PixelWindow) -> n
         return np.full(strip.height * strip.width, -1, np.int32)
     return rasterio.features.rasterize(
         zip(geometries[indexes], indexes.tolist(), strict=True),
-        out_shape=(strip.height, strip.width), fill=-1, dtype="int32",
+        out_shape=(strip.height, strip.width),
+        fill=-1,
+        dtype="int32",
         transform=Affine.translation(strip.col_off, strip.row_off),
-    ).ravel()  # fmt: skip
+    ).ravel()
 
 
-def chunk_polygons(class_map: np.ndarray, core: PixelWindow, height: int,
-                   width: int) -> ChunkPolygons:  # fmt: skip
+def chunk_polygons(
+    class_map: np.ndarray, core: PixelWindow, height: int, width: int
+) -> ChunkPolygons:
     """The polygons of `class_map`, the classes of the chunk `core` of a raster of `height` x
     `width` pixels: one per 4-connected region of one class, none of nodata."""
     shapes = rasterio.features.shapes(
-        class_map, mask=class_map != CLASS_NODATA, connectivity=4,
+        class_map,
+        mask=class_map != CLASS_NODATA,
+        connectivity=4,
         transform=Affine.translation(core.col_off, core.row_off),
-    )  # fmt: skip
+    )
     classes, geometries = _from_shapes(shapes)
     left, top, right, bottom = shapely.bounds(geometries).reshape(-1, 4).T
     last_row, last_col = core.row_off + core.height, core.col_off + core.width
@@ -180,30 +198,41 @@ def _region_table(regions: Regions, transform: tuple[float, ...]) -> pa.Table:
     geometries = shapely.transform(regions.geometries, lambda xy: xy * scale + origin)
     corners = shapely.bounds(regions.geometries).reshape(-1, 2, 2) * scale + origin
     low, high = corners.min(axis=1), corners.max(axis=1)  # a row's y falls as it goes down
-    bbox = pa.StructArray.from_arrays([low[:, 0], low[:, 1], high[:, 0], high[:, 1]],
-                                      fields=list(BBOX_TYPE))  # fmt: skip
+    bbox = pa.StructArray.from_arrays(
+        [low[:, 0], low[:, 1], high[:, 0], high[:, 1]], fields=list(BBOX_TYPE)
+    )
     pixels = np.rint(shapely.area(regions.geometries)).astype(np.int64)
-    return pa.Table.from_arrays([pa.array(regions.classes, pa.uint8()), pixels, bbox,
-                                 pa.array(shapely.to_wkb(geometries), pa.binary())],
-                                schema=REGION_SCHEMA)  # fmt: skip
+    return pa.Table.from_arrays(
+        [
+            pa.array(regions.classes, pa.uint8()),
+            pixels,
+            bbox,
+            pa.array(shapely.to_wkb(geometries), pa.binary()),
+        ],
+        schema=REGION_SCHEMA,
+    )
 
 
 def write_chunk_polygons(path: Path, polygons: ChunkPolygons, transform: tuple[float, ...]) -> None:
     """Write a chunk's polygons to the local `path` (committed with the chunk): its whole regions
     in the CRS of `transform`, its parts in pixel coordinates, and its edges."""
     whole = ~polygons.border
-    regions = _region_table(Regions(polygons.classes[whole], polygons.geometries[whole]),
-                            transform)  # fmt: skip
+    regions = _region_table(Regions(polygons.classes[whole], polygons.geometries[whole]), transform)
     parts = polygons.parts()
     count = len(parts.classes)
     parts_table = pa.Table.from_arrays(
-        [pa.array(parts.classes, pa.uint8()), pa.nulls(count, pa.int64()),
-         pa.nulls(count, BBOX_TYPE), pa.nulls(count, pa.binary()),
-         pa.array(shapely.to_wkb(parts.geometries), pa.binary())],
+        [
+            pa.array(parts.classes, pa.uint8()),
+            pa.nulls(count, pa.int64()),
+            pa.nulls(count, BBOX_TYPE),
+            pa.nulls(count, pa.binary()),
+            pa.array(shapely.to_wkb(parts.geometries), pa.binary()),
+        ],
         schema=CHUNK_POLYGONS_SCHEMA,
-    )  # fmt: skip
-    table = pa.concat_tables([
-        regions.append_column("part", pa.nulls(len(regions), pa.binary())), parts_table])
+    )
+    table = pa.concat_tables(
+        [regions.append_column("part", pa.nulls(len(regions), pa.binary())), parts_table]
+    )
     metadata = {EDGES_KEY: parts.edges.packed().tobytes()}
     pq.write_table(table.replace_schema_metadata(metadata), path, compression="zstd")
 
@@ -216,9 +245,12 @@ def read_chunk_polygons(location: str, core: PixelWindow) -> tuple[pa.Table, Chu
     parts = table.filter(is_part)
     edges = Edges.unpacked(np.frombuffer(table.schema.metadata[EDGES_KEY], "<i4"), core)
     geometries = shapely.from_wkb(parts["part"].to_numpy(zero_copy_only=False))
-    return (table.filter(~is_part).select(REGION_SCHEMA.names),
-            ChunkPolygons(core, parts["class"].to_numpy(), geometries,
-                          np.ones(len(parts), bool), edges))  # fmt: skip
+    return (
+        table.filter(~is_part).select(REGION_SCHEMA.names),
+        ChunkPolygons(
+            core, parts["class"].to_numpy(), geometries, np.ones(len(parts), bool), edges
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -298,8 +330,9 @@ def merge_regions(rows: Iterable[Iterable[ChunkPolygons]]) -> Iterator[Regions]:
         for column, chunk in enumerate(row):
             first = next_part
             next_part += len(chunk.classes)
-            for index, (class_index, geometry) in enumerate(zip(chunk.classes.tolist(),
-                                                                chunk.geometries, strict=True)):
+            for index, (class_index, geometry) in enumerate(
+                zip(chunk.classes.tolist(), chunk.geometries, strict=True)
+            ):
                 regions.add(first + index, class_index, geometry)
             edges = chunk.edges
             if above:
@@ -324,8 +357,13 @@ class _PolygonFile:
     added, those under `min_area` left out, in row groups of `ROWS_PER_GROUP`; the `geo`
     metadata last (`finish`), with the bounds of what was written."""
 
-    def __init__(self, writer: pq.ParquetWriter, info: RasterInfo, class_names: tuple[str, ...],
-                 min_area: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        writer: pq.ParquetWriter,
+        info: RasterInfo,
+        class_names: tuple[str, ...],
+        min_area: float,
+    ) -> None:
         a, b, _, d, e, _ = info.transform
         self.pixel_area, self.min_area, self.crs = abs(a * e - b * d), min_area, info.crs
         self.names = pa.array(class_names, pa.string())
@@ -343,12 +381,23 @@ class _PolygonFile:
         bbox = regions["bbox"].combine_chunks()
         low = [pc.min(bbox.field(side)).as_py() for side in ("xmin", "ymin")]
         high = [pc.max(bbox.field(side)).as_py() for side in ("xmax", "ymax")]
-        self.bounds = np.concatenate([np.minimum(self.bounds[:2], low),
-                                      np.maximum(self.bounds[2:], high)])  # fmt: skip
+        self.bounds = np.concatenate(
+            [np.minimum(self.bounds[:2], low), np.maximum(self.bounds[2:], high)]
+        )
         self.types |= _wkb_types(regions["geometry"])
-        self.pending.append(pa.table([regions["class"], self.names.take(regions["class"]),
-                                      regions["pixels"], area, bbox, regions["geometry"]],
-                                     schema=POLYGONS_SCHEMA))  # fmt: skip
+        self.pending.append(
+            pa.table(
+                [
+                    regions["class"],
+                    self.names.take(regions["class"]),
+                    regions["pixels"],
+                    area,
+                    bbox,
+                    regions["geometry"],
+                ],
+                schema=POLYGONS_SCHEMA,
+            )
+        )
         if sum(map(len, self.pending)) >= ROWS_PER_GROUP:
             self._flush()
 
@@ -360,21 +409,31 @@ class _PolygonFile:
     def finish(self) -> None:
         self._flush()
         written = bool(self.types)
-        geo = geoparquet_metadata(self.crs, [GEOMETRY_TYPES[t] for t in sorted(self.types)],
-                                  self.bounds.tolist() if written else None)  # fmt: skip
+        geo = geoparquet_metadata(
+            self.crs,
+            [GEOMETRY_TYPES[t] for t in sorted(self.types)],
+            self.bounds.tolist() if written else None,
+        )
         geo["columns"]["geometry"]["covering"] = {
-            "bbox": {side: ["bbox", side] for side in ("xmin", "ymin", "xmax", "ymax")}}
+            "bbox": {side: ["bbox", side] for side in ("xmin", "ymin", "xmax", "ymax")}
+        }
         self.writer.add_key_value_metadata({"geo": json.dumps(geo)})
 
 
-def write_polygons(info: RasterInfo, chunks: list[ChunkSpec], path: str,
-                   class_names: tuple[str, ...], min_area: float) -> None:  # fmt: skip
+def write_polygons(
+    info: RasterInfo,
+    chunks: list[ChunkSpec],
+    path: str,
+    class_names: tuple[str, ...],
+    min_area: float,
+) -> None:
     """GeoParquet 1.1 of the raster's regions, from its `chunks`' polygon files (row-major, as
     the plan lists them): class, class name, pixels, area, bounds and polygon in the raster's
     CRS; regions of less than `min_area` (CRS units squared) left out."""
-    with storage.staged(path) as local, \
-            pq.ParquetWriter(local, POLYGONS_SCHEMA, compression="zstd",
-                             store_schema=False) as writer:  # fmt: skip
+    with (
+        storage.staged(path) as local,
+        pq.ParquetWriter(local, POLYGONS_SCHEMA, compression="zstd", store_schema=False) as writer,
+    ):
         # No Arrow schema in the file: readers would take its metadata in place of `geo`.
         output = _PolygonFile(writer, info, class_names, min_area)
 

@@ -83,8 +83,14 @@ class RasterJob:
     @property
     def outputs(self) -> list[str]:
         table = self.chips_path if self.chips else self.tile_index_path
-        paths = (self.classes_path, self.scores_path, self.quicklook_path, table,
-                 self.polygons_path, self.stac_path)  # fmt: skip
+        paths = (
+            self.classes_path,
+            self.scores_path,
+            self.quicklook_path,
+            table,
+            self.polygons_path,
+            self.stac_path,
+        )
         return [p for p in paths if p]
 
 
@@ -115,8 +121,14 @@ def _input_roots(patterns: list[str]) -> list[tuple[str, str]]:
             fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
             roots.append((pattern, str(Path(*parts[:fixed]).resolve())))
         elif storage.is_dir(pattern):
-            roots.append((pattern, storage.absolute(pattern) if storage.is_s3(pattern)
-                          else str(Path(pattern).resolve())))  # fmt: skip
+            roots.append(
+                (
+                    pattern,
+                    storage.absolute(pattern)
+                    if storage.is_s3(pattern)
+                    else str(Path(pattern).resolve()),
+                )
+            )
     return roots
 
 
@@ -147,9 +159,7 @@ def _check_output_folder(output: str, patterns: list[str], inputs: list[str]) ->
         return
     existing = next((p for p in [resolved, *resolved.parents] if p.exists()), None)
     if existing is None or not existing.is_dir():
-        raise OutputError(
-            f"{output}: cannot create the output folder ({existing} is not a folder)"
-        )
+        raise OutputError(f"{output}: cannot create the output folder ({existing} is not a folder)")
     try:
         storage.probe_write(str(existing))
     except OSError as exc:
@@ -161,8 +171,9 @@ def _check_output_folder(output: str, patterns: list[str], inputs: list[str]) ->
 
 def runtime_options(config: JobConfig) -> RuntimeOptions:
     """How the executors run the model for `config`."""
-    return RuntimeOptions(config.backend, config.precision, config.normalization,
-                          config.activation, config.tta)  # fmt: skip
+    return RuntimeOptions(
+        config.backend, config.precision, config.normalization, config.activation, config.tta
+    )
 
 
 def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
@@ -181,29 +192,43 @@ def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
 def _chip_grid(config: JobConfig, model: ModelInfo) -> ChipGrid:
     """Chips of the classifier's input size every `chip_stride` pixels; the options of
     per-pixel models are refused, as they would change nothing."""
-    given = [flag for flag, used in (("--merge blend", config.merge == "blend"),
-                                     ("--halo", config.halo != "auto"),
-                                     ("--verify", config.verify),
-                                     ("--polygons", config.polygons)) if used]  # fmt: skip
+    given = [
+        flag
+        for flag, used in (
+            ("--merge blend", config.merge == "blend"),
+            ("--halo", config.halo != "auto"),
+            ("--verify", config.verify),
+            ("--polygons", config.polygons),
+        )
+        if used
+    ]
     if given:
         raise ConfigError(
             f"{model.path}: a chip classifier gives one class per window, so {given[0]} does "
             "not apply; chips are placed with --chip-stride"
         )
     if config.estimate:
-        raise ConfigError(f"{model.path}: --estimate covers per-pixel models; run a chip "
-                          "classifier on a part of the input to time it")  # fmt: skip
+        raise ConfigError(
+            f"{model.path}: --estimate covers per-pixel models; run a chip "
+            "classifier on a part of the input to time it"
+        )
     size = model.input_size or config.chip_size
     if size is None:
-        raise ConfigError(f"{model.path}: the chip classifier takes any input size; give the "
-                          "chips' side with --chip-size PIXELS")  # fmt: skip
+        raise ConfigError(
+            f"{model.path}: the chip classifier takes any input size; give the "
+            "chips' side with --chip-size PIXELS"
+        )
     if config.chip_size not in (None, size):
-        raise ConfigError(f"{model.path}: the chip classifier takes {size}-pixel chips only; "
-                          f"--chip-size {config.chip_size} does not fit it")  # fmt: skip
+        raise ConfigError(
+            f"{model.path}: the chip classifier takes {size}-pixel chips only; "
+            f"--chip-size {config.chip_size} does not fit it"
+        )
     stride = config.chip_stride or size
     if stride > size:
-        raise ConfigError(f"--chip-stride {stride} is larger than the chips ({size} pixels, the "
-                          "model's input); chips would leave gaps")  # fmt: skip
+        raise ConfigError(
+            f"--chip-stride {stride} is larger than the chips ({size} pixels, the "
+            "model's input); chips would leave gaps"
+        )
     chunk_tiles = config.chunk_tiles
     if chunk_tiles == "auto":  # about CHUNK_PIXELS of input per chunk side
         chunk_tiles = max(1, CHUNK_PIXELS // stride)
@@ -218,8 +243,10 @@ def _tiling(config: JobConfig, model: ModelInfo) -> Tiling | ChipGrid:
         return _chip_grid(config, model)
     for flag, value in (("--chip-size", config.chip_size), ("--chip-stride", config.chip_stride)):
         if value is not None:
-            raise ConfigError(f"{model.path}: {flag} applies to chip classifiers (an output of "
-                              "(batch, classes)); this model gives a class per pixel")  # fmt: skip
+            raise ConfigError(
+                f"{model.path}: {flag} applies to chip classifiers (an output of "
+                "(batch, classes)); this model gives a class per pixel"
+            )
     if config.merge == "blend":
         margin = model.stride  # overlaps are even multiples of the stride: half is the halo
         window = model.input_size or config.tile_size * 5 // 4
@@ -241,8 +268,14 @@ def _tiling(config: JobConfig, model: ModelInfo) -> Tiling | ChipGrid:
         chunk_tiles = config.chunk_tiles
         if chunk_tiles == "auto":
             chunk_tiles = max(1, CHUNK_PIXELS // tile_size)
-        return Tiling(tile_size, halo, model.stride, chunk_tiles,
-                      fixed_window=model.input_size is not None, merge=config.merge)  # fmt: skip
+        return Tiling(
+            tile_size,
+            halo,
+            model.stride,
+            chunk_tiles,
+            fixed_window=model.input_size is not None,
+            merge=config.merge,
+        )
     except ValueError as exc:
         raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
 
@@ -251,9 +284,12 @@ def seam_free(model: ModelInfo, tiling: Tiling | ChipGrid) -> bool:
     """Whether the stitched output equals whole-image inference: windows are cropped to their
     cores, and the halo covers the model's receptive field. (A chip classifier's output is
     per chip: there is no whole-image inference to equal.)"""
-    return (isinstance(tiling, Tiling) and tiling.merge == "crop"
-            and model.receptive_halo is not None
-            and tiling.halo >= model.receptive_halo)  # fmt: skip
+    return (
+        isinstance(tiling, Tiling)
+        and tiling.merge == "crop"
+        and model.receptive_halo is not None
+        and tiling.halo >= model.receptive_halo
+    )
 
 
 def halo_notes(job: Job) -> list[str]:
@@ -265,31 +301,45 @@ def halo_notes(job: Job) -> list[str]:
     blend = tiling.merge == "blend"
     notes = []
     if model.input_size is not None and tiling.tile_size != config.tile_size:
-        context = (f"overlapping by {tiling.overlap}" if blend
-                   else f"{tiling.halo} of halo on each side")  # fmt: skip
-        notes.append(f"tile size {tiling.tile_size}: the model takes windows of exactly "
-                     f"{model.input_size} pixels, {context}")  # fmt: skip
+        context = (
+            f"overlapping by {tiling.overlap}" if blend else f"{tiling.halo} of halo on each side"
+        )
+        notes.append(
+            f"tile size {tiling.tile_size}: the model takes windows of exactly "
+            f"{model.input_size} pixels, {context}"
+        )
     if blend:
         if config.overlap != "auto" and config.overlap != tiling.overlap:
-            notes.append(f"overlap {config.overlap} rounded up to {tiling.overlap}, a multiple "
-                         f"of twice the model's stride {model.stride}")  # fmt: skip
+            notes.append(
+                f"overlap {config.overlap} rounded up to {tiling.overlap}, a multiple "
+                f"of twice the model's stride {model.stride}"
+            )
         if model.receptive_halo is not None:
-            notes.append(f"the model's receptive field is local ({model.receptive_halo} pixels): "
-                         "--merge crop gives whole-image inference exactly")  # fmt: skip
-        notes.append(f"windows of {tiling.window_size} pixels overlap by {tiling.overlap} and "
-                     "their scores are blended: smooth across tiles, not seam-free")  # fmt: skip
+            notes.append(
+                f"the model's receptive field is local ({model.receptive_halo} pixels): "
+                "--merge crop gives whole-image inference exactly"
+            )
+        notes.append(
+            f"windows of {tiling.window_size} pixels overlap by {tiling.overlap} and "
+            "their scores are blended: smooth across tiles, not seam-free"
+        )
         return notes
     halo, given = tiling.halo, config.halo
     if given != "auto" and given != halo:
-        notes.append(f"halo {given} rounded up to {halo}, a multiple of the model's stride "
-                     f"{model.stride}")  # fmt: skip
+        notes.append(
+            f"halo {given} rounded up to {halo}, a multiple of the model's stride {model.stride}"
+        )
     if model.receptive_halo is None:
-        notes.append(f"{model.path}: each output pixel depends on the whole input window: "
-                     "tiles are not seam-free; --merge blend smooths their borders")  # fmt: skip
+        notes.append(
+            f"{model.path}: each output pixel depends on the whole input window: "
+            "tiles are not seam-free; --merge blend smooths their borders"
+        )
     elif halo < model.receptive_halo:
-        notes.append(f"halo {halo} is less than the model's receptive field "
-                     f"({model.receptive_halo} pixels, by {model.halo_found_by}): tiles differ "
-                     "from whole-image inference near their borders")  # fmt: skip
+        notes.append(
+            f"halo {halo} is less than the model's receptive field "
+            f"({model.receptive_halo} pixels, by {model.halo_found_by}): tiles differ "
+            "from whole-image inference near their borders"
+        )
     return notes
 
 
@@ -305,8 +355,18 @@ def _identity(
         "model": package.digest,
         "tiling": asdict(tiling),
         "pixels": config.model_dump(
-            include={"bands", "normalization", "activation", "tta", "scores", "backend",
-                     "precision", "cog", "polygons", "min_area"}
+            include={
+                "bands",
+                "normalization",
+                "activation",
+                "tta",
+                "scores",
+                "backend",
+                "precision",
+                "cog",
+                "polygons",
+                "min_area",
+            }
         ),
         "version": __version__,
     }
@@ -324,7 +384,8 @@ def output_names(stems: list[str], paths: list[str]) -> list[str]:
         safe_stems.append(safe or "raster")
     counts = Counter(stem.casefold() for stem in safe_stems)  # case-insensitive file systems too
     return [
-        stem if counts[stem.casefold()] == 1
+        stem
+        if counts[stem.casefold()] == 1
         else f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
         for stem, path in zip(safe_stems, paths, strict=True)
     ]
@@ -486,8 +547,9 @@ def plan_job(checked: Checked, spark=None) -> Job:
                 classes_path=storage.join(output, f"{name}.tif"),
                 scores_path=storage.join(output, f"{name}.scores.tif") if config.scores else None,
                 quicklook_path=storage.join(output, f"{name}.png") if config.quicklook else None,
-                polygons_path=(storage.join(output, f"{name}.polygons.parquet")
-                               if config.polygons else None),  # fmt: skip
+                polygons_path=(
+                    storage.join(output, f"{name}.polygons.parquet") if config.polygons else None
+                ),
                 staging=storage.join(output, STAGING_FOLDER, f"{name}-{identity}"),
             )
         )

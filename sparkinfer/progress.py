@@ -31,13 +31,22 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts the tiles of committed chunks among the chunks this run has to do."""
 
-    def __init__(self, staging: list[str], chunk_tables: list[pa.Table], scores: bool, *,
-                 polygons: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        staging: list[str],
+        chunk_tables: list[pa.Table],
+        scores: bool,
+        *,
+        polygons: bool = False,
+    ) -> None:
         self.folders = []  # (folder, {name of the file a chunk commits last: tiles})
         for folder, chunks in zip(staging, chunk_tables, strict=True):
-            names = [chunk_files(r, c, scores, polygons=polygons)[-1]
-                     for r, c in zip(chunks["chunk_row"].to_pylist(),
-                                     chunks["chunk_col"].to_pylist(), strict=True)]  # fmt: skip
+            names = [
+                chunk_files(r, c, scores, polygons=polygons)[-1]
+                for r, c in zip(
+                    chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(), strict=True
+                )
+            ]
             tiles = dict(zip(names, chunks["tiles"].to_pylist(), strict=True))
             self.folders.append((folder, tiles))
         self.total = sum(sum(tiles.values()) for _, tiles in self.folders)
@@ -55,8 +64,10 @@ class Progress:
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = f", ETA {_duration((self.total - done) / rate)}" if done and rate else ""
         share = 100 * done / self.total if self.total else 100.0
-        return (f"sparkinfer: {done}/{self.total} tiles ({share:.1f}%), {rate:.1f} tiles/s, "
-                f"{_duration(elapsed)} elapsed{eta}")  # fmt: skip
+        return (
+            f"sparkinfer: {done}/{self.total} tiles ({share:.1f}%), {rate:.1f} tiles/s, "
+            f"{_duration(elapsed)} elapsed{eta}"
+        )
 
 
 @contextmanager

@@ -127,8 +127,7 @@ def read_info(path: str, item: StackedItem | None = None) -> RasterInfo:
     try:
         with warnings.catch_warnings():  # no georeference is reported below, in one line
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with storage.gdal_env(**GDAL_READ_OPTIONS), \
-                    rasterio.open(_dataset(path, item)) as src:  # fmt: skip
+            with storage.gdal_env(**GDAL_READ_OPTIONS), rasterio.open(_dataset(path, item)) as src:
                 if src.count < 1:
                     raise InputError(f"{path}: raster has no bands")
                 if len(set(src.dtypes)) != 1:

@@ -65,10 +65,25 @@ IDENTITY = AxisExtent(Fraction(1), Fraction(0), Fraction(0))
 
 # Layers that act on each pixel independently (along the channel axis only).
 _PER_PIXEL = {
-    "InputLayer", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
-    "BatchNormalization", "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
-    "AlphaDropout", "Rescaling", "Dense", "Identity", "ActivityRegularization", "Masking",
-}  # fmt: skip
+    "InputLayer",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "PReLU",
+    "ELU",
+    "Softmax",
+    "BatchNormalization",
+    "Dropout",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "Rescaling",
+    "Dense",
+    "Identity",
+    "ActivityRegularization",
+    "Masking",
+}
 _CHANNEL_AXIS_LAYERS = {"LayerNormalization", "Normalization", "Softmax", "BatchNormalization"}
 # Radius, in input pixels, of each resampling kernel that UpSampling2D interpolates with (the
 # same in TensorFlow's and JAX's resize): its taps lie within it.
@@ -144,8 +159,11 @@ def _layer_transform(layer):
             # Output j samples the input at x = (j + 1/2) / u - 1/2, from the taps within the
             # kernel's radius r of x: inputs [x - r, x + r].
             r, half = _KERNEL_RADIUS[interpolation], Fraction(1, 2)
-            return AxisExtent(jump, ext.lo + (half - half * u - r * u) * jump,
-                              ext.hi + (half - half * u + r * u) * jump)  # fmt: skip
+            return AxisExtent(
+                jump,
+                ext.lo + (half - half * u - r * u) * jump,
+                ext.hi + (half - half * u + r * u) * jump,
+            )
 
         return upsample
     if kind in ("ZeroPadding2D", "Cropping2D"):
@@ -154,8 +172,9 @@ def _layer_transform(layer):
 
         def shift(ext: AxisExtent, axis: int) -> AxisExtent:
             before = amounts[axis][0]
-            return AxisExtent(ext.jump, ext.lo + sign * before * ext.jump,
-                              ext.hi + sign * before * ext.jump)  # fmt: skip
+            return AxisExtent(
+                ext.jump, ext.lo + sign * before * ext.jump, ext.hi + sign * before * ext.jump
+            )
 
         return shift
     raise UntraceableLayer(layer)
@@ -190,6 +209,7 @@ class _Tracer:
         from keras import Model, Sequential
 
         if isinstance(op, Sequential):
+
             def run_sequential(x, *args, **kwargs):
                 for layer in op.layers:
                     x = self.operation(layer)(x)
@@ -305,7 +325,7 @@ def probe_shift(
     shift = 1
     while shift <= largest and reach + 2 * shift < size - reach - shift:
         margin = reach + shift
-        moved = scores(image[:, shift:shift + size, shift:shift + size])[0]
+        moved = scores(image[:, shift : shift + size, shift : shift + size])[0]
         inside = slice(margin + shift, size - margin)  # image pixels inside both, far from borders
         there = slice(margin, size - margin - shift)  # the same pixels in the moved window
         difference = np.abs(first[inside, inside] - moved[there, there]).max()

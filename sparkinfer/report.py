@@ -37,17 +37,19 @@ def _executors(results: pa.Table) -> dict:
     task started (seconds after the stage's first), the span from then to its last chunk, and
     its rate over that span: how the work spread."""
     spread = results.group_by("executor").aggregate(
-        [("chunk_row", "count"), ("inferred", "sum"), ("task_started", "min"),
-         ("finished", "max")]  # fmt: skip
+        [("chunk_row", "count"), ("inferred", "sum"), ("task_started", "min"), ("finished", "max")]
     )
     first = pc.min(results["task_started"]).as_py()
     found = {}
     for row in sorted(spread.to_pylist(), key=lambda r: r["executor"]):
         chunks, span = row["chunk_row_count"], row["finished_max"] - row["task_started_min"]
-        found[row["executor"]] = {"chunks": chunks, "tiles": row["inferred_sum"],
-                                  "started_s": round(row["task_started_min"] - first, 3),
-                                  "span_s": round(span, 3),
-                                  "chunks_per_s": round(chunks / max(span, 1e-9), 3)}  # fmt: skip
+        found[row["executor"]] = {
+            "chunks": chunks,
+            "tiles": row["inferred_sum"],
+            "started_s": round(row["task_started_min"] - first, 3),
+            "span_s": round(span, 3),
+            "chunks_per_s": round(chunks / max(span, 1e-9), 3),
+        }
     return found
 
 
@@ -124,8 +126,10 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
         },
         "timings": timings | {"task_" + k: v for k, v in task_time.items()},
         # What ran the model: "cpu", or "gpu:N" as the worker numbers its GPUs.
-        "devices": {row["device"]: {"chunks": row["tiles_count"], "tiles": row["inferred_sum"]}
-                    for row in devices.to_pylist()},  # fmt: skip
+        "devices": {
+            row["device"]: {"chunks": row["tiles_count"], "tiles": row["inferred_sum"]}
+            for row in devices.to_pylist()
+        },
         "executors": _executors(results),
         "config": job.config.model_dump(mode="json"),
     }
@@ -136,6 +140,8 @@ def tiling_report(job: Job) -> dict:
     chip classifier's chips (the output grid's cells are `stride` pixels)."""
     if isinstance(job.tiling, ChipGrid):
         return {"chips": asdict(job.tiling)}
-    return asdict(job.tiling) | {"overlap": job.tiling.overlap,
-                                 "halo_share": round(job.tiling.halo_share, 4),
-                                 "seam_free": seam_free(job.model, job.tiling)}  # fmt: skip
+    return asdict(job.tiling) | {
+        "overlap": job.tiling.overlap,
+        "halo_share": round(job.tiling.halo_share, 4),
+        "seam_free": seam_free(job.model, job.tiling),
+    }

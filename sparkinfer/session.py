@@ -63,10 +63,13 @@ def task_slots(spark) -> int:
 def application(spark) -> dict:
     """The master, the application's id and the kind of session, for the run report."""
     conf = spark.conf
-    return {"master": conf.get("spark.master", None), "app_id": conf.get("spark.app.id", None),
-            "connect": is_connect(spark),
-            "speculation": conf.get("spark.speculation", "false") == "true",
-            "task_gpu_share": task_gpu_share(spark)}  # fmt: skip
+    return {
+        "master": conf.get("spark.master", None),
+        "app_id": conf.get("spark.app.id", None),
+        "connect": is_connect(spark),
+        "speculation": conf.get("spark.speculation", "false") == "true",
+        "task_gpu_share": task_gpu_share(spark),
+    }
 
 
 def task_gpu_share(spark) -> float:
@@ -151,8 +154,14 @@ def worker_environment(spark, key: str, value: str) -> Iterator[None]:
             environment[key] = previous
 
 
-def map_in_partitions(spark, table: pa.Table, partitions: int, function: Callable,
-                      schema: pa.Schema, tapered: bool = False) -> list:  # fmt: skip
+def map_in_partitions(
+    spark,
+    table: pa.Table,
+    partitions: int,
+    function: Callable,
+    schema: pa.Schema,
+    tapered: bool = False,
+) -> list:
     """Run `function` (a mapInArrow function) over `table` cut into `partitions` runs of
     consecutive rows (`task_bounds`); its output rows, collected on the driver.
 

@@ -35,6 +35,7 @@ from sparkinfer.raster import GDAL_READ_OPTIONS, StackedItem
 if TYPE_CHECKING:  # imported when a STAC file is read: runs without one skip its 65-105 ms
     import pystac
 
+
 def is_stac(location: str) -> bool:
     """Whether an input file is a STAC Item or ItemCollection (JSON), not a raster."""
     return location.lower().endswith(".json")
@@ -64,8 +65,10 @@ def read_items(location: str) -> list[ItemInput]:
         if kind == "FeatureCollection":
             items = pystac.ItemCollection.from_dict(data).items
         else:
-            raise InputError(f"{location}: not a STAC Item or ItemCollection (a GeoJSON "
-                             "Feature or FeatureCollection)")  # fmt: skip
+            raise InputError(
+                f"{location}: not a STAC Item or ItemCollection (a GeoJSON "
+                "Feature or FeatureCollection)"
+            )
     except (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError) as exc:
         what = "Item" if kind == "Feature" else "ItemCollection"
         raise InputError(f"{location}: not a valid STAC {what} ({first_line(exc)})") from None
@@ -73,8 +76,10 @@ def read_items(location: str) -> list[ItemInput]:
         raise InputError(f"{location}: the ItemCollection holds no Items")
     twice = [id_ for id_, count in Counter(i.id for i in items).items() if count > 1]
     if twice:
-        raise InputError(f"{location}: Item id {twice[0]} appears more than once; ids name "
-                         "the outputs, so they must differ")  # fmt: skip
+        raise InputError(
+            f"{location}: Item id {twice[0]} appears more than once; ids name "
+            "the outputs, so they must differ"
+        )
     return [ItemInput(f"{location}#{item.id}", location, item) for item in items]
 
 
@@ -98,23 +103,33 @@ def _choose(path: str, item: pystac.Item, names: list[str] | None) -> list[_Choi
     """The assets (or bands of assets) `names` stand for, in their order."""
     keys = ", ".join(item.assets)
     if not names:
-        raise InputError(f"{path}: the bands of a STAC Item are its assets: name them in the "
-                         f"model's order with --assets (its assets: {keys})")  # fmt: skip
+        raise InputError(
+            f"{path}: the bands of a STAC Item are its assets: name them in the "
+            f"model's order with --assets (its assets: {keys})"
+        )
     chosen = []
     for name in names:
         if name in item.assets:
             chosen.append(_Choice(name, None))
             continue
-        found = [_Choice(key, i + 1) for key, asset in item.assets.items()
-                 for i, common in enumerate(_common_names(asset)) if common == name]  # fmt: skip
+        found = [
+            _Choice(key, i + 1)
+            for key, asset in item.assets.items()
+            for i, common in enumerate(_common_names(asset))
+            if common == name
+        ]
         if len(found) > 1:
             owners = ", ".join(c.key for c in found)
-            raise InputError(f"{path}: '{name}' is the common name of bands of assets "
-                             f"{owners}; name the asset instead")  # fmt: skip
+            raise InputError(
+                f"{path}: '{name}' is the common name of bands of assets "
+                f"{owners}; name the asset instead"
+            )
         if not found:
             commons = sorted({c for a in item.assets.values() for c in _common_names(a) if c})
-            raise InputError(f"{path}: no asset or band common name '{name}' (assets: {keys}; "
-                             f"common names: {', '.join(commons) or 'none'})")  # fmt: skip
+            raise InputError(
+                f"{path}: no asset or band common name '{name}' (assets: {keys}; "
+                f"common names: {', '.join(commons) or 'none'})"
+            )
         chosen.extend(found)
     return chosen
 
@@ -128,8 +143,10 @@ def _location(path: str, key: str, href: str, file: str) -> str:
     if storage.is_s3(href) or storage.is_http(href) or os.path.isabs(href):
         return href
     if url.scheme:
-        raise InputError(f"{path}: asset {key} is at {href}: assets are read from local paths, "
-                         "s3:// or http(s)://")  # fmt: skip
+        raise InputError(
+            f"{path}: asset {key} is at {href}: assets are read from local paths, "
+            "s3:// or http(s)://"
+        )
     if storage.is_s3(file):
         folder = storage.parent(file).removeprefix(storage.S3_SCHEME)
         return storage.S3_SCHEME + posixpath.normpath(posixpath.join(folder, href))
@@ -156,15 +173,29 @@ def _read_asset(path: str, key: str, location: str) -> _Asset:
     where = f"{path}: asset {key} ({location})"
     try:
         size, mtime_ns = storage.size_and_mtime(location)
-        with storage.gdal_env(**GDAL_READ_OPTIONS), \
-                rasterio.open(storage.gdal_path(location)) as src:  # fmt: skip
+        with (
+            storage.gdal_env(**GDAL_READ_OPTIONS),
+            rasterio.open(storage.gdal_path(location)) as src,
+        ):
             if src.crs is None or src.transform.is_identity:
                 raise InputError(f"{where} has no georeference (CRS and transform)")
             if src.transform.b != 0 or src.transform.d != 0:
-                raise InputError(f"{where}: the geotransform is rotated or sheared; warp it to "
-                                 "a north-up grid first (gdalwarp)")  # fmt: skip
-            return _Asset(key, location, src.width, src.height, src.transform, src.crs,
-                          src.dtypes, src.nodatavals, size, mtime_ns)  # fmt: skip
+                raise InputError(
+                    f"{where}: the geotransform is rotated or sheared; warp it to "
+                    "a north-up grid first (gdalwarp)"
+                )
+            return _Asset(
+                key,
+                location,
+                src.width,
+                src.height,
+                src.transform,
+                src.crs,
+                src.dtypes,
+                src.nodatavals,
+                size,
+                mtime_ns,
+            )
     except FileNotFoundError:
         raise InputError(f"{where}: not found") from None
     except (OSError, RasterioError) as exc:
@@ -177,30 +208,33 @@ def _vrt(layers: list[tuple[_Asset, int]], resampling: Resampling) -> str:
     grid = layers[0][0]
     g = grid.transform
     dtype = _gdal_typename(np.result_type(*(a.dtypes[b - 1] for a, b in layers)).name)
-    lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">',
-             f"<SRS>{escape(grid.crs.to_wkt())}</SRS>",
-             f"<GeoTransform>{', '.join(map(repr, g.to_gdal()))}</GeoTransform>"]  # fmt: skip
+    lines = [
+        f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">',
+        f"<SRS>{escape(grid.crs.to_wkt())}</SRS>",
+        f"<GeoTransform>{', '.join(map(repr, g.to_gdal()))}</GeoTransform>",
+    ]
     for index, (asset, band) in enumerate(layers, 1):
         t = asset.transform  # its extent, in pixels of the grid (fractions where not aligned)
         x, y = (t.c - g.c) / g.a, (t.f - g.f) / g.e
         width, height = asset.width * t.a / g.a, asset.height * t.e / g.e
         nodata = asset.nodatavals[band - 1]
         # GDAL's names of the methods are rasterio's without the underscore (cubicspline).
-        lines += [f'<VRTRasterBand dataType="{dtype}" band="{index}">',
-                  *([f"<NoDataValue>{nodata!r}</NoDataValue>"] if nodata is not None else []),
-                  f'<SimpleSource resampling="{resampling.replace("_", "")}">',
-                  f'<SourceFilename relativeToVRT="0">{escape(storage.gdal_path(asset.location))}'
-                  "</SourceFilename>",
-                  f"<SourceBand>{band}</SourceBand>",
-                  f'<SrcRect xOff="0" yOff="0" xSize="{asset.width}" ySize="{asset.height}"/>',
-                  f'<DstRect xOff="{x!r}" yOff="{y!r}" xSize="{width!r}" ySize="{height!r}"/>',
-                  "</SimpleSource>",
-                  "</VRTRasterBand>"]  # fmt: skip
+        lines += [
+            f'<VRTRasterBand dataType="{dtype}" band="{index}">',
+            *([f"<NoDataValue>{nodata!r}</NoDataValue>"] if nodata is not None else []),
+            f'<SimpleSource resampling="{resampling.replace("_", "")}">',
+            f'<SourceFilename relativeToVRT="0">{escape(storage.gdal_path(asset.location))}'
+            "</SourceFilename>",
+            f"<SourceBand>{band}</SourceBand>",
+            f'<SrcRect xOff="0" yOff="0" xSize="{asset.width}" ySize="{asset.height}"/>',
+            f'<DstRect xOff="{x!r}" yOff="{y!r}" xSize="{width!r}" ySize="{height!r}"/>',
+            "</SimpleSource>",
+            "</VRTRasterBand>",
+        ]
     return "\n".join([*lines, "</VRTDataset>"])
 
 
-def stack_item(source: ItemInput, names: list[str] | None,
-               resampling: Resampling) -> StackedItem:  # fmt: skip
+def stack_item(source: ItemInput, names: list[str] | None, resampling: Resampling) -> StackedItem:
     """The Item's assets `names` stacked as bands: one raster, read through a VRT.
 
     Raises `InputError` for a name that matches no asset or band, an asset that is not a
@@ -218,17 +252,25 @@ def stack_item(source: ItemInput, names: list[str] | None,
     for choice in chosen:
         asset = assets[choice.key]
         if asset.crs != first.crs:
-            raise InputError(f"{path}: asset {asset.key} is in {asset.crs.to_string()} but "
-                             f"{first.key} in {first.crs.to_string()}; the assets stacked must "
-                             "share a CRS")  # fmt: skip
+            raise InputError(
+                f"{path}: asset {asset.key} is in {asset.crs.to_string()} but "
+                f"{first.key} in {first.crs.to_string()}; the assets stacked must "
+                "share a CRS"
+            )
         if choice.band is not None and choice.band > len(asset.dtypes):
-            raise InputError(f"{path}: asset {asset.key} lists band {choice.band} but its "
-                             f"raster has {len(asset.dtypes)}")  # fmt: skip
+            raise InputError(
+                f"{path}: asset {asset.key} lists band {choice.band} but its "
+                f"raster has {len(asset.dtypes)}"
+            )
         bands = [choice.band] if choice.band else range(1, len(asset.dtypes) + 1)
         layers += [(asset, band) for band in bands]
     vrt = _vrt(layers, resampling)
     files = [(a.location, a.size, a.mtime_ns) for a in assets.values()]
     digest = hashlib.sha256(json.dumps([item.to_dict(), vrt, files], sort_keys=True).encode())
-    return StackedItem(id=item.id, file=source.file,
-                       href=item.get_self_href() or storage.uri(source.file), vrt=vrt,
-                       digest=digest.hexdigest())  # fmt: skip
+    return StackedItem(
+        id=item.id,
+        file=source.file,
+        href=item.get_self_href() or storage.uri(source.file),
+        vrt=vrt,
+        digest=digest.hexdigest(),
+    )

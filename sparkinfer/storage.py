@@ -33,10 +33,19 @@ from pyarrow import fs
 S3_SCHEME = "s3://"
 # Variables the AWS SDKs and GDAL read for S3: what executors need to reach the same storage.
 AWS_VARIABLES = (
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
-    "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_NO_SIGN_REQUEST",
-)  # fmt: skip
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_S3_ENDPOINT",
+    "AWS_HTTPS",
+    "AWS_VIRTUAL_HOSTING",
+    "AWS_NO_SIGN_REQUEST",
+)
 
 
 HTTP_SCHEMES = ("http://", "https://")
@@ -99,8 +108,11 @@ def gdal_env(**options) -> rasterio.Env:
     endpoint = _endpoint()
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
         url = urlsplit(endpoint)
-        options = {"AWS_S3_ENDPOINT": url.netloc, "AWS_HTTPS": "YES" if url.scheme == "https"
-                   else "NO", "AWS_VIRTUAL_HOSTING": "FALSE"} | options  # fmt: skip
+        options = {
+            "AWS_S3_ENDPOINT": url.netloc,
+            "AWS_HTTPS": "YES" if url.scheme == "https" else "NO",
+            "AWS_VIRTUAL_HOSTING": "FALSE",
+        } | options
     return rasterio.Env(**options)
 
 
@@ -222,8 +234,9 @@ def glob_files(pattern: str) -> list[str]:
             raise ValueError("on S3 only the file name may hold wildcards")
         if not is_dir(folder):
             raise FileNotFoundError(f"no bucket or folder {folder}")
-        files = [posixpath.basename(i.path) for i in _s3_entries(folder)
-                 if i.type == fs.FileType.File]  # fmt: skip
+        files = [
+            posixpath.basename(i.path) for i in _s3_entries(folder) if i.type == fs.FileType.File
+        ]
         return sorted(join(folder, n) for n in files if fnmatch.fnmatchcase(n, wildcard))
     return sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
 

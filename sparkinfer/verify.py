@@ -61,8 +61,9 @@ def verify(
     `window` whole, over the window less its margin."""
     size, m = window.size, window.margin
     with rasterio.open(info.dataset) as src:
-        data, valid = read_window(src, list(bands), window.row_off, window.col_off, size, size,
-                                  info.masking)  # fmt: skip
+        data, valid = read_window(
+            src, list(bands), window.row_off, window.col_off, size, size, info.masking
+        )
     classes, _ = runtime.classify(np.moveaxis(data, 0, -1)[None], valid[None])
     whole = classes[0].copy()
     whole[~valid] = CLASS_NODATA

@@ -61,16 +61,21 @@ def polygons_name(classes_name: str) -> str:
     return classes_name.removesuffix(".tif") + ".polygons.parquet"
 
 
-def chunk_files(chunk_row: int, chunk_col: int, scores: bool, *,
-                polygons: bool = False) -> list[str]:  # fmt: skip
+def chunk_files(
+    chunk_row: int, chunk_col: int, scores: bool, *, polygons: bool = False
+) -> list[str]:
     """The names of a chunk's files, in the order `ChunkWriter.commit` writes them."""
     name = chunk_name(chunk_row, chunk_col)
-    return ([name] + ([scores_name(name)] if scores else [])
-            + ([polygons_name(name)] if polygons else []))  # fmt: skip
+    return (
+        [name]
+        + ([scores_name(name)] if scores else [])
+        + ([polygons_name(name)] if polygons else [])
+    )
 
 
-def is_committed(listed: set[str], chunk_row: int, chunk_col: int, scores: bool, *,
-                 polygons: bool = False) -> bool:  # fmt: skip
+def is_committed(
+    listed: set[str], chunk_row: int, chunk_col: int, scores: bool, *, polygons: bool = False
+) -> bool:
     """Whether a chunk is committed, from the names listed in its staging folder: all its files
     are there (each appears whole)."""
     names = chunk_files(chunk_row, chunk_col, scores, polygons=polygons)
@@ -144,9 +149,11 @@ class ChunkWriter:
     ) -> None:
         """Write one tile's core at raster offsets (row_off, col_off)."""
         window = rasterio.windows.Window(
-            col_off - self.spec.col_off, row_off - self.spec.row_off,
-            classes.shape[1], classes.shape[0],
-        )  # fmt: skip
+            col_off - self.spec.col_off,
+            row_off - self.spec.row_off,
+            classes.shape[1],
+            classes.shape[0],
+        )
         self._classes.write(classes, 1, window=window)
         top, left = int(window.row_off), int(window.col_off)
         self.class_map[top : top + classes.shape[0], left : left + classes.shape[1]] = classes
@@ -214,8 +221,10 @@ def _vrt_xml(
         ]
         if colors:
             lines += ["    <ColorInterp>Palette</ColorInterp>", "    <ColorTable>"]
-            lines += [f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="255"/>'
-                      for r, g, b in map(hex_rgb, colors)]  # fmt: skip
+            lines += [
+                f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="255"/>'
+                for r, g, b in map(hex_rgb, colors)
+            ]
             lines.append("    </ColorTable>")
         for chunk in chunks:
             size = f'xSize="{chunk.width}" ySize="{chunk.height}"'
@@ -271,8 +280,7 @@ def assemble_cog(
         encoding="utf-8",
     )
     try:
-        with storage.gdal_env(**storage.NO_LISTING, GDAL_CACHEMAX=256,
-                              GDAL_NUM_THREADS="ALL_CPUS"):  # fmt: skip
+        with storage.gdal_env(**storage.NO_LISTING, GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
             rasterio.shutil.copy(
                 str(vrt),
                 str(path),

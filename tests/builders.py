@@ -52,9 +52,17 @@ def write_raster(
             else from_origin(500_000.0, 5_300_000.0, 10.0, 10.0)
         )
     # Multispectral, not RGB(A): GDAL would take a 4th byte band for alpha.
-    profile = dict(driver="GTiff", height=height, width=width, count=bands, dtype=dtype,
-                   crs=crs, transform=transform, nodata=nodata,
-                   photometric="minisblack")  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=bands,
+        dtype=dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        photometric="minisblack",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
@@ -123,9 +131,13 @@ def dense_classifier(path: Path, bands: int = 4) -> Path:
     from keras import layers
 
     model = keras.Sequential(
-        [keras.Input((None, None, bands)), layers.Conv2D(4, 3), layers.GlobalAveragePooling2D(),
-         layers.Dense(3, activation="softmax")]
-    )  # fmt: skip
+        [
+            keras.Input((None, None, bands)),
+            layers.Conv2D(4, 3),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(3, activation="softmax"),
+        ]
+    )
     model.save(path)
     return path
 
@@ -159,8 +171,10 @@ def whole_image_outputs(model_path: Path, raster_path: Path, stride: int = 1, tr
     batch = np.zeros((1, padded_h, padded_w, pixels.shape[0]), np.float32)
     batch[0, :height, :width] = np.moveaxis(pixels, 0, -1)
     transforms = transforms or [(lambda x: x, lambda x: x)]
-    outputs = [inverse(np.array(model(np.ascontiguousarray(forward(batch)))))
-               for forward, inverse in transforms]  # fmt: skip
+    outputs = [
+        inverse(np.array(model(np.ascontiguousarray(forward(batch)))))
+        for forward, inverse in transforms
+    ]
     scores = np.mean(outputs, axis=0, dtype=np.float32)[0, :height, :width]
     classes = scores.argmax(-1).astype(np.uint8)
     classes[~valid] = 255
@@ -175,9 +189,12 @@ def lambda_model(path: Path, bands: int = 4, classes: int = 3) -> Path:
 
     keras.utils.set_random_seed(3)
     model = keras.Sequential(
-        [keras.Input((None, None, bands)), layers.Lambda(lambda x: x * 2.0),
-         layers.Conv2D(classes, 3, padding="same", activation="softmax")]
-    )  # fmt: skip
+        [
+            keras.Input((None, None, bands)),
+            layers.Lambda(lambda x: x * 2.0),
+            layers.Conv2D(classes, 3, padding="same", activation="softmax"),
+        ]
+    )
     model.save(path)
     return path
 
@@ -242,20 +259,21 @@ def onnx_as_shipped(onnx_path: Path, path: Path, size: int | None, logits: bool)
         (softmax,) = [n for n in graph.node if n.op_type == "Softmax"]
         graph.node.remove(softmax)
         for node in graph.node:
-            node.input[:] = [softmax.input[0] if i == softmax.output[0] else i
-                             for i in node.input]  # fmt: skip
+            node.input[:] = [softmax.input[0] if i == softmax.output[0] else i for i in node.input]
         if produced == softmax.output[0]:
             produced = softmax.input[0]
     side = size or "height"
     channels_first = helper.make_tensor_value_info(
-        "pixels_nchw", onnx.TensorProto.FLOAT, ["batch", bands, side, size or "width"])
+        "pixels_nchw", onnx.TensorProto.FLOAT, ["batch", bands, side, size or "width"]
+    )
     # Declared with the wrong axes, as ukis-csmask's files are: the job reads the real ones.
-    scores_nchw = helper.make_tensor_value_info("scores_nchw", onnx.TensorProto.FLOAT,
-                                                ["batch", "height", "width", "classes"])
-    graph.node.insert(0, helper.make_node("Transpose", ["pixels_nchw"], [given.name],
-                                          perm=[0, 2, 3, 1]))  # fmt: skip
-    graph.node.append(helper.make_node("Transpose", [produced], ["scores_nchw"],
-                                       perm=[0, 3, 1, 2]))  # fmt: skip
+    scores_nchw = helper.make_tensor_value_info(
+        "scores_nchw", onnx.TensorProto.FLOAT, ["batch", "height", "width", "classes"]
+    )
+    graph.node.insert(
+        0, helper.make_node("Transpose", ["pixels_nchw"], [given.name], perm=[0, 2, 3, 1])
+    )
+    graph.node.append(helper.make_node("Transpose", [produced], ["scores_nchw"], perm=[0, 3, 1, 2]))
     graph.input.remove(given)
     graph.input.append(channels_first)
     graph.output.remove(result)
@@ -274,7 +292,8 @@ def tile_counts_of_index_and_cog(output: Path, stem: str) -> tuple[list, list]:
         classes = cog.read(1)
     counted = []
     for t in tiles:
-        core = classes[t["row_off"] : t["row_off"] + t["height"],
-                       t["col_off"] : t["col_off"] + t["width"]]  # fmt: skip
+        core = classes[
+            t["row_off"] : t["row_off"] + t["height"], t["col_off"] : t["col_off"] + t["width"]
+        ]
         counted.append(np.bincount(core.ravel(), minlength=256)[: len(t["class_pixels"])].tolist())
     return [t["class_pixels"] for t in tiles], counted

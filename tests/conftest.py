@@ -86,8 +86,10 @@ def s3(tmp_path_factory):
     set in this process (and so in every spark-submit.sh the tests start) for the module."""
     from servers import s3_server
 
-    with s3_server(tmp_path_factory.mktemp("s3"), ["scenes", "predictions"]) as env, \
-            pytest.MonkeyPatch.context() as patch:  # fmt: skip
+    with (
+        s3_server(tmp_path_factory.mktemp("s3"), ["scenes", "predictions"]) as env,
+        pytest.MonkeyPatch.context() as patch,
+    ):
         for key, value in env.items():
             patch.setenv(key, value)
         yield env

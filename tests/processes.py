@@ -31,16 +31,18 @@ def submit_command(args: list, master: str | None) -> tuple[list[str], dict]:
 
 def submit(args: list, master: str | None, timeout: int = 300) -> subprocess.CompletedProcess:
     command, env = submit_command(args, master)
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start(args: list, master: str | None, log: Path) -> subprocess.Popen:
     """spark-submit.sh in the background, stdout and stderr to `log`, in its own session."""
     command, env = submit_command(args, master)
     with log.open("w") as out:
-        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 @contextmanager
@@ -91,8 +93,11 @@ def python_workers(root: int) -> list[int]:
     """Spark's Python workers below `root`: the children that pyspark.daemon forks."""
     table = processes()
     below = _below(root, table)
-    return [pid for pid, cmd in below.items() if "pyspark.daemon" in cmd
-            and "pyspark.daemon" in below.get(table[pid][0], "")]  # fmt: skip
+    return [
+        pid
+        for pid, cmd in below.items()
+        if "pyspark.daemon" in cmd and "pyspark.daemon" in below.get(table[pid][0], "")
+    ]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, job=None) -> None:

@@ -18,8 +18,11 @@ from pathlib import Path
 from processes import JVM_OPTIONS, wait_until
 
 BIN = Path(sys.executable).parent
-S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                  "AWS_REGION": "us-east-1"}  # fmt: skip
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -76,8 +79,11 @@ def standalone_cluster(
     what the job passes them."""
     port, ui_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder / "logs"),
-            "SPARK_DAEMON_JAVA_OPTS": JVM_OPTIONS}
+    env |= {
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_LOG_DIR": str(folder / "logs"),
+        "SPARK_DAEMON_JAVA_OPTS": JVM_OPTIONS,
+    }
     if gpus:
         env["PATH"] = f"{fake_nvidia_smi(folder / 'bin', gpus)}:{env['PATH']}"
         env["SPARK_WORKER_OPTS"] = (
@@ -87,9 +93,19 @@ def standalone_cluster(
     folder.mkdir(parents=True, exist_ok=True)
     log = (folder / "cluster.log").open("w")
     common = dict(env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    master = subprocess.Popen([str(BIN / "spark-class"), "org.apache.spark.deploy.master.Master",
-                               "--host", "127.0.0.1", "--port", str(port),
-                               "--webui-port", str(ui_port)], **common)  # fmt: skip
+    master = subprocess.Popen(
+        [
+            str(BIN / "spark-class"),
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui_port),
+        ],
+        **common,
+    )
     url = f"spark://127.0.0.1:{port}"
     workers = []
     for i, count in enumerate(cores):
@@ -97,14 +113,29 @@ def standalone_cluster(
         # speculative copy of a task on the host of its first attempt.
         host = f"127.0.0.{i + 1}"
         pin = ["taskset", "-c", str(i)] if pinned else []
-        workers.append(subprocess.Popen(
-            [*pin, str(BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker", url,
-             "--host", host, "--cores", str(count), "--memory", "2g",
-             "--webui-port", str(free_port()), "--work-dir", str(folder / f"work{i}")],
-            **common | {"env": env | {"SPARK_LOCAL_IP": host}}))  # fmt: skip
+        workers.append(
+            subprocess.Popen(
+                [
+                    *pin,
+                    str(BIN / "spark-class"),
+                    "org.apache.spark.deploy.worker.Worker",
+                    url,
+                    "--host",
+                    host,
+                    "--cores",
+                    str(count),
+                    "--memory",
+                    "2g",
+                    "--webui-port",
+                    str(free_port()),
+                    "--work-dir",
+                    str(folder / f"work{i}"),
+                ],
+                **common | {"env": env | {"SPARK_LOCAL_IP": host}},
+            )
+        )
     try:
-        wait_until(lambda: _alive_workers(ui_port) == len(cores), 120,
-                   "the workers to register")  # fmt: skip
+        wait_until(lambda: _alive_workers(ui_port) == len(cores), 120, "the workers to register")
         yield url
     finally:
         _stop([*workers, master])
@@ -125,14 +156,28 @@ def connect_server(folder: Path, master: str) -> Iterator[tuple[str, subprocess.
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     log = (folder / "connect.log").open("w")
     server = subprocess.Popen(
-        [str(BIN / "spark-submit"), "--class",
-         "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", master,
-         "--conf", f"spark.connect.grpc.binding.port={port}", "--conf", "spark.ui.enabled=false",
-         "--conf", f"spark.executorEnv.PYSPARK_PYTHON={sys.executable}",
-         "--conf", f"spark.executor.extraJavaOptions={JVM_OPTIONS}",
-         "--driver-java-options", JVM_OPTIONS],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "spark-submit"),
+            "--class",
+            "org.apache.spark.sql.connect.service.SparkConnectServer",
+            "--master",
+            master,
+            "--conf",
+            f"spark.connect.grpc.binding.port={port}",
+            "--conf",
+            "spark.ui.enabled=false",
+            "--conf",
+            f"spark.executorEnv.PYSPARK_PYTHON={sys.executable}",
+            "--conf",
+            f"spark.executor.extraJavaOptions={JVM_OPTIONS}",
+            "--driver-java-options",
+            JVM_OPTIONS,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: _listens(port), 120, "the Spark Connect server to listen", server)
         yield f"sc://127.0.0.1:{port}", server
@@ -145,10 +190,14 @@ def s3_client(env: dict[str, str]):
     """A pyarrow client of the server `s3_server` started, allowed to create buckets."""
     from pyarrow import fs
 
-    return fs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"],
-                           secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_REGION"],
-                           endpoint_override=env["AWS_ENDPOINT_URL"].removeprefix("http://"),
-                           scheme="http", allow_bucket_creation=True)  # fmt: skip
+    return fs.S3FileSystem(
+        access_key=env["AWS_ACCESS_KEY_ID"],
+        secret_key=env["AWS_SECRET_ACCESS_KEY"],
+        region=env["AWS_REGION"],
+        endpoint_override=env["AWS_ENDPOINT_URL"].removeprefix("http://"),
+        scheme="http",
+        allow_bucket_creation=True,
+    )
 
 
 @contextmanager
@@ -156,9 +205,12 @@ def s3_server(folder: Path, buckets: list[str]) -> Iterator[dict[str, str]]:
     """moto's S3 server with empty `buckets`; yields the AWS variables that reach it."""
     port = free_port()
     log = (folder / "moto.log").open("w")
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: _answers(f"http://127.0.0.1:{port}/"), 60, "the S3 server to answer")
         env = S3_CREDENTIALS | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}

@@ -39,8 +39,13 @@ def airflow_env(tmp_path):
 
 
 def airflow(args, env, timeout=300):
-    return subprocess.run([str(AIRFLOW / args[0]), *args[1:]], env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [str(AIRFLOW / args[0]), *args[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_the_dag_imports_with_its_schedule_params_and_retries(airflow_env):
@@ -57,14 +62,21 @@ def test_the_dag_imports_with_its_schedule_params_and_retries(airflow_env):
     done = airflow(["python", "-c", code], airflow_env)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert found == {"errors": {}, "schedule": "@daily", "tasks": ["infer_tiles"], "retries": 2,
-                     "params": ["input", "model", "output", "tile_size"]}  # fmt: skip
+    assert found == {
+        "errors": {},
+        "schedule": "@daily",
+        "tasks": ["infer_tiles"],
+        "retries": 2,
+        "params": ["input", "model", "output", "tile_size"],
+    }
 
 
 def test_airflow_dags_test_runs_the_job_on_the_sample(airflow_env, tmp_path):
     conf = {"output": str(tmp_path / "out"), "tile_size": 128}
-    done = airflow(["airflow", "dags", "test", "sparkinfer_daily", "2026-11-26", "-c",
-                    json.dumps(conf)], airflow_env)  # fmt: skip
+    done = airflow(
+        ["airflow", "dags", "test", "sparkinfer_daily", "2026-11-26", "-c", json.dumps(conf)],
+        airflow_env,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     output = tmp_path / "out" / "2026-11-26"  # the run's date, templated into the path
     sample = ROOT / "data" / "nc_landsat7_2000.tif"

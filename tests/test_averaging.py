@@ -25,6 +25,7 @@ def _rotations(mirror: bool):
     """D4 from numpy's rot90 and flip: rotations by k quarter turns, after a mirror or not."""
     pairs = []
     for k in range(4):
+
         def forward(x, k=k):
             return np.rot90(x[:, :, ::-1] if mirror else x, k, axes=(1, 2))
 
@@ -37,9 +38,10 @@ def _rotations(mirror: bool):
 
 
 REFERENCE = {
-    "flips": [(lambda x, a=axes: np.flip(x, a) if a else x,
-               lambda y, a=axes: np.flip(y, a) if a else y)
-              for axes in [(), (1,), (2,), (1, 2)]],  # fmt: skip
+    "flips": [
+        (lambda x, a=axes: np.flip(x, a) if a else x, lambda y, a=axes: np.flip(y, a) if a else y)
+        for axes in [(), (1,), (2,), (1, 2)]
+    ],
     "d4": _rotations(False) + _rotations(True),
 }
 
@@ -60,19 +62,27 @@ def scene(tmp_path_factory):
     (folder / "in").mkdir()
     mask = np.zeros((150, 134), bool)
     mask[:30, :40] = True
-    return write_raster(folder / "in" / "scene.tif", 150, 134, nodata=0, nodata_mask=mask,
-                        seed=21)  # fmt: skip
+    return write_raster(folder / "in" / "scene.tif", 150, 134, nodata=0, nodata_mask=mask, seed=21)
 
 
 @pytest.mark.parametrize("tta", ["flips", "d4"])
-def test_augmented_tiles_equal_the_averaged_model_on_the_whole_raster(tmp_path, run, models,
-                                                                      scene, tta):  # fmt: skip
-    report = run(input=[str(scene)], model=str(models["unet"]), output=str(tmp_path / "out"),
-                 tile_size=32, chunk_tiles=2, tta=tta, scores=True)  # fmt: skip
+def test_augmented_tiles_equal_the_averaged_model_on_the_whole_raster(
+    tmp_path, run, models, scene, tta
+):
+    report = run(
+        input=[str(scene)],
+        model=str(models["unet"]),
+        output=str(tmp_path / "out"),
+        tile_size=32,
+        chunk_tiles=2,
+        tta=tta,
+        scores=True,
+    )
     assert report["tiling"]["stride"] == 4 and report["tiling"]["seam_free"]
     assert report["tiles"]["planned"] == 25 and report["config"]["tta"] == tta
-    expected, expected_scores, valid = whole_image_outputs(models["unet"], scene, stride=4,
-                                                           transforms=REFERENCE[tta])  # fmt: skip
+    expected, expected_scores, valid = whole_image_outputs(
+        models["unet"], scene, stride=4, transforms=REFERENCE[tta]
+    )
     plain, _, _ = whole_image_outputs(models["unet"], scene, stride=4)
     with rasterio.open(tmp_path / "out" / "scene.tif") as out:
         classes = out.read(1)
@@ -85,8 +95,9 @@ def test_augmented_tiles_equal_the_averaged_model_on_the_whole_raster(tmp_path, 
 
 
 def test_augmentation_is_part_of_the_outputs_identity(tmp_path, run, models, scene):
-    common = dict(input=[str(scene)], model=str(models["conv"]), output=str(tmp_path / "out"),
-                  tile_size=64)  # fmt: skip
+    common = dict(
+        input=[str(scene)], model=str(models["conv"]), output=str(tmp_path / "out"), tile_size=64
+    )
     run(**common)
     with rasterio.open(tmp_path / "out" / "scene.tif") as out:
         plain = out.read(1)
@@ -105,22 +116,37 @@ def _averaged(outputs):
     return classes, scores
 
 
-def test_an_ensemble_equals_its_models_averaged_on_the_whole_raster(tmp_path, spark, models,
-                                                                    scene, capsys):  # fmt: skip
+def test_an_ensemble_equals_its_models_averaged_on_the_whole_raster(
+    tmp_path, spark, models, scene, capsys
+):
     """The command line (in-process, on the shared session: the workers inspect both models):
     a stride-1 model with a U-Net of stride 4 runs on the U-Net's grid with the wider halo."""
     out = tmp_path / "out"
-    code = main(["--input", str(scene), "--model", str(models["conv"]), str(models["unet"]),
-                 "--output", str(out), "--tile-size", "32", "--scores"], spark,
-                defaults_file=ROOT / "conf" / "default.yaml")  # fmt: skip
+    code = main(
+        [
+            "--input",
+            str(scene),
+            "--model",
+            str(models["conv"]),
+            str(models["unet"]),
+            "--output",
+            str(out),
+            "--tile-size",
+            "32",
+            "--scores",
+        ],
+        spark,
+        defaults_file=ROOT / "conf" / "default.yaml",
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "_run.json").read_text())
     assert report["model"]["path"] == f"{models['conv']} + {models['unet']}"
     assert (report["model"]["stride"], report["tiling"]["seam_free"]) == (4, True)
     halos = [inspect_model(models[m]).receptive_halo for m in ("conv", "unet")]
     assert report["model"]["receptive_halo"] == max(halos) and len(set(halos)) == 2
-    expected, expected_scores = _averaged([whole_image_outputs(models[m], scene, stride=4)
-                                           for m in ("conv", "unet")])  # fmt: skip
+    expected, expected_scores = _averaged(
+        [whole_image_outputs(models[m], scene, stride=4) for m in ("conv", "unet")]
+    )
     with rasterio.open(out / "scene.tif") as classes, rasterio.open(out / "scene.scores.tif") as s:
         np.testing.assert_allclose(np.moveaxis(s.read(), 0, -1), expected_scores, atol=1e-5)
         assert (classes.read(1) == expected).mean() >= 0.9999
@@ -129,12 +155,21 @@ def test_an_ensemble_equals_its_models_averaged_on_the_whole_raster(tmp_path, sp
 
 
 def test_an_ensemble_with_augmentation_averages_both(tmp_path, run, models, scene):
-    report = run(input=[str(scene)], model=[str(models["conv"]), str(models["unet"])],
-                 output=str(tmp_path / "out"), tile_size=32, tta="flips", scores=True)  # fmt: skip
+    report = run(
+        input=[str(scene)],
+        model=[str(models["conv"]), str(models["unet"])],
+        output=str(tmp_path / "out"),
+        tile_size=32,
+        tta="flips",
+        scores=True,
+    )
     assert report["tiling"]["seam_free"]
-    expected, expected_scores = _averaged([
-        whole_image_outputs(models[m], scene, stride=4, transforms=REFERENCE["flips"])
-        for m in ("conv", "unet")])  # fmt: skip
+    expected, expected_scores = _averaged(
+        [
+            whole_image_outputs(models[m], scene, stride=4, transforms=REFERENCE["flips"])
+            for m in ("conv", "unet")
+        ]
+    )
     with rasterio.open(tmp_path / "out" / "scene.scores.tif") as s:
         np.testing.assert_allclose(np.moveaxis(s.read(), 0, -1), expected_scores, atol=1e-5)
     with rasterio.open(tmp_path / "out" / "scene.tif") as classes:
@@ -143,17 +178,30 @@ def test_an_ensemble_with_augmentation_averages_both(tmp_path, run, models, scen
 
 def test_an_ensemble_of_models_with_other_classes_is_refused(tmp_path, run, models, scene):
     two = conv_stack(tmp_path / "two.keras", classes=2)
-    with pytest.raises(ModelError, match=r"^.*two\.keras: takes 4 bands and gives 2 score "
-                       r"channels, but .*conv\.keras takes 4 and gives 3; an ensemble's models "
-                       r"must take the same bands and give the same classes$"):  # fmt: skip
-        run(input=[str(scene)], model=[str(models["conv"]), str(two)],
-            output=str(tmp_path / "out"))  # fmt: skip
+    with pytest.raises(
+        ModelError,
+        match=r"^.*two\.keras: takes 4 bands and gives 2 score "
+        r"channels, but .*conv\.keras takes 4 and gives 3; an ensemble's models "
+        r"must take the same bands and give the same classes$",
+    ):
+        run(input=[str(scene)], model=[str(models["conv"]), str(two)], output=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_several_models_on_the_command_line_and_one_in_yaml():
-    listed = config_from_args(["--input", "a.tif", "--model", "a.keras", "b.onnx", "--model",
-                               "c.keras", "--output", "out"])  # fmt: skip
+    listed = config_from_args(
+        [
+            "--input",
+            "a.tif",
+            "--model",
+            "a.keras",
+            "b.onnx",
+            "--model",
+            "c.keras",
+            "--output",
+            "out",
+        ]
+    )
     assert listed.model == ["a.keras", "b.onnx", "c.keras"]
     one = config_from_args(["--input", "a.tif", "--model", "a.keras", "--output", "out"])
     assert one.model == ["a.keras"]

@@ -32,8 +32,7 @@ def scene(tmp_path_factory):
     (folder / "in").mkdir()
     mask = np.zeros((300, 270), bool)
     mask[:40, :50] = True
-    raster = write_raster(folder / "in" / "scene.tif", 300, 270, nodata=0, nodata_mask=mask,
-                          seed=3)  # fmt: skip
+    raster = write_raster(folder / "in" / "scene.tif", 300, 270, nodata=0, nodata_mask=mask, seed=3)
     return raster, squeeze_excite(folder / "se.keras")
 
 
@@ -88,9 +87,17 @@ def report_tiling(report):
 
 def test_blend_is_the_windows_scores_averaged(tmp_path, run, scene):
     raster, model = scene
-    report = run(input=[str(raster)], model=str(model), output=str(tmp_path), merge="blend",
-                 tile_size=TILE, overlap=OVERLAP, chunk_tiles=2, scores=True,
-                 verify=True)  # fmt: skip
+    report = run(
+        input=[str(raster)],
+        model=str(model),
+        output=str(tmp_path),
+        merge="blend",
+        tile_size=TILE,
+        overlap=OVERLAP,
+        chunk_tiles=2,
+        scores=True,
+        verify=True,
+    )
     tiling = report["tiling"]
     assert (tiling["merge"], tiling["tile_size"], tiling["halo"]) == ("blend", TILE, OVERLAP // 2)
     assert tiling["seam_free"] is False
@@ -117,8 +124,15 @@ def test_the_blend_does_not_depend_on_the_chunks(tmp_path, run, scene):
     """A pixel's windows are the same, added in the same order, whichever chunk holds it: the
     pixels are identical, to the bit, with chunks of 1 and of 3 tiles."""
     raster, model = scene
-    common = dict(input=[str(raster)], model=str(model), merge="blend", tile_size=TILE,
-                  overlap=OVERLAP, batch_size=1, scores=True)  # fmt: skip
+    common = dict(
+        input=[str(raster)],
+        model=str(model),
+        merge="blend",
+        tile_size=TILE,
+        overlap=OVERLAP,
+        batch_size=1,
+        scores=True,
+    )
     run(output=str(tmp_path / "one"), chunk_tiles=1, **common)
     report = run(output=str(tmp_path / "three"), chunk_tiles=3, **common)
     assert report["tiling"]["chunk_tiles"] == 3
@@ -142,5 +156,7 @@ def test_blend_options_are_checked_and_said(tmp_path, scene):
         load_config(common | dict(overlap=8))
     job = prepare_job(load_config(common | dict(merge="blend", tile_size=64)))
     assert (job.tiling.tile_size, job.tiling.overlap) == (64, 16), "auto: a fifth of the window"
-    assert halo_notes(job) == ["windows of 80 pixels overlap by 16 and their scores are "
-                               "blended: smooth across tiles, not seam-free"]  # fmt: skip
+    assert halo_notes(job) == [
+        "windows of 80 pixels overlap by 16 and their scores are "
+        "blended: smooth across tiles, not seam-free"
+    ]

@@ -27,11 +27,19 @@ def written(tmp_path_factory, spark, models):
     (folder / "in").mkdir()
     nodata = np.zeros((150, 170), bool)
     nodata[:70, :80] = True  # the first tile's core and more: a skipped tile
-    raster = write_raster(folder / "in" / "scene.tif", 150, 170, nodata=0, nodata_mask=nodata,
-                          seed=9)  # fmt: skip
-    config = load_config(dict(input=[str(raster)], model=str(models["conv"]),
-                              output=str(folder / "out"), tile_size=64, quicklook=True),
-                         defaults_file=DEFAULTS)  # fmt: skip
+    raster = write_raster(
+        folder / "in" / "scene.tif", 150, 170, nodata=0, nodata_mask=nodata, seed=9
+    )
+    config = load_config(
+        dict(
+            input=[str(raster)],
+            model=str(models["conv"]),
+            output=str(folder / "out"),
+            tile_size=64,
+            quicklook=True,
+        ),
+        defaults_file=DEFAULTS,
+    )
     report = run_job(spark, prepare_job(config))
     return raster, folder / "out", report
 
@@ -43,8 +51,7 @@ def test_the_stac_item_is_valid_and_describes_the_output(written):
     assert JsonSchemaSTACValidator().validate_core(data, pystac.STACObjectType.ITEM, "1.1.0")
     item = pystac.Item.from_file(str(path))
     with rasterio.open(raster) as src:
-        west, south, east, north = rasterio.warp.transform_bounds(src.crs, "EPSG:4326",
-                                                                  *src.bounds)  # fmt: skip
+        west, south, east, north = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
         assert item.bbox == pytest.approx([west, south, east, north], abs=1e-9)
         assert item.properties["proj:code"] == "EPSG:32633"
         assert item.properties["proj:shape"] == [150, 170]
@@ -72,7 +79,8 @@ def test_the_tile_index_is_geoparquet_that_agrees_with_the_cog(written):
         assert tuple(tiles.total_bounds) == pytest.approx(tuple(cog.bounds))
         first = tiles[(tiles.tile_row == 0) & (tiles.tile_col == 0)].iloc[0]
         assert first.geometry.bounds == pytest.approx(
-            rasterio.windows.bounds(rasterio.windows.Window(0, 0, 64, 64), cog.transform))
+            rasterio.windows.bounds(rasterio.windows.Window(0, 0, 64, 64), cog.transform)
+        )
     assert len(tiles) == report["tiles"]["planned"] == 9
     assert (tiles.status == "skipped_nodata").sum() == report["tiles"]["skipped_nodata"] == 1
     indexed, counted = tile_counts_of_index_and_cog(out, "scene")
@@ -89,8 +97,9 @@ def _item_of(tmp_path, crs: str, transform, height: int, width: int) -> dict:
 
     raster = write_raster(tmp_path / "grid.tif", height, width, crs=crs, transform=transform)
     path = tmp_path / "grid.stac.json"
-    write_stac_item(read_info(str(raster)), str(path), {"classes": str(tmp_path / "grid.tif")},
-                    (), (), 2, {})  # fmt: skip
+    write_stac_item(
+        read_info(str(raster)), str(path), {"classes": str(tmp_path / "grid.tif")}, (), (), 2, {}
+    )
     return json.loads(path.read_text())
 
 
@@ -115,11 +124,12 @@ def test_a_footprint_follows_the_grid_s_curved_edges(tmp_path):
     left, top, side = 1_000_000, 1_500_000, 3_000_000
     item = _item_of(tmp_path, "EPSG:3413", Affine(30_000, 0, left, 0, -30_000, top), 100, 100)
     footprint = shape(item["geometry"])
-    corners = rasterio.warp.transform("EPSG:3413", "EPSG:4326", [left, left + side],
-                                      [top, top])  # fmt: skip
+    corners = rasterio.warp.transform("EPSG:3413", "EPSG:4326", [left, left + side], [top, top])
     chord = shape({"type": "LineString", "coordinates": list(zip(*corners, strict=True))})
-    edge = rasterio.warp.transform("EPSG:3413", "EPSG:4326", np.linspace(left, left + side, 41),
-                                   [top] * 41)  # fmt: skip  # the top edge, finely
+    # The top edge, finely.
+    edge = rasterio.warp.transform(
+        "EPSG:3413", "EPSG:4326", np.linspace(left, left + side, 41), [top] * 41
+    )
     points = [Point(p) for p in zip(*edge, strict=True)]
     from_footprint = max(footprint.exterior.distance(p) for p in points)
     from_chord = max(chord.distance(p) for p in points)

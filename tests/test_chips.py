@@ -26,12 +26,8 @@ BAND1 = [0.0, 1.0, 2.0, 4.0]  # by 8-pixel column of blocks
 BAND2 = [0.0, 3.0, 6.0]  # by 8-pixel row of blocks
 # Worked by hand: each chip's means with its invalid pixels (the nodata block at chip (1, 1),
 # the nodata top half of chip (0, 2), the padding past rows 20 and columns 28) as 0.
-EXPECTED_CLASSES = [[2, 0, 0, 0],
-                    [1, 255, 1, 0],
-                    [1, 1, 1, 1]]  # fmt: skip
-EXPECTED_SHARES = [[1.0, 1.0, 0.5, 0.5],
-                   [1.0, 0.0, 1.0, 0.5],
-                   [0.5, 0.5, 0.5, 0.25]]  # fmt: skip
+EXPECTED_CLASSES = [[2, 0, 0, 0], [1, 255, 1, 0], [1, 1, 1, 1]]
+EXPECTED_SHARES = [[1.0, 1.0, 0.5, 0.5], [1.0, 0.0, 1.0, 0.5], [0.5, 0.5, 0.5, 0.25]]
 
 
 def chip_model(path, size: int | None = 8):
@@ -42,8 +38,9 @@ def chip_model(path, size: int | None = 8):
     inputs = keras.Input((size, size, 2))
     dense = layers.Dense(3, activation="softmax")
     outputs = dense(layers.GlobalAveragePooling2D()(inputs))
-    dense.set_weights([np.array([[1, 0, 0], [0, 1, 0]], np.float32),
-                       np.array([0, 0, 0.5], np.float32)])  # fmt: skip
+    dense.set_weights(
+        [np.array([[1, 0, 0], [0, 1, 0]], np.float32), np.array([0, 0, 0.5], np.float32)]
+    )
     keras.Model(inputs, outputs).save(path)
     return path
 
@@ -61,14 +58,26 @@ def scene(tmp_path_factory):
     folder = tmp_path_factory.mktemp("chips")
     (folder / "in").mkdir()
     path = folder / "in" / "blocks.tif"
-    profile = dict(driver="GTiff", height=20, width=28, count=2, dtype="float32",
-                   crs="EPSG:32633", transform=from_origin(500_000, 4_000_000, 10, 10),
-                   nodata=NODATA)  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        height=20,
+        width=28,
+        count=2,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=from_origin(500_000, 4_000_000, 10, 10),
+        nodata=NODATA,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(_pixels())
     model = chip_model(folder / "chips.keras")
-    return {"raster": path, "keras": model, "onnx": export_onnx(model, folder / "chips.onnx"),
-            "any_size": chip_model(folder / "any_size.keras", None), "folder": folder}
+    return {
+        "raster": path,
+        "keras": model,
+        "onnx": export_onnx(model, folder / "chips.onnx"),
+        "any_size": chip_model(folder / "any_size.keras", None),
+        "folder": folder,
+    }
 
 
 def expected_scores(size: int, stride: int) -> np.ndarray:
@@ -90,8 +99,20 @@ def expected_scores(size: int, stride: int) -> np.ndarray:
 
 
 def _run(spark, scene, out, *options):
-    code = main(["--input", str(scene["raster"]), "--output", str(out), "--progress", "0",
-                 "--chunk-tiles", "2", *options], spark)  # fmt: skip
+    code = main(
+        [
+            "--input",
+            str(scene["raster"]),
+            "--output",
+            str(out),
+            "--progress",
+            "0",
+            "--chunk-tiles",
+            "2",
+            *options,
+        ],
+        spark,
+    )
     assert code == 0
     return json.loads((out / "_run.json").read_text())
 
@@ -180,25 +201,35 @@ def test_overlapping_chips_on_a_finer_grid_through_onnx(spark, scene, tmp_path):
     assert sum(r["class"] is None for r in table) == 1, "only chip (2, 2) is all nodata"
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(merge="blend"), "a chip classifier gives one class per window, so --merge blend"),
-    (dict(verify=True), "so --verify does not apply"),
-    (dict(chip_stride=9), "--chip-stride 9 is larger than the chips"),
-    (dict(polygons=True), "so --polygons does not apply"),
-    (dict(estimate=True), "--estimate covers per-pixel models"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(merge="blend"), "a chip classifier gives one class per window, so --merge blend"),
+        (dict(verify=True), "so --verify does not apply"),
+        (dict(chip_stride=9), "--chip-stride 9 is larger than the chips"),
+        (dict(polygons=True), "so --polygons does not apply"),
+        (dict(estimate=True), "--estimate covers per-pixel models"),
+    ],
+)
 def test_options_of_per_pixel_models_are_refused(scene, tmp_path, options, message):
-    config = dict(input=[str(scene["raster"])], model=str(scene["keras"]),
-                  output=str(tmp_path)) | options  # fmt: skip
+    config = (
+        dict(input=[str(scene["raster"])], model=str(scene["keras"]), output=str(tmp_path))
+        | options
+    )
     with pytest.raises(ConfigError, match=message):
         prepare_job(load_config(config))
 
 
-@pytest.mark.parametrize("option, flag", [("chip_stride", "--chip-stride"),
-                                          ("chip_size", "--chip-size")])
+@pytest.mark.parametrize(
+    "option, flag", [("chip_stride", "--chip-stride"), ("chip_size", "--chip-size")]
+)
 def test_chip_options_for_a_per_pixel_model_are_refused(models, scene, tmp_path, option, flag):
-    config = dict(input=[str(scene["raster"])], model=str(models["conv"]), output=str(tmp_path),
-                  bands=[1, 2, 1, 2]) | {option: 4}  # fmt: skip
+    config = dict(
+        input=[str(scene["raster"])],
+        model=str(models["conv"]),
+        output=str(tmp_path),
+        bands=[1, 2, 1, 2],
+    ) | {option: 4}
     with pytest.raises(ConfigError, match=f"{flag} applies to chip classifiers"):
         prepare_job(load_config(config))
 
@@ -210,14 +241,16 @@ def test_a_classifier_of_any_size_takes_the_chip_size_given(spark, scene, tmp_pa
     assert (info.task, info.input_size, info.channels) == ("chips", None, 3)
     onnx = inspect_model(export_onnx(scene["any_size"], tmp_path / "any_size.onnx"))
     assert (onnx.task, onnx.input_size) == ("chips", None)
-    report = _run(spark, scene, tmp_path / "out", "--model", str(scene["any_size"]),
-                  "--chip-size", "8")  # fmt: skip
+    report = _run(
+        spark, scene, tmp_path / "out", "--model", str(scene["any_size"]), "--chip-size", "8"
+    )
     assert report["tiling"] == {"chips": {"size": 8, "stride": 8, "chunk_tiles": 2}}
     with rasterio.open(tmp_path / "out" / "blocks.tif") as cog:
         assert cog.read(1).tolist() == EXPECTED_CLASSES
     config = dict(input=[str(scene["raster"])], output=str(tmp_path / "refused"))
-    with pytest.raises(ConfigError, match="takes any input size; give the chips' side with "
-                                          "--chip-size PIXELS"):  # fmt: skip
+    with pytest.raises(
+        ConfigError, match="takes any input size; give the chips' side with --chip-size PIXELS"
+    ):
         prepare_job(load_config(config | dict(model=str(scene["any_size"]))))
     with pytest.raises(ConfigError, match="takes 8-pixel chips only; --chip-size 6 does not"):
         prepare_job(load_config(config | dict(model=str(scene["keras"]), chip_size=6)))

@@ -26,8 +26,11 @@ sys.exit(code)
 def infer(*args, **env):
     done = subprocess.run(
         [sys.executable, "-c", MAIN, *map(str, args)],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, **env),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, **env),
+    )
     assert "the driver imported tensorflow" not in done.stderr
     return done
 
@@ -48,11 +51,21 @@ def _bad_inputs(tmp_path, scene, models):
     return {
         "missing file": (missing, models["conv"], [], missing, "input not found"),
         "not a raster": (text_tif, models["conv"], [], text_tif, "not a readable raster"),
-        "bad config key": (scene, models["conv"], ["--config", bad_yaml], bad_yaml,
-                           "unknown option 'halo_pixels'"),
-        "classifier of any size": (scene, models["dense"], [], models["dense"],
-                                   "takes any input size; give the chips' side with --chip-size"),
-    }  # fmt: skip
+        "bad config key": (
+            scene,
+            models["conv"],
+            ["--config", bad_yaml],
+            bad_yaml,
+            "unknown option 'halo_pixels'",
+        ),
+        "classifier of any size": (
+            scene,
+            models["dense"],
+            [],
+            models["dense"],
+            "takes any input size; give the chips' side with --chip-size",
+        ),
+    }
 
 
 FOUND_BEFORE_SPARK = ["missing file", "not a raster", "bad config key"]
@@ -74,20 +87,25 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene, models, case)
     assert not out.exists(), "nothing written for a bad input"
 
 
-def test_a_band_mismatch_is_one_line_once_the_workers_read_the_model(tmp_path, models, spark,
-                                                                     capsys):  # fmt: skip
+def test_a_band_mismatch_is_one_line_once_the_workers_read_the_model(
+    tmp_path, models, spark, capsys
+):
     """The model's band count is known once the Python workers load it (here on the shared
     session, in this process)."""
     from sparkinfer.cli import main
 
     five_bands = write_raster(tmp_path / "five.tif", 32, 32, bands=5)
     out = tmp_path / "out"
-    code = main(["--input", str(five_bands), "--model", str(models["conv"]), "--output",
-                 str(out)], spark, defaults_file=ROOT / "conf" / "default.yaml")  # fmt: skip
+    code = main(
+        ["--input", str(five_bands), "--model", str(models["conv"]), "--output", str(out)],
+        spark,
+        defaults_file=ROOT / "conf" / "default.yaml",
+    )
     assert code == 2
     assert capsys.readouterr().err.splitlines() == [
         f"sparkinfer: error: {five_bands}: 5 bands selected but the model takes 4; choose them "
-        "with --bands"]  # fmt: skip
+        "with --bands"
+    ]
     assert not out.exists(), "nothing written for a bad input"
 
 
@@ -99,10 +117,21 @@ def test_bad_input_through_spark_submit_is_the_last_line_on_stderr(tmp_path, sce
     out = tmp_path / "out"
     env = dict(os.environ, SPARKINFER_VENV=str(Path(sys.executable).parent.parent))
     done = subprocess.run(
-        [str(ROOT / "spark-submit.sh"), "--input", scene, "--model", tmp_path / "missing.keras",
-         "--output", out, *(["--verbose"] if verbose else [])],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+        [
+            str(ROOT / "spark-submit.sh"),
+            "--input",
+            scene,
+            "--model",
+            tmp_path / "missing.keras",
+            "--output",
+            out,
+            *(["--verbose"] if verbose else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.splitlines()
     assert lines[-1] == f"sparkinfer: error: {tmp_path / 'missing.keras'}: model not found"

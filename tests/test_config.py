@@ -23,11 +23,29 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
     config_file = tmp_path / "job.yaml"
     config_file.write_text("tile_size: 256\nbatch_size: 4\ncog:\n  compression: zstd\n")
     config = config_from_args(
-        ["--input", "x.tif", "y/*.tif", "--model", "m.keras", "--output", "o",
-         "--config", str(config_file), "--tile-size", "128", "--bands", "3,2,1",
-         "--mean", "1,2,3", "--std", "2,2,2", "--halo", "16"],
+        [
+            "--input",
+            "x.tif",
+            "y/*.tif",
+            "--model",
+            "m.keras",
+            "--output",
+            "o",
+            "--config",
+            str(config_file),
+            "--tile-size",
+            "128",
+            "--bands",
+            "3,2,1",
+            "--mean",
+            "1,2,3",
+            "--std",
+            "2,2,2",
+            "--halo",
+            "16",
+        ],
         defaults_file=DEFAULTS,
-    )  # fmt: skip
+    )
     assert config.tile_size == 128 and config.batch_size == 4 and config.halo == 16
     assert config.cog.compression == "zstd" and config.cog.blocksize == 512
     assert config.input == ["x.tif", "y/*.tif"] and config.bands == [3, 2, 1]
@@ -38,8 +56,16 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
 @pytest.mark.parametrize("option", ["chunk_tiles", "batch_size", "readers"])
 @pytest.mark.parametrize("flag, expected", [("auto", "auto"), ("3", 3)])
 def test_counts_are_a_number_or_auto(option, flag, expected):
-    argv = ["--input", "x.tif", "--model", "m.keras", "--output", "o",
-            f"--{option.replace('_', '-')}", flag]  # fmt: skip
+    argv = [
+        "--input",
+        "x.tif",
+        "--model",
+        "m.keras",
+        "--output",
+        "o",
+        f"--{option.replace('_', '-')}",
+        flag,
+    ]
     assert getattr(config_from_args(argv, defaults_file=DEFAULTS), option) == expected
 
 
@@ -81,8 +107,22 @@ def test_scale_and_offset_come_before_mean_and_std():
     """Digital numbers to reflectance, then the model's statistics in reflectance units."""
     from sparkinfer.runtimes import preprocess
 
-    argv = ["--input", "x.tif", "--model", "m.keras", "--output", "o", "--scale", "0.004",
-            "--offset", "-0.1", "--mean", "0.1,0.2", "--std", "0.5,0.25"]  # fmt: skip
+    argv = [
+        "--input",
+        "x.tif",
+        "--model",
+        "m.keras",
+        "--output",
+        "o",
+        "--scale",
+        "0.004",
+        "--offset",
+        "-0.1",
+        "--mean",
+        "0.1,0.2",
+        "--std",
+        "0.5,0.25",
+    ]
     norm = config_from_args(argv, defaults_file=DEFAULTS).normalization
     pixels = np.array([[[250, 100]]], np.uint16)
     expected = (np.float32([0.9, 0.3]) - np.float32([0.1, 0.2])) / np.float32([0.5, 0.25])

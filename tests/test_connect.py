@@ -54,17 +54,34 @@ def scene(tmp_path_factory, spark):
     raster = write_raster(folder / "in" / "scene.tif", 768, 512, seed=12)
     model = fault_model(folder)
     clean = folder / "classic"
-    options = dict(input=[str(raster)], model=str(model), tile_size=TILE, chunk_tiles=1,
-                   batch_size=1, output=str(clean))  # fmt: skip
+    options = dict(
+        input=[str(raster)],
+        model=str(model),
+        tile_size=TILE,
+        chunk_tiles=1,
+        batch_size=1,
+        output=str(clean),
+    )
     report = run_job(spark, prepare_job(load_config(options, ROOT / "conf" / "default.yaml")))
     assert report["rasters"][0]["chunks"]["planned"] == 96
-    return SimpleNamespace(raster=raster, model=model,
-                           expected=(clean / "scene.tif").read_bytes())  # fmt: skip
+    return SimpleNamespace(raster=raster, model=model, expected=(clean / "scene.tif").read_bytes())
 
 
 def _args(scene, output: Path) -> list:
-    return ["--input", scene.raster, "--model", scene.model, "--output", output,
-            "--tile-size", TILE, "--chunk-tiles", 1, "--batch-size", 1]  # fmt: skip
+    return [
+        "--input",
+        scene.raster,
+        "--model",
+        scene.model,
+        "--output",
+        output,
+        "--tile-size",
+        TILE,
+        "--chunk-tiles",
+        1,
+        "--batch-size",
+        1,
+    ]
 
 
 @pytest.fixture
@@ -77,7 +94,11 @@ def _clean_result(scene, output: Path) -> dict:
     """The output equals the classic run's byte for byte, and nothing else is left."""
     assert (output / "scene.tif").read_bytes() == scene.expected
     assert sorted(p.name for p in output.iterdir()) == [
-        "_run.json", "scene.stac.json", "scene.tif", "scene.tiles.parquet"]  # fmt: skip
+        "_run.json",
+        "scene.stac.json",
+        "scene.tif",
+        "scene.tiles.parquet",
+    ]
     report = json.loads((output / "_run.json").read_text())
     assert report["spark"]["connect"] is True
     assert report["spark"]["master"] == "local-cluster[2,1,1024]"
@@ -130,16 +151,25 @@ def test_the_notebook_runs_over_connect(tmp_path, server, run):
     output = ROOT / "out" / "notebook"
     shutil.rmtree(output, ignore_errors=True)
     try:
-        done = subprocess.run([sys.executable, str(ROOT / "jobs" / "databricks_infer_tiles.py")],
-                              env=dict(os.environ, SPARK_REMOTE=server.url), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "jobs" / "databricks_infer_tiles.py")],
+            env=dict(os.environ, SPARK_REMOTE=server.url),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert "1 raster(s) written" in done.stdout
         report = json.loads((output / "_run.json").read_text())
         assert report["spark"]["connect"] is True and report["config"]["tile_size"] == 128
         sample = ROOT / "data" / "nc_landsat7_2000.tif"
-        run(input=[str(sample)], model=str(ROOT / "data" / "landcover.keras"),
-            output=str(tmp_path / "classic"), tile_size=128)  # fmt: skip
+        run(
+            input=[str(sample)],
+            model=str(ROOT / "data" / "landcover.keras"),
+            output=str(tmp_path / "classic"),
+            tile_size=128,
+        )
         name = "nc_landsat7_2000.tif"
         assert (output / name).read_bytes() == (tmp_path / "classic" / name).read_bytes()
     finally:
@@ -151,8 +181,11 @@ def test_a_killed_executor_over_connect_is_replaced(tmp_path, scene, server, rem
     out = tmp_path / "out"
     job = start(_args(scene, out), None, tmp_path / "job.log")
     wait_until(lambda: committed_chunks(out), 300, "the first chunk", job)
-    executors = [pid for pid, cmd in descendants(server.process.pid).items()
-                 if "CoarseGrainedExecutorBackend" in cmd]  # fmt: skip
+    executors = [
+        pid
+        for pid, cmd in descendants(server.process.pid).items()
+        if "CoarseGrainedExecutorBackend" in cmd
+    ]
     assert len(executors) == 2, "two executor JVMs expected"
     os.kill(executors[0], signal.SIGKILL)
     assert job.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]

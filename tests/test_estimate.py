@@ -31,9 +31,16 @@ from sparkinfer.plan import RasterPlan, Tiling
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"
 
-RATES = Rates(setup_s=10.0, stage_overhead_s=1.0, first_call_s=0.5, slot_s_per_px=1e-6,
-              assemble_overhead_s=0.5, cog_s_per_px=1e-7, index_s_per_tile=1e-3,
-              item_s=0.2)  # fmt: skip
+RATES = Rates(
+    setup_s=10.0,
+    stage_overhead_s=1.0,
+    first_call_s=0.5,
+    slot_s_per_px=1e-6,
+    assemble_overhead_s=0.5,
+    cog_s_per_px=1e-7,
+    index_s_per_tile=1e-3,
+    item_s=0.2,
+)
 # An 8192² raster in 16 chunks of 2048² (256 tiles of 512).
 WORKLOAD = Workload(np.full(16, 2048 * 2048, np.int64), (8192 * 8192,), (256,))
 
@@ -79,8 +86,13 @@ def test_the_prediction_adds_the_measured_fixed_costs_to_the_tasks_on_the_slots(
     assert eight.infer_write_s == pytest.approx(1.5 + 2 * 4.194304, rel=1e-12)
     many = predict(RATES, WORKLOAD, 64)  # a chunk is the shortest the stage can be
     assert many.infer_write_s == pytest.approx(1.5 + 4.194304, rel=1e-12)
-    assert many.figures() == {"slots": 64, "setup_s": 10.0, "infer_write_s": 5.69,
-                              "assemble_s": 7.67, "wall_s": 23.36}  # fmt: skip
+    assert many.figures() == {
+        "slots": 64,
+        "setup_s": 10.0,
+        "infer_write_s": 5.69,
+        "assemble_s": 7.67,
+        "wall_s": 23.36,
+    }
 
 
 def test_core_hours_count_the_work_that_grows_with_pixels():
@@ -109,17 +121,36 @@ def test_pixels_and_blocks_read_count_the_halo():
 
 
 def test_an_estimate_is_compared_part_by_part_and_found_by_its_identity():
-    estimate = {"made_at": "T", "predicted": {"this_cluster": {
-        "slots": 2, "setup_s": 10.0, "infer_write_s": 30.0, "assemble_s": 3.0, "wall_s": 43.0}}}
-    timings = {"setup_s": 8.0, "infer_write_s": 32.0, "assemble_s": 2.5, "wall_s": 42.5,
-               "total_s": 35.0}  # fmt: skip
+    estimate = {
+        "made_at": "T",
+        "predicted": {
+            "this_cluster": {
+                "slots": 2,
+                "setup_s": 10.0,
+                "infer_write_s": 30.0,
+                "assemble_s": 3.0,
+                "wall_s": 43.0,
+            }
+        },
+    }
+    timings = {
+        "setup_s": 8.0,
+        "infer_write_s": 32.0,
+        "assemble_s": 2.5,
+        "wall_s": 42.5,
+        "total_s": 35.0,
+    }
     assert compared(estimate, timings) == {
         "made_at": "T",
         "predicted": {"setup_s": 10.0, "infer_write_s": 30.0, "assemble_s": 3.0, "wall_s": 43.0},
         "actual": {"setup_s": 8.0, "infer_write_s": 32.0, "assemble_s": 2.5, "wall_s": 42.5},
-        "predicted_over_actual": {"setup_s": 1.25, "infer_write_s": 0.938, "assemble_s": 1.2,
-                                  "wall_s": 1.012},
-    }  # fmt: skip
+        "predicted_over_actual": {
+            "setup_s": 1.25,
+            "infer_write_s": 0.938,
+            "assemble_s": 1.2,
+            "wall_s": 1.012,
+        },
+    }
     assert job_identity(["b", "a"]) == job_identity(["a", "b"])
     assert job_identity(["a", "b"]) == hashlib.sha256(b"a b").hexdigest()[:16]
 
@@ -135,16 +166,34 @@ def estimated(spark, models, tmp_path_factory):
     (folder / "in").mkdir()
     raster = write_raster(folder / "in" / "scene.tif", 200, 260, seed=4)
     out = folder / "out"
-    args = ["--input", str(raster), "--model", str(models["conv"]), "--output", str(out),
-            "--tile-size", "32", "--chunk-tiles", "2", "--progress", "0"]  # fmt: skip
-    codes = [main([*args, "--estimate", "--estimate-sample", "0.2", "--estimate-slots", "4,40"],
-                  spark, defaults_file=DEFAULTS)]  # fmt: skip
+    args = [
+        "--input",
+        str(raster),
+        "--model",
+        str(models["conv"]),
+        "--output",
+        str(out),
+        "--tile-size",
+        "32",
+        "--chunk-tiles",
+        "2",
+        "--progress",
+        "0",
+    ]
+    codes = [
+        main(
+            [*args, "--estimate", "--estimate-sample", "0.2", "--estimate-slots", "4,40"],
+            spark,
+            defaults_file=DEFAULTS,
+        )
+    ]
     after_estimate = sorted(p.name for p in out.iterdir())
     estimate = json.loads((out / "_estimate.json").read_text())
     codes.append(main(args, spark, defaults_file=DEFAULTS))
     run = json.loads((out / "_run.json").read_text())
-    codes.append(main([*args, "--overwrite", "--cog-compression", "zstd"], spark,
-                      defaults_file=DEFAULTS))  # fmt: skip
+    codes.append(
+        main([*args, "--overwrite", "--cog-compression", "zstd"], spark, defaults_file=DEFAULTS)
+    )
     other = json.loads((out / "_run.json").read_text())
     return codes, after_estimate, estimate, run, other
 
@@ -158,15 +207,31 @@ def test_an_estimate_writes_only_its_json(estimated):
 def test_an_estimate_states_the_plan_the_sample_and_the_prediction(estimated):
     _, _, estimate, _, _ = estimated
     plan = RasterPlan(200, 260, Tiling(32, 4, chunk_tiles=2))  # the conv stack's halo is 4
-    assert estimate["plan"] == {"rasters": 1, "pixels": 52000, "tiles": 63, "windows": 63,
-                                "chunks": 20, "tile_size": 32, "halo": 4, "stride": 1,
-                                "chunk_tiles": 2, "fixed_window": False, "merge": "crop",
-                                "overlap": 8, "halo_share": 0.36, "seam_free": True}  # fmt: skip
+    assert estimate["plan"] == {
+        "rasters": 1,
+        "pixels": 52000,
+        "tiles": 63,
+        "windows": 63,
+        "chunks": 20,
+        "tile_size": 32,
+        "halo": 4,
+        "stride": 1,
+        "chunk_tiles": 2,
+        "fixed_window": False,
+        "merge": "crop",
+        "overlap": 8,
+        "halo_share": 0.36,
+        "seam_free": True,
+    }
     assert read_pixels(plan.chunks()) == 81648
     assert estimate["bytes"]["read_decoded"] == 81648 * 4  # 4 uint8 bands
     sample = estimate["sample"]
     assert (sample["chunks"], sample["of_chunks"], sample["tasks"], sample["failed"]) == (
-        4, 20, 4, [])
+        4,
+        20,
+        4,
+        [],
+    )
     # Chunks (1, 0), (1, 3), (1, 4) and (2, 2) of the 4 x 5: 4 + 4 + 2 + 4 tiles, none nodata.
     assert (sample["tiles_inferred"], sample["tiles_skipped_nodata"]) == (14, 0)
     assert sample["pixels"] == 3 * 64 * 64 + 64 * 4
@@ -181,10 +246,12 @@ def test_an_estimate_states_the_plan_the_sample_and_the_prediction(estimated):
     measured = estimate["measured"]
     assert measured["slot_s_per_px"] > 0 and measured["cog_s_per_px"] > 0
     assert estimate["rate"]["mpx_per_s_per_slot"] == pytest.approx(
-        1e-6 / measured["slot_s_per_px"], rel=1e-3)
+        1e-6 / measured["slot_s_per_px"], rel=1e-3
+    )
     assert estimate["area_km2"] == 52000 * 100 / 1e6  # 10 m pixels
     assert estimate["core_hours_per_1000_km2"] == pytest.approx(
-        estimate["slot_hours"] / estimate["area_km2"] * 1000, rel=1e-3)
+        estimate["slot_hours"] / estimate["area_km2"] * 1000, rel=1e-3
+    )
     assert estimate["bytes"]["write_outputs"] > 0 and estimate["bytes"]["write_staging"] > 0
 
 
@@ -192,12 +259,14 @@ def test_the_run_that_follows_records_its_figures_next_to_the_estimate(estimated
     _, _, estimate, run, other = estimated
     section = run["estimate"]
     assert section["made_at"] == estimate["made_at"]
-    assert section["predicted"] == {key: estimate["predicted"]["this_cluster"][key]
-                                    for key in ("setup_s", "infer_write_s", "assemble_s",
-                                                "wall_s")}  # fmt: skip
+    assert section["predicted"] == {
+        key: estimate["predicted"]["this_cluster"][key]
+        for key in ("setup_s", "infer_write_s", "assemble_s", "wall_s")
+    }
     assert section["actual"]["wall_s"] == round(run["timings"]["wall_s"], 2)
     assert section["actual"]["infer_write_s"] == round(run["timings"]["infer_write_s"], 2)
     assert section["predicted_over_actual"]["wall_s"] == pytest.approx(
-        section["predicted"]["wall_s"] / section["actual"]["wall_s"], rel=1e-2)
+        section["predicted"]["wall_s"] / section["actual"]["wall_s"], rel=1e-2
+    )
     assert run["tiles"]["planned"] == estimate["plan"]["tiles"]
     assert "estimate" not in other  # another config: another identity

@@ -41,8 +41,12 @@ def broken_geotiff(path: Path) -> Path:
     """A compressed GeoTIFF whose header reads but whose pixel data is garbage past a third."""
     write_raster(path, 256, 256, seed=5)
     with rasterio.open(path) as src:
-        profile = src.profile | {"compress": "deflate", "tiled": True, "blockxsize": 64,
-                                 "blockysize": 64}  # fmt: skip
+        profile = src.profile | {
+            "compress": "deflate",
+            "tiled": True,
+            "blockxsize": 64,
+            "blockysize": 64,
+        }
         data = src.read()
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
@@ -59,8 +63,16 @@ def test_a_broken_raster_fails_alone_and_a_rerun_keeps_what_was_written(tmp_path
     broken = broken_geotiff(tmp_path / "in" / "broken.tif")
     five = write_raster(tmp_path / "in" / "five.tif", 40, 40, bands=5)
     out = tmp_path / "out"
-    args = ["--input", tmp_path / "in", "--model", models["conv"], "--output", out,
-            "--tile-size", 64]  # fmt: skip
+    args = [
+        "--input",
+        tmp_path / "in",
+        "--model",
+        models["conv"],
+        "--output",
+        out,
+        "--tile-size",
+        64,
+    ]
 
     done = infer(*args)
     assert done.returncode == 3, done.stderr
@@ -68,8 +80,9 @@ def test_a_broken_raster_fails_alone_and_a_rerun_keeps_what_was_written(tmp_path
     lines = [line for line in done.stderr.splitlines() if line.startswith("sparkinfer: failed")]
     assert len(lines) == 2, done.stderr
     assert any(f": {broken}: " in line for line in lines)
-    assert any(line.startswith(f"sparkinfer: failed (plan): {five}: 5 bands selected")
-               for line in lines)  # fmt: skip
+    assert any(
+        line.startswith(f"sparkinfer: failed (plan): {five}: 5 bands selected") for line in lines
+    )
     report = json.loads((out / "_run.json").read_text())
     assert {(f["input"], f["stage"]) for f in report["failed"]} >= {(str(five), "plan")}
     assert {f["input"] for f in report["failed"]} == {str(broken), str(five)}
@@ -94,8 +107,9 @@ def test_fail_fast_stops_at_the_first_failing_raster(tmp_path, models, infer):
     write_raster(tmp_path / "in" / "a.tif", 64, 64)
     five = write_raster(tmp_path / "in" / "b.tif", 64, 64, bands=5)
     out = tmp_path / "out"
-    done = infer("--input", tmp_path / "in", "--model", models["conv"], "--output", out,
-                 "--fail-fast")  # fmt: skip
+    done = infer(
+        "--input", tmp_path / "in", "--model", models["conv"], "--output", out, "--fail-fast"
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"sparkinfer: error: {five}: ")
     assert not out.exists()
@@ -163,8 +177,9 @@ def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
     staging.mkdir(parents=True)
     chunks = only.plan.chunks()
     assert len(chunks) == 12
-    infer_and_write(spark, plan_table([chunks.slice(0, 5)]), 2, stage_spec(job, [only]),
-                    job.package)  # fmt: skip
+    infer_and_write(
+        spark, plan_table([chunks.slice(0, 5)]), 2, stage_spec(job, [only]), job.package
+    )
     assert len(list(staging.glob("*.tif"))) == 5
 
     report = run_job(spark, job)
@@ -184,8 +199,15 @@ def test_a_running_job_holds_the_output_folder(tmp_path, spark, models):
     out.mkdir()
     lock = out / LOCK_FILE
     options = dict(input=[str(raster)], model=str(models["conv"]), output=str(out))
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "started": "2026-11-26T00:00:00+00:00"}))  # fmt: skip
+    lock.write_text(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": "2026-11-26T00:00:00+00:00",
+            }
+        )
+    )
     with pytest.raises(OutputError, match=f"in use by another run \\(pid {os.getpid()} on "):
         prepare_job(config(**options))
     gone = subprocess.Popen(["true"])
@@ -206,6 +228,7 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
     stale = json.dumps({"host": socket.gethostname(), "pid": gone.pid})
+
     def take_over(start, holders, refused):
         start.wait()
         try:
@@ -218,8 +241,9 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
     for _ in range(5):  # the race is short: try it several times
         (out / LOCK_FILE).write_text(stale)
         start, holders, refused = threading.Barrier(8), [], []
-        runs = [threading.Thread(target=take_over, args=(start, holders, refused))
-                for _ in range(8)]  # fmt: skip
+        runs = [
+            threading.Thread(target=take_over, args=(start, holders, refused)) for _ in range(8)
+        ]
         for run in runs:
             run.start()
         for run in runs:
@@ -229,8 +253,14 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
 
 
 def test_output_names_are_safe_and_distinct():
-    paths = ["/a/scene.tif", "/b/scene.tif", "/c/São Paulo (2020).tif", "/d/..tif",
-             "/e/_staging.tif", "/f/Scene.TIF"]
+    paths = [
+        "/a/scene.tif",
+        "/b/scene.tif",
+        "/c/São Paulo (2020).tif",
+        "/d/..tif",
+        "/e/_staging.tif",
+        "/f/Scene.TIF",
+    ]
     names = output_names(["scene", "scene", "São Paulo (2020)", ".", "_staging", "Scene"], paths)
     assert names[2] == "Sao_Paulo_2020" and names[3] == "raster" and names[4] == "staging"
     assert len(set(n.casefold() for n in names)) == len(names)
@@ -243,8 +273,12 @@ def test_same_stems_and_unusual_names_get_distinct_safe_outputs(tmp_path, spark,
         (tmp_path / folder).mkdir()
     a = write_raster(tmp_path / "x" / "scène 1.tif", 70, 50, seed=1)
     b = write_raster(tmp_path / "y" / "scène 1.tif", 40, 60, crs="EPSG:4326", seed=2)
-    report = run_job(spark, prepare_job(config(input=[str(a), str(b)], model=str(models["conv"]),
-                                               output=str(tmp_path / "out"))))  # fmt: skip
+    report = run_job(
+        spark,
+        prepare_job(
+            config(input=[str(a), str(b)], model=str(models["conv"]), output=str(tmp_path / "out"))
+        ),
+    )
     outputs = [Path(r["outputs"][0]) for r in report["rasters"]]
     assert len(set(outputs)) == 2 and all(p.name.startswith("scene_1-") for p in outputs)
     for raster, output in zip((a, b), outputs, strict=True):
@@ -266,13 +300,18 @@ def test_a_rotated_raster_is_refused_and_the_others_planned(tmp_path, models):
     from rasterio.transform import Affine
 
     good = scene_in(tmp_path, "good.tif", 64, 64)
-    rotated = scene_in(tmp_path, "rotated.tif", 64, 64,
-                       transform=Affine(10, 2, 500_000, 2, -10, 5_300_000))  # fmt: skip
-    job = prepare_job(config(input=[str(good), str(rotated)], model=str(models["conv"]),
-                             output=str(tmp_path / "out")))  # fmt: skip
+    rotated = scene_in(
+        tmp_path, "rotated.tif", 64, 64, transform=Affine(10, 2, 500_000, 2, -10, 5_300_000)
+    )
+    job = prepare_job(
+        config(
+            input=[str(good), str(rotated)], model=str(models["conv"]), output=str(tmp_path / "out")
+        )
+    )
     assert [r.info.path for r in job.rasters] == [str(good)]
     (failure,) = job.failed
     assert failure.stage == "plan" and "rotated or sheared" in failure.error
     with pytest.raises(InputError, match="rotated or sheared"):
-        prepare_job(config(input=[str(rotated)], model=str(models["conv"]),
-                           output=str(tmp_path / "out")))  # fmt: skip
+        prepare_job(
+            config(input=[str(rotated)], model=str(models["conv"]), output=str(tmp_path / "out"))
+        )

@@ -48,26 +48,44 @@ def scene(tmp_path_factory, spark):
     (folder / "in").mkdir()
     raster = write_raster(folder / "in" / "scene.tif", 768, 512, seed=11)
     model = fault_model(folder)
-    options = dict(input=[str(raster)], model=str(model), tile_size=TILE, chunk_tiles=1,
-                   batch_size=1)
+    options = dict(
+        input=[str(raster)], model=str(model), tile_size=TILE, chunk_tiles=1, batch_size=1
+    )
     clean = folder / "clean"
     config = load_config(options | {"output": str(clean)}, ROOT / "conf" / "default.yaml")
     report = run_job(spark, prepare_job(config))
     assert report["rasters"][0]["chunks"]["planned"] == 96
-    return SimpleNamespace(raster=raster, model=model, options=options,
-                           expected=(clean / "scene.tif").read_bytes())  # fmt: skip
+    return SimpleNamespace(
+        raster=raster, model=model, options=options, expected=(clean / "scene.tif").read_bytes()
+    )
 
 
 def job_args(scene, output: Path) -> list:
-    return ["--input", scene.raster, "--model", scene.model, "--output", output,
-            "--tile-size", TILE, "--chunk-tiles", 1, "--batch-size", 1]  # fmt: skip
+    return [
+        "--input",
+        scene.raster,
+        "--model",
+        scene.model,
+        "--output",
+        output,
+        "--tile-size",
+        TILE,
+        "--chunk-tiles",
+        1,
+        "--batch-size",
+        1,
+    ]
 
 
 def assert_clean_result(scene, output: Path) -> dict:
     """The output equals the clean run's byte for byte, and nothing else is left."""
     assert (output / "scene.tif").read_bytes() == scene.expected
     assert sorted(p.name for p in output.iterdir()) == [
-        "_run.json", "scene.stac.json", "scene.tif", "scene.tiles.parquet"]  # fmt: skip
+        "_run.json",
+        "scene.stac.json",
+        "scene.tif",
+        "scene.tiles.parquet",
+    ]
     return json.loads((output / "_run.json").read_text())
 
 
@@ -94,8 +112,11 @@ def test_a_killed_executor_jvm_is_replaced(tmp_path, scene):
     with local_cluster_work():
         job = start(job_args(scene, out), "local-cluster[2,1,1024]", log)
         wait_until(lambda: committed_chunks(out), 300, "the first chunk", job)
-        executors = [pid for pid, cmd in descendants(job.pid).items()
-                     if "CoarseGrainedExecutorBackend" in cmd]  # fmt: skip
+        executors = [
+            pid
+            for pid, cmd in descendants(job.pid).items()
+            if "CoarseGrainedExecutorBackend" in cmd
+        ]
         assert len(executors) == 2, "two executor JVMs expected"
         os.kill(executors[0], signal.SIGKILL)
         assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
@@ -114,8 +135,11 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, scene):
     for pid in tree:
         os.kill(pid, signal.SIGKILL)
     job.wait(timeout=60)
-    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in tree[1:]), 60,
-               "the job's processes to end")  # fmt: skip
+    wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in tree[1:]),
+        60,
+        "the job's processes to end",
+    )
     committed = committed_chunks(out)
     assert 0 < len(committed) < 96 and (out / LOCK_FILE).exists()
 
@@ -123,8 +147,11 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, scene):
     assert again.returncode == 0, again.stderr[-3000:]
     report = assert_clean_result(scene, out)
     # Every committed chunk was kept; only the ones in flight or not started were inferred.
-    assert report["rasters"][0]["chunks"] == {"planned": 96, "resumed": len(committed),
-                                              "kept_on_retry": 0}
+    assert report["rasters"][0]["chunks"] == {
+        "planned": 96,
+        "resumed": len(committed),
+        "kept_on_retry": 0,
+    }
     assert report["tiles"]["inferred"] == 96 - len(committed)
 
 
@@ -146,8 +173,9 @@ def test_a_spark_job_that_fails_keeps_its_chunks_and_says_so(tmp_path, spark, sc
     killer.join()
     message = str(failed.value)
     assert message.startswith(f"{out}: inference failed: Python worker exited unexpectedly")
-    assert message.endswith("the chunks written so far are kept: run the same command again "
-                            "to resume")  # fmt: skip
+    assert message.endswith(
+        "the chunks written so far are kept: run the same command again to resume"
+    )
     assert "\n" not in message and failed.value.exit_code == 1
     assert committed_chunks(out), "finished chunks are kept for the rerun"
     assert not (out / LOCK_FILE).exists() and not (out / "scene.tif").exists()

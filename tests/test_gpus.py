@@ -22,14 +22,17 @@ from sparkinfer.prepare import prepare_job
 from sparkinfer.stages.assemble import chunk_specs
 from sparkinfer.stages.infer import infer_partition, plan_table
 
-GPU_TASKS = ("--conf spark.executor.cores=2 --conf spark.executor.resource.gpu.amount=2 "
-             "--conf spark.task.resource.gpu.amount=1")  # fmt: skip
+GPU_TASKS = (
+    "--conf spark.executor.cores=2 --conf spark.executor.resource.gpu.amount=2 "
+    "--conf spark.task.resource.gpu.amount=1"
+)
 
 
 def test_the_discovery_script_lists_nvidia_smi_s_gpus(tmp_path):
     env = dict(os.environ, PATH=f"{fake_nvidia_smi(tmp_path, 3)}:{os.environ['PATH']}")
-    found = subprocess.run([ROOT / "conf" / "gpu-discovery.sh"], env=env, capture_output=True,
-                           text=True, check=True)  # fmt: skip
+    found = subprocess.run(
+        [ROOT / "conf" / "gpu-discovery.sh"], env=env, capture_output=True, text=True, check=True
+    )
     assert json.loads(found.stdout) == {"name": "gpu", "addresses": ["0", "1", "2"]}
 
 
@@ -42,9 +45,21 @@ def test_tasks_get_distinct_gpus_and_the_report_says_which_served_each_chunk(
     common = dict(model=str(onnx_models["conv"]), tile_size=64, chunk_tiles=1)
     run(input=[str(raster)], output=str(tmp_path / "local"), **common)
     monkeypatch.setenv("SPARK_SUBMIT_ARGS", GPU_TASKS)
-    done = submit(["--input", raster, "--model", common["model"], "--output",
-                   tmp_path / "gpus", "--tile-size", 64, "--chunk-tiles", 1],
-                  standalone)  # fmt: skip
+    done = submit(
+        [
+            "--input",
+            raster,
+            "--model",
+            common["model"],
+            "--output",
+            tmp_path / "gpus",
+            "--tile-size",
+            64,
+            "--chunk-tiles",
+            1,
+        ],
+        standalone,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     report = json.loads((tmp_path / "gpus" / "_run.json").read_text())
     assert report["spark"]["master"] == standalone
@@ -68,16 +83,22 @@ def test_the_partition_function_runs_without_spark(tmp_path, run, models):
     job = prepare_job(load_config(common | dict(output=str(tmp_path / "alone"))))
     prepare_staging(job.rasters[0], overwrite=False)
     plan = plan_table([chunks_to_do(job.rasters[0])])
-    rows = [row for batch in infer_partition(plan.to_batches(), stage_spec(job, job.rasters),
-                                             job.package, TaskResources(cpus=2))
-            for row in batch.to_pylist()]  # fmt: skip
+    rows = [
+        row
+        for batch in infer_partition(
+            plan.to_batches(), stage_spec(job, job.rasters), job.package, TaskResources(cpus=2)
+        )
+        for row in batch.to_pylist()
+    ]
     assert len(rows) == job.rasters[0].plan.chunk_count == 4
     assert {(r["device"], r["gpu"], r["error"]) for r in rows} == {("cpu", None, None)}
     assert sum(r["inferred"] for r in rows) == job.rasters[0].plan.tile_count
     expected = read_classes(tmp_path / "spark" / "scene.tif")
     for chunk in chunk_specs(job.rasters[0]):
-        window = expected[chunk.row_off : chunk.row_off + chunk.height,
-                          chunk.col_off : chunk.col_off + chunk.width]  # fmt: skip
+        window = expected[
+            chunk.row_off : chunk.row_off + chunk.height,
+            chunk.col_off : chunk.col_off + chunk.width,
+        ]
         np.testing.assert_array_equal(read_classes(chunk.classes_path), window)
 
 

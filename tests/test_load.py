@@ -31,10 +31,21 @@ def test_one_run_over_200_small_rasters(tmp_path, run, models):
     rasters = []
     for i in range(200):
         transform = from_origin(500_000 + 1000 * (i % 20), 5_300_000 - 1000 * (i // 20), 10, 10)
-        rasters.append(write_raster(tmp_path / "in" / f"r{i:03d}.tif", 24 + i % 17, 40 - i % 13,
-                                    transform=transform, seed=i))  # fmt: skip
-    report = run(input=[str(tmp_path / "in" / "*.tif")], model=str(models["conv"]),
-                 output=str(tmp_path / "out"), tile_size=32)  # fmt: skip
+        rasters.append(
+            write_raster(
+                tmp_path / "in" / f"r{i:03d}.tif",
+                24 + i % 17,
+                40 - i % 13,
+                transform=transform,
+                seed=i,
+            )
+        )
+    report = run(
+        input=[str(tmp_path / "in" / "*.tif")],
+        model=str(models["conv"]),
+        output=str(tmp_path / "out"),
+        tile_size=32,
+    )
     assert [r["status"] for r in report["rasters"]] == ["written"] * 200
     assert report["failed"] == []
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -51,14 +62,30 @@ def test_a_plan_of_over_100000_tiles_stays_small(tmp_path, spark, models):
     (tmp_path / "in").mkdir()
     side = 512 * 512  # 512 x 512 tiles of 512 px: 262,144 tiles
     big = tmp_path / "in" / "big.tif"
-    with rasterio.open(big, "w", driver="GTiff", width=side, height=side, count=4, dtype="uint8",
-                       crs="EPSG:32633", nodata=0, tiled=True, blockxsize=4096, blockysize=4096,
-                       sparse_ok=True, bigtiff="yes",
-                       transform=from_origin(500_000, 5_300_000, 10, 10)):  # fmt: skip
+    with rasterio.open(
+        big,
+        "w",
+        driver="GTiff",
+        width=side,
+        height=side,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32633",
+        nodata=0,
+        tiled=True,
+        blockxsize=4096,
+        blockysize=4096,
+        sparse_ok=True,
+        bigtiff="yes",
+        transform=from_origin(500_000, 5_300_000, 10, 10),
+    ):
         pass
-    job = prepare_job(load_config(dict(input=[str(big)], model=str(models["conv"]),
-                                       output=str(tmp_path / "out")),
-                                  defaults_file=ROOT / "conf" / "default.yaml"))  # fmt: skip
+    job = prepare_job(
+        load_config(
+            dict(input=[str(big)], model=str(models["conv"]), output=str(tmp_path / "out")),
+            defaults_file=ROOT / "conf" / "default.yaml",
+        )
+    )
     (raster,) = job.rasters
     prepare_staging(raster, overwrite=False)
     tracemalloc.start()

@@ -34,14 +34,38 @@ def test_the_widgets_are_the_command_line_options():
 
     flags = {a.option_strings[-1] for a in build_parser()._actions if a.option_strings}
     assert {w.flag for w in widgets()} == flags - {"--help", "--config", "--verbose"}
-    values = {"input": "dbfs:/Volumes/main/geo/scenes/a.tif '/dbfs/b c.tif'",
-              "model": "/Volumes/main/geo/models/m.keras", "output": "dbfs:/tmp/out",
-              "tile-size": "256", "merge": "blend", "scores": "true", "softmax": "true",
-              "verify": "", "halo": " "}  # fmt: skip
+    values = {
+        "input": "dbfs:/Volumes/main/geo/scenes/a.tif '/dbfs/b c.tif'",
+        "model": "/Volumes/main/geo/models/m.keras",
+        "output": "dbfs:/tmp/out",
+        "tile-size": "256",
+        "merge": "blend",
+        "scores": "true",
+        "softmax": "true",
+        "verify": "",
+        "halo": " ",
+    }
     argv = argv_of_widgets(values)
-    assert argv == ["--input", "/Volumes/main/geo/scenes/a.tif", "/dbfs/b c.tif",
-                    "--model", "/Volumes/main/geo/models/m.keras", "--output", "/dbfs/tmp/out",
-                    "--tile-size", "256", "--merge", "blend", "--softmax", "--scores"]  # fmt: skip
+    assert argv == [
+        "--input",
+        "/Volumes/main/geo/scenes/a.tif",
+        "/dbfs/b c.tif",
+        "--model",
+        "/Volumes/main/geo/models/m.keras",
+        "--output",
+        "/dbfs/tmp/out",
+        "--tile-size",
+        "256",
+        "--merge",
+        "blend",
+        "--softmax",
+        "--scores",
+    ]
     config = config_from_args(argv)
     assert (config.tile_size, config.merge, config.activation, config.scores, config.verify) == (
-        256, "blend", "softmax", True, False)
+        256,
+        "blend",
+        "softmax",
+        True,
+        False,
+    )

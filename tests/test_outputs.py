@@ -14,11 +14,19 @@ from rio_cogeo.cogeo import cog_validate
 @pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326"])
 def test_output_is_a_valid_cog_with_the_inputs_georeference(tmp_path, run, models, crs):
     (tmp_path / "in").mkdir()
-    transform = (Affine(0.0002, 0, -47.9, 0, -0.0002, -15.7) if crs == "EPSG:4326"
-                 else Affine(30.0, 0, 290_000.0, 0, -30.0, 9_120_000.0))  # fmt: skip
+    transform = (
+        Affine(0.0002, 0, -47.9, 0, -0.0002, -15.7)
+        if crs == "EPSG:4326"
+        else Affine(30.0, 0, 290_000.0, 0, -30.0, 9_120_000.0)
+    )
     raster = write_raster(tmp_path / "in" / "scene.tif", 333, 301, crs=crs, transform=transform)
-    run(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"),
-        tile_size=96, cog={"blocksize": 128})  # fmt: skip
+    run(
+        input=[str(raster)],
+        model=str(models["conv"]),
+        output=str(tmp_path / "out"),
+        tile_size=96,
+        cog={"blocksize": 128},
+    )
     output = tmp_path / "out" / "scene.tif"
     with rasterio.open(raster) as src, rasterio.open(output) as out:
         assert out.crs == src.crs and out.crs.to_epsg() == int(crs.split(":")[1])
@@ -39,10 +47,16 @@ def test_nodata_tiles_are_skipped_and_nodata_pixels_kept_exactly(tmp_path, run, 
     mask[:, :128] = True  # two whole columns of 64-pixel tiles
     mask[150:170, 200:215] = True  # part of one tile
     mask[3, 300] = True  # a single pixel
-    raster = write_raster(tmp_path / "in" / "scene.tif", 256, 320, dtype="uint16", nodata=0,
-                          nodata_mask=mask)  # fmt: skip
-    report = run(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"),
-                 tile_size=64, scores=True)  # fmt: skip
+    raster = write_raster(
+        tmp_path / "in" / "scene.tif", 256, 320, dtype="uint16", nodata=0, nodata_mask=mask
+    )
+    report = run(
+        input=[str(raster)],
+        model=str(models["conv"]),
+        output=str(tmp_path / "out"),
+        tile_size=64,
+        scores=True,
+    )
     assert report["tiles"] == {"planned": 20, "skipped_nodata": 8, "inferred": 12}
 
     with rasterio.open(tmp_path / "out" / "scene.tif") as out:
@@ -66,8 +80,7 @@ def test_an_external_mask_file_marks_nodata(tmp_path, run, models):
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(raster, "r+") as dst:
         dst.write_mask(valid)
     assert (tmp_path / "in" / "scene.tif.msk").is_file()
-    run(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"),
-        tile_size=32)  # fmt: skip
+    run(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"), tile_size=32)
     with rasterio.open(tmp_path / "out" / "scene.tif") as out:
         np.testing.assert_array_equal(out.read(1) == 255, valid == 0)
 
@@ -78,8 +91,12 @@ def test_several_inputs_of_different_sizes_and_crs_in_one_run(tmp_path, run, mod
     a = write_raster(tmp_path / "in" / "a.tif", 200, 150, crs="EPSG:32633", seed=1)
     b = write_raster(tmp_path / "in" / "b.tif", 97, 130, crs="EPSG:4326", seed=2)
     tiny = write_raster(tmp_path / "more" / "tiny.tif", 20, 13, crs="EPSG:3857", seed=4)
-    report = run(input=[str(tmp_path / "in"), str(tmp_path / "more" / "*.tif")],
-                 model=str(models["conv"]), output=str(tmp_path / "out"), tile_size=64)  # fmt: skip
+    report = run(
+        input=[str(tmp_path / "in"), str(tmp_path / "more" / "*.tif")],
+        model=str(models["conv"]),
+        output=str(tmp_path / "out"),
+        tile_size=64,
+    )
     assert [r["input"] for r in report["rasters"]] == [str(p.resolve()) for p in (a, b, tiny)]
     for raster in (a, b, tiny):
         with rasterio.open(raster) as src, rasterio.open(tmp_path / "out" / raster.name) as out:
@@ -95,8 +112,9 @@ def test_several_inputs_of_different_sizes_and_crs_in_one_run(tmp_path, run, mod
     assert saved["config"]["tile_size"] == 64 and saved["model"]["receptive_halo"] == 4
     assert saved["tiling"]["chunk_tiles"] == 2048 // 64, "chunk_tiles auto: chunks of ~2048 px"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["_run.json"] + [f"{n}{s}" for n in ("a", "b", "tiny")
-                         for s in (".tif", ".stac.json", ".tiles.parquet")])  # fmt: skip
+        ["_run.json"]
+        + [f"{n}{s}" for n in ("a", "b", "tiny") for s in (".tif", ".stac.json", ".tiles.parquet")]
+    )
 
 
 def test_savedmodel_folder_with_explicit_halo_matches_the_keras_file(tmp_path, run, models):
@@ -105,10 +123,14 @@ def test_savedmodel_folder_with_explicit_halo_matches_the_keras_file(tmp_path, r
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 150, 170)
     keras.models.load_model(models["unet"]).export(tmp_path / "saved", verbose=False)
-    run(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "k"),
-        tile_size=64)  # fmt: skip
-    run(input=[str(raster)], model=str(tmp_path / "saved"), output=str(tmp_path / "s"),
-        tile_size=64, halo=24)  # fmt: skip
+    run(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "k"), tile_size=64)
+    run(
+        input=[str(raster)],
+        model=str(tmp_path / "saved"),
+        output=str(tmp_path / "s"),
+        tile_size=64,
+        halo=24,
+    )
     with rasterio.open(tmp_path / "k" / "scene.tif") as k:
         from_keras = k.read(1)
     with rasterio.open(tmp_path / "s" / "scene.tif") as s:
@@ -121,8 +143,14 @@ def test_one_sigmoid_channel_is_two_classes_in_every_output(tmp_path, run):
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 150, 130)
     model = conv_stack(tmp_path / "binary.keras", classes=1, depth=2, seed=4)
-    report = run(input=[str(raster)], model=str(model), output=str(tmp_path / "out"),
-                 tile_size=64, scores=True, quicklook=True)  # fmt: skip
+    report = run(
+        input=[str(raster)],
+        model=str(model),
+        output=str(tmp_path / "out"),
+        tile_size=64,
+        scores=True,
+        quicklook=True,
+    )
     assert (report["model"]["classes"], report["model"]["channels"]) == (2, 1)
     with rasterio.open(tmp_path / "out" / "scene.tif") as out:
         classes = out.read(1)

@@ -37,32 +37,40 @@ def _pip(venv: Path, command: str, *args) -> subprocess.CompletedProcess:
     byte-compiled on install (half the install's time), only as they are imported."""
     if command == "install":
         args = ("--no-compile", *args)
-    return subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
-                           command, *args], check=True, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), command, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> Path:
     """A Python 3.12 venv holding pyspark 4.0.5 and nothing of ours, as a platform's is."""
     venv = tmp_path_factory.mktemp("platform") / "venv"
-    subprocess.run([python312(), "-m", "venv", "--without-pip", str(venv)], check=True,
-                   timeout=120)  # fmt: skip
+    subprocess.run([python312(), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     _pip(venv, "install", "--quiet", f"pyspark=={PLATFORM_PYSPARK}")
     return venv
 
 
 def _version(venv: Path, module: str) -> str:
     code = f"import importlib.metadata as m; print(m.version({module!r}))"
-    done = subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True
+    )
     return done.stdout.strip()
 
 
 def test_the_wheel_leaves_the_platform_spark_in_place_and_runs(tmp_path, platform, run):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(ROOT),
-                    "-w", str(dist)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(ROOT), "-w", str(dist)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = dist.glob("sparkinfer-*.whl")
     installed = _pip(platform, "install", str(wheel), "onnxruntime")
     assert "pyspark" not in installed.stdout.lower()
@@ -72,18 +80,34 @@ def test_the_wheel_leaves_the_platform_spark_in_place_and_runs(tmp_path, platfor
     model = export_onnx(ROOT / "data" / "landcover.keras", tmp_path / "landcover.onnx")
     python = str(platform / "bin" / "python")
     done = subprocess.run(
-        [python, "-m", "sparkinfer", "--input", str(SCENE), "--model", str(model),
-         "--output", str(tmp_path / "out"), "--tile-size", "128"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            python,
+            "-m",
+            "sparkinfer",
+            "--input",
+            str(SCENE),
+            "--model",
+            str(model),
+            "--output",
+            str(tmp_path / "out"),
+            "--tile-size",
+            "128",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ, PYSPARK_PYTHON=python, PYSPARK_DRIVER_PYTHON=python),
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("sparkinfer: 1 raster(s) written")
     assert f"/{platform.name}/lib/python3.12/site-packages/sparkinfer" in _origin(platform)
 
     run(input=[str(SCENE)], model=str(model), output=str(tmp_path / "lock"), tile_size=128)
-    with rasterio.open(tmp_path / "out" / SCENE.name) as a, \
-            rasterio.open(tmp_path / "lock" / SCENE.name) as b:  # fmt: skip
+    with (
+        rasterio.open(tmp_path / "out" / SCENE.name) as a,
+        rasterio.open(tmp_path / "lock" / SCENE.name) as b,
+    ):
         classes = a.read(1)
         assert (a.crs, a.transform) == (b.crs, b.transform)
         assert (classes == b.read(1)).mean() >= 0.9999, "the lock's stack gives the same map"
@@ -92,7 +116,11 @@ def test_the_wheel_leaves_the_platform_spark_in_place_and_runs(tmp_path, platfor
 
 def _origin(venv: Path) -> str:
     """Where the venv's Python imports sparkinfer from (not this checkout)."""
-    done = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "import sparkinfer; print(sparkinfer.__file__)"], cwd=venv,
-                          check=True, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sparkinfer; print(sparkinfer.__file__)"],
+        cwd=venv,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return done.stdout.strip()

@@ -63,9 +63,12 @@ def test_chunks_partition_tiles_in_adjacent_blocks(height, width, tile, chunk_ti
 
 
 def _inside(inner: PixelWindow, outer: PixelWindow) -> bool:
-    return (outer.row_off <= inner.row_off and outer.col_off <= inner.col_off
-            and inner.row_off + inner.height <= outer.row_off + outer.height
-            and inner.col_off + inner.width <= outer.col_off + outer.width)  # fmt: skip
+    return (
+        outer.row_off <= inner.row_off
+        and outer.col_off <= inner.col_off
+        and inner.row_off + inner.height <= outer.row_off + outer.height
+        and inner.col_off + inner.width <= outer.col_off + outer.width
+    )
 
 
 def test_edge_windows_shift_inward_and_keep_their_shape():
@@ -123,8 +126,9 @@ def test_a_blend_chunk_infers_every_window_that_reaches_into_it(case, width, chu
     """With `blend`, each pixel of a chunk gets every window of the raster's grid that covers
     it, clipped to the chunk, whichever chunk holds it; and the chunk reads them in one piece."""
     height, axis_tiling = case
-    tiling = Tiling(axis_tiling.tile_size, axis_tiling.halo, axis_tiling.stride, chunk_tiles,
-                    merge="blend")  # fmt: skip
+    tiling = Tiling(
+        axis_tiling.tile_size, axis_tiling.halo, axis_tiling.stride, chunk_tiles, merge="blend"
+    )
     plan = RasterPlan(height, width, tiling)
     covering = np.zeros((height, width), int)  # windows of the whole grid over each pixel
     for top, bottom in zip(plan.rows.read_start, plan.rows.read_stop, strict=True):

@@ -45,9 +45,17 @@ def write_painted(path: Path, classes: np.ndarray) -> Path:
     classifies back into `classes`."""
     bands = np.where(np.arange(3)[:, None, None] == classes, 200, 40).astype(np.uint8)
     bands[:, classes == 255] = 0
-    profile = dict(driver="GTiff", height=HEIGHT, width=WIDTH, count=3, dtype="uint8",
-                   crs="EPSG:32633", transform=from_origin(500_000.0, 5_300_000.0, 10.0, 10.0),
-                   nodata=0, photometric="minisblack")  # fmt: skip
+    profile = dict(
+        driver="GTiff",
+        height=HEIGHT,
+        width=WIDTH,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(500_000.0, 5_300_000.0, 10.0, 10.0),
+        nodata=0,
+        photometric="minisblack",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(bands)
     return path
@@ -63,11 +71,23 @@ def written(tmp_path_factory, spark):
     (folder / "in").mkdir()
     scene = write_painted(folder / "in" / "scene.tif", painted_classes())
     model = argmax_model(folder / "argmax.keras")
-    common = ["--input", scene, "--model", model, "--tile-size", TILE, "--chunk-tiles", 1,
-              "--polygons"]  # fmt: skip
+    common = [
+        "--input",
+        scene,
+        "--model",
+        model,
+        "--tile-size",
+        TILE,
+        "--chunk-tiles",
+        1,
+        "--polygons",
+    ]
     for output, more in (("out", []), ("small", ["--min-area", 500])):
-        code = main([str(a) for a in [*common, "--output", folder / output, *more]], spark,
-                    defaults_file=DEFAULTS)  # fmt: skip
+        code = main(
+            [str(a) for a in [*common, "--output", folder / output, *more]],
+            spark,
+            defaults_file=DEFAULTS,
+        )
         assert code == 0
     return folder, model
 
@@ -83,9 +103,18 @@ def test_a_region_across_many_chunks_is_one_polygon(written):
     polygons = _polygons(folder / "out")
     painted = painted_classes()
     inside = (painted[11:85, 11:101] == 0).sum()
-    expected = sorted([(0, int((painted == 0).sum() - inside)), (0, int(inside)),
-                       (1, int((painted == 1).sum())), (2, 16), (2, 16), (2, 1), (2, 4),
-                       (2, 9)])  # fmt: skip
+    expected = sorted(
+        [
+            (0, int((painted == 0).sum() - inside)),
+            (0, int(inside)),
+            (1, int((painted == 1).sum())),
+            (2, 16),
+            (2, 16),
+            (2, 1),
+            (2, 4),
+            (2, 9),
+        ]
+    )
     found = zip(polygons["class"].tolist(), polygons["pixels"].tolist(), strict=True)
     assert sorted(found) == expected
     (ring,) = polygons[polygons["class"] == 1].geometry
@@ -102,13 +131,19 @@ def test_rasterized_back_the_polygons_are_the_class_map(written):
         transform = cog.transform
     np.testing.assert_array_equal(classes, painted_classes())
     burnt = rasterio.features.rasterize(
-        zip(polygons.geometry, polygons["class"].tolist(), strict=True), out_shape=classes.shape,
-        transform=transform, fill=255, dtype="uint8",
-    )  # fmt: skip
+        zip(polygons.geometry, polygons["class"].tolist(), strict=True),
+        out_shape=classes.shape,
+        transform=transform,
+        fill=255,
+        dtype="uint8",
+    )
     np.testing.assert_array_equal(burnt, classes)  # every pixel, nodata where no polygon
-    covered = rasterio.features.rasterize(((g, 1) for g in polygons.geometry),
-                                          out_shape=classes.shape, transform=transform,
-                                          merge_alg=rasterio.enums.MergeAlg.add)  # fmt: skip
+    covered = rasterio.features.rasterize(
+        ((g, 1) for g in polygons.geometry),
+        out_shape=classes.shape,
+        transform=transform,
+        merge_alg=rasterio.enums.MergeAlg.add,
+    )
     assert covered.max() == 1, "no pixel in two polygons"
 
 
@@ -121,14 +156,14 @@ def test_area_is_pixels_times_the_pixel_s_area_and_the_file_is_geoparquet(writte
     assert polygons.crs.to_epsg() == 32633
     geo = json.loads(pq.read_schema(folder / "out" / "scene.polygons.parquet").metadata[b"geo"])
     column = geo["columns"]["geometry"]
-    assert column["bbox"] == list(polygons.total_bounds) and column["geometry_types"] == [
-        "Polygon"]  # fmt: skip
+    assert column["bbox"] == list(polygons.total_bounds) and column["geometry_types"] == ["Polygon"]
     assert column["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
     # geopandas reads the covering column, for filters, and leaves it out of the frame
     boxes = pq.read_table(folder / "out" / "scene.polygons.parquet", columns=["bbox"])["bbox"]
     sides = ("xmin", "ymin", "xmax", "ymax")
     assert [[box[side] for side in sides] for box in boxes.to_pylist()] == (
-        polygons.geometry.bounds.to_numpy().tolist())
+        polygons.geometry.bounds.to_numpy().tolist()
+    )
     item = json.loads((folder / "out" / "scene.stac.json").read_text())
     assert item["assets"]["polygons"]["href"] == "./scene.polygons.parquet"
 
@@ -148,9 +183,17 @@ def test_the_polygons_are_an_output_of_the_identity(written):
     folder, model = written
 
     def raster(output: str, **options):
-        config = load_config(dict(input=[str(folder / "in" / "scene.tif")], model=str(model),
-                                  output=str(folder / output), tile_size=TILE, chunk_tiles=1,
-                                  **options), defaults_file=DEFAULTS)  # fmt: skip
+        config = load_config(
+            dict(
+                input=[str(folder / "in" / "scene.tif")],
+                model=str(model),
+                output=str(folder / output),
+                tile_size=TILE,
+                chunk_tiles=1,
+                **options,
+            ),
+            defaults_file=DEFAULTS,
+        )
         return prepare_job(config).rasters[0]
 
     done = raster("out", polygons=True)
@@ -166,8 +209,11 @@ def test_the_polygons_are_an_output_of_the_identity(written):
 
 def test_a_chunk_with_polygons_is_committed_only_with_its_polygons_file():
     names = chunk_files(2, 3, scores=True, polygons=True)
-    assert names == ["chunk_r00002_c00003.tif", "chunk_r00002_c00003.scores.tif",
-                     "chunk_r00002_c00003.polygons.parquet"]  # fmt: skip
+    assert names == [
+        "chunk_r00002_c00003.tif",
+        "chunk_r00002_c00003.scores.tif",
+        "chunk_r00002_c00003.polygons.parquet",
+    ]
     assert is_committed(set(names), 2, 3, True, polygons=True)
     assert not is_committed(set(names[:2]), 2, 3, True, polygons=True)
 
@@ -181,13 +227,24 @@ def _merged(classes: np.ndarray, side: int) -> list[tuple[int, shapely.Polygon]]
     """The regions of `classes` cut into chunks of `side` pixels, polygonized: each chunk's
     whole regions and the regions its parts make once merged."""
     height, width = classes.shape
-    rows = [[chunk_polygons(classes[r : r + side, c : c + side].copy(),
-                            PixelWindow(r, c, min(side, height - r), min(side, width - c)),
-                            height, width) for c in range(0, width, side)]
-            for r in range(0, height, side)]  # fmt: skip
-    found = [(int(k), g) for row in rows for chunk in row
-             for k, g in zip(chunk.classes[~chunk.border], chunk.geometries[~chunk.border],
-                             strict=True)]  # fmt: skip
+    rows = [
+        [
+            chunk_polygons(
+                classes[r : r + side, c : c + side].copy(),
+                PixelWindow(r, c, min(side, height - r), min(side, width - c)),
+                height,
+                width,
+            )
+            for c in range(0, width, side)
+        ]
+        for r in range(0, height, side)
+    ]
+    found = [
+        (int(k), g)
+        for row in rows
+        for chunk in row
+        for k, g in zip(chunk.classes[~chunk.border], chunk.geometries[~chunk.border], strict=True)
+    ]
     for regions in merge_regions([[chunk.parts() for chunk in row] for row in rows]):
         found += zip(regions.classes.tolist(), regions.geometries, strict=True)
     return sorted(found, key=lambda region: (region[0], region[1].bounds, region[1].area))

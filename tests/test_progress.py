@@ -8,8 +8,10 @@ from sparkinfer.plan import RasterPlan, Tiling
 from sparkinfer.progress import Progress
 from sparkinfer.writers import chunk_name, scores_name
 
-LINE = re.compile(r"^sparkinfer: (\d+)/(\d+) tiles \((\d+\.\d)%\), (\d+\.\d) tiles/s, "
-                  r"\d+m\d\ds elapsed(, ETA \d+m\d\ds)?$")  # fmt: skip
+LINE = re.compile(
+    r"^sparkinfer: (\d+)/(\d+) tiles \((\d+\.\d)%\), (\d+\.\d) tiles/s, "
+    r"\d+m\d\ds elapsed(, ETA \d+m\d\ds)?$"
+)
 
 
 def test_progress_counts_the_tiles_of_committed_chunks(tmp_path):
@@ -32,8 +34,14 @@ def test_progress_counts_the_tiles_of_committed_chunks(tmp_path):
 def test_a_run_prints_progress_lines_not_a_flood(tmp_path, run, models, capsys):
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 384, 384, seed=4)
-    run(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "out"),
-        tile_size=32, chunk_tiles=1, progress_seconds=0.5)  # fmt: skip
+    run(
+        input=[str(raster)],
+        model=str(models["unet"]),
+        output=str(tmp_path / "out"),
+        tile_size=32,
+        chunk_tiles=1,
+        progress_seconds=0.5,
+    )
     stderr = capsys.readouterr().err
     lines = [line for line in stderr.splitlines() if " tiles (" in line]
     assert len(lines) >= 2, stderr

@@ -20,6 +20,7 @@ SCENE = ROOT / "data" / "L7_ETMs.tif"  # ETM+ bands 1, 2, 3, 4, 5, 7
 BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 HALO = 32  # no halo is exact for this model: a quarter of its window is context
 
+
 @pytest.fixture(scope="module")
 def published():
     """The 6-band L1C model file inside the installed wheel, and its own band statistics."""
@@ -35,10 +36,18 @@ def _run_job(spark, folder, model, mean, std, **options):
     from sparkinfer.job import run_job
     from sparkinfer.prepare import halo_notes, prepare_job
 
-    config = load_config(dict(input=[str(SCENE)], model=str(model), output=str(folder),
-                              normalization=dict(scale=1 / 255, mean=mean, std=std),
-                              activation="softmax", scores=True, **options),
-                         defaults_file=ROOT / "conf" / "default.yaml")  # fmt: skip
+    config = load_config(
+        dict(
+            input=[str(SCENE)],
+            model=str(model),
+            output=str(folder),
+            normalization=dict(scale=1 / 255, mean=mean, std=std),
+            activation="softmax",
+            scores=True,
+            **options,
+        ),
+        defaults_file=ROOT / "conf" / "default.yaml",
+    )
     started = time.perf_counter()
     job = prepare_job(config)
     report = run_job(spark, job)
@@ -59,8 +68,9 @@ def job_run(tmp_path_factory, spark, published):
 @pytest.fixture(scope="module")
 def blend_run(tmp_path_factory, spark, published):
     """With `blend`: whole windows, overlapping by a fifth (`--overlap auto`), blended."""
-    return _run_job(spark, tmp_path_factory.mktemp("csmask-blend"), *published, merge="blend",
-                    verify=True)  # fmt: skip
+    return _run_job(
+        spark, tmp_path_factory.mktemp("csmask-blend"), *published, merge="blend", verify=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +89,9 @@ def window_logits(session, src, row_off, col_off, mean, std):
     """onnxruntime's session run by hand on one 256 x 256 window, normalised with numpy, padded
     past the scene's edges with zeros: its (3, 256, 256) logits."""
     window = np.zeros((6, 256, 256), np.float32)
-    data = src.read(window=rasterio.windows.Window(col_off, row_off, 256, 256), boundless=True,
-                    fill_value=0).astype(np.float32)  # fmt: skip
+    data = src.read(
+        window=rasterio.windows.Window(col_off, row_off, 256, 256), boundless=True, fill_value=0
+    ).astype(np.float32)
     valid = np.ones(data.shape[1:], bool)
     valid[max(0, src.height - row_off) :, :] = False
     valid[:, max(0, src.width - col_off) :] = False
@@ -175,9 +186,17 @@ def test_the_class_map_agrees_with_ukis_csmask_own(merge, job_run, blend_run, uk
     _, report, classes, _, job_seconds, _ = job_run if merge == "crop" else blend_run
     own, own_seconds = ukis_own
     agreement = float((classes == own).mean())
-    print(json.dumps({"merge": merge, "agreement_with_ukis_csmask": round(agreement, 5),
-                      "job_s": round(job_seconds, 2), "ukis_csmask_s": round(own_seconds, 2),
-                      "tiles_inferred": report["tiles"]["inferred"],
-                      "classes_job": np.bincount(classes.ravel(), minlength=3).tolist(),
-                      "classes_ukis": np.bincount(own.ravel(), minlength=3).tolist()}))
+    print(
+        json.dumps(
+            {
+                "merge": merge,
+                "agreement_with_ukis_csmask": round(agreement, 5),
+                "job_s": round(job_seconds, 2),
+                "ukis_csmask_s": round(own_seconds, 2),
+                "tiles_inferred": report["tiles"]["inferred"],
+                "classes_job": np.bincount(classes.ravel(), minlength=3).tolist(),
+                "classes_ukis": np.bincount(own.ravel(), minlength=3).tolist(),
+            }
+        )
+    )
     assert agreement >= 0.995

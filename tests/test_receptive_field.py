@@ -23,8 +23,9 @@ def test_unet_with_two_poolings_has_stride_4(tmp_path):
 
 
 def test_dilation_strided_convs_and_nested_models():
-    inner = keras.Sequential([keras.Input((None, None, 4)),
-                              layers.Conv2D(4, 3, padding="same", dilation_rate=3)])  # fmt: skip
+    inner = keras.Sequential(
+        [keras.Input((None, None, 4)), layers.Conv2D(4, 3, padding="same", dilation_rate=3)]
+    )
     inputs = keras.Input((None, None, 4))
     x = layers.Conv2D(8, 3, strides=2, padding="same")(inner(inputs))
     x = layers.Conv2DTranspose(4, 3, strides=2, padding="same")(x)
@@ -51,11 +52,19 @@ def test_inspect_tells_a_classifier_of_any_size_from_its_output(tmp_path):
     path = dense_classifier(tmp_path / "d.keras")
     info = inspect_model(path)
     assert (info.task, info.input_size, info.channels, info.receptive_halo) == (
-        "chips", None, 3, None)
+        "chips",
+        None,
+        3,
+        None,
+    )
     keras.models.load_model(path).export(tmp_path / "saved", verbose=False)
     saved = inspect_model(tmp_path / "saved")
     assert (saved.format, saved.task, saved.input_size, saved.channels) == (
-        "savedmodel", "chips", None, 3)
+        "savedmodel",
+        "chips",
+        None,
+        3,
+    )
 
 
 def test_savedmodel_stride_and_halo_are_probed(tmp_path):
@@ -109,8 +118,9 @@ def _farthest_change(model, size: int = 96, at: int = 48) -> int:
     return int(np.abs(rows - at).max())
 
 
-@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic", "lanczos3",
-                                           "lanczos5"])  # fmt: skip
+@pytest.mark.parametrize(
+    "interpolation", ["nearest", "bilinear", "bicubic", "lanczos3", "lanczos5"]
+)
 def test_upsampling_halo_covers_every_interpolation_kernel(interpolation):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((None, None, 4))

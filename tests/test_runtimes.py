@@ -54,8 +54,16 @@ def reference(tmp_path_factory, spark):
     from sparkinfer.job import run_job
 
     folder = tmp_path_factory.mktemp("tensorflow")
-    config = load_config(dict(input=[str(SCENE)], model=str(MODEL), output=str(folder),
-                              tile_size=128, scores=True, backend="tensorflow"))  # fmt: skip
+    config = load_config(
+        dict(
+            input=[str(SCENE)],
+            model=str(MODEL),
+            output=str(folder),
+            tile_size=128,
+            scores=True,
+            backend="tensorflow",
+        )
+    )
     report = run_job(spark, prepare_job(config))
     assert report["devices"] == {"cpu": {"chunks": 1, "tiles": 16}}
     return _outputs(folder)
@@ -65,16 +73,30 @@ def reference(tmp_path_factory, spark):
 def test_runtime_gives_the_tensorflow_class_map(tmp_path, run, reference, exported, runtime):
     model = MODEL if runtime == "jax" else exported[runtime]
     backend = "jax" if runtime == "jax" else "tensorflow"
-    report = run(input=[str(SCENE)], model=str(model), output=str(tmp_path), tile_size=128,
-                 halo=HALO, scores=True, backend=backend)  # fmt: skip
+    report = run(
+        input=[str(SCENE)],
+        model=str(model),
+        output=str(tmp_path),
+        tile_size=128,
+        halo=HALO,
+        scores=True,
+        backend=backend,
+    )
     assert report["tiling"]["halo"] == HALO
     assert report["model"]["class_names"][:2] == ["developed", "agriculture"]
     classes, scores = _outputs(tmp_path)
     expected_classes, expected_scores = reference
     agreement = (classes == expected_classes).mean()
     difference = np.nanmax(np.abs(scores - expected_scores))
-    print(json.dumps({"runtime": runtime, "class_agreement": float(agreement),
-                      "max_score_difference": float(difference)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "runtime": runtime,
+                "class_agreement": float(agreement),
+                "max_score_difference": float(difference),
+            }
+        )
+    )
     assert agreement >= 0.9999
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
     assert len(np.unique(classes)) >= 5, "a real land-cover map"
@@ -86,8 +108,14 @@ def test_an_onnx_model_as_pytorch_ships_it(tmp_path, run, reference, exported, s
     cuts tiles of 64 - 2 x 7 pixels, softmaxes the logits, and gives TensorFlow's outputs."""
     model = onnx_as_shipped(exported["onnx"], tmp_path / "shipped.onnx", size, logits)
     options = dict(activation="softmax") if logits else {}
-    report = run(input=[str(SCENE)], model=str(model), output=str(tmp_path / "out"),
-                 tile_size=128, scores=True, **options)  # fmt: skip
+    report = run(
+        input=[str(SCENE)],
+        model=str(model),
+        output=str(tmp_path / "out"),
+        tile_size=128,
+        scores=True,
+        **options,
+    )
     tiling = report["tiling"]
     assert (tiling["halo"], tiling["seam_free"]) == (HALO, True)
     assert tiling["tile_size"] == (64 - 2 * HALO if size else 128)
@@ -97,8 +125,9 @@ def test_an_onnx_model_as_pytorch_ships_it(tmp_path, run, reference, exported, s
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
 
 
-def test_a_fixed_size_model_s_stride_is_found_by_shifting_its_window(tmp_path, run, models,
-                                                                     onnx_models):  # fmt: skip
+def test_a_fixed_size_model_s_stride_is_found_by_shifting_its_window(
+    tmp_path, run, models, onnx_models
+):
     """A stride-4 U-Net that takes only 64 x 64 windows, as PyTorch exports ship: sizes cannot
     show its stride, two windows 4 pixels apart can. Its tiles then lie on the stride grid and
     the stitched map equals the free-size model on the whole raster."""
@@ -109,8 +138,9 @@ def test_a_fixed_size_model_s_stride_is_found_by_shifting_its_window(tmp_path, r
     mask = np.zeros((150, 134), bool)
     mask[:30, :40] = True
     (tmp_path / "in").mkdir()
-    scene = write_raster(tmp_path / "in" / "scene.tif", 150, 134, nodata=0, nodata_mask=mask,
-                         seed=21)  # fmt: skip
+    scene = write_raster(
+        tmp_path / "in" / "scene.tif", 150, 134, nodata=0, nodata_mask=mask, seed=21
+    )
     report = run(input=[str(scene)], model=str(model), output=str(tmp_path / "out"))
     halo = -(-info.receptive_halo // 4) * 4
     assert (report["tiling"]["tile_size"], report["tiling"]["seam_free"]) == (64 - 2 * halo, True)
@@ -133,8 +163,10 @@ def test_integer_pixels_are_cast_and_normalised_inside_the_call(dtype, scale, ex
     options = RuntimeOptions(normalization=norm)
     x = preprocess(pixels, valid, norm)
     assert (x[~valid] == 0).all()
-    for runtime in (load_package(package_model(MODEL), options),
-                    load_package(package_model(exported["onnx"]), options)):  # fmt: skip
+    for runtime in (
+        load_package(package_model(MODEL), options),
+        load_package(package_model(exported["onnx"]), options),
+    ):
         classes, scores = runtime.classify(pixels, valid, with_scores=True)
         assert classes.dtype == np.uint8 and scores.dtype == np.float32
         expected = runtime.scores(x)
@@ -153,16 +185,29 @@ def test_a_worker_keeps_one_model_per_options_and_gpu():
 
 def test_bfloat16_runs_the_model_in_bfloat16(tmp_path, run, reference):
     """Mixed precision is opt-in; its agreement with float32 is reported, not required."""
-    report = run(input=[str(SCENE)], model=str(MODEL), output=str(tmp_path), tile_size=128,
-                 scores=True, backend="tensorflow", precision="bfloat16")  # fmt: skip
+    report = run(
+        input=[str(SCENE)],
+        model=str(MODEL),
+        output=str(tmp_path),
+        tile_size=128,
+        scores=True,
+        backend="tensorflow",
+        precision="bfloat16",
+    )
     assert report["config"]["precision"] == "bfloat16"
     classes, scores = _outputs(tmp_path)
     expected_classes, expected_scores = reference
     valid = expected_classes != 255
     agreement = (classes[valid] == expected_classes[valid]).mean()
     difference = np.nanmax(np.abs(scores - expected_scores))
-    print(json.dumps({"bfloat16_class_agreement": float(agreement),
-                      "bfloat16_max_score_difference": float(difference)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bfloat16_class_agreement": float(agreement),
+                "bfloat16_max_score_difference": float(difference),
+            }
+        )
+    )
     assert difference > 1e-4, "bfloat16 arithmetic, not float32"
     assert agreement > 0.9
 
@@ -172,19 +217,24 @@ def test_halo_auto_probes_a_model_without_a_layer_graph(tmp_path, exported, fmt)
     common = dict(input=[str(SCENE)], model=str(exported[fmt]), output=str(tmp_path))
     job = prepare_job(load_config(common))
     assert (job.model.receptive_halo, job.model.halo_found_by, job.tiling.halo) == (
-        HALO, "probe", HALO)
+        HALO,
+        "probe",
+        HALO,
+    )
 
 
 def test_a_fixed_window_blends_with_its_overlap_inside(tmp_path, exported):
     """With `blend`, a fixed 64 x 64 input is the window: tiles are 64 less the overlap, and an
     overlap that leaves no tile is refused in one line."""
     model = onnx_as_shipped(exported["onnx"], tmp_path / "shipped.onnx", 64, logits=True)
-    common = dict(input=[str(SCENE)], model=str(model), output=str(tmp_path / "out"),
-                  merge="blend")  # fmt: skip
+    common = dict(input=[str(SCENE)], model=str(model), output=str(tmp_path / "out"), merge="blend")
     job = prepare_job(load_config(common))
     assert (job.tiling.window_size, job.tiling.overlap, job.tiling.tile_size) == (64, 12, 52)
-    with pytest.raises(ModelError, match="exactly 64 pixels, which leave no room for an "
-                                         "overlap of 64; give a smaller --overlap"):  # fmt: skip
+    with pytest.raises(
+        ModelError,
+        match="exactly 64 pixels, which leave no room for an "
+        "overlap of 64; give a smaller --overlap",
+    ):
         prepare_job(load_config(common | dict(overlap=64)))
 
 
@@ -229,11 +279,13 @@ class _GPU(Runtime):
 
 @pytest.mark.parametrize(
     "memory, batch",
-    [((80 << 30, 9 << 30), 4),  # half of 80 GiB free over 9 GiB a window
-     ((80 << 30, 100 << 20), GPU_MAX_BATCH),
-     ((4 << 30, 9 << 30), 1),
-     (None, GPU_DEFAULT_BATCH)],  # the framework does not tell
-)  # fmt: skip
+    [
+        ((80 << 30, 9 << 30), 4),  # half of 80 GiB free over 9 GiB a window
+        ((80 << 30, 100 << 20), GPU_MAX_BATCH),
+        ((4 << 30, 9 << 30), 1),
+        (None, GPU_DEFAULT_BATCH),
+    ],  # the framework does not tell
+)
 def test_batch_size_auto_on_a_gpu_fills_half_its_free_memory(memory, batch):
     assert _GPU(memory).auto_batch(2336, 2336, np.dtype("uint8")) == batch
 
@@ -260,8 +312,9 @@ def test_the_workers_inspect_the_model_as_the_driver_does(spark, models, tmp_pat
     assert found == inspect_model(dense, backend="tensorflow")
     assert (found.task, found.input_size) == ("chips", None)
     oblong = tmp_path / "oblong.keras"
-    keras.Sequential([keras.Input((8, 6, 4)), layers.GlobalAveragePooling2D(),
-                      layers.Dense(3)]).save(oblong)  # fmt: skip
+    keras.Sequential(
+        [keras.Input((8, 6, 4)), layers.GlobalAveragePooling2D(), layers.Dense(3)]
+    ).save(oblong)
     with pytest.raises(ModelError, match=f"^{oblong}: a chip classifier .* square windows"):
         warm_workers(spark, package_model(oblong), options, [str(oblong)])
 

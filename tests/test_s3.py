@@ -47,25 +47,48 @@ def test_s3_in_and_out_on_a_cluster_whose_executors_have_no_aws_settings(
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 300, 260, seed=8)
     upload(raster, "s3://scenes/in/scene.tif")
-    common = dict(model=str(onnx_models["unet"]), tile_size=64, chunk_tiles=2, quicklook=True,
-                  polygons=True)
+    common = dict(
+        model=str(onnx_models["unet"]), tile_size=64, chunk_tiles=2, quicklook=True, polygons=True
+    )
     run(input=[str(raster)], output=str(tmp_path / "local"), **common)
 
-    args = ["--input", "s3://scenes/in/", "--model", common["model"],
-            "--output", "s3://predictions/run", "--tile-size", 64, "--chunk-tiles", 2,
-            "--quicklook", "--polygons"]  # fmt: skip
+    args = [
+        "--input",
+        "s3://scenes/in/",
+        "--model",
+        common["model"],
+        "--output",
+        "s3://predictions/run",
+        "--tile-size",
+        64,
+        "--chunk-tiles",
+        2,
+        "--quicklook",
+        "--polygons",
+    ]
     done = submit(args, standalone)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     # Only the outputs: no chunks, lock, write probe or temporary object left behind.
-    assert keys(client, "predictions") == {f"run/{name}" for name in (
-        "scene.tif", "scene.png", "scene.tiles.parquet", "scene.polygons.parquet",
-        "scene.stac.json", "_run.json")}
+    assert keys(client, "predictions") == {
+        f"run/{name}"
+        for name in (
+            "scene.tif",
+            "scene.png",
+            "scene.tiles.parquet",
+            "scene.polygons.parquet",
+            "scene.stac.json",
+            "_run.json",
+        )
+    }
     report = json.loads(storage.read_text("s3://predictions/run/_run.json"))
     assert report["spark"]["master"] == standalone
     assert report["rasters"][0]["input"] == "s3://scenes/in/scene.tif"
     assert report["rasters"][0]["chunks"]["planned"] == 9
-    with storage.gdal_env(), rasterio.open("/vsis3/predictions/run/scene.tif") as cog, \
-            rasterio.open(tmp_path / "local" / "scene.tif") as local:  # fmt: skip
+    with (
+        storage.gdal_env(),
+        rasterio.open("/vsis3/predictions/run/scene.tif") as cog,
+        rasterio.open(tmp_path / "local" / "scene.tif") as local,
+    ):
         assert cog.profile == local.profile  # CRS, transform, nodata, layout
         assert np.array_equal(cog.read(), local.read())
         assert cog.tags()["source"] == "s3://scenes/in/scene.tif"
@@ -78,7 +101,8 @@ def test_s3_in_and_out_on_a_cluster_whose_executors_have_no_aws_settings(
     item = json.loads(storage.read_text("s3://predictions/run/scene.stac.json"))
     assert item["assets"]["classes"]["href"] == "./scene.tif"
     assert [link["href"] for link in item["links"] if link["rel"] == "derived_from"] == [
-        "s3://scenes/in/scene.tif"]
+        "s3://scenes/in/scene.tif"
+    ]
 
     # The same job again: the outputs are complete, nothing is redone.
     before = client.get_file_info("predictions/run/scene.tif").mtime_ns
@@ -88,8 +112,9 @@ def test_s3_in_and_out_on_a_cluster_whose_executors_have_no_aws_settings(
 
 
 def test_a_chunk_appears_on_s3_only_whole(tmp_path, client):
-    info = read_info(upload(write_raster(tmp_path / "scene.tif", 64, 64, seed=1),
-                            "s3://scenes/chunk/scene.tif"))  # fmt: skip
+    info = read_info(
+        upload(write_raster(tmp_path / "scene.tif", 64, 64, seed=1), "s3://scenes/chunk/scene.tif")
+    )
     spec = ChunkSpec("s3://predictions/staging", 0, 0, 0, 0, 64, 64)
     writer = ChunkWriter(spec, info, channels=3, write_scores=True)
     writer.write(0, 0, np.ones((64, 64), np.uint8), np.zeros((64, 64, 3), np.float32))
@@ -97,7 +122,9 @@ def test_a_chunk_appears_on_s3_only_whole(tmp_path, client):
     assert staged == [], "nothing is visible before the commit"
     writer.commit()
     assert {k for k in keys(client, "predictions") if k.startswith("staging/")} == {
-        "staging/chunk_r00000_c00000.tif", "staging/chunk_r00000_c00000.scores.tif"}
+        "staging/chunk_r00000_c00000.tif",
+        "staging/chunk_r00000_c00000.scores.tif",
+    }
     with storage.open_own_raster(spec.classes_path) as chunk:
         assert chunk.crs.to_wkt() == info.crs and (chunk.read(1) == 1).all()
     storage.remove_tree("s3://predictions/staging")
@@ -129,20 +156,31 @@ def test_an_s3_pattern_matches_files_not_prefixes(tmp_path, s3):
     for key in ("b.tif", "a.tif", "notes.txt", "sub.tif/c.tif"):
         upload(raster, f"s3://scenes/glob/{key}")
     assert resolve_inputs(["s3://scenes/glob/*.tif"]) == [
-        "s3://scenes/glob/a.tif", "s3://scenes/glob/b.tif"]
+        "s3://scenes/glob/a.tif",
+        "s3://scenes/glob/b.tif",
+    ]
 
 
 @pytest.mark.parametrize(
     ("options", "error", "line"),
     [
-        ({"input": ["s3://scenes/nothing-here.tif"]}, InputError,
-         "s3://scenes/nothing-here.tif: input not found"),
-        ({"input": ["s3://no-such-bucket/*.tif"]}, InputError,
-         "s3://no-such-bucket/*.tif: cannot list inputs"),
-        ({"output": "s3://no-such-bucket/out"}, OutputError,
-         "s3://no-such-bucket/out: cannot write there"),
+        (
+            {"input": ["s3://scenes/nothing-here.tif"]},
+            InputError,
+            "s3://scenes/nothing-here.tif: input not found",
+        ),
+        (
+            {"input": ["s3://no-such-bucket/*.tif"]},
+            InputError,
+            "s3://no-such-bucket/*.tif: cannot list inputs",
+        ),
+        (
+            {"output": "s3://no-such-bucket/out"},
+            OutputError,
+            "s3://no-such-bucket/out: cannot write there",
+        ),
     ],
-)  # fmt: skip
+)
 def test_s3_problems_are_one_line_before_spark(tmp_path, models, s3, options, error, line):
     raster = upload(write_raster(tmp_path / "scene.tif", 64, 64, seed=1), "s3://scenes/ok.tif")
     config = {"input": [raster], "model": str(models["unet"]), "output": "s3://predictions/x"}

@@ -38,8 +38,13 @@ def _sha256(array: np.ndarray) -> str:
 
 
 def test_job_over_the_real_scene_equals_whole_raster_inference(tmp_path, run):
-    report = run(input=[str(SCENE)], model=str(MODEL), output=str(tmp_path / "out"),
-                 tile_size=128, scores=True)  # fmt: skip
+    report = run(
+        input=[str(SCENE)],
+        model=str(MODEL),
+        output=str(tmp_path / "out"),
+        tile_size=128,
+        scores=True,
+    )
     assert report["tiling"]["halo"] == 7 and report["tiles"]["planned"] == 16
     expected, expected_scores, valid = whole_image_outputs(MODEL, SCENE)
     with rasterio.open(tmp_path / "out" / SCENE.name) as out:
@@ -51,8 +56,10 @@ def test_job_over_the_real_scene_equals_whole_raster_inference(tmp_path, run):
     assert (classes[~valid] == 255).all() and (~valid).sum() > 10_000, "the scene's nodata border"
     present = np.unique(classes[valid])
     assert len(present) >= 5, "a real land-cover map, not a constant"
-    assert (_sha256(classes), _sha256(np.moveaxis(scores, -1, 0))) == (CLASSES_SHA256,
-                                                                       SCORES_SHA256)
+    assert (_sha256(classes), _sha256(np.moveaxis(scores, -1, 0))) == (
+        CLASSES_SHA256,
+        SCORES_SHA256,
+    )
 
 
 def test_output_carries_the_models_class_names_and_colours(tmp_path, run):
@@ -75,10 +82,14 @@ def test_make_run_writes_cogs_and_quicklooks_of_the_sample(tmp_path):
     out, temp = tmp_path / "sample", tmp_path / "temp"
     temp.mkdir()
     venv = Path(sys.executable).parent.parent
-    job = subprocess.Popen(["make", "run", f"SAMPLE_OUTPUT={out}", f"VENV={venv}"], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, SPARKINFER_VENV=str(venv),
-                                    TMPDIR=str(temp)))  # fmt: skip
+    job = subprocess.Popen(
+        ["make", "run", f"SAMPLE_OUTPUT={out}", f"VENV={venv}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, SPARKINFER_VENV=str(venv), TMPDIR=str(temp)),
+    )
     first = job.stderr.readline()
     first_at = time.monotonic()
     stdout, stderr = job.communicate(timeout=600)

@@ -21,10 +21,12 @@ pytestmark = pytest.mark.slow
 
 TILE = 64
 ROWS, COLS = 16, 20  # 320 one-tile chunks: about 15 s on the two executors
-SPECULATION = ("--conf spark.speculation.multiplier=1.2 --conf spark.speculation.quantile=0.5 "
-               "--conf spark.speculation.minTaskRuntime=500ms --conf "
-               "spark.speculation.interval=100ms --conf spark.eventLog.enabled=true "
-               "--conf spark.eventLog.compress=false")  # fmt: skip
+SPECULATION = (
+    "--conf spark.speculation.multiplier=1.2 --conf spark.speculation.quantile=0.5 "
+    "--conf spark.speculation.minTaskRuntime=500ms --conf "
+    "spark.speculation.interval=100ms --conf spark.eventLog.enabled=true "
+    "--conf spark.eventLog.compress=false"
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,10 @@ def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("unequal")
     with standalone_cluster(folder / "cluster", cores=(1, 1), pinned=True) as master:
         # Two busy loops: the second worker's executor gets about a third of its CPU.
-        burners = [subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c",
-                                     "while True: pass"]) for _ in range(2)]  # fmt: skip
+        burners = [
+            subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", "while True: pass"])
+            for _ in range(2)
+        ]
         try:
             yield master, folder
         finally:
@@ -53,9 +57,26 @@ def scene(cluster):
 def _run(cluster, scene, name, *options, monkeypatch=None):
     master, folder = cluster
     raster, model = scene
-    done = submit(["--input", raster, "--model", model, "--output", folder / name,
-                   "--tile-size", TILE, "--chunk-tiles", 1, "--batch-size", 1, "--progress", 0,
-                   *options], master)  # fmt: skip
+    done = submit(
+        [
+            "--input",
+            raster,
+            "--model",
+            model,
+            "--output",
+            folder / name,
+            "--tile-size",
+            TILE,
+            "--chunk-tiles",
+            1,
+            "--batch-size",
+            1,
+            "--progress",
+            0,
+            *options,
+        ],
+        master,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return json.loads((folder / name / "_run.json").read_text())
 
@@ -115,4 +136,5 @@ def test_speculated_copies_leave_each_chunk_once(cluster, scene, spread, monkeyp
     assert report["tiles"]["inferred"] + kept == ROWS * COLS
     assert not (folder / "speculated" / "_staging").exists()
     assert (folder / "speculated" / "scene.tif").read_bytes() == (
-        folder / "spread" / "scene.tif").read_bytes()
+        folder / "spread" / "scene.tif"
+    ).read_bytes()

@@ -31,33 +31,48 @@ def identity_model(path: Path, bands: int = 4) -> Path:
     the model was given."""
     import keras
 
-    model = keras.Sequential([keras.Input((None, None, bands)),
-                              keras.layers.Conv2D(bands, 1, use_bias=False)])  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((None, None, bands)), keras.layers.Conv2D(bands, 1, use_bias=False)]
+    )
     model.layers[0].set_weights([np.eye(bands, dtype=np.float32)[None, None]])
     model.save(path)
     return path
 
 
-def band_files(folder: Path, origin: tuple[float, float], height: int, width: int,
-               seed: int) -> dict[str, Path]:  # fmt: skip
+def band_files(
+    folder: Path, origin: tuple[float, float], height: int, width: int, seed: int
+) -> dict[str, Path]:
     """One single-band uint16 GeoTIFF per band over the same extent: 10 m, and 20 m for B8A."""
     folder.mkdir(parents=True)
     files = {}
     for i, key in enumerate(BANDS):
         step = 20 if key == "B8A" else 10
-        files[key] = write_raster(folder / f"{key}.tif", height * 10 // step, width * 10 // step,
-                                  bands=1, dtype="uint16", seed=seed + i,
-                                  transform=from_origin(*origin, step, step))  # fmt: skip
+        files[key] = write_raster(
+            folder / f"{key}.tif",
+            height * 10 // step,
+            width * 10 // step,
+            bands=1,
+            dtype="uint16",
+            seed=seed + i,
+            transform=from_origin(*origin, step, step),
+        )
     return files
 
 
 def stac_item(id_: str, hrefs: dict[str, str], self_href: str | None = None) -> pystac.Item:
-    item = pystac.Item(id_, geometry=None, bbox=None, datetime=datetime(2024, 5, 1, 10, tzinfo=UTC),
-                       properties={})  # fmt: skip
+    item = pystac.Item(
+        id_, geometry=None, bbox=None, datetime=datetime(2024, 5, 1, 10, tzinfo=UTC), properties={}
+    )
     for key, href in hrefs.items():
-        item.add_asset(key, pystac.Asset(href, media_type=pystac.MediaType.COG, roles=["data"],
-                                         extra_fields={"eo:bands": [{"name": key,
-                                                       "common_name": BANDS[key]}]}))  # fmt: skip
+        item.add_asset(
+            key,
+            pystac.Asset(
+                href,
+                media_type=pystac.MediaType.COG,
+                roles=["data"],
+                extra_fields={"eo:bands": [{"name": key, "common_name": BANDS[key]}]},
+            ),
+        )
     item.add_asset("thumbnail", pystac.Asset("./preview.png", media_type=pystac.MediaType.PNG))
     if self_href:
         item.set_self_href(self_href)
@@ -87,14 +102,27 @@ def scenes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stac")
     a = band_files(folder / "a", (500_000, 5_300_000), 150, 170, seed=1)
     b = band_files(folder / "b", (510_000, 5_290_000), 100, 60, seed=11)
-    item = stac_item("S2B_33UXP_20240501", {k: f"./a/{k}.tif" for k in BANDS},
-                     self_href="https://stac.example/items/S2B_33UXP_20240501.json")  # fmt: skip
+    item = stac_item(
+        "S2B_33UXP_20240501",
+        {k: f"./a/{k}.tif" for k in BANDS},
+        self_href="https://stac.example/items/S2B_33UXP_20240501.json",
+    )
     scene = write_json(folder / "scene.json", item.to_dict())
-    pair = pystac.ItemCollection([stac_item("pair-a", {k: str(a[k]) for k in BANDS}),
-                                  stac_item("pair-b", {k: b[k].as_uri() for k in BANDS})])
+    pair = pystac.ItemCollection(
+        [
+            stac_item("pair-a", {k: str(a[k]) for k in BANDS}),
+            stac_item("pair-b", {k: b[k].as_uri() for k in BANDS}),
+        ]
+    )
     items = write_json(folder / "items.json", pair.to_dict())
-    return {"folder": folder, "scene": scene, "items": items, "a": a, "b": b,
-            "model": identity_model(folder / "identity.keras")}  # fmt: skip
+    return {
+        "folder": folder,
+        "scene": scene,
+        "items": items,
+        "a": a,
+        "b": b,
+        "model": identity_model(folder / "identity.keras"),
+    }
 
 
 def infer(spark, *args) -> int:
@@ -104,8 +132,22 @@ def infer(spark, *args) -> int:
 @pytest.fixture(scope="module")
 def written(scenes, spark):
     out = scenes["folder"] / "out"
-    args = ["--input", scenes["scene"], scenes["items"], "--assets", ASSETS, "--model",
-            scenes["model"], "--output", out, "--tile-size", 64, "--chunk-tiles", 1, "--scores"]
+    args = [
+        "--input",
+        scenes["scene"],
+        scenes["items"],
+        "--assets",
+        ASSETS,
+        "--model",
+        scenes["model"],
+        "--output",
+        out,
+        "--tile-size",
+        64,
+        "--chunk-tiles",
+        1,
+        "--scores",
+    ]
     assert infer(spark, *args) == 0
     return out, args, json.loads((out / "_run.json").read_text())
 
@@ -113,14 +155,22 @@ def written(scenes, spark):
 def test_the_model_sees_the_assets_stacked_at_the_first_one_s_resolution(scenes, written):
     out, _, report = written
     assert report["failed"] == []
-    for stem, files in [("S2B_33UXP_20240501", scenes["a"]), ("pair-a", scenes["a"]),
-                        ("pair-b", scenes["b"])]:  # fmt: skip
+    for stem, files in [
+        ("S2B_33UXP_20240501", scenes["a"]),
+        ("pair-a", scenes["a"]),
+        ("pair-b", scenes["b"]),
+    ]:
         expected = stacked_by_hand(files, Resampling.bilinear)
-        with rasterio.open(out / f"{stem}.scores.tif") as scores, \
-                rasterio.open(out / f"{stem}.tif") as classes, \
-                rasterio.open(files["B02"]) as grid:  # fmt: skip
-            assert (classes.crs, classes.transform, classes.shape) == (grid.crs, grid.transform,
-                                                                       grid.shape)  # fmt: skip
+        with (
+            rasterio.open(out / f"{stem}.scores.tif") as scores,
+            rasterio.open(out / f"{stem}.tif") as classes,
+            rasterio.open(files["B02"]) as grid,
+        ):
+            assert (classes.crs, classes.transform, classes.shape) == (
+                grid.crs,
+                grid.transform,
+                grid.shape,
+            )
             assert np.array_equal(scores.read(), expected.astype(np.float32))
             assert np.array_equal(classes.read(1), expected.argmax(axis=0))
 
@@ -130,20 +180,23 @@ def test_outputs_are_named_after_each_item_and_link_to_it(scenes, written):
     inputs = [str(scenes["scene"]), f"{scenes['items']}#pair-a", f"{scenes['items']}#pair-b"]
     assert [r["input"] for r in report["rasters"]] == inputs
     outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("_"))
-    assert outputs == sorted(f"{stem}{suffix}"
-                             for stem in ("S2B_33UXP_20240501", "pair-a", "pair-b")
-                             for suffix in (".tif", ".scores.tif", ".tiles.parquet",
-                                            ".stac.json"))  # fmt: skip
+    assert outputs == sorted(
+        f"{stem}{suffix}"
+        for stem in ("S2B_33UXP_20240501", "pair-a", "pair-b")
+        for suffix in (".tif", ".scores.tif", ".tiles.parquet", ".stac.json")
+    )
     links = {}
     for stem in ("S2B_33UXP_20240501", "pair-a", "pair-b"):
         (link,) = pystac.Item.from_file(str(out / f"{stem}.stac.json")).get_links("derived_from")
         links[stem] = (link.href, link.media_type)
     assert links == {
-        "S2B_33UXP_20240501": ("https://stac.example/items/S2B_33UXP_20240501.json",
-                               "application/geo+json"),
+        "S2B_33UXP_20240501": (
+            "https://stac.example/items/S2B_33UXP_20240501.json",
+            "application/geo+json",
+        ),
         "pair-a": (scenes["items"].as_uri(), "application/geo+json"),
         "pair-b": (scenes["items"].as_uri(), "application/geo+json"),
-    }  # fmt: skip
+    }
 
 
 def test_the_same_run_is_complete_and_another_resampling_redoes_the_item(scenes, written, spark):
@@ -164,16 +217,28 @@ def test_the_same_run_is_complete_and_another_resampling_redoes_the_item(scenes,
 @pytest.mark.parametrize(
     ("assets", "error"),
     [
-        ("B02,green,red,swir16", "{scene}: no asset or band common name 'swir16' (assets: B02, "
-         "B03, B04, B8A, thumbnail; common names: blue, green, nir08, red)"),
-        (None, "{scene}: the bands of a STAC Item are its assets: name them in the model's "
-         "order with --assets (its assets: B02, B03, B04, B8A, thumbnail)"),
+        (
+            "B02,green,red,swir16",
+            "{scene}: no asset or band common name 'swir16' (assets: B02, "
+            "B03, B04, B8A, thumbnail; common names: blue, green, nir08, red)",
+        ),
+        (
+            None,
+            "{scene}: the bands of a STAC Item are its assets: name them in the model's "
+            "order with --assets (its assets: B02, B03, B04, B8A, thumbnail)",
+        ),
         ("B02,B03,B04,thumbnail", "{scene}: asset thumbnail ({folder}/preview.png): not found"),
     ],
-)  # fmt: skip
+)
 def test_an_item_the_job_cannot_stack_is_one_line(scenes, spark, capsys, assets, error):
-    args = ["--input", scenes["scene"], "--model", scenes["model"], "--output",
-            scenes["folder"] / "refused"]  # fmt: skip
+    args = [
+        "--input",
+        scenes["scene"],
+        "--model",
+        scenes["model"],
+        "--output",
+        scenes["folder"] / "refused",
+    ]
     code = infer(spark, *args, *(["--assets", assets] if assets else []))
     printed = capsys.readouterr().err
     assert code == 2
@@ -182,42 +247,89 @@ def test_an_item_the_job_cannot_stack_is_one_line(scenes, spark, capsys, assets,
 
 
 def checked(tmp_path: Path, inputs: list, model: Path, assets: str = ASSETS):
-    config = load_config(dict(input=[str(i) for i in inputs], model=str(model),
-                              assets=assets.split(","), output=str(tmp_path / "out")),
-                         defaults_file=DEFAULTS)  # fmt: skip
+    config = load_config(
+        dict(
+            input=[str(i) for i in inputs],
+            model=str(model),
+            assets=assets.split(","),
+            output=str(tmp_path / "out"),
+        ),
+        defaults_file=DEFAULTS,
+    )
     return check_job(config)
 
 
 def test_an_asset_of_several_bands_gives_them_all_in_one_type(scenes, tmp_path):
-    four = write_raster(tmp_path / "four.tif", 40, 30, bands=4, dtype="uint16", seed=5,
-                        transform=from_origin(500_000, 5_300_000, 10, 10))  # fmt: skip
-    mask = write_raster(tmp_path / "mask.tif", 20, 15, bands=1, dtype="uint8", nodata=0, seed=6,
-                        transform=from_origin(500_000, 5_300_000, 20, 20))  # fmt: skip
+    four = write_raster(
+        tmp_path / "four.tif",
+        40,
+        30,
+        bands=4,
+        dtype="uint16",
+        seed=5,
+        transform=from_origin(500_000, 5_300_000, 10, 10),
+    )
+    mask = write_raster(
+        tmp_path / "mask.tif",
+        20,
+        15,
+        bands=1,
+        dtype="uint8",
+        nodata=0,
+        seed=6,
+        transform=from_origin(500_000, 5_300_000, 20, 20),
+    )
     item = pystac.Item("several", None, None, datetime(2024, 5, 1, tzinfo=UTC), {})
     item.add_asset("four", pystac.Asset("./four.tif"))
     item.add_asset("mask", pystac.Asset("./mask.tif"))
     path = write_json(tmp_path / "several.json", item.to_dict())
     (info,) = checked(tmp_path, [path], scenes["model"], "four,mask").infos
     assert (info.count, info.dtype, info.masking) == (5, "uint16", "mask")
-    with rasterio.open(info.dataset) as stack, rasterio.open(four) as src, \
-            rasterio.open(mask) as coarse:  # fmt: skip
+    with (
+        rasterio.open(info.dataset) as stack,
+        rasterio.open(four) as src,
+        rasterio.open(mask) as coarse,
+    ):
         assert stack.nodatavals == (None, None, None, None, 0)
         assert np.array_equal(stack.read([1, 2, 3, 4]), src.read())
-        assert np.array_equal(stack.read(5), coarse.read(1, out_shape=(40, 30),
-                                                         resampling=Resampling.bilinear))
+        assert np.array_equal(
+            stack.read(5), coarse.read(1, out_shape=(40, 30), resampling=Resampling.bilinear)
+        )
 
 
 def test_an_item_the_job_cannot_use_is_refused_and_the_others_go_on(scenes, tmp_path):
     good = {k: str(scenes["a"][k]) for k in BANDS}
-    utm34 = write_raster(tmp_path / "B8A.tif", 75, 85, bands=1, dtype="uint16", crs="EPSG:32634",
-                         transform=from_origin(500_000, 5_300_000, 20, 20))  # fmt: skip
+    utm34 = write_raster(
+        tmp_path / "B8A.tif",
+        75,
+        85,
+        bands=1,
+        dtype="uint16",
+        crs="EPSG:32634",
+        transform=from_origin(500_000, 5_300_000, 20, 20),
+    )
     visual = stac_item("visual", good)
-    visual.add_asset("visual", pystac.Asset(good["B02"], extra_fields={"eo:bands": [
-        {"common_name": "red"}, {"common_name": "green"}, {"common_name": "blue"}]}))  # fmt: skip
-    items = pystac.ItemCollection([stac_item("good", good),
-                                   stac_item("utm34", good | {"B8A": str(utm34)}),
-                                   stac_item("remote", good | {"B02": "ftp://x.example/B02.tif"}),
-                                   visual])  # fmt: skip
+    visual.add_asset(
+        "visual",
+        pystac.Asset(
+            good["B02"],
+            extra_fields={
+                "eo:bands": [
+                    {"common_name": "red"},
+                    {"common_name": "green"},
+                    {"common_name": "blue"},
+                ]
+            },
+        ),
+    )
+    items = pystac.ItemCollection(
+        [
+            stac_item("good", good),
+            stac_item("utm34", good | {"B8A": str(utm34)}),
+            stac_item("remote", good | {"B02": "ftp://x.example/B02.tif"}),
+            visual,
+        ]
+    )
     collection = write_json(tmp_path / "items.json", items.to_dict())
     not_stac = write_json(tmp_path / "labels.json", {"classes": ["water", "forest"]})
     job = checked(tmp_path, [collection, not_stac], scenes["model"])
@@ -231,7 +343,7 @@ def test_an_item_the_job_cannot_use_is_refused_and_the_others_go_on(scenes, tmp_
         "assets are read from local paths, s3:// or http(s)://",
         f"{collection}#visual": f"{collection}#visual: 'green' is the common name of bands of "
         "assets B03, visual; name the asset instead",
-    }  # fmt: skip
+    }
 
 
 def test_an_item_on_s3_stacks_its_assets_next_to_it(scenes, s3, tmp_path):
@@ -254,20 +366,42 @@ def test_assets_at_http_urls_are_read_through_vsicurl(scenes, s3, spark, tmp_pat
     url = f"{s3['AWS_ENDPOINT_URL']}/scenes/http"
     bucket = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"])
     for key, path in scenes["a"].items():
-        bucket.put_object(Bucket="scenes", Key=f"http/a/{key}.tif", Body=path.read_bytes(),
-                          ACL="public-read")  # fmt: skip
-    item = write_json(tmp_path / "item.json",
-                      stac_item("over-http", {k: f"{url}/a/{k}.tif" for k in BANDS}).to_dict())
+        bucket.put_object(
+            Bucket="scenes", Key=f"http/a/{key}.tif", Body=path.read_bytes(), ACL="public-read"
+        )
+    item = write_json(
+        tmp_path / "item.json",
+        stac_item("over-http", {k: f"{url}/a/{k}.tif" for k in BANDS}).to_dict(),
+    )
     out = tmp_path / "out"
-    assert infer(spark, "--input", item, "--assets", ASSETS, "--model", scenes["model"],
-                 "--output", out, "--tile-size", 64, "--scores") == 0  # fmt: skip
+    assert (
+        infer(
+            spark,
+            "--input",
+            item,
+            "--assets",
+            ASSETS,
+            "--model",
+            scenes["model"],
+            "--output",
+            out,
+            "--tile-size",
+            64,
+            "--scores",
+        )
+        == 0
+    )
     with rasterio.open(out / "over-http.scores.tif") as scores:
         expected = stacked_by_hand(scenes["a"], Resampling.bilinear)
         assert np.array_equal(scores.read(), expected.astype(np.float32))
     (info,) = checked(tmp_path, [item], scenes["model"]).infos
     assert f"/vsicurl/{url}/a/B8A.tif" in info.dataset
-    missing = write_json(tmp_path / "missing.json", stac_item(
-        "missing", {k: f"{url}/a/{k}.tif" for k in BANDS} | {"B02": f"{url}/B02.tif"}).to_dict())
+    missing = write_json(
+        tmp_path / "missing.json",
+        stac_item(
+            "missing", {k: f"{url}/a/{k}.tif" for k in BANDS} | {"B02": f"{url}/B02.tif"}
+        ).to_dict(),
+    )
     with pytest.raises(InputError) as refused:
         checked(tmp_path, [missing], scenes["model"])
     assert str(refused.value) == f"{missing}: asset B02 ({url}/B02.tif): not found"

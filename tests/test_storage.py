@@ -39,8 +39,10 @@ def test_executors_get_the_aws_variables_that_are_set(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    assert storage.executor_environment() == {"AWS_REGION": "eu-west-1",
-                                              "AWS_SECRET_ACCESS_KEY": "secret"}  # fmt: skip
+    assert storage.executor_environment() == {
+        "AWS_REGION": "eu-west-1",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+    }
 
 
 def test_local_files_commit_whole_under_their_final_name(tmp_path):

@@ -21,8 +21,16 @@ from sparkinfer.runtimes.base import (
     preprocess,
 )
 
-__all__ = ["CPU", "Backend", "Device", "Precision", "Runtime", "RuntimeOptions", "open_runtime",
-           "preprocess"]  # fmt: skip
+__all__ = [
+    "CPU",
+    "Backend",
+    "Device",
+    "Precision",
+    "Runtime",
+    "RuntimeOptions",
+    "open_runtime",
+    "preprocess",
+]
 
 
 def open_runtime(

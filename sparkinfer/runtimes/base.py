@@ -35,8 +35,10 @@ class RuntimeOptions:
     @property
     def key(self) -> str:
         """A text that tells apart the options that change the loaded model (for caches)."""
-        return (f"{self.backend}/{self.precision}/{self.normalization.model_dump_json()}/"
-                f"{self.activation}")  # fmt: skip
+        return (
+            f"{self.backend}/{self.precision}/{self.normalization.model_dump_json()}/"
+            f"{self.activation}"
+        )
 
 
 @dataclass(frozen=True)

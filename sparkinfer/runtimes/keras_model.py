@@ -117,10 +117,12 @@ class KerasOnJax(Runtime):
         super().__init__(model_bands(model), options, device)
         self.model = model
         self._variables = jax.device_put(
-            ([v.value for v in model.trainable_variables],
-             [v.value for v in model.non_trainable_variables]),
+            (
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+            ),
             self._jax_device,
-        )  # fmt: skip
+        )
         norm = options.normalization
 
         def raw(variables, x):
@@ -191,9 +193,13 @@ def symbolic_output_shape(model, height: int, width: int, bands: int) -> tuple[i
 
 
 def open_keras(
-    path: Path, options: RuntimeOptions, gpu: int | None, threads: int | None, trusted: bool,
+    path: Path,
+    options: RuntimeOptions,
+    gpu: int | None,
+    threads: int | None,
+    trusted: bool,
     worker: bool,
-) -> Runtime:  # fmt: skip
+) -> Runtime:
     """A `.keras` file as a runtime on `options.backend`. On the driver (`worker` False) Keras
     keeps the backend it already has."""
     keras = keras_module(options.backend, strict=worker)

@@ -28,9 +28,13 @@ class OnnxModel(Runtime):
     format = "onnx"
 
     def __init__(
-        self, model: bytes, name: str, options: RuntimeOptions, gpu: int | None,
+        self,
+        model: bytes,
+        name: str,
+        options: RuntimeOptions,
+        gpu: int | None,
         threads: int | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         import onnxruntime as ort
 
         settings = ort.SessionOptions()

@@ -42,13 +42,13 @@ def chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
 
 def _verified(raster: RasterJob, classes_path: Path, job: Job, package: ModelPackage) -> str | None:
     """`--verify` on the raster's local class map: what `verify.verify` found, as JSON."""
-    window = sample_window(raster.info.height, raster.info.width, job.tiling,
-                           job.model.input_size)  # fmt: skip
+    window = sample_window(raster.info.height, raster.info.width, job.tiling, job.model.input_size)
     if window is None:
         return None
     resources = task_resources()
-    runtime = load_package(package, runtime_options(job.config), gpu_ordinal(resources.gpu),
-                           resources.cpus)  # fmt: skip
+    runtime = load_package(
+        package, runtime_options(job.config), gpu_ordinal(resources.gpu), resources.cpus
+    )
     return json.dumps(verify(raster.info, job.bands, str(classes_path), runtime, window))
 
 
@@ -66,8 +66,13 @@ def _assemble(task: tuple, min_area: float, verifying: tuple | None) -> dict:
     names = model.class_names or tuple(str(i) for i in range(model.classes))
     try:
         chunks = chunk_specs(raster)
-        common = dict(classes=model.classes, channels=model.channels, metadata=metadata,
-                      class_names=model.class_names, class_colors=model.class_colors)  # fmt: skip
+        common = dict(
+            classes=model.classes,
+            channels=model.channels,
+            metadata=metadata,
+            class_names=model.class_names,
+            class_colors=model.class_colors,
+        )
         # Each output appears whole (written locally, then renamed or uploaded); the chunks go
         # only once all are there, so a run that dies here redoes this raster from its chunks.
         if raster.scores_path is not None:
@@ -77,43 +82,70 @@ def _assemble(task: tuple, min_area: float, verifying: tuple | None) -> dict:
             assemble_cog(grid, chunks, classes, options, scores=False, **common)
             # From the local COG, before its commit: on S3 no download of what was just made.
             if raster.quicklook_path is not None:
-                write_quicklook(str(classes), raster.quicklook_path, model.class_names,
-                                model.class_colors)  # fmt: skip
+                write_quicklook(
+                    str(classes), raster.quicklook_path, model.class_names, model.class_colors
+                )
             if raster.chips:
                 write_chip_table(raster.info, raster.plan, chunks, raster.chips_path, names)
             else:
-                write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path,
-                                 model.classes)  # fmt: skip
+                write_tile_index(
+                    raster.info, raster.plan, chunks, raster.tile_index_path, model.classes
+                )
             if raster.polygons_path is not None:
                 write_polygons(raster.info, chunks, raster.polygons_path, names, min_area)
             if verifying is not None:
                 verified = _verified(raster, classes, *verifying)
-        assets = {"classes": raster.classes_path, "scores": raster.scores_path,
-                  "quicklook": raster.quicklook_path, "polygons": raster.polygons_path}  # fmt: skip
-        properties = {"sparkinfer:version": metadata["sparkinfer_version"],
-                      "sparkinfer:model_sha256": metadata["model_sha256"]}  # fmt: skip
+        assets = {
+            "classes": raster.classes_path,
+            "scores": raster.scores_path,
+            "quicklook": raster.quicklook_path,
+            "polygons": raster.polygons_path,
+        }
+        properties = {
+            "sparkinfer:version": metadata["sparkinfer_version"],
+            "sparkinfer:model_sha256": metadata["model_sha256"],
+        }
         if raster.chips:
             assets["chips"] = raster.chips_path
-            properties |= {"sparkinfer:chip_size": raster.plan.tiling.size,
-                           "sparkinfer:chip_stride": raster.plan.tiling.stride}  # fmt: skip
+            properties |= {
+                "sparkinfer:chip_size": raster.plan.tiling.size,
+                "sparkinfer:chip_stride": raster.plan.tiling.stride,
+            }
         else:
             assets["tiles"] = raster.tile_index_path
             properties["sparkinfer:halo"] = int(metadata["halo"])
         # Last: a STAC Item is there only when everything it lists is.
-        write_stac_item(grid, raster.stac_path,
-                        {key: path for key, path in assets.items() if path}, model.class_names,
-                        model.class_colors, model.classes, properties)  # fmt: skip
+        write_stac_item(
+            grid,
+            raster.stac_path,
+            {key: path for key, path in assets.items() if path},
+            model.class_names,
+            model.class_colors,
+            model.classes,
+            properties,
+        )
     except Exception as exc:  # noqa: BLE001 -- recorded per raster, reported at the end
-        return {"input": raster.info.path, "assemble_s": time.perf_counter() - started,
-                "error": f"{raster.info.path}: {first_line(exc, 300)}"}  # fmt: skip
+        return {
+            "input": raster.info.path,
+            "assemble_s": time.perf_counter() - started,
+            "error": f"{raster.info.path}: {first_line(exc, 300)}",
+        }
     storage.remove_tree(raster.staging)
-    return {"input": raster.info.path, "assemble_s": time.perf_counter() - started, "error": None,
-            "verify": verified}  # fmt: skip
+    return {
+        "input": raster.info.path,
+        "assemble_s": time.perf_counter() - started,
+        "error": None,
+        "verify": verified,
+    }
 
 
 ASSEMBLED_SCHEMA = pa.schema(
-    [("input", pa.string()), ("assemble_s", pa.float64()), ("error", pa.string()),
-     ("verify", pa.string())]  # fmt: skip
+    [
+        ("input", pa.string()),
+        ("assemble_s", pa.float64()),
+        ("error", pa.string()),
+        ("verify", pa.string()),
+    ]
 )
 
 
@@ -133,8 +165,10 @@ def assemble_on_executors(spark, tasks: list[tuple], job: Job) -> list[dict]:
         def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             verifying = None if model is None else (job, model.package())
             for batch in batches:
-                done = [_assemble(tasks[i], min_area, verifying)
-                        for i in batch.column("task").to_pylist()]  # fmt: skip
+                done = [
+                    _assemble(tasks[i], min_area, verifying)
+                    for i in batch.column("task").to_pylist()
+                ]
                 yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
 
         rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)

@@ -209,9 +209,14 @@ class _WindowReader:
         try:
             with storage.gdal_env(**GDAL_READ_OPTIONS):
                 chunk.data, chunk.valid = read_window(
-                    self._dataset(chunk.raster_index), list(self.spec.bands), read.row_off,
-                    read.col_off, read.height, read.width, info.masking,
-                )  # fmt: skip
+                    self._dataset(chunk.raster_index),
+                    list(self.spec.bands),
+                    read.row_off,
+                    read.col_off,
+                    read.height,
+                    read.width,
+                    info.masking,
+                )
         except (RasterioError, OSError) as exc:  # a broken file fails its raster, not the job
             chunk.error = f"{info.path}: cannot read pixels ({first_line(exc, 300)})"
         chunk.read_s = time.perf_counter() - started
@@ -286,16 +291,23 @@ def predict_tiles(
         started = time.perf_counter()
         valid = None
         if any(p.valid is not None for p in pending):
-            valid = np.stack([np.ones(p.pixels.shape[:2], bool) if p.valid is None else p.valid
-                              for p in pending])  # fmt: skip
+            valid = np.stack(
+                [np.ones(p.pixels.shape[:2], bool) if p.valid is None else p.valid for p in pending]
+            )
         pixels = np.stack([p.pixels for p in pending])
         classes, scores = runtime.classify(pixels, valid, spec.scores or spec.blend or spec.chips)
         share = (time.perf_counter() - started) / len(pending)
         for i, read in enumerate(pending):
             if spec.chips:  # the window's one cell
-                yield TileResult(read.placed, classes[i].reshape(1, 1),
-                                 scores[i].astype(np.float32).reshape(1, 1, -1), read.read_s,
-                                 share, placement, valid_share=float(read.core_valid.mean()))
+                yield TileResult(
+                    read.placed,
+                    classes[i].reshape(1, 1),
+                    scores[i].astype(np.float32).reshape(1, 1, -1),
+                    read.read_s,
+                    share,
+                    placement,
+                    valid_share=float(read.core_valid.mean()),
+                )
                 continue
             tile = read.placed.tile
             core = (i, *tile.core.slices(tile.read))
@@ -305,8 +317,7 @@ def predict_tiles(
             if scores is not None:
                 core_scores = scores[core].astype(np.float32, copy=True)
                 core_scores[~read.core_valid] = np.nan
-            yield TileResult(read.placed, core_classes, core_scores, read.read_s, share,
-                             placement)  # fmt: skip
+            yield TileResult(read.placed, core_classes, core_scores, read.read_s, share, placement)
         pending.clear()
 
     batch_sizes: dict[tuple, int] = {}  # per window shape and type, for batch_size auto
@@ -317,15 +328,15 @@ def predict_tiles(
         key = (read.pixels.shape, read.pixels.dtype)
         if key not in batch_sizes:
             height, width = read.pixels.shape[:2]
-            batch_sizes[key] = runtime.auto_batch(height, width, read.pixels.dtype,
-                                                  spec.gpu_share)  # fmt: skip
+            batch_sizes[key] = runtime.auto_batch(height, width, read.pixels.dtype, spec.gpu_share)
         return batch_sizes[key]
 
     readers = spec.readers or resources.cpus
     for read in _prefetched(_plan_chunks(batches, spec), spec, readers):
         if read.pixels is None:
-            yield TileResult(read.placed, None, None, read.read_s, placement=placement,
-                             error=read.error)  # fmt: skip
+            yield TileResult(
+                read.placed, None, None, read.read_s, placement=placement, error=read.error
+            )
             continue
         if pending and pending[0].pixels.shape != read.pixels.shape:
             yield from run_batch()
@@ -365,10 +376,10 @@ class _ChunkFiles:
             writer = None if result.error else _open_chunk(index, where, spec)
             blended = None
             if spec.blend:
-                blended = BlendedChunk(where.core, spec.channels,
-                                       spec.plans[index].tiling.overlap)  # fmt: skip
-            chunk = self.open[key] = _OpenChunk(writer, _new_summary(index, where, self.started),
-                                                blended)  # fmt: skip
+                blended = BlendedChunk(where.core, spec.channels, spec.plans[index].tiling.overlap)
+            chunk = self.open[key] = _OpenChunk(
+                writer, _new_summary(index, where, self.started), blended
+            )
         summary = chunk.summary
         started = time.perf_counter()
         if result.error is not None:
@@ -400,8 +411,12 @@ class _ChunkFiles:
             if chunk.writer is not None:
                 if chunk.blended is not None:
                     classes, scores = chunk.blended.result()
-                    chunk.writer.write(where.core.row_off, where.core.col_off, classes,
-                                       scores if spec.scores else None)  # fmt: skip
+                    chunk.writer.write(
+                        where.core.row_off,
+                        where.core.col_off,
+                        classes,
+                        scores if spec.scores else None,
+                    )
                 if spec.chips:
                     chunk.writer.commit(chips=chunk_chip_table(chunk.chips, spec.channels))
                 else:
@@ -410,10 +425,21 @@ class _ChunkFiles:
                         info = spec.rasters[index]
                         write_chunk_polygons(
                             chunk.writer.staged_file(chunk.writer.spec.polygons_path),
-                            chunk_polygons(chunk.writer.class_map, where.core, info.height,
-                                           info.width), info.transform)  # fmt: skip
-                    chunk.writer.commit({TILE_COUNTS_TAG: tile_counts(
-                        chunk.writer.class_map, where.core, tiles, class_count(spec.channels))})
+                            chunk_polygons(
+                                chunk.writer.class_map, where.core, info.height, info.width
+                            ),
+                            info.transform,
+                        )
+                    chunk.writer.commit(
+                        {
+                            TILE_COUNTS_TAG: tile_counts(
+                                chunk.writer.class_map,
+                                where.core,
+                                tiles,
+                                class_count(spec.channels),
+                            )
+                        }
+                    )
             del self.open[key]
         summary["write_s"] += time.perf_counter() - started
         if not complete:
@@ -462,8 +488,15 @@ def _result_row(written: Future) -> Iterator[pa.RecordBatch]:
 
 
 def _open_chunk(raster_index: int, chunk: Chunk, spec: StageSpec) -> ChunkWriter:
-    files = ChunkSpec(spec.staging[raster_index], chunk.row, chunk.col, chunk.core.row_off,
-                      chunk.core.col_off, chunk.core.height, chunk.core.width)  # fmt: skip
+    files = ChunkSpec(
+        spec.staging[raster_index],
+        chunk.row,
+        chunk.col,
+        chunk.core.row_off,
+        chunk.core.col_off,
+        chunk.core.height,
+        chunk.core.width,
+    )
     return ChunkWriter(files, spec.grid(raster_index), spec.channels, spec.scores)
 
 
@@ -471,8 +504,9 @@ def _chip(tile: Tile, result: TileResult) -> ChipResult:
     """A chip's row of its chunk's chip table."""
     if result.classes is None:  # no valid pixel: not inferred
         return ChipResult(tile.row, tile.col, None, None, 0.0)
-    return ChipResult(tile.row, tile.col, int(result.classes[0, 0]), result.scores[0, 0],
-                      result.valid_share)  # fmt: skip
+    return ChipResult(
+        tile.row, tile.col, int(result.classes[0, 0]), result.scores[0, 0], result.valid_share
+    )
 
 
 def _new_summary(raster_index: int, chunk: Chunk, task_started: float) -> dict:
@@ -527,12 +561,14 @@ def _skip_committed(
             index, chunk = row["raster_index"], Chunk.of_row(row)
             if index not in listed:
                 listed[index] = storage.list_names(spec.staging[index])
-            done = is_committed(listed[index], chunk.row, chunk.col, spec.scores,
-                                polygons=spec.polygons)  # fmt: skip
+            done = is_committed(
+                listed[index], chunk.row, chunk.col, spec.scores, polygons=spec.polygons
+            )
             todo.append(not done)
             if done:
-                reused.append(_new_summary(index, chunk, started)
-                              | {"reused": True, "finished": time.time()})  # fmt: skip
+                reused.append(
+                    _new_summary(index, chunk, started) | {"reused": True, "finished": time.time()}
+                )
         if any(todo):
             yield batch if all(todo) else batch.filter(pa.array(todo, pa.bool_()))
 
@@ -558,9 +594,13 @@ def infer_partition(
 
 
 def infer_and_write(
-    spark, plan: pa.Table, partitions: int, spec: StageSpec, package: ModelPackage,
+    spark,
+    plan: pa.Table,
+    partitions: int,
+    spec: StageSpec,
+    package: ModelPackage,
     tapered: bool = False,
-) -> pa.Table:  # fmt: skip
+) -> pa.Table:
     """Run inference and chunk writing on the executors, over `plan` (`plan_table`) cut into
     `partitions` tasks, `tapered` or even (`plan.task_bounds`); the per-chunk results, on the
     driver."""
@@ -569,8 +609,7 @@ def infer_and_write(
         def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             return infer_partition(batches, spec, model.package())
 
-        rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA,
-                                 tapered)  # fmt: skip
+        rows = map_in_partitions(spark, plan, partitions, partition, CHUNK_RESULT_SCHEMA, tapered)
     return pa.Table.from_pylist([r.asDict() for r in rows], schema=CHUNK_RESULT_SCHEMA)
 
 
@@ -596,8 +635,9 @@ def warm_workers(
         # inspected (augmentation mirrors its receptive field, the halo stays the same).
         runtime = None
         with suppress(Exception):  # the inspection below loads it again and says why it fails
-            runtime = load_package(package, replace(options, tta="none"),
-                                   gpu_ordinal(resources.gpu), resources.cpus)  # fmt: skip
+            runtime = load_package(
+                package, replace(options, tta="none"), gpu_ordinal(resources.gpu), resources.cpus
+            )
         found = None
         if TaskContext.get().partitionId() == 0:
             try:
@@ -605,8 +645,7 @@ def warm_workers(
             except ModelError as exc:
                 found = pickle.dumps(str(exc))
             except Exception as exc:  # noqa: BLE001 -- whatever fails, the model is unusable
-                found = pickle.dumps(f"{' + '.join(names)}: cannot load model "
-                                     f"({first_line(exc)})")  # fmt: skip
+                found = pickle.dumps(f"{' + '.join(names)}: cannot load model ({first_line(exc)})")
         for _ in batches:
             pass
         yield pa.RecordBatch.from_pydict({"inspected": [found]}, schema=INSPECTED_SCHEMA)

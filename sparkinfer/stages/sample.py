@@ -64,12 +64,32 @@ from sparkinfer.writers import ChunkSpec, assemble_cog
 SCRATCH_FOLDER = "_estimate-scratch"
 ASSEMBLED_PER_RASTER = 2  # sampled chunks made into COGs per raster: for rates, not outputs
 
-SAMPLE_SCHEMA = pa.schema(list(CHUNK_RESULT_SCHEMA) + [
-    ("task", pa.int32()), ("task_s", pa.float64()), ("calls_s", pa.float64()),
-    ("first_call_s", pa.float64())])  # fmt: skip
-ASSEMBLY_SCHEMA = pa.schema([(name, pa.float64()) for name in (
-    "pixels", "cog_s", "tiles", "index_s", "item_s", "task_s", "chunk_bytes", "cog_bytes",
-    "index_bytes", "item_bytes")])  # fmt: skip
+SAMPLE_SCHEMA = pa.schema(
+    list(CHUNK_RESULT_SCHEMA)
+    + [
+        ("task", pa.int32()),
+        ("task_s", pa.float64()),
+        ("calls_s", pa.float64()),
+        ("first_call_s", pa.float64()),
+    ]
+)
+ASSEMBLY_SCHEMA = pa.schema(
+    [
+        (name, pa.float64())
+        for name in (
+            "pixels",
+            "cog_s",
+            "tiles",
+            "index_s",
+            "item_s",
+            "task_s",
+            "chunk_bytes",
+            "cog_bytes",
+            "index_bytes",
+            "item_bytes",
+        )
+    ]
+)
 
 
 def _first_call(spec: StageSpec, package: ModelPackage, row: dict) -> tuple[float, float]:
@@ -81,8 +101,9 @@ def _first_call(spec: StageSpec, package: ModelPackage, row: dict) -> tuple[floa
     resources = task_resources()
     runtime = load_package(package, spec.runtime, gpu_ordinal(resources.gpu), resources.cpus)
     dtype = np.dtype(spec.rasters[index].dtype)
-    batch = spec.batch_size or runtime.auto_batch(window.height, window.width, dtype,
-                                                  spec.gpu_share)  # fmt: skip
+    batch = spec.batch_size or runtime.auto_batch(
+        window.height, window.width, dtype, spec.gpu_share
+    )
     pixels = np.zeros((batch, window.height, window.width, len(spec.bands)), dtype)
     seconds = []
     for _ in range(2):
@@ -92,8 +113,11 @@ def _first_call(spec: StageSpec, package: ModelPackage, row: dict) -> tuple[floa
     return max(0.0, seconds[0] - seconds[1]), sum(seconds)
 
 
-def sample_partition(batches: Iterator[pa.RecordBatch], spec: StageSpec, package: ModelPackage,
-                     ) -> Iterator[pa.RecordBatch]:  # fmt: skip
+def sample_partition(
+    batches: Iterator[pa.RecordBatch],
+    spec: StageSpec,
+    package: ModelPackage,
+) -> Iterator[pa.RecordBatch]:
     """A task of the sample stage: the first call measured, then `infer_partition` on its
     chunks, timed; its chunks' result rows with the task's figures."""
     from pyspark import TaskContext
@@ -105,8 +129,12 @@ def sample_partition(batches: Iterator[pa.RecordBatch], spec: StageSpec, package
     first_call_s, calls_s = _first_call(spec, package, rows[0])
     started = time.perf_counter()
     results = list(infer_partition(iter(batches), spec, package))
-    task = {"task": TaskContext.get().partitionId(), "task_s": time.perf_counter() - started,
-            "calls_s": calls_s, "first_call_s": first_call_s}  # fmt: skip
+    task = {
+        "task": TaskContext.get().partitionId(),
+        "task_s": time.perf_counter() - started,
+        "calls_s": calls_s,
+        "first_call_s": first_call_s,
+    }
     for batch in results:
         yield pa.RecordBatch.from_pylist([r | task for r in batch.to_pylist()], SAMPLE_SCHEMA)
 
@@ -132,16 +160,25 @@ def assemble_sample(sample: AssemblySample, job: Job) -> dict:
     bytes (an `ASSEMBLY_SCHEMA` row)."""
     started = time.perf_counter()
     raster, model, options = sample.raster, job.model, job.config.cog
-    common = dict(classes=model.classes, channels=model.channels,
-                  metadata={"sparkinfer_version": __version__}, class_names=model.class_names,
-                  class_colors=model.class_colors)  # fmt: skip
+    common = dict(
+        classes=model.classes,
+        channels=model.channels,
+        metadata={"sparkinfer_version": __version__},
+        class_names=model.class_names,
+        class_colors=model.class_colors,
+    )
     found = dict.fromkeys(ASSEMBLY_SCHEMA.names, 0.0)
     cog = None
     for chunk in sample.cogs:
         at_origin = replace(chunk, row_off=0, col_off=0)
-        info = replace(raster.info, width=chunk.width, height=chunk.height,
-                       transform=tuple(Affine(*raster.info.transform)
-                                       * Affine.translation(chunk.col_off, chunk.row_off))[:6])
+        info = replace(
+            raster.info,
+            width=chunk.width,
+            height=chunk.height,
+            transform=tuple(
+                Affine(*raster.info.transform) * Affine.translation(chunk.col_off, chunk.row_off)
+            )[:6],
+        )
         cog = storage.join(sample.folder, f"{chunk.chunk_row}-{chunk.chunk_col}.tif")
         t = time.perf_counter()
         if raster.scores_path is not None:
@@ -162,15 +199,24 @@ def assemble_sample(sample: AssemblySample, job: Job) -> dict:
     write_tile_index(raster.info, raster.plan, list(sample.chunks), index, model.classes)
     found["index_s"] = time.perf_counter() - t
     found["index_bytes"] = _size(index)
-    found["tiles"] = sum(len(raster.plan.chunk_tile_grid(c.chunk_row, c.chunk_col)[0])
-                         for c in sample.chunks)  # fmt: skip
+    found["tiles"] = sum(
+        len(raster.plan.chunk_tile_grid(c.chunk_row, c.chunk_col)[0]) for c in sample.chunks
+    )
     t = time.perf_counter()
     item = storage.join(sample.folder, "item.stac.json")
     if raster.quicklook_path is not None:
-        write_quicklook(cog, storage.join(sample.folder, "quicklook.png"), model.class_names,
-                        model.class_colors)  # fmt: skip
-    write_stac_item(raster.info, item, {"classes": cog, "tiles": index}, model.class_names,
-                    model.class_colors, model.classes, {})  # fmt: skip
+        write_quicklook(
+            cog, storage.join(sample.folder, "quicklook.png"), model.class_names, model.class_colors
+        )
+    write_stac_item(
+        raster.info,
+        item,
+        {"classes": cog, "tiles": index},
+        model.class_names,
+        model.class_colors,
+        model.classes,
+        {},
+    )
     found["item_s"] = time.perf_counter() - t
     found["item_bytes"] = _size(item)
     found["task_s"] = time.perf_counter() - started
@@ -192,18 +238,22 @@ def run_estimate(spark, job: Job, started: float | None = None) -> dict:
         finally:
             storage.remove_tree(scratch)
         estimate["estimate_s"] = round(time.perf_counter() - started, 2)
-        storage.write_text(storage.join(job.output, ESTIMATE_FILE),
-                           json.dumps(estimate, indent=2) + "\n")  # fmt: skip
+        storage.write_text(
+            storage.join(job.output, ESTIMATE_FILE), json.dumps(estimate, indent=2) + "\n"
+        )
     return estimate
 
 
-def _sample_stage(spark, job: Job, sample: pa.Table, spec: StageSpec, slots: int
-                  ) -> tuple[pa.Table, float]:  # fmt: skip
+def _sample_stage(
+    spark, job: Job, sample: pa.Table, spec: StageSpec, slots: int
+) -> tuple[pa.Table, float]:
     """The sampled chunks through the inference stage, cut into tasks as a run cuts its
     chunks; their result rows with their tasks' figures, and the stage's wall seconds."""
     started = time.perf_counter()
-    with spark_failures(f"{job.output}: estimate failed", "nothing was written"), \
-            shipped(spark, job.package) as model:  # fmt: skip
+    with (
+        spark_failures(f"{job.output}: estimate failed", "nothing was written"),
+        shipped(spark, job.package) as model,
+    ):
 
         def partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             return sample_partition(batches, spec, model.package())
@@ -213,8 +263,9 @@ def _sample_stage(spark, job: Job, sample: pa.Table, spec: StageSpec, slots: int
     return results, time.perf_counter() - started
 
 
-def _assembly_stage(spark, job: Job, samples: list[AssemblySample], slots: int
-                    ) -> tuple[pa.Table, float]:  # fmt: skip
+def _assembly_stage(
+    spark, job: Job, samples: list[AssemblySample], slots: int
+) -> tuple[pa.Table, float]:
     """The sampled rasters' assembly, a few per task as a run assembles rasters; one
     `ASSEMBLY_SCHEMA` row each (in order), and the stage's wall seconds."""
     started = time.perf_counter()
@@ -239,24 +290,46 @@ def _overhead(stage_s: float, task_s: np.ndarray, slots: int) -> float:
     return max(0.0, stage_s - makespan(tasks_of(task_s, partitions), slots))
 
 
-def _assembly_samples(job: Job, sample: pa.Table, results: pa.Table, staging: tuple[str, ...],
-                      scratch: str, slots: int) -> list[AssemblySample]:  # fmt: skip
+def _assembly_samples(
+    job: Job,
+    sample: pa.Table,
+    results: pa.Table,
+    staging: tuple[str, ...],
+    scratch: str,
+    slots: int,
+) -> list[AssemblySample]:
     """What the sample's assembly makes: for up to a stage's tasks' worth of the sampled
     rasters, the COGs of up to `ASSEMBLED_PER_RASTER` of their written chunks and the tile
     index of those chunks."""
-    failed = {(r["raster_index"], r["chunk_row"], r["chunk_col"])
-              for r in results.filter(pc.is_valid(results["error"])).to_pylist()}  # fmt: skip
+    failed = {
+        (r["raster_index"], r["chunk_row"], r["chunk_col"])
+        for r in results.filter(pc.is_valid(results["error"])).to_pylist()
+    }
     by_raster: dict[int, list[ChunkSpec]] = {}
     for row in sample.to_pylist():
         index = row["raster_index"]
         if (index, row["chunk_row"], row["chunk_col"]) in failed:
             continue
-        by_raster.setdefault(index, []).append(ChunkSpec(
-            staging[index], row["chunk_row"], row["chunk_col"], row["row_off"], row["col_off"],
-            row["height"], row["width"]))  # fmt: skip
-    return [AssemblySample(job.rasters[index], tuple(chunks), tuple(chunks[:ASSEMBLED_PER_RASTER]),
-                           storage.join(scratch, "assembled", str(index)))
-            for index, chunks in list(by_raster.items())[: TASKS_PER_SLOT * slots]]  # fmt: skip
+        by_raster.setdefault(index, []).append(
+            ChunkSpec(
+                staging[index],
+                row["chunk_row"],
+                row["chunk_col"],
+                row["row_off"],
+                row["col_off"],
+                row["height"],
+                row["width"],
+            )
+        )
+    return [
+        AssemblySample(
+            job.rasters[index],
+            tuple(chunks),
+            tuple(chunks[:ASSEMBLED_PER_RASTER]),
+            storage.join(scratch, "assembled", str(index)),
+        )
+        for index, chunks in list(by_raster.items())[: TASKS_PER_SLOT * slots]
+    ]
 
 
 @dataclass(frozen=True)
@@ -275,9 +348,14 @@ def _measure(spark, job: Job, table: pa.Table, scratch: str, started: float) -> 
     """Run the stages on a spread sample of the plan's chunks (`plan_table` of every raster)."""
     slots = task_slots(spark)
     size = sample_size(len(table), job.config.estimate_sample, slots)
-    picks = pa.array(spread_sample(table["raster_index"].to_numpy(),
-                                   table["chunk_row"].to_numpy(), table["chunk_col"].to_numpy(),
-                                   size))  # fmt: skip
+    picks = pa.array(
+        spread_sample(
+            table["raster_index"].to_numpy(),
+            table["chunk_row"].to_numpy(),
+            table["chunk_col"].to_numpy(),
+            size,
+        )
+    )
     sample = table.take(picks)
     staging = tuple(storage.join(scratch, storage.name(r.staging)) for r in job.rasters)
     for folder in staging:
@@ -286,11 +364,15 @@ def _measure(spark, job: Job, table: pa.Table, scratch: str, started: float) -> 
     setup_s = time.perf_counter() - started
 
     results, stage_s = _sample_stage(spark, job, sample, spec, slots)
-    tasks = results.group_by("task").aggregate(
-        [("task_s", "max"), ("calls_s", "max"), ("first_call_s", "max")]).sort_by("task")
+    tasks = (
+        results.group_by("task")
+        .aggregate([("task_s", "max"), ("calls_s", "max"), ("first_call_s", "max")])
+        .sort_by("task")
+    )
     task_s, calls_s = tasks["task_s_max"].to_numpy(), tasks["calls_s_max"].to_numpy()
-    pixels = pc.sum(pc.multiply(sample["height"].cast(pa.int64()),
-                                sample["width"].cast(pa.int64()))).as_py()  # fmt: skip
+    pixels = pc.sum(
+        pc.multiply(sample["height"].cast(pa.int64()), sample["width"].cast(pa.int64()))
+    ).as_py()
 
     samples = _assembly_samples(job, sample, results, staging, scratch, slots)
     assembled, assembly_s = _assembly_stage(spark, job, samples, slots)
@@ -315,13 +397,22 @@ def _measure(spark, job: Job, table: pa.Table, scratch: str, started: float) -> 
         "tiles_skipped_nodata": pc.sum(results["skipped"]).as_py(),
         "failed": sorted(set(errors)),
         "stage_s": round(stage_s, 3),
-        "assembled": {"rasters": len(assembled), "cogs": sum(len(s.cogs) for s in samples),
-                      "cog_pixels": int(total["pixels"]), "tiles_indexed": int(total["tiles"]),
-                      "stage_s": round(assembly_s, 3)},  # fmt: skip
+        "assembled": {
+            "rasters": len(assembled),
+            "cogs": sum(len(s.cogs) for s in samples),
+            "cog_pixels": int(total["pixels"]),
+            "tiles_indexed": int(total["tiles"]),
+            "stage_s": round(assembly_s, 3),
+        },
     }
-    return Measured(rates, figures, total["cog_bytes"] / total["pixels"],
-                    total["chunk_bytes"] / total["pixels"], total["index_bytes"] / total["tiles"],
-                    total["item_bytes"] / len(assembled))  # fmt: skip
+    return Measured(
+        rates,
+        figures,
+        total["cog_bytes"] / total["pixels"],
+        total["chunk_bytes"] / total["pixels"],
+        total["index_bytes"] / total["tiles"],
+        total["item_bytes"] / len(assembled),
+    )
 
 
 def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
@@ -332,10 +423,11 @@ def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
     table = plan_table(plans)
     measured = _measure(spark, job, table, scratch, started)
     rates, slots = measured.rates, task_slots(spark)
-    workload = Workload(pc.multiply(table["height"].cast(pa.int64()),
-                                    table["width"].cast(pa.int64())).to_numpy(),
-                        tuple(r.info.width * r.info.height for r in rasters),
-                        tuple(r.plan.tile_count for r in rasters))  # fmt: skip
+    workload = Workload(
+        pc.multiply(table["height"].cast(pa.int64()), table["width"].cast(pa.int64())).to_numpy(),
+        tuple(r.info.width * r.info.height for r in rasters),
+        tuple(r.plan.tile_count for r in rasters),
+    )
     pixels, tiles = sum(workload.raster_pixels), sum(workload.raster_tiles)
     cpus = int(spark.conf.get("spark.task.cpus", "1"))
     figures = [_raster_figures(r, c, len(job.bands)) for r, c in zip(rasters, plans, strict=True)]
@@ -355,29 +447,36 @@ def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
             "tiles": tiles,
             "windows": sum(pc.sum(c["windows"]).as_py() for c in plans),
             "chunks": len(table),
-        } | tiling_report(job),
+        }
+        | tiling_report(job),
         "bytes": {
             "read_decoded": sum(f["read_decoded"] for f in figures),  # halo included
             "read_from_storage": round(sum(f["read_from_storage"] for f in figures)),
             "input_blocks_read": blocks,
             "input_blocks_per_chunk": round(blocks / len(table), 2),
             "write_staging": round(measured.staging_bytes_per_pixel * pixels),
-            "write_outputs": round(measured.bytes_per_pixel * pixels
-                                   + measured.index_bytes_per_tile * tiles
-                                   + measured.item_bytes * len(rasters)),  # fmt: skip
+            "write_outputs": round(
+                measured.bytes_per_pixel * pixels
+                + measured.index_bytes_per_tile * tiles
+                + measured.item_bytes * len(rasters)
+            ),
         },
         "sample": measured.sample,
-        "measured": {key: round(value, 12 if "_per_" in key else 3)
-                     for key, value in asdict(rates).items()},  # fmt: skip
+        "measured": {
+            key: round(value, 12 if "_per_" in key else 3) for key, value in asdict(rates).items()
+        },
         "rate": {"mpx_per_s_per_slot": float(f"{1e-6 / rates.slot_s_per_px:.4g}")},
         "predicted": {
             "this_cluster": predict(rates, workload, slots, per_slot).figures(),
-            "by_slots": {str(n): predict(rates, workload, n, per_slot).figures()
-                         for n in job.config.estimate_slots},  # fmt: skip
+            "by_slots": {
+                str(n): predict(rates, workload, n, per_slot).figures()
+                for n in job.config.estimate_slots
+            },
         },
         "slot_hours": round(hours, 6),
         "area_km2": None if area is None else round(area, 3),
-        "core_hours_per_1000_km2": None if not area
+        "core_hours_per_1000_km2": None
+        if not area
         else round(core_hours_per_1000_km2(hours, cpus, area), 6),
         "rasters": [f | {"identity": r.identity} for r, f in zip(rasters, figures, strict=True)],
         "modelled": MODELLED,
@@ -385,14 +484,16 @@ def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
     }
 
 
-MODELLED = ("measured on the sample: setup (command start to the inference stage), each stage's "
-            "fixed seconds, a worker's first model call, the seconds per pixel of a task slot, "
-            "the assembly's seconds per pixel, per tile and per raster, the bytes written per "
-            "pixel; modelled: every chunk at the sampled rate per pixel (all-nodata tiles as "
-            "sampled), chunks cut into 4 tasks per slot as spark.range cuts them, tasks run in "
-            "order on the first free slot, input bytes fetched in proportion to the blocks read "
-            "(halo blocks twice), the setup the same on any number of slots; not included: "
-            "--verify, rasters already complete (the estimate is of a run from scratch)")
+MODELLED = (
+    "measured on the sample: setup (command start to the inference stage), each stage's "
+    "fixed seconds, a worker's first model call, the seconds per pixel of a task slot, "
+    "the assembly's seconds per pixel, per tile and per raster, the bytes written per "
+    "pixel; modelled: every chunk at the sampled rate per pixel (all-nodata tiles as "
+    "sampled), chunks cut into 4 tasks per slot as spark.range cuts them, tasks run in "
+    "order on the first free slot, input bytes fetched in proportion to the blocks read "
+    "(halo blocks twice), the setup the same on any number of slots; not included: "
+    "--verify, rasters already complete (the estimate is of a run from scratch)"
+)
 
 
 def _raster_figures(raster: RasterJob, chunks: pa.Table, bands: int) -> dict:
