@@ -24,10 +24,16 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e '.[cpu,dev,spark]'
 	touch $(STAMP)
 
-# requirements.lock: the versions .venv holds, after a change of pyproject.toml's ranges.
+# requirements.lock: the versions .venv holds, after a change of pyproject.toml's ranges. Only
+# registry pins (NAME==VERSION): a package installed from a file, a URL or a folder would name
+# a place that other machines do not have, so it stops the lock; install it from the registry.
 lock: $(STAMP)
 	{ sed -n '1,2p' requirements.lock; $(VENV)/bin/python -m pip freeze --exclude-editable; } \
-		> requirements.lock.new && mv requirements.lock.new requirements.lock
+		> requirements.lock.new
+	@if grep -vE '^#|^[A-Za-z0-9._-]+==[^ ]+$$' requirements.lock.new >&2; then \
+		echo "make lock: the lines above are not registry pins; reinstall them by name" >&2; \
+		rm requirements.lock.new; exit 1; fi
+	mv requirements.lock.new requirements.lock
 
 $(JVM_ARCHIVE): $(STAMP) conf/jvm-archive.sh
 	SPARKINFER_VENV=$(abspath $(VENV)) conf/jvm-archive.sh $@
@@ -59,7 +65,7 @@ bench: $(STAMP) $(JVM_ARCHIVE)
 	$(VENV)/bin/python -m benchmarks.run
 
 # `make run` on Python 3.12, in a venv of its own (CI runs it after the suite).
-PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+PYTHON312 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python3.12) python3.12)
 smoke-py312:
 	$(MAKE) run PYTHON=$(PYTHON312) VENV=.venv-py312 JVM_ARCHIVE=build/jvm/py312-classes.jsa \
 		SAMPLE_OUTPUT=out/sample-py312

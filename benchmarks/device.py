@@ -51,6 +51,7 @@ import rasterio  # noqa: E402
 
 from benchmarks.large_raster import make_large_raster  # noqa: E402
 from benchmarks.models import save_model  # noqa: E402
+from benchmarks.run import result_text  # noqa: E402
 from sparkinfer.cli import config_from_args  # noqa: E402
 from sparkinfer.devices import TaskResources  # noqa: E402
 from sparkinfer.job import stage_spec  # noqa: E402
@@ -303,7 +304,7 @@ def main() -> None:
     }
 
     def save() -> None:  # after each part: a run stopped at its time limit keeps what it did
-        (work / "device.json").write_text(json.dumps(result, indent=2) + "\n")
+        (work / "device.json").write_text(result_text(result))
 
     if "sample" in parts:
         result["sample"] = sample_agreement(runs)

@@ -24,7 +24,6 @@ loading and graph tracing stay inside every path's seconds, on every worker.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.run import result_text
 from sparkinfer.plan import PixelWindow, Tile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -407,7 +407,7 @@ def main() -> None:
     import tensorflow  # noqa: F401  (start-up, outside every path's timing)
 
     result = PATHS[args.path](args)
-    args.result.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    args.result.write_text(result_text(result), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -180,11 +181,19 @@ def memory_scaling(args) -> dict:
     return {"sizes": found, "growth": growth}
 
 
+def result_text(result: dict) -> str:
+    """A result as the JSON text that is kept, with this machine's paths as any reader's: the
+    checkout's relative to it, the temporary folder's under $TMPDIR."""
+    text = json.dumps(result, indent=2) + "\n"
+    text = text.replace(f"{ROOT}/", "").replace(str(ROOT), ".")
+    return text.replace(f"{tempfile.gettempdir()}/", "$TMPDIR/")
+
+
 def write_result(result: dict, kind: str) -> Path:
     """Save a benchmark's result as benchmarks/results/DATE-HOST-KIND.json; its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     destination = RESULTS / f"{result['date'][:10]}-{socket.gethostname()}-{kind}.json"
-    destination.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    destination.write_text(result_text(result), encoding="utf-8")
     print(f"results: {destination}")
     return destination
 
@@ -316,7 +325,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = results["date"][:10] + ("-quick" if args.quick else "")
     destination = RESULTS / f"{stamp}-{results['machine']['host']}.json"
-    destination.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    destination.write_text(result_text(results), encoding="utf-8")
     print(results["table"])
     for label, target in results["targets"].items():
         print(f"{'met ' if target['met'] else 'MISSED'} {label}: {target['value']}")

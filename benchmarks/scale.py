@@ -26,7 +26,8 @@ CHUNK_PIXELS = 2048 * 2048  # chunk_tiles auto (sparkinfer/config.py CHUNK_PIXEL
 RASTER_PIXELS = 10980 * 10980  # rasters of a Sentinel-2 tile's size (ESA: 10980² at 10 m)
 OUTPUT_PUTS = 3  # a raster's COG, tile index and STAC Item, a PUT each (more for multipart)
 
-# Accelerator figures, /work/shared/FIELD-NOTES.md "Accelerators" (one H200, 2026-11-27).
+# Accelerator figures from the field notes' "Accelerators" (one H200, 2026-11-27;
+# shared/FIELD-NOTES.md beside the checkout).
 GPU_TINY_MPX_S = 666  # tiny 3-conv model, host uint8 -> host classes
 HOST_DECODE_MPX_S = 388  # rasterio decode, 4-band uint8, 16 processes on the GPU's host
 

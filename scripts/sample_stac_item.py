@@ -1,7 +1,7 @@
 """The sample scene as a STAC Item whose bands are separate GeoTIFFs, to try STAC inputs on.
 
-    .venv/bin/python scripts/sample_stac_item.py /tmp/l7-item              # six 28.5 m bands
-    .venv/bin/python scripts/sample_stac_item.py /tmp/l7-item --coarse 2   # SWIR bands at 57 m
+    .venv/bin/python scripts/sample_stac_item.py out/l7-item              # six 28.5 m bands
+    .venv/bin/python scripts/sample_stac_item.py out/l7-item --coarse 2   # SWIR bands at 57 m
 
 writes one GeoTIFF per band of data/nc_landsat7_2000.tif (B1.tif ... B7.tif) and item.json, a
 STAC Item whose assets point at them (relative hrefs) with their eo:bands common names. With

@@ -24,7 +24,8 @@ PLATFORM_PYSPARK = "4.0.5"  # the oldest line the library declares, not the lock
 def python312() -> str:
     """A Python 3.12 that runs: pyenv's (its `python3.12` shim needs a version selected), or
     one on PATH."""
-    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))
+    pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = sorted(glob.glob(os.path.join(pyenv, "versions/3.12*/bin/python3.12")))
     candidates.append(shutil.which("python3.12") or "python3.12")
     for candidate in candidates:
         if subprocess.run([candidate, "-c", ""], capture_output=True).returncode == 0:

@@ -432,8 +432,10 @@ def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
     cpus = int(spark.conf.get("spark.task.cpus", "1"))
     figures = [_raster_figures(r, c, len(job.bands)) for r, c in zip(rasters, plans, strict=True)]
     areas = [f["area_km2"] for f in figures]
-    area = None if None in areas else sum(areas)
-    hours = slot_hours(rates, workload)
+    # Rounded as reported, and the derived figure made from what is reported: a reader who
+    # recomputes it from the file's own values gets the file's figure.
+    area = None if None in areas else round(sum(areas), 3)
+    hours = float(f"{slot_hours(rates, workload):.6g}")
     blocks = sum(f["blocks_read"] for f in figures)
     per_slot = job.config.tasks_per_slot
     return {
@@ -473,8 +475,8 @@ def _estimate(spark, job: Job, scratch: str, started: float) -> dict:
                 for n in job.config.estimate_slots
             },
         },
-        "slot_hours": round(hours, 6),
-        "area_km2": None if area is None else round(area, 3),
+        "slot_hours": hours,
+        "area_km2": area,
         "core_hours_per_1000_km2": None
         if not area
         else round(core_hours_per_1000_km2(hours, cpus, area), 6),
