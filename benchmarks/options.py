@@ -7,7 +7,7 @@ costs weigh, and the benchmark U-Net on a SIZE x SIZE mirror of it, where the mo
 option runs `--repeats` times in a rotating order on one warm local[2] session, each run from
 scratch (--overwrite). Reported: the median wall time of the run and of its inference stage, and
 their ratio to the same case without options. Writes benchmarks/results/DATE-HOST-options.json
-and prints the README's table.
+and prints the table of docs/performance.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ For each model (tiny, unet) every path runs `--repeats` times on the same raster
 run in a fresh process (benchmarks/paths.py), in a rotating order. Rates are useful output pixels
 (the raster's, halo excluded) per second of a path's medians. Then sparkinfer runs on a raster
 16 times larger to show its peak memory stays flat. Results go to
-benchmarks/results/DATE-HOST.json and a Markdown table is printed for the README.
+benchmarks/results/DATE-HOST.json and a Markdown table is printed for docs/performance.md.
 """
 
 from __future__ import annotations

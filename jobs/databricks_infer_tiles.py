@@ -7,7 +7,7 @@
 # MAGIC classic (a single-user cluster) or Spark Connect (shared-access and serverless compute):
 # MAGIC the job uses no SparkContext.
 # MAGIC
-# MAGIC * Install the package on the cluster first (see the README's "Databricks"): the wheel
+# MAGIC * Install the package on the cluster first (see docs/deploy.md, "Databricks"): the wheel
 # MAGIC   as a cluster library, or `%pip install` of the wheel from a volume.
 # MAGIC * One widget per option of `jobs/infer_tiles.py --help`; an empty widget leaves its option
 # MAGIC   at its default, a switch (`scores`, `softmax`, ...) is on when set to `true`.

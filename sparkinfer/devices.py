@@ -45,7 +45,7 @@ def gpu_ordinal(address: str | None) -> int | None:
     GPU, which is then ordinal 0. A worker whose frameworks started before (it ran CPU work
     first) sees every GPU and takes the address as the ordinal. A worker pinned to one GPU that
     is later handed another (several GPUs per executor) stays on its own: give executors one GPU
-    each, as the README's recipes do, for one context and one model per GPU.
+    each, as the recipes of docs/gpus.md do, for one context and one model per GPU.
     """
     global _pinned
     if address is None:
