@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_int_or_auto,
         metavar="N|auto",
-        help="tiles per model call (default auto: from the device, see the README)",
+        help="tiles per model call (default auto: from the device, see docs/performance.md)",
     )
     add(
         "--readers",
@@ -277,13 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--verbose",
         action="store_true",
-        help="show the JVM's start-up notices too (spark-submit.sh)",
+        default=None,
+        help="show the start-up notices of the JVM (spark-submit.sh) and of the model's "
+        "framework too",
     )
     add(
         "--trust-model",
         action="store_true",
         default=None,
         help="run code held in the model file (Lambda layers); only for files you trust",
+    )
+    add(
+        "--cut-argmax",
+        action="store_true",
+        default=None,
+        help="run an ONNX model that ends in an ArgMax up to it: scores instead of class "
+        "indices, for --scores, --tta, ensembles and --merge blend",
     )
     return parser
 
@@ -377,7 +386,9 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
         "chunk_tiles": args.chunk_tiles,
         "fail_fast": args.fail_fast,
         "overwrite": args.overwrite,
+        "verbose": args.verbose,
         "trust_model": args.trust_model,
+        "cut_argmax": args.cut_argmax,
         "estimate": args.estimate,
         "estimate_sample": args.estimate_sample,
         "estimate_slots": args.estimate_slots,

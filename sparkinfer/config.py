@@ -260,10 +260,22 @@ class JobConfig(_Strict):
         description="With estimate: task slots to predict the run's wall time on, besides the "
         "cluster's own.",
     )
+    verbose: bool = Field(
+        False,
+        description="Show the start-up notices of the JVM (spark-submit.sh) and of the model's "
+        "framework in the Python workers.",
+    )
     trust_model: bool = Field(
         False,
         description="Load the model with Keras safe_mode off, running any code it holds "
         "(Lambda layers); only for model files you trust.",
+    )
+    cut_argmax: bool = Field(
+        False,
+        description="For an ONNX model that ends in an ArgMax (its output class indices): cut "
+        "its graph before the ArgMax, so that it outputs the scores the ArgMax takes, which "
+        "scores, tta, ensembles and merge 'blend' need. As it ships, such a model gives the "
+        "class map alone.",
     )
 
     @field_validator("model", mode="before")

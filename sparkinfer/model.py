@@ -2,12 +2,15 @@
 worker and device.
 
 A model is a Keras 3 `.keras` file, a TensorFlow SavedModel folder or an `.onnx` file (see
-`sparkinfer.runtimes`). On the driver it is loaded once to check that it maps (batch, height,
-width, bands) to (batch, height, width, classes) at input resolution, and to derive its receptive
-field and total stride; or, for a chip classifier, windows of its one input size to (batch,
-classes). Its bytes are compressed with zstd into a `ModelPackage`, broadcast, and
-loaded by each Python worker the first time it needs it; the loaded runtime stays cached in the
-worker, keyed by the package's content hash, the runtime options and the GPU it runs on.
+`sparkinfer.runtimes`), of any input size or of one. On the driver it is loaded once to check
+that it maps (batch, height, width, bands) to (batch, height, width, classes) at input
+resolution, and to derive its receptive field and total stride; or, for a chip classifier,
+windows of its one input size to (batch, classes). A model that ends in an argmax and outputs
+class indices is inspected by the scores its argmax takes. Its bytes (an ONNX model's cut
+before its final ArgMax, with `--cut-argmax`) are compressed with zstd into a `ModelPackage`,
+broadcast, and loaded by each Python worker the first time it needs it; the loaded runtime
+stays cached in the worker, keyed by the package's content hash, the runtime options and the
+GPU it runs on.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import zstandard
 from sparkinfer.averaging import Augmented, Ensemble
 from sparkinfer.errors import ModelError
 from sparkinfer.runtimes import Backend, Runtime, RuntimeOptions, open_runtime
+from sparkinfer.runtimes.base import Output
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class ModelInfo:
     task: Literal["segmentation", "chips"] = "segmentation"
     class_names: tuple[str, ...] = ()  # from the model's sparkinfer.json, when it has one
     class_colors: tuple[str, ...] = ()  # "#rrggbb", one per class
+    # "scores": the model outputs scores (`channels` of them); "classes": it ends in an argmax
+    # and outputs class indices, one of the `channels` its argmax takes
+    output: Output = "scores"
 
     @property
     def classes(self) -> int:
@@ -81,6 +88,12 @@ def class_count(channels: int) -> int:
 
 
 FORMAT_NAMES = {"keras": "a Keras file", "savedmodel": "a SavedModel", "onnx": "an ONNX model"}
+# What to do, per format, with a model that ends in an argmax where scores are needed.
+WITHOUT_ARGMAX = {
+    "onnx": "pass --cut-argmax to run it up to its final ArgMax",
+    "keras": "save it without its final argmax",
+    "savedmodel": "export it without its final argmax",
+}
 
 
 def model_format(path: Path) -> str:
@@ -93,21 +106,34 @@ def model_format(path: Path) -> str:
     return path.suffix[1:]
 
 
-def package_models(paths: list[str], trusted: bool = False) -> ModelPackage:
+def package_models(
+    paths: list[str], trusted: bool = False, cut_argmax: bool = False
+) -> ModelPackage:
     """The package of one model, or of an ensemble of several."""
     if len(paths) == 1:
-        return package_model(paths[0], trusted)
-    members = tuple(package_model(path, trusted) for path in paths)
+        return package_model(paths[0], trusted, cut_argmax)
+    members = tuple(package_model(path, trusted, cut_argmax) for path in paths)
     digest = hashlib.sha256("+".join(m.digest for m in members).encode()).hexdigest()
     return ModelPackage("ensemble", b"", digest, trusted, members)
 
 
-def package_model(path: str | Path, trusted: bool = False) -> ModelPackage:
-    """Read a model's files into a compressed package."""
+def package_model(
+    path: str | Path, trusted: bool = False, cut_argmax: bool = False
+) -> ModelPackage:
+    """Read a model's files into a compressed package; with `cut_argmax`, an ONNX model's
+    graph cut before its final ArgMax (`onnx_model.cut_at_argmax`). The cut is made here, once:
+    the package holds the cut model, which the driver's inspection and every worker load, and
+    its digest is the cut model's, so neither a worker's cache nor a run's outputs mix it up
+    with the model as it ships."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model not found")
     fmt = model_format(path)
+    if cut_argmax and fmt != "onnx":
+        raise ModelError(
+            f"{path}: --cut-argmax rewrites ONNX graphs, and this is {FORMAT_NAMES[fmt]}; "
+            "leave it out"
+        )
     if fmt != "savedmodel":
         raw = path.read_bytes()
     else:
@@ -119,6 +145,10 @@ def package_model(path: str | Path, trusted: bool = False) -> ModelPackage:
                 with file.open("rb") as fh:
                     tar.addfile(info, fh)
         raw = buffer.getvalue()
+    if cut_argmax:
+        from sparkinfer.runtimes.onnx_model import cut_at_argmax
+
+        raw = cut_at_argmax(raw, str(path))
     digest = hashlib.sha256(raw).hexdigest()
     return ModelPackage(fmt, zstandard.ZstdCompressor(level=10).compress(raw), digest, trusted)
 
@@ -157,14 +187,21 @@ def inspect_model(
 ) -> ModelInfo:
     """Check a model can be used for tiled per-pixel inference: `runtime` when it is already
     loaded, else the model at `path`, loaded here (a Keras model on `backend` unless Keras
-    already runs here on another)."""
+    already runs here on another).
+
+    A model of one input size is probed within windows of that size, its stride found by
+    shifting the window, as an ONNX or SavedModel file; a Keras model's trace holds at its one
+    size too, which lies on its stride's grid (else the output, checked at that size, would not
+    be at input resolution). A model that outputs classes is inspected by the scores its argmax
+    takes (`Runtime.scores`): the same receptive field and stride."""
     from sparkinfer.receptive_field import UntraceableLayer, probe, probe_shift, trace
 
     path = Path(path)
     runtime = runtime or load_model(path, RuntimeOptions(backend=backend), trusted)
+    fixed = runtime.fixed_size
     field = None
     if runtime.format == "keras":
-        model = runtime.model
+        model = runtime.scores_model
         in_shape, shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
         if len(model.outputs) != 1 or len(shape) not in (2, 4):
             raise ModelError(
@@ -173,11 +210,6 @@ def inspect_model(
             )
         if len(shape) == 2:
             return _chip_classifier(path, runtime, in_shape[1:3], shape[-1])
-        if in_shape[1:3] != (None, None):
-            raise ModelError(
-                f"{path}: model input is fixed at {in_shape[1]}x{in_shape[2]} pixels; save it "
-                f"with input shape (None, None, {in_shape[-1]}) so it takes any tile size"
-            )
         try:
             field = trace(model)
         except UntraceableLayer:
@@ -185,11 +217,10 @@ def inspect_model(
         except ValueError as exc:
             raise ModelError(f"{path}: not a per-pixel model: {exc}") from None
     else:  # a chip classifier shows by its output's rank, at its one size or at any
-        size = runtime.fixed_size or (CHIP_PROBE, CHIP_PROBE)
+        size = fixed or (CHIP_PROBE, CHIP_PROBE)
         shape = runtime.output_shape(*size)
         if shape is not None and len(shape) == 2:
-            return _chip_classifier(path, runtime, runtime.fixed_size or (None, None), shape[-1])
-    fixed = runtime.fixed_size
+            return _chip_classifier(path, runtime, fixed or (None, None), shape[-1])
     if fixed is not None and fixed[0] != fixed[1]:
         raise ModelError(
             f"{path}: model input is fixed at {fixed[0]}x{fixed[1]} pixels; the job reads "
@@ -225,12 +256,18 @@ def inspect_model(
         input_size=size,
         class_names=names,
         class_colors=colors,
+        output=runtime.output,
     )
 
 
 def _chip_classifier(path: Path, runtime: Runtime, size: tuple, channels: int) -> ModelInfo:
     """A model that gives one score vector of `channels` per window: of one square size, or of
     any (`input_size` None: the job's `chip_size` decides)."""
+    if runtime.output == "classes":
+        raise ModelError(
+            f"{path}: a chip classifier that outputs class indices, not scores; the job "
+            f"needs each chip's scores: {WITHOUT_ARGMAX[runtime.format]}"
+        )
     if size[0] != size[1]:
         raise ModelError(
             f"{path}: a chip classifier (output (batch, classes)) must take square windows, "
@@ -261,18 +298,17 @@ CHIP_PROBE = 64  # the window a model of any input size is tried on, to tell a c
 CLASS_TABLE = "sparkinfer.json"
 
 
-def inspect_models(
-    paths: list[str], trusted: bool = False, backend: Backend = "tensorflow"
-) -> ModelInfo:
-    """`inspect_model` on each model, `combined`."""
-    return combined([inspect_model(path, trusted, backend) for path in paths])
-
-
 def combined(infos: list[ModelInfo]) -> ModelInfo:
     """What an ensemble of the models of `infos` is: their bands and classes, which must be the
     same; the widest receptive field; the coarsest stride. One model: its own."""
     if len(infos) == 1:
         return infos[0]
+    for info in infos:
+        if info.output == "classes":
+            raise ModelError(
+                f"{info.path}: outputs class indices, not scores, and an ensemble averages its "
+                f"models' scores; {WITHOUT_ARGMAX[info.format]}"
+            )
     first = infos[0]
     for info in infos[1:]:
         if (info.bands, info.channels) != (first.bands, first.channels):
@@ -356,6 +392,10 @@ def _probe_channels(runtime: Runtime, path: Path, stride: int, size: int | None)
             "output (batch, height, width, classes) -- it is not fully convolutional"
         )
     channels = int(shape[-1])
+    if runtime.output == "classes" and not 2 <= channels <= 255:
+        raise ModelError(
+            f"{path}: the model's argmax picks one of {channels} classes; 2 to 255 are supported"
+        )
     if not 1 <= channels <= 255:
         raise ModelError(f"{path}: model outputs {channels} classes; at most 255 are supported")
     return channels

@@ -24,9 +24,10 @@ from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, 
 from sparkinfer.lock import OutputLock
 from sparkinfer.model import (
     FORMAT_NAMES,
+    WITHOUT_ARGMAX,
     ModelInfo,
     ModelPackage,
-    inspect_models,
+    inspect_package,
     package_models,
 )
 from sparkinfer.plan import ChipGrid, RasterPlan, Tiling, round_up
@@ -172,7 +173,12 @@ def _check_output_folder(output: str, patterns: list[str], inputs: list[str]) ->
 def runtime_options(config: JobConfig) -> RuntimeOptions:
     """How the executors run the model for `config`."""
     return RuntimeOptions(
-        config.backend, config.precision, config.normalization, config.activation, config.tta
+        config.backend,
+        config.precision,
+        config.normalization,
+        config.activation,
+        config.tta,
+        config.verbose,
     )
 
 
@@ -233,6 +239,25 @@ def _chip_grid(config: JobConfig, model: ModelInfo) -> ChipGrid:
     if chunk_tiles == "auto":  # about CHUNK_PIXELS of input per chunk side
         chunk_tiles = max(1, CHUNK_PIXELS // stride)
     return ChipGrid(size, stride, chunk_tiles)
+
+
+def _check_scores_needed(config: JobConfig, model: ModelInfo) -> None:
+    """A model that outputs class indices has no scores: the options that use them are
+    refused, each in a line that says what to do. (An ensemble of it is refused when the
+    models are `combined`.)"""
+    if model.output == "scores":
+        return
+    for flag, need, used in (
+        ("--scores", "write", config.scores),
+        (f"--tta {config.tta}", "average", config.tta != "none"),
+        ("--merge blend", "blend", config.merge == "blend"),
+        (f"--{config.activation}", "turn into probabilities", config.activation != "none"),
+    ):
+        if used:
+            raise ConfigError(
+                f"{model.path}: the model outputs class indices (it ends in an argmax), so "
+                f"{flag} has no scores to {need}; {WITHOUT_ARGMAX[model.format]}"
+            )
 
 
 def _tiling(config: JobConfig, model: ModelInfo) -> Tiling | ChipGrid:
@@ -463,7 +488,7 @@ def check_job(config: JobConfig) -> Checked:
     inputs, failed = _resolve(config)
     _check_output_folder(output, config.input, inputs)
     OutputLock(output).check()
-    package = package_models(config.model, config.trust_model)
+    package = package_models(config.model, config.trust_model, config.cut_argmax)
 
     def refused(source: str, exc: InputError) -> None:
         if config.fail_fast:
@@ -498,7 +523,7 @@ def plan_job(checked: Checked, spark=None) -> Job:
 
     With a session, its Python workers start, load the model and inspect it (`warm_workers`),
     so the driver never starts a framework and the stage finds the model loaded; without one,
-    or if that job fails, the model is inspected here.
+    or if that job fails, the model is inspected here, from the package the workers load.
 
     Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
     `Failure` in `Job.failed` (or raises, with `fail_fast`).
@@ -509,7 +534,7 @@ def plan_job(checked: Checked, spark=None) -> Job:
     if spark is not None:
         model = warm_workers(spark, package, runtime_options(config), config.model)
     if model is None:
-        model = inspect_models(config.model, config.trust_model, config.backend)
+        model = inspect_package(package, config.model, config.backend)
     others = [f for f in model.formats if f != "keras"]
     if config.precision != "float32" and others:
         raise ConfigError(
@@ -521,6 +546,7 @@ def plan_job(checked: Checked, spark=None) -> Job:
         raise ConfigError(
             f"normalization has statistics for {count} bands but the model takes {model.bands}"
         )
+    _check_scores_needed(config, model)
     tiling = _tiling(config, model)
 
     infos = []

@@ -116,6 +116,8 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
             "halo_found_by": job.model.halo_found_by,
             "class_names": list(job.model.class_names),
             "task": job.model.task,
+            "output": job.model.output,
+            "input_size": job.model.input_size,
         },
         "tiling": tiling_report(job),
         "rasters": per_raster,

@@ -297,3 +297,51 @@ def tile_counts_of_index_and_cog(output: Path, stem: str) -> tuple[list, list]:
         ]
         counted.append(np.bincount(core.ravel(), minlength=256)[: len(t["class_pixels"])].tolist())
     return [t["class_pixels"] for t in tiles], counted
+
+
+def fixed_size_copy(keras_path: Path, path: Path, size: int) -> Path:
+    """The Keras model with its input fixed at `size` x `size` pixels: the same layers and
+    weights, as a model exported for one input size ships."""
+    import keras
+
+    model = keras.models.load_model(keras_path, compile=False)
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            layer["config"]["batch_shape"] = (None, size, size, layer["config"]["batch_shape"][-1])
+    fixed = model.__class__.from_config(config)
+    fixed.set_weights(model.get_weights())
+    fixed.save(path)
+    return path
+
+
+def keras_ending_in_argmax(keras_path: Path, path: Path) -> Path:
+    """The Keras model with `keras.ops.argmax` over its classes after it: int32 class indices
+    (batch, height, width) out."""
+    import keras
+
+    model = keras.models.load_model(keras_path, compile=False)
+    keras.Model(model.inputs, keras.ops.argmax(model.outputs[0], axis=-1)).save(path)
+    return path
+
+
+def onnx_ending_in_argmax(onnx_path: Path, path: Path, keep_class_axis: bool) -> Path:
+    """A channels-first ONNX model (`onnx_as_shipped`) with an ArgMax over its classes (axis 1)
+    appended, as PyTorch exports `model(x).argmax(dim=1)`: int64 class indices (batch, height,
+    width) out, or (batch, 1, height, width) with `keep_class_axis`."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(onnx_path)
+    graph = model.graph
+    (scores,) = graph.output
+    argmax = helper.make_node(
+        "ArgMax", [scores.name], ["classes"], axis=1, keepdims=int(keep_class_axis)
+    )
+    graph.node.append(argmax)
+    shape = ["batch", 1, "height", "width"] if keep_class_axis else ["batch", "height", "width"]
+    graph.output.remove(scores)
+    graph.output.append(helper.make_tensor_value_info("classes", onnx.TensorProto.INT64, shape))
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

@@ -20,6 +20,7 @@ from sparkinfer.runtimes.base import (
     RuntimeOptions,
     preprocess,
 )
+from sparkinfer.runtimes.quiet import framework_notices
 
 __all__ = [
     "CPU",
@@ -45,7 +46,20 @@ def open_runtime(
 ) -> Runtime:
     """Load the model at `path` (of format `fmt`) on GPU ordinal `gpu`, or on the CPU with
     `threads` threads. On the driver (`worker` False) a Keras model keeps the backend Keras
-    already has in the process."""
+    already has in the process. The framework's start-up notices show with `options.verbose`."""
+    with framework_notices(shown=options.verbose):
+        return _opened(path, fmt, options, gpu, threads, trusted, worker)
+
+
+def _opened(
+    path: Path,
+    fmt: str,
+    options: RuntimeOptions,
+    gpu: int | None,
+    threads: int | None,
+    trusted: bool,
+    worker: bool,
+) -> Runtime:
     if fmt == "onnx":
         from sparkinfer.runtimes.onnx_model import OnnxModel
 

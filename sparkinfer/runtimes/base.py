@@ -4,6 +4,10 @@ Pixels cross into `classify` as the raster holds them (uint8, uint16, ... in (ba
 width, bands)); the cast to float32 and the normalisation happen inside the call, on the device
 where the framework allows, so integers, not floats, cross to an accelerator. Only uint8 class
 maps come back, plus float32 scores when they are asked for.
+
+A model may also end in an argmax and output class indices itself, (batch, height, width), or
+with the class axis kept as 1: its `output` is "classes", its `classify` gives that map and no
+scores, and its `scores` are those its argmax takes, for the driver's inspection alone.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from sparkinfer.config import Normalization
+from sparkinfer.errors import ModelError
 
 Backend = Literal["tensorflow", "jax"]
 Precision = Literal["float32", "bfloat16"]
 Activation = Literal["none", "softmax", "sigmoid"]
 Augmentation = Literal["none", "flips", "d4"]
+Output = Literal["scores", "classes"]  # what a model outputs: scores per class, or class indices
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class RuntimeOptions:
     normalization: Normalization = field(default_factory=Normalization)
     activation: Activation = "none"  # applied to the model's outputs: logits to probabilities
     tta: Augmentation = "none"  # test-time augmentation around the model (`sparkinfer.averaging`)
+    verbose: bool = False  # let the framework's start-up notices through (`runtimes.quiet`)
 
     @property
     def key(self) -> str:
@@ -79,6 +86,7 @@ class Runtime(ABC):
 
     format: ClassVar[str]
     fixed_size: tuple[int, int] | None = None  # (height, width) the model only takes
+    output: Output = "scores"
 
     def __init__(self, bands: int, options: RuntimeOptions, device: Device) -> None:
         self.bands = bands
@@ -87,13 +95,17 @@ class Runtime(ABC):
 
     @abstractmethod
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        """The model's raw output for a float32 (batch, height, width, bands) input."""
+        """The model's raw output for a float32 (batch, height, width, bands) input; for a
+        model that outputs classes, the scores its final argmax takes, classes last."""
 
     def output_shape(self, height: int, width: int) -> tuple[int, ...] | None:
-        """The output shape for a (1, height, width, bands) input; None where the model fails
-        (a size a strided model cannot take fails somewhere inside it)."""
+        """The shape of `scores` for a (1, height, width, bands) input; None where the model
+        fails (a size a strided model cannot take fails somewhere inside it). A ModelError,
+        which says the model has no scores to give, passes."""
         try:
             return tuple(self.scores(np.zeros((1, height, width, self.bands), np.float32)).shape)
+        except ModelError:
+            raise
         except Exception:  # noqa: BLE001 -- any framework's error means "not this size"
             return None
 
@@ -118,11 +130,18 @@ class Runtime(ABC):
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Class per pixel, uint8 (batch, height, width), and the float32 scores (batch,
-        height, width, classes) when asked for.
+        height, width, classes) when asked for (never of a model that outputs classes).
 
         `pixels` (batch, height, width, bands) in any numeric type are cast to float32 and
         normalised; where `valid` (batch, height, width) is False they enter the model as 0.
-        The class is the argmax of the scores, or score >= 0.5 for a single channel."""
+        The class is the argmax of the scores, or score >= 0.5 for a single channel; or the
+        model's own output, where it outputs classes."""
+
+
+def fixed_input_size(spatial) -> tuple[int, int] | None:
+    """(height, width) of a model input whose spatial dimensions are both fixed, else None."""
+    height, width = spatial
+    return (height, width) if isinstance(height, int) and isinstance(width, int) else None
 
 
 def normalized(x, norm: Normalization):

@@ -9,6 +9,9 @@ refuses a model for another one.)
 
 On JAX the model runs as one jitted function of its variables (`stateless_call`), with the cast,
 the normalisation and the class rule inside, on the runtime's device.
+
+A model whose output is integer class indices, made by a final `keras.ops.argmax` over the last
+axis, runs as it ships; its scores (`scores_model`) are the argmax's input.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sparkinfer.runtimes.base import (
     Runtime,
     RuntimeOptions,
     activated,
+    fixed_input_size,
     normalized,
 )
 from sparkinfer.runtimes.tensorflow_graph import (
@@ -77,6 +81,25 @@ def mixed_bfloat16(model, keras):
     return copy
 
 
+def scores_model(model, path: Path):
+    """The model itself where it outputs scores; where it outputs class indices, the model up
+    to the input of the final argmax that makes them (sharing its layers)."""
+    import keras
+
+    output = model.outputs[0]
+    if "int" not in output.dtype:
+        return model
+    operation, node, _ = output._keras_history
+    if type(operation).__name__ != "Argmax" or operation.axis not in (-1, 3):
+        raise ModelError(
+            f"{path}: the model outputs integers that no final argmax over its last axis "
+            "makes, so neither its classes nor its scores can be told; save it with its "
+            "scores as output"
+        )
+    (scores,) = operation._inbound_nodes[node].input_tensors
+    return keras.Model(model.inputs, scores)
+
+
 def model_bands(model) -> int:
     shape = model.inputs[0].shape
     if len(shape) != 4:
@@ -92,12 +115,17 @@ class KerasOnTensorFlow(TensorFlowGraph):
 
     format = "keras"
 
-    def __init__(self, model, options: RuntimeOptions, device: Device, tf_device: str) -> None:
-        super().__init__(model, model_bands(model), options, device, tf_device)
-        self.model = model
+    def __init__(
+        self, model, scores_model, options: RuntimeOptions, device: Device, tf_device: str
+    ) -> None:
+        output = "scores" if scores_model is model else "classes"
+        bands = model_bands(model)
+        super().__init__(model, bands, options, device, tf_device, output, scores_model)
+        self.model, self.scores_model = model, scores_model
+        self.fixed_size = fixed_input_size(model.inputs[0].shape[1:3])
 
     def output_shape(self, height: int, width: int) -> tuple[int, ...] | None:
-        return symbolic_output_shape(self.model, height, width, self.bands)
+        return symbolic_output_shape(self.scores_model, height, width, self.bands)
 
 
 class KerasOnJax(Runtime):
@@ -105,7 +133,7 @@ class KerasOnJax(Runtime):
 
     format = "keras"
 
-    def __init__(self, model, options: RuntimeOptions, gpu: int | None) -> None:
+    def __init__(self, model, scores_model, options: RuntimeOptions, gpu: int | None) -> None:
         import jax
         import jax.numpy as jnp
 
@@ -115,7 +143,9 @@ class KerasOnJax(Runtime):
         else:
             device, self._jax_device = CPU, jax.devices("cpu")[0]
         super().__init__(model_bands(model), options, device)
-        self.model = model
+        self.model, self.scores_model = model, scores_model
+        self.output = output = "scores" if scores_model is model else "classes"
+        self.fixed_size = fixed_input_size(model.inputs[0].shape[1:3])
         self._variables = jax.device_put(
             (
                 [v.value for v in model.trainable_variables],
@@ -125,24 +155,32 @@ class KerasOnJax(Runtime):
         )
         norm = options.normalization
 
-        def raw(variables, x):
+        def called(variables, x):
             trainable, non_trainable = variables
             y, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-            return y.astype(jnp.float32)
+            return y
+
+        def model_input(pixels, valid):
+            x = normalized(pixels.astype(jnp.float32), norm)
+            return x if valid is None else jnp.where(valid[..., None], x, 0.0)
 
         def scores_of(variables, pixels, valid):
-            x = normalized(pixels.astype(jnp.float32), norm)
-            if valid is not None:
-                x = jnp.where(valid[..., None], x, 0.0)
-            return activated(raw(variables, x), options.activation, jax.nn)
+            y = called(variables, model_input(pixels, valid)).astype(jnp.float32)
+            return activated(y, options.activation, jax.nn)
 
         def classes_of(scores):
             if scores.shape[-1] == 1:
                 return (scores[..., 0] >= 0.5).astype(jnp.uint8)
             return jnp.argmax(scores, axis=-1).astype(jnp.uint8)
 
-        self._raw = jax.jit(raw)
-        self._classify = jax.jit(lambda v, p, m: classes_of(scores_of(v, p, m)))
+        def classify(variables, pixels, valid):
+            if output == "classes":  # (batch, height, width), or with the class axis kept
+                y = called(variables, model_input(pixels, valid))
+                return y.reshape(pixels.shape[:3]).astype(jnp.uint8)
+            return classes_of(scores_of(variables, pixels, valid))
+
+        self._raw = jax.jit(lambda v, x: called(v, x).astype(jnp.float32))
+        self._classify = jax.jit(classify)
 
         def with_scores(variables, pixels, valid):
             scores = scores_of(variables, pixels, valid)
@@ -156,10 +194,12 @@ class KerasOnJax(Runtime):
         return None if array is None else jax.device_put(array, self._jax_device)
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
+        if self.output == "classes":  # for the inspection alone: the argmax's input, eagerly
+            return np.asarray(self.scores_model(batch, training=False), np.float32)
         return np.asarray(self._raw(self._variables, self._put(batch)))
 
     def output_shape(self, height: int, width: int) -> tuple[int, ...] | None:
-        return symbolic_output_shape(self.model, height, width, self.bands)
+        return symbolic_output_shape(self.scores_model, height, width, self.bands)
 
     def window_memory(self, height: int, width: int, dtype: np.dtype) -> tuple[int, int] | None:
         stats = self._jax_device.memory_stats()  # None on a CPU
@@ -212,8 +252,8 @@ def open_keras(
             model = load_keras_model(path, trusted, keras)
             if options.precision == "bfloat16":
                 model = mixed_bfloat16(model, keras)
-        return KerasOnTensorFlow(model, options, device, name)
+        return KerasOnTensorFlow(model, scores_model(model, path), options, device, name)
     model = load_keras_model(path, trusted, keras)
     if options.precision == "bfloat16":
         model = mixed_bfloat16(model, keras)
-    return KerasOnJax(model, options, gpu)
+    return KerasOnJax(model, scores_model(model, path), options, gpu)

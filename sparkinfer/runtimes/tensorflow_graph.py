@@ -14,7 +14,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sparkinfer.runtimes.base import CPU, Device, Runtime, RuntimeOptions, activated, normalized
+from sparkinfer.runtimes.base import (
+    CPU,
+    Device,
+    Output,
+    Runtime,
+    RuntimeOptions,
+    activated,
+    normalized,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,14 +51,24 @@ def tensorflow_device(gpu: int | None) -> tuple[Device, str]:
 
 
 class TensorFlowGraph(Runtime):
-    """A model callable on float32 tensors, compiled with its pre- and post-processing."""
+    """A model callable on float32 tensors, compiled with its pre- and post-processing. Of a
+    model that outputs classes (`output`), `scores_call`, where given, is the model up to its
+    argmax: what `scores` runs."""
 
     def __init__(
-        self, call: Callable, bands: int, options: RuntimeOptions, device: Device, tf_device: str
+        self,
+        call: Callable,
+        bands: int,
+        options: RuntimeOptions,
+        device: Device,
+        tf_device: str,
+        output: Output = "scores",
+        scores_call: Callable | None = None,
     ) -> None:
         import tensorflow as tf
 
         super().__init__(bands, options, device)
+        self.output = output
         self._tf_device = tf_device
         norm = options.normalization
 
@@ -70,6 +88,10 @@ class TensorFlowGraph(Runtime):
             return tf.cast(tf.argmax(scores, axis=-1), tf.uint8)
 
         def classify(pixels, valid):
+            if output == "classes":  # (batch, height, width), or with the class axis kept
+                return tf.cast(
+                    tf.reshape(call(model_input(pixels, valid)), tf.shape(pixels)[:3]), tf.uint8
+                )
             return classes_of(scores_of(pixels, valid))
 
         def classify_with_scores(pixels, valid):
@@ -80,7 +102,7 @@ class TensorFlowGraph(Runtime):
         # Python control flow, and autograph leaves a generated source file in the temp folder
         # per worker that Spark ends with os._exit, before atexit could remove it.
         graph = functools.partial(tf.function, reduce_retracing=True, autograph=False)
-        self._raw = graph(call)
+        self._raw = graph(scores_call or call)
         self._classify = graph(classify)
         self._classify_with_scores = graph(classify_with_scores)
 
