@@ -54,7 +54,7 @@ from sparkinfer.cli import config_from_args, print_estimate, print_summary  # no
 from sparkinfer.errors import SparkInferError  # noqa: E402
 from sparkinfer.job import run_job  # noqa: E402
 from sparkinfer.prepare import halo_notes, prepare_job  # noqa: E402
-from sparkinfer.stages.sample import run_estimate  # noqa: E402
+from sparkinfer.stages.estimate import run_estimate  # noqa: E402
 
 if "spark" not in globals():  # Databricks defines it; a plain Python run makes one
     from pyspark.sql import SparkSession

@@ -22,7 +22,7 @@ from sparkinfer.estimate import ESTIMATE_FILE
 from sparkinfer.job import run_job
 from sparkinfer.prepare import check_job, halo_notes, plan_job
 from sparkinfer.session import is_connect, web_ui
-from sparkinfer.stages.sample import run_estimate
+from sparkinfer.stages.estimate import run_estimate
 
 # Exit codes: 0 every output written; 1 a Spark job failed (one line; a rerun resumes); 2 a user
 # error before any output (one line, nothing written); 3 some rasters failed (listed, also in

@@ -1,6 +1,6 @@
 """What a run will cost, from figures measured on a sample of it: pure arithmetic, no Spark.
 
-`--estimate` (`stages.sample`) runs the real inference stage on a few chunks spread over the
+`--estimate` (`stages.estimate`) runs the real inference stage on a few chunks spread over the
 rasters and times the parts of a run; this module turns those `Rates` into a `Prediction` of a
 whole run's wall time on any number of task slots, and works out what a plan reads and writes.
 
