@@ -3,7 +3,7 @@
     KERAS_BACKEND=jax python -m benchmarks.device --output DIR [--size 8192] [--tile 2048]
 
 GPU machines lent for checks have JAX, onnxruntime and pyarrow but no Java, pyspark or
-TensorFlow: there this runs `stage.infer_partition` (what `mapInArrow` calls in each task) over
+TensorFlow: there this runs `executor.infer_partition` (what `mapInArrow` calls in each task) over
 plan tables made by `prepare_job`, with Keras on JAX. Wheels to carry for Python 3.12: keras,
 namex, optree, rasterio, affine, cligj, click-plugins, pydantic, pydantic-core, annotated-types,
 typing-inspection, zstandard, pyyaml and pystac. It writes DIR/device.json with:
@@ -52,11 +52,11 @@ import rasterio  # noqa: E402
 from benchmarks.large_raster import make_large_raster  # noqa: E402
 from benchmarks.models import save_model  # noqa: E402
 from benchmarks.run import result_text  # noqa: E402
-from sparkinfer.cli import config_from_args  # noqa: E402
 from sparkinfer.devices import TaskResources  # noqa: E402
-from sparkinfer.job import stage_spec  # noqa: E402
-from sparkinfer.prepare import prepare_job  # noqa: E402
-from sparkinfer.stages.infer import infer_partition, plan_table  # noqa: E402
+from sparkinfer.executor import infer_partition  # noqa: E402
+from sparkinfer.flags import config_from_args  # noqa: E402
+from sparkinfer.job import prepare_job  # noqa: E402
+from sparkinfer.stages.infer import plan_table, stage_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = [ROOT / "data" / "nc_landsat7_2000.tif", ROOT / "data" / "L7_ETMs.tif"]
@@ -92,7 +92,7 @@ def run_partition(
 
 def _classes(job) -> list[np.ndarray]:
     """Each raster's class map, from its committed chunk files."""
-    from sparkinfer.stages.assemble import chunk_specs
+    from sparkinfer.assembly import chunk_specs
 
     maps = []
     for raster in job.rasters:

@@ -77,8 +77,8 @@ def floor(job, output: Path, cores: int) -> float:
 
 
 def _job(raster: Path, model: Path, output: Path, readers: int | None):
-    from sparkinfer.cli import config_from_args
-    from sparkinfer.prepare import prepare_job
+    from sparkinfer.flags import config_from_args
+    from sparkinfer.job import prepare_job
 
     argv = [
         "--input",
@@ -118,7 +118,7 @@ def main() -> None:
             seconds["floor"].append(
                 floor(job, args.work / "runs" / "feed" / f"floor{repeat}", args.cores)
             )
-            report = run_job(spark, job)
+            report = run_job(spark, job).report
             seconds["stage"].append(report["timings"]["infer_write_s"])
             print(
                 f"  run {repeat + 1}: floor {seconds['floor'][-1]:.1f} s, "

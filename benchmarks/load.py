@@ -36,7 +36,7 @@ PLAN_SIDES = (262_144, 1_000_000)  # at tile 512: 262,144 and 3,818,116 tiles
 
 
 def _config(inputs: list[str], output: Path, **options):
-    from sparkinfer.config import load_config
+    from sparkinfer.config_sources import load_config
 
     return load_config(
         dict(input=inputs, model=str(SAMPLE_MODEL), output=str(output), **options),
@@ -53,8 +53,7 @@ def measure_plan(side: int, work: Path, cores: int) -> dict:
     """Plan one sparse raster of side x side pixels and put its chunks through Spark."""
     import pyarrow as pa
 
-    from sparkinfer.job import chunks_to_do, prepare_staging
-    from sparkinfer.prepare import prepare_job
+    from sparkinfer.job import chunks_to_do, prepare_job, prepare_staging
     from sparkinfer.session import map_in_partitions
     from sparkinfer.stages.infer import plan_table
 
@@ -121,8 +120,7 @@ def measure_plan(side: int, work: Path, cores: int) -> dict:
 
 def measure_many(count: int, work: Path, cores: int) -> dict:
     """One run over `count` windows of the sample scene, each a raster of its own."""
-    from sparkinfer.job import run_job
-    from sparkinfer.prepare import prepare_job
+    from sparkinfer.job import prepare_job, run_job
 
     folder = work / "in"
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,7 +139,7 @@ def measure_many(count: int, work: Path, cores: int) -> dict:
         job = prepare_job(_config([str(folder)], work / "out", tile_size=128))
         prepare_s = time.perf_counter() - started
         started = time.perf_counter()
-        report = run_job(spark, job)
+        report = run_job(spark, job).report
         run_s = time.perf_counter() - started
         jvm_heap = _jvm_heap_used_mb(spark)
         memory = peak_memory()

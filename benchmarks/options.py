@@ -58,9 +58,8 @@ def main() -> None:
 
     from pyspark.sql import SparkSession
 
-    from sparkinfer.config import load_config
-    from sparkinfer.job import run_job
-    from sparkinfer.prepare import prepare_job
+    from sparkinfer.config_sources import load_config
+    from sparkinfer.job import prepare_job, run_job
 
     spark = (
         SparkSession.builder.master("local[2]")
@@ -80,7 +79,7 @@ def main() -> None:
                 )
                 config = load_config(options, ROOT / "conf" / "default.yaml")
                 started = time.perf_counter()
-                report = run_job(spark, prepare_job(config, spark))
+                report = run_job(spark, prepare_job(config, spark)).report
                 wall = time.perf_counter() - started
                 if repeat:
                     found = runs.setdefault(case, {}).setdefault(

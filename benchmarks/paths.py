@@ -93,8 +93,8 @@ def peak_memory() -> dict:
 
 
 def _job(args):
-    from sparkinfer.cli import config_from_args
-    from sparkinfer.prepare import prepare_job
+    from sparkinfer.flags import config_from_args
+    from sparkinfer.job import prepare_job
 
     argv = [
         "--input",
@@ -127,7 +127,7 @@ def _batch_size(job) -> int:
 def _tiles(job) -> list[Tile]:
     plan = job.rasters[0].plan
     chunks = plan.chunks().select(["chunk_row", "chunk_col"]).to_pylist()
-    return [t for c in chunks for t in plan.chunk_tiles(c["chunk_row"], c["chunk_col"])]
+    return [t for c in chunks for t in plan.tiles_of_chunk(c["chunk_row"], c["chunk_col"])]
 
 
 def _read(src, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
@@ -262,7 +262,7 @@ def sparkinfer(args) -> dict:
     spark, startup = _started_spark(args.cores)
     try:
         started = time.perf_counter()
-        report = run_job(spark, _job(args))
+        report = run_job(spark, _job(args)).report
         seconds = time.perf_counter() - started
         memory = peak_memory()
     finally:

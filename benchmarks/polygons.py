@@ -26,7 +26,8 @@ import rasterio
 
 from benchmarks.run import envelope, write_result
 from sparkinfer.plan import PixelWindow, RasterPlan, Tiling
-from sparkinfer.polygons import chunk_polygons, write_chunk_polygons, write_polygons
+from sparkinfer.polygon_merge import write_polygons
+from sparkinfer.polygons import chunk_polygons, write_chunk_polygons
 from sparkinfer.raster import RasterInfo
 from sparkinfer.writers import ChunkSpec
 

@@ -71,7 +71,7 @@ def write_chunks(side: int, folder: Path) -> None:
         writer = ChunkWriter(spec, raster, CLASSES, write_scores=False)
         classes = rng.integers(0, CLASSES, (spec.height, spec.width), np.uint8)
         writer.write(spec.row_off, spec.col_off, classes, None)
-        tiles = plan.chunk_tiles(spec.chunk_row, spec.chunk_col)
+        tiles = plan.tiles_of_chunk(spec.chunk_row, spec.chunk_col)
         core = PixelWindow(spec.row_off, spec.col_off, spec.height, spec.width)
         writer.commit({TILE_COUNTS_TAG: tile_counts(writer.class_map, core, tiles, CLASSES)})
 

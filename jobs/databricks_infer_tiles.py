@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from sparkinfer.cli import argv_of_widgets, widgets
+from sparkinfer.widgets import argv_of_widgets, widgets
 
 # In a Databricks Git folder a notebook runs in its own folder; elsewhere, beside this file.
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
@@ -50,11 +50,12 @@ values = {o.name: panel.get(o.name) for o in widgets()} if panel is not None els
 
 # COMMAND ----------
 
-from sparkinfer.cli import config_from_args, print_estimate, print_summary  # noqa: E402
+from sparkinfer.cli import print_estimate, print_summary  # noqa: E402
 from sparkinfer.errors import SparkInferError  # noqa: E402
-from sparkinfer.job import run_job  # noqa: E402
-from sparkinfer.prepare import halo_notes, prepare_job  # noqa: E402
+from sparkinfer.flags import config_from_args  # noqa: E402
+from sparkinfer.job import prepare_job, run_job  # noqa: E402
 from sparkinfer.stages.estimate import run_estimate  # noqa: E402
+from sparkinfer.tiling import halo_notes  # noqa: E402
 
 if "spark" not in globals():  # Databricks defines it; a plain Python run makes one
     from pyspark.sql import SparkSession
@@ -66,16 +67,16 @@ if "spark" not in globals():  # Databricks defines it; a plain Python run makes 
 
 try:
     job = prepare_job(config_from_args(argv_of_widgets(values)), spark)
-    for note in halo_notes(job):
+    for note in halo_notes(job.model, job.tiling, job.config):
         print(f"sparkinfer: {note}")
-    report = (run_estimate if job.config.estimate else run_job)(spark, job)
+    outcome = (run_estimate if job.config.estimate else run_job)(spark, job)
 except SparkInferError as exc:  # one line, as the command line gives it
     raise SystemExit(f"sparkinfer: error: {exc}") from None
 
 # COMMAND ----------
 
 if job.config.estimate:  # _estimate.json, and no outputs
-    print_estimate(report, stream=sys.stdout)
+    print_estimate(outcome, stream=sys.stdout)
 else:
-    print_summary(report, stream=sys.stdout, errors=sys.stdout)
-    written = [(r["input"], r["outputs"][0]) for r in report["rasters"] if r["outputs"]]
+    print_summary(outcome, stream=sys.stdout, errors=sys.stdout)
+    written = [(r.info.path, r.classes_path) for r in [*outcome.written, *outcome.complete]]

@@ -2,9 +2,10 @@
 folder (`lock`), the inference stage (`stages.infer`), the assembly stage (`stages.assemble`),
 the report (`report`).
 
-`run_job` takes the output folder's lock, skips rasters already complete for the same input,
-model and config, resumes unfinished ones from their chunks, runs the Spark stages and writes
-`_run.json`.
+`prepare_job` checks the run from metadata, has the model inspected where it will run (the
+session's Python workers load and inspect it, `inspected`) and plans it. `run_job` takes the
+output folder's lock, skips rasters already complete for the same input, model and config,
+resumes unfinished ones from their chunks, runs the Spark stages and writes `_run.json`.
 """
 
 from __future__ import annotations
@@ -16,37 +17,56 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import rasterio
 
-from sparkinfer import __version__, storage
+from sparkinfer import storage
+from sparkinfer.config import JobConfig
 from sparkinfer.estimate import ESTIMATE_FILE, compared, job_identity
+from sparkinfer.executor import CHUNK_RESULT_SCHEMA
+from sparkinfer.inspection import ModelInfo, inspect_package
 from sparkinfer.lock import OutputLock
-from sparkinfer.plan import ChipGrid
+from sparkinfer.outputs import STAGING_FOLDER
 from sparkinfer.prepare import (
     IDENTITY_TAG,
-    STAGING_FOLDER,
+    Checked,
     Failure,
     Job,
     RasterJob,
+    check_job,
+    plan_job,
     runtime_options,
 )
 from sparkinfer.progress import Progress, reported
-from sparkinfer.report import run_report
+from sparkinfer.report import RunOutcome
 from sparkinfer.session import (
-    spark_failures,
+    application,
     task_gpu_share,
     task_slots,
+    warm_workers,
     worker_environment,
 )
 from sparkinfer.stages.assemble import assemble_on_executors
-from sparkinfer.stages.infer import (
-    CHUNK_RESULT_SCHEMA,
-    StageSpec,
-    infer_and_write,
-    plan_table,
-)
+from sparkinfer.stages.infer import infer_and_write, plan_table, stage_spec
 from sparkinfer.writers import is_committed
 
 RUN_REPORT = "_run.json"
 RESUME_HINT = "the chunks written so far are kept: run the same command again to resume"
+
+
+def inspected(checked: Checked, spark=None) -> ModelInfo:
+    """What the checked run's model is. With a session, its Python workers start, load the
+    model and inspect it (`warm_workers`): the driver never starts a framework, and the stage
+    finds the model loaded. Without one, or if that job fails, it is inspected here, from the
+    package the workers load."""
+    config = checked.config
+    model = None
+    if spark is not None:
+        model = warm_workers(spark, checked.package, runtime_options(config), config.model)
+    return model or inspect_package(checked.package, config.model, config.backend)
+
+
+def prepare_job(config: JobConfig, spark=None) -> Job:
+    """`check_job`, the model `inspected` (on `spark`'s workers, if given), `plan_job`."""
+    checked = check_job(config)
+    return plan_job(checked, inspected(checked, spark))
 
 
 def is_complete(raster: RasterJob) -> bool:
@@ -97,36 +117,18 @@ def _estimate_of(job: Job) -> dict | None:
     return estimate if same else None
 
 
-def stage_spec(job: Job, rasters: list[RasterJob], gpu_share: float = 1) -> StageSpec:
-    """What the executors need to infer and write `rasters` (in this order) for `job`, on tasks
-    given `gpu_share` of a GPU each (`session.task_gpu_share`)."""
-    return StageSpec(
-        rasters=tuple(r.info for r in rasters),
-        plans=tuple(r.plan for r in rasters),
-        staging=tuple(str(r.staging) for r in rasters),
-        bands=job.bands,
-        runtime=runtime_options(job.config),
-        batch_size=None if job.config.batch_size == "auto" else job.config.batch_size,
-        readers=None if job.config.readers == "auto" else job.config.readers,
-        gpu_share=gpu_share,
-        channels=job.model.channels,
-        scores=job.config.scores,
-        polygons=job.config.polygons,
-    )
-
-
-def run_job(spark, job: Job, started: float | None = None) -> dict:
-    """Run the Spark stages for a prepared job under the output folder's lock; write and return
-    the run report. Rasters already complete are skipped, unfinished ones resume. `started`
-    (`time.perf_counter`): when the command started, for the report's `setup_s` and `wall_s`;
-    by default when this run does."""
+def run_job(spark, job: Job, started: float | None = None) -> RunOutcome:
+    """Run the Spark stages for a prepared job under the output folder's lock; what it did,
+    whose report (`RunOutcome.report`) is written as `_run.json`. Rasters already complete are
+    skipped, unfinished ones resume. `started` (`time.perf_counter`): when the command started,
+    for the report's `setup_s` and `wall_s`; by default when this run does."""
     storage.make_folders(job.output)
     backend = worker_environment(spark, "KERAS_BACKEND", job.config.backend)
     with OutputLock(job.output).held(), backend:
         return _run(spark, job, started)
 
 
-def _run(spark, job: Job, command_started: float | None) -> dict:
+def _run(spark, job: Job, command_started: float | None) -> RunOutcome:
     started = time.perf_counter()
     command_started = started if command_started is None else command_started
     timings: dict[str, float] = {"infer_write_s": 0.0}
@@ -152,10 +154,7 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
         progress = Progress(
             [r.staging for r in todo], chunk_tables, job.config.scores, polygons=job.config.polygons
         )
-        with (
-            reported(progress, job.config.progress_seconds),
-            spark_failures(f"{job.output}: inference failed", RESUME_HINT),
-        ):
+        with reported(progress, job.config.progress_seconds):
             # A few tasks per slot: a faster executor takes more of them, and a lost task is a
             # small share of the work. Tapered, the stage ends on short tasks; one task per
             # slot stays even (each slot gets one).
@@ -165,6 +164,8 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
                 tasks,
                 stage_spec(job, todo, task_gpu_share(spark)),
                 job.package,
+                failed=f"{job.output}: inference failed",
+                hint=RESUME_HINT,
                 tapered=job.config.tasks_per_slot > 1,
             )
         timings["infer_write_s"] = time.perf_counter() - t
@@ -185,36 +186,33 @@ def _run(spark, job: Job, command_started: float | None) -> dict:
     if job.config.fail_fast and failed:
         to_assemble = []
     t = time.perf_counter()
-    metadata = {"sparkinfer_version": __version__, "model_sha256": job.package.digest}
-    if isinstance(job.tiling, ChipGrid):
-        metadata |= {"chip_size": str(job.tiling.size), "chip_stride": str(job.tiling.stride)}
-    else:
-        metadata |= {
-            "halo": str(job.tiling.halo),
-            "tile_size": str(job.tiling.tile_size),
-            "merge": job.tiling.merge,
-        }
-    tasks = [
-        (r, job.config.cog, job.model, metadata | {"source": r.info.path, IDENTITY_TAG: r.identity})
-        for r in to_assemble
-    ]
     assembled = []
-    if tasks:
-        with spark_failures(f"{job.output}: assembly failed", RESUME_HINT):
-            assembled = assemble_on_executors(spark, tasks, job)
+    if to_assemble:
+        failure = f"{job.output}: assembly failed"
+        assembled = assemble_on_executors(spark, to_assemble, job, failure, RESUME_HINT)
     timings["assemble_s"] = time.perf_counter() - t
     for done in assembled:
-        if done["error"]:
-            failed.append(Failure(done["input"], "assemble", done["error"]))
+        if done.error:
+            failed.append(Failure(done.input, "assemble", done.error))
     staging_root = storage.join(job.output, STAGING_FOLDER)
     if not storage.list_names(staging_root):
         storage.remove_tree(staging_root)
     timings["total_s"] = time.perf_counter() - started
     timings["wall_s"] = time.perf_counter() - command_started
 
-    report = run_report(job, todo, results, assembled, complete, failed, resumed, timings, spark)
     estimate = _estimate_of(job)
-    if estimate is not None:
-        report["estimate"] = compared(estimate, timings)
-    storage.write_text(storage.join(job.output, RUN_REPORT), json.dumps(report, indent=2) + "\n")
-    return report
+    outcome = RunOutcome(
+        job=job,
+        inferred=tuple(todo),
+        chunks=results,
+        assembled=tuple(assembled),
+        complete=tuple(complete),
+        failed=tuple(failed),
+        resumed=resumed,
+        timings=timings,
+        application=application(spark),
+        estimate=None if estimate is None else compared(estimate, timings),
+    )
+    text = json.dumps(outcome.report, indent=2) + "\n"
+    storage.write_text(storage.join(job.output, RUN_REPORT), text)
+    return outcome

@@ -307,7 +307,7 @@ class RasterPlan:
         }
         return pa.table({name: pa.array(values, pa.int32()) for name, values in columns.items()})
 
-    def chunk_tiles(self, chunk_row: int, chunk_col: int) -> list[Tile]:
+    def tiles_of_chunk(self, chunk_row: int, chunk_col: int) -> list[Tile]:
         """The tiles of one chunk, row-major."""
         rows, cols = self.chunk_tile_grid(chunk_row, chunk_col)
         return [self._tile(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
@@ -325,7 +325,7 @@ class RasterPlan:
         window's output the chunk keeps: with `crop` its tiles, with `blend` every window that
         reaches into the chunk, its core clipped to the chunk."""
         if self.tiling.merge == "crop":
-            return self.chunk_tiles(chunk_row, chunk_col)
+            return self.tiles_of_chunk(chunk_row, chunk_col)
         rows, cols = self._chunk_axes()
         top, left = int(rows.off[chunk_row]), int(cols.off[chunk_col])
         bottom, right = top + int(rows.size[chunk_row]), left + int(cols.size[chunk_col])

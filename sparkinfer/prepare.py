@@ -1,43 +1,33 @@
-"""Prepare a run on the driver, from metadata only: check the options, the model, the output
-folder and every input, then plan each raster.
+"""Prepare a run on the driver, from metadata only: check the options, the output folder and
+every input, package the model's files (`check_job`); then, given what the model is (its
+inspection, `job.inspected`), plan each raster (`plan_job`).
 
-`prepare_job` does all the checks that need no Spark. A problem of the whole run (config, model,
-output folder, no usable input) raises a `UserError` with one clear line, before anything is
-written. A problem of one raster is recorded as a `Failure` and the others go on (unless
-`fail_fast`).
+A problem of the whole run (config, model, output folder, no usable input) raises a
+`UserError` with one clear line, before anything is written. A problem of one raster is
+recorded as a `Failure` and the others go on (unless `fail_fast`).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import re
-import unicodedata
-from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Literal
 
 from sparkinfer import __version__, storage
-from sparkinfer.config import CHUNK_PIXELS, JobConfig
-from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError, first_line
+from sparkinfer.config import JobConfig
+from sparkinfer.errors import ConfigError, InputError
+from sparkinfer.inspection import WITHOUT_ARGMAX, ModelInfo
 from sparkinfer.lock import OutputLock
-from sparkinfer.model import (
-    FORMAT_NAMES,
-    WITHOUT_ARGMAX,
-    ModelInfo,
-    ModelPackage,
-    inspect_package,
-    package_models,
-)
-from sparkinfer.plan import ChipGrid, RasterPlan, Tiling, round_up
+from sparkinfer.model import FORMAT_NAMES, ModelPackage, package_models
+from sparkinfer.outputs import STAGING_FOLDER, check_output_folder, output_names
+from sparkinfer.plan import ChipGrid, RasterPlan, Tiling
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.stac import ItemInput, is_stac, read_items, stack_item
-from sparkinfer.stages.infer import warm_workers
+from sparkinfer.tiling import tiling_for
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
-STAGING_FOLDER = "_staging"
 IDENTITY_TAG = "SPARKINFER_IDENTITY"
 
 
@@ -46,7 +36,7 @@ class Failure:
     """A raster that could not be processed: which, at what stage, and why (one line)."""
 
     input: str
-    stage: str  # "input", "plan", "infer" or "assemble"
+    stage: Literal["input", "plan", "infer", "assemble"]
     error: str
 
 
@@ -109,67 +99,6 @@ class Job:
     failed: tuple[Failure, ...] = ()  # rasters refused before Spark
 
 
-def _input_roots(patterns: list[str]) -> list[tuple[str, str]]:
-    """(pattern, folder) for each input that names a folder or a glob pattern: the folder it
-    lists, or the pattern's fixed part (up to its first wildcard)."""
-    roots = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            if storage.is_s3(pattern):  # only the file name may hold wildcards
-                roots.append((pattern, storage.parent(pattern)))
-                continue
-            parts = Path(pattern).absolute().parts
-            fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-            roots.append((pattern, str(Path(*parts[:fixed]).resolve())))
-        elif storage.is_dir(pattern):
-            roots.append(
-                (
-                    pattern,
-                    storage.absolute(pattern)
-                    if storage.is_s3(pattern)
-                    else str(Path(pattern).resolve()),
-                )
-            )
-    return roots
-
-
-def _check_output_folder(output: str, patterns: list[str], inputs: list[str]) -> None:
-    """The output is neither an input's own folder nor inside a folder or pattern given as
-    input, so no later run takes outputs for inputs; next to an input file is fine."""
-    resolved = None if storage.is_s3(output) else Path(output).resolve()
-    target = output if resolved is None else str(resolved)
-    for pattern, root in _input_roots(patterns):
-        if target == root or target.startswith(root.rstrip("/") + "/"):
-            raise OutputError(
-                f"{output}: output folder is inside input {pattern}, where a later run would "
-                "take the outputs for inputs; choose a folder outside it"
-            )
-    for path in inputs:
-        if target == storage.parent(path):
-            raise OutputError(
-                f"{output}: output folder is the folder of input {path}; choose a separate folder"
-            )
-    if resolved is None:
-        try:
-            storage.probe_write(output)
-        except OSError as exc:
-            raise OutputError(
-                f"{output}: cannot write there ({first_line(exc, 200)}); check the bucket name "
-                "and the AWS_* credentials and endpoint"
-            ) from None
-        return
-    existing = next((p for p in [resolved, *resolved.parents] if p.exists()), None)
-    if existing is None or not existing.is_dir():
-        raise OutputError(f"{output}: cannot create the output folder ({existing} is not a folder)")
-    try:
-        storage.probe_write(str(existing))
-    except OSError as exc:
-        where = "output folder" if existing == resolved else f"folder {existing}"
-        raise OutputError(
-            f"{output}: cannot write in the {where} ({exc.strerror}); choose another --output"
-        ) from None
-
-
 def runtime_options(config: JobConfig) -> RuntimeOptions:
     """How the executors run the model for `config`."""
     return RuntimeOptions(
@@ -180,65 +109,6 @@ def runtime_options(config: JobConfig) -> RuntimeOptions:
         config.tta,
         config.verbose,
     )
-
-
-def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
-    if config.halo != "auto":
-        return round_up(config.halo, model.stride)
-    if model.receptive_halo is None:
-        raise ModelError(
-            f"{model.path}: each output pixel depends on the whole input window (global "
-            "pooling or attention), so no halo makes tiles equal whole-image inference; give "
-            "the context to read around each tile with --halo PIXELS, or blend overlapping "
-            "windows with --merge blend"
-        )
-    return round_up(model.receptive_halo, model.stride)
-
-
-def _chip_grid(config: JobConfig, model: ModelInfo) -> ChipGrid:
-    """Chips of the classifier's input size every `chip_stride` pixels; the options of
-    per-pixel models are refused, as they would change nothing."""
-    given = [
-        flag
-        for flag, used in (
-            ("--merge blend", config.merge == "blend"),
-            ("--halo", config.halo != "auto"),
-            ("--verify", config.verify),
-            ("--polygons", config.polygons),
-        )
-        if used
-    ]
-    if given:
-        raise ConfigError(
-            f"{model.path}: a chip classifier gives one class per window, so {given[0]} does "
-            "not apply; chips are placed with --chip-stride"
-        )
-    if config.estimate:
-        raise ConfigError(
-            f"{model.path}: --estimate covers per-pixel models; run a chip "
-            "classifier on a part of the input to time it"
-        )
-    size = model.input_size or config.chip_size
-    if size is None:
-        raise ConfigError(
-            f"{model.path}: the chip classifier takes any input size; give the "
-            "chips' side with --chip-size PIXELS"
-        )
-    if config.chip_size not in (None, size):
-        raise ConfigError(
-            f"{model.path}: the chip classifier takes {size}-pixel chips only; "
-            f"--chip-size {config.chip_size} does not fit it"
-        )
-    stride = config.chip_stride or size
-    if stride > size:
-        raise ConfigError(
-            f"--chip-stride {stride} is larger than the chips ({size} pixels, the "
-            "model's input); chips would leave gaps"
-        )
-    chunk_tiles = config.chunk_tiles
-    if chunk_tiles == "auto":  # about CHUNK_PIXELS of input per chunk side
-        chunk_tiles = max(1, CHUNK_PIXELS // stride)
-    return ChipGrid(size, stride, chunk_tiles)
 
 
 def _check_scores_needed(config: JobConfig, model: ModelInfo) -> None:
@@ -258,114 +128,6 @@ def _check_scores_needed(config: JobConfig, model: ModelInfo) -> None:
                 f"{model.path}: the model outputs class indices (it ends in an argmax), so "
                 f"{flag} has no scores to {need}; {WITHOUT_ARGMAX[model.format]}"
             )
-
-
-def _tiling(config: JobConfig, model: ModelInfo) -> Tiling | ChipGrid:
-    """How the model's rasters are cut: the halo (`crop`) or half the overlap (`blend`) around
-    tiles of `tile_size`, whose windows are the model's input where its size is fixed; a chip
-    classifier's chips."""
-    if model.task == "chips":
-        return _chip_grid(config, model)
-    for flag, value in (("--chip-size", config.chip_size), ("--chip-stride", config.chip_stride)):
-        if value is not None:
-            raise ConfigError(
-                f"{model.path}: {flag} applies to chip classifiers (an output of "
-                "(batch, classes)); this model gives a class per pixel"
-            )
-    if config.merge == "blend":
-        margin = model.stride  # overlaps are even multiples of the stride: half is the halo
-        window = model.input_size or config.tile_size * 5 // 4
-        overlap = window // 5 if config.overlap == "auto" else config.overlap
-        halo = round_up(overlap, 2 * margin) // 2
-    else:
-        halo = _resolve_halo(config, model)
-    tile_size = config.tile_size
-    if model.input_size is not None:  # the window is the model's input
-        tile_size = model.input_size - 2 * halo
-        if tile_size < 1:
-            blend = config.merge == "blend"
-            room = f"an overlap of {2 * halo}" if blend else f"a halo of {halo} on each side"
-            raise ModelError(
-                f"{model.path}: the model takes windows of exactly {model.input_size} pixels, "
-                f"which leave no room for {room}; give a smaller --{'overlap' if blend else 'halo'}"
-            )
-    try:
-        chunk_tiles = config.chunk_tiles
-        if chunk_tiles == "auto":
-            chunk_tiles = max(1, CHUNK_PIXELS // tile_size)
-        return Tiling(
-            tile_size,
-            halo,
-            model.stride,
-            chunk_tiles,
-            fixed_window=model.input_size is not None,
-            merge=config.merge,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"tile_size/halo do not fit the model: {exc}") from None
-
-
-def seam_free(model: ModelInfo, tiling: Tiling | ChipGrid) -> bool:
-    """Whether the stitched output equals whole-image inference: windows are cropped to their
-    cores, and the halo covers the model's receptive field. (A chip classifier's output is
-    per chip: there is no whole-image inference to equal.)"""
-    return (
-        isinstance(tiling, Tiling)
-        and tiling.merge == "crop"
-        and model.receptive_halo is not None
-        and tiling.halo >= model.receptive_halo
-    )
-
-
-def halo_notes(job: Job) -> list[str]:
-    """What a user should know about the context the job gives each tile: a tile size, halo or
-    overlap that differs from the one given, and whether the result is seam-free."""
-    model, tiling, config = job.model, job.tiling, job.config
-    if isinstance(tiling, ChipGrid):
-        return []
-    blend = tiling.merge == "blend"
-    notes = []
-    if model.input_size is not None and tiling.tile_size != config.tile_size:
-        context = (
-            f"overlapping by {tiling.overlap}" if blend else f"{tiling.halo} of halo on each side"
-        )
-        notes.append(
-            f"tile size {tiling.tile_size}: the model takes windows of exactly "
-            f"{model.input_size} pixels, {context}"
-        )
-    if blend:
-        if config.overlap != "auto" and config.overlap != tiling.overlap:
-            notes.append(
-                f"overlap {config.overlap} rounded up to {tiling.overlap}, a multiple "
-                f"of twice the model's stride {model.stride}"
-            )
-        if model.receptive_halo is not None:
-            notes.append(
-                f"the model's receptive field is local ({model.receptive_halo} pixels): "
-                "--merge crop gives whole-image inference exactly"
-            )
-        notes.append(
-            f"windows of {tiling.window_size} pixels overlap by {tiling.overlap} and "
-            "their scores are blended: smooth across tiles, not seam-free"
-        )
-        return notes
-    halo, given = tiling.halo, config.halo
-    if given != "auto" and given != halo:
-        notes.append(
-            f"halo {given} rounded up to {halo}, a multiple of the model's stride {model.stride}"
-        )
-    if model.receptive_halo is None:
-        notes.append(
-            f"{model.path}: each output pixel depends on the whole input window: "
-            "tiles are not seam-free; --merge blend smooths their borders"
-        )
-    elif halo < model.receptive_halo:
-        notes.append(
-            f"halo {halo} is less than the model's receptive field "
-            f"({model.receptive_halo} pixels, by {model.halo_found_by}): tiles differ "
-            "from whole-image inference near their borders"
-        )
-    return notes
 
 
 def _identity(
@@ -396,24 +158,6 @@ def _identity(
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def output_names(stems: list[str], paths: list[str]) -> list[str]:
-    """Output file stems: the inputs' `stems` made safe (ASCII letters, digits, '.', '_', '-';
-    never starting with '.' or '_', so never a hidden or reserved name), and distinct: stems
-    that clash get a suffix from a hash of their input's full `paths`."""
-    safe_stems = []
-    for stem in stems:
-        ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore")
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem.decode()).strip("._-")
-        safe_stems.append(safe or "raster")
-    counts = Counter(stem.casefold() for stem in safe_stems)  # case-insensitive file systems too
-    return [
-        stem
-        if counts[stem.casefold()] == 1
-        else f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
-        for stem, path in zip(safe_stems, paths, strict=True)
-    ]
 
 
 def _resolve(config: JobConfig) -> tuple[list[str], list[Failure]]:
@@ -486,7 +230,7 @@ def check_job(config: JobConfig) -> Checked:
     here); a UserError stops the run, a raster that cannot be used becomes a `Failure`."""
     output = storage.absolute(config.output)
     inputs, failed = _resolve(config)
-    _check_output_folder(output, config.input, inputs)
+    check_output_folder(output, config.input, inputs)
     OutputLock(output).check()
     package = package_models(config.model, config.trust_model, config.cut_argmax)
 
@@ -513,28 +257,15 @@ def check_job(config: JobConfig) -> Checked:
     return Checked(config, output, tuple(infos), tuple(failed), package)
 
 
-def prepare_job(config: JobConfig, spark=None) -> Job:
-    """Check model, output and inputs, then plan every raster (`check_job`, then `plan_job`)."""
-    return plan_job(check_job(config), spark)
-
-
-def plan_job(checked: Checked, spark=None) -> Job:
-    """Check the model, check the inputs, then plan every raster.
-
-    With a session, its Python workers start, load the model and inspect it (`warm_workers`),
-    so the driver never starts a framework and the stage finds the model loaded; without one,
-    or if that job fails, the model is inspected here, from the package the workers load.
+def plan_job(checked: Checked, model: ModelInfo) -> Job:
+    """Check the options and the inputs against what the `model` is (`job.inspected`), then
+    plan every raster.
 
     Raises a UserError for what stops the whole run; a raster that cannot be used becomes a
     `Failure` in `Job.failed` (or raises, with `fail_fast`).
     """
     config, output, package = checked.config, checked.output, checked.package
     failed = list(checked.failed)
-    model = None
-    if spark is not None:
-        model = warm_workers(spark, package, runtime_options(config), config.model)
-    if model is None:
-        model = inspect_package(package, config.model, config.backend)
     others = [f for f in model.formats if f != "keras"]
     if config.precision != "float32" and others:
         raise ConfigError(
@@ -547,7 +278,7 @@ def plan_job(checked: Checked, spark=None) -> Job:
             f"normalization has statistics for {count} bands but the model takes {model.bands}"
         )
     _check_scores_needed(config, model)
-    tiling = _tiling(config, model)
+    tiling = tiling_for(config, model)
 
     infos = []
     for info in checked.infos:

@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import platform
 import socket
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparkinfer import __version__
-from sparkinfer.plan import ChipGrid
-from sparkinfer.prepare import Job, seam_free
-from sparkinfer.session import (
-    application,
-)
+from sparkinfer.assembly import AssemblyResult
+from sparkinfer.prepare import Failure, Job, RasterJob
+from sparkinfer.tiling import tiling_report
 
 
 def _chunks_by_gpu(results: pa.Table) -> dict:
@@ -33,7 +32,7 @@ def _chunks_by_gpu(results: pa.Table) -> dict:
 
 
 def _executors(results: pa.Table) -> dict:
-    """Per executor (`infer.executor_name`): the chunks and tiles it inferred, when its first
+    """Per executor (`executor.executor_name`): the chunks and tiles it inferred, when its first
     task started (seconds after the stage's first), the span from then to its last chunk, and
     its rate over that span: how the work spread."""
     spread = results.group_by("executor").aggregate(
@@ -53,10 +52,46 @@ def _executors(results: pa.Table) -> dict:
     return found
 
 
-def run_report(job, todo, results, assembled, complete, failed, resumed, timings, spark) -> dict:
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one run did, as the driver learned it; its `report` is `_run.json`."""
+
+    job: Job
+    inferred: tuple[RasterJob, ...]  # the rasters the stages ran, in the plan table's order
+    chunks: pa.Table  # a row per chunk inferred (`executor.CHUNK_RESULT_SCHEMA`)
+    assembled: tuple[AssemblyResult, ...]
+    complete: tuple[RasterJob, ...]  # outputs of the same input, model and config: kept
+    failed: tuple[Failure, ...]
+    resumed: dict[str, int]  # per input: chunks committed by an earlier run
+    timings: dict[str, float]
+    application: dict  # the Spark application that ran it (`session.application`)
+    estimate: dict | None = None  # the figures an `_estimate.json` predicted, and the run's
+
+    @property
+    def written(self) -> list[RasterJob]:
+        """The rasters whose outputs this run wrote."""
+        failed = {f.input for f in self.failed}
+        done = {a.input for a in self.assembled}
+        return [r for r in self.inferred if r.info.path in done - failed]
+
+    @property
+    def tiles(self) -> dict[str, int]:
+        """Tiles inferred, and skipped as all nodata, by this run."""
+        return {k: pc.sum(self.chunks[k]).as_py() or 0 for k in ("inferred", "skipped")}
+
+    @cached_property
+    def report(self) -> dict:
+        return run_report(self)
+
+
+def run_report(outcome: RunOutcome) -> dict:
+    """The run report of `outcome`: what each raster got, what failed, the model, the tiling,
+    the devices, the executors and the timings."""
+    job, todo, results = outcome.job, outcome.inferred, outcome.chunks
+    assembled, failed, timings = outcome.assembled, outcome.failed, outcome.timings
     failed_inputs = {f.input for f in failed}
-    assembled_s = {a["input"]: a["assemble_s"] for a in assembled}
-    verified = {a["input"]: json.loads(a["verify"]) for a in assembled if a.get("verify")}
+    assembled_s = {a.input: a.assemble_s for a in assembled}
+    verified = {a.input: json.loads(a.verify) for a in assembled if a.verify}
     per_raster = []
     for index, raster in enumerate(todo):
         if raster.info.path in failed_inputs:
@@ -77,7 +112,7 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
                 },
                 "chunks": {
                     "planned": raster.plan.chunk_count,
-                    "resumed": resumed[raster.info.path],  # committed by an earlier run
+                    "resumed": outcome.resumed[raster.info.path],  # committed by an earlier run
                     "kept_on_retry": pc.sum(mine["reused"].cast(pa.int32())).as_py() or 0,
                 }
                 | _chunks_by_gpu(mine),
@@ -85,7 +120,7 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
             }
             | ({"verify": verified[raster.info.path]} if raster.info.path in verified else {})
         )
-    for raster in complete:
+    for raster in outcome.complete:
         per_raster.append(
             {
                 "input": raster.info.path,
@@ -104,7 +139,7 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "python": platform.python_version(),  # the driver's
-        "spark": application(spark),
+        "spark": outcome.application,
         "model": {
             "path": job.model.path,
             "sha256": job.package.digest,
@@ -119,7 +154,7 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
             "output": job.model.output,
             "input_size": job.model.input_size,
         },
-        "tiling": tiling_report(job),
+        "tiling": tiling_report(job.model, job.tiling),
         "rasters": per_raster,
         "failed": [asdict(f) for f in failed],
         "tiles": {
@@ -134,16 +169,4 @@ def run_report(job, todo, results, assembled, complete, failed, resumed, timings
         },
         "executors": _executors(results),
         "config": job.config.model_dump(mode="json"),
-    }
-
-
-def tiling_report(job: Job) -> dict:
-    """How the rasters were cut: tiles, halo or overlap, and whether that is seam-free; or a
-    chip classifier's chips (the output grid's cells are `stride` pixels)."""
-    if isinstance(job.tiling, ChipGrid):
-        return {"chips": asdict(job.tiling)}
-    return asdict(job.tiling) | {
-        "overlap": job.tiling.overlap,
-        "halo_share": round(job.tiling.halo_share, 4),
-        "seam_free": seam_free(job.model, job.tiling),
-    }
+    } | ({"estimate": outcome.estimate} if outcome.estimate is not None else {})

@@ -6,6 +6,9 @@ the driver's JVM. Everything the job needs from a session goes through this modu
 DataFrame operations that both kinds run: `spark.range(...).mapInArrow(...)`, the session's
 configuration, and files added to the session. No session setting is ever changed, so a
 notebook's own session is left as it was.
+
+`run_stage` runs each of the job's stages; `warm_workers` starts the Python workers before the
+first, loads the model in them and has one inspect it.
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ import pickle
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 
-from sparkinfer.errors import JobFailed
-from sparkinfer.model import ModelPackage
+from sparkinfer.devices import task_resources
+from sparkinfer.errors import JobFailed, ModelError, first_line
+from sparkinfer.inspection import ModelInfo, inspect_package
+from sparkinfer.model import ModelPackage, load_for_task
 from sparkinfer.plan import task_bounds
+from sparkinfer.runtimes import RuntimeOptions
 
 # Task slots assumed on a Spark Connect server that states neither `spark.default.parallelism`
 # nor a local master: enough tasks to keep a few executors busy; set the setting to say better.
@@ -183,6 +189,29 @@ def map_in_partitions(
     return frame.mapInArrow(rows, spark_schema(schema)).collect()
 
 
+def run_stage(
+    spark,
+    table: pa.Table,
+    partitions: int,
+    partition: Callable[[Shipment | None], Callable],
+    schema: pa.Schema,
+    *,
+    failed: str,
+    hint: str,
+    package: ModelPackage | None = None,
+    tapered: bool = False,
+) -> pa.Table:
+    """One stage of the job: `partition(shipment)`, a mapInArrow function made with the model
+    `package` shipped (or None without one), run over `table` in `partitions` tasks
+    (`map_in_partitions`); its rows on the driver, in `schema`. A failed Spark job raises a
+    one-line `JobFailed`: `failed`, the task's cause, then `hint`."""
+    with ExitStack() as stack:
+        stack.enter_context(spark_failures(failed, hint))
+        shipment = None if package is None else stack.enter_context(shipped(spark, package))
+        rows = map_in_partitions(spark, table, partitions, partition(shipment), schema, tapered)
+    return pa.Table.from_pylist([row.asDict() for row in rows], schema=schema)
+
+
 def spark_schema(schema: pa.Schema):
     """The Spark StructType of an Arrow schema."""
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -214,3 +243,57 @@ def task_failure(text: str) -> str:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         cause = lines[-1] if lines else "unknown error"
     return cause.split(". Consider setting")[0][:300]
+
+
+INSPECTED_SCHEMA = pa.schema([("inspected", pa.binary())])  # a pickled ModelInfo or error line
+
+
+def warm_workers(
+    spark, package: ModelPackage, options: RuntimeOptions, names: list[str]
+) -> ModelInfo | None:
+    """Start a Python worker per core and load the model in each, with a job of one task per
+    core, so that the stage's tasks find it loaded in the workers Spark reuses. The first task
+    also inspects the model (`inspect_package`): the driver then never starts a framework.
+
+    Returns what the inspection found; raises its ModelError; None when the job itself failed
+    (the caller inspects on the driver, and the stage reports what keeps workers from running).
+    """
+    from py4j.protocol import Py4JJavaError
+    from pyspark import TaskContext
+    from pyspark.errors import PySparkException
+
+    def load(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        resources = task_resources()
+        package = shipment.package()
+        # First, so that the runtime sets the task's thread limits before anything starts
+        # the framework. The model itself, not its test-time augmentation: that is what is
+        # inspected (augmentation mirrors its receptive field, the halo stays the same).
+        runtime = None
+        with suppress(Exception):  # the inspection below loads it again and says why it fails
+            runtime = load_for_task(package, replace(options, tta="none"), resources)
+        found = None
+        if TaskContext.get().partitionId() == 0:
+            try:
+                found = pickle.dumps(inspect_package(package, names, options.backend, runtime))
+            except ModelError as exc:
+                found = pickle.dumps(str(exc))
+            except Exception as exc:  # noqa: BLE001 -- whatever fails, the model is unusable
+                found = pickle.dumps(f"{' + '.join(names)}: cannot load model ({first_line(exc)})")
+        for _ in batches:
+            pass
+        yield pa.RecordBatch.from_pydict({"inspected": [found]}, schema=INSPECTED_SCHEMA)
+
+    cores = task_slots(spark)
+    with shipped(spark, package) as shipment:
+        with worker_environment(spark, "KERAS_BACKEND", options.backend):
+            frame = spark.range(cores, numPartitions=cores).mapInArrow(
+                load, spark_schema(INSPECTED_SCHEMA)
+            )
+        try:
+            rows = frame.collect()
+        except (Py4JJavaError, PySparkException):
+            return None
+    found = next((pickle.loads(r.inspected) for r in rows if r.inspected is not None), None)
+    if isinstance(found, str):
+        raise ModelError(found)
+    return found

@@ -1,10 +1,10 @@
 """Writing predictions: per-task GeoTIFF chunks, then one Cloud-Optimized GeoTIFF per raster.
 
-A Spark task streams each tile's cropped prediction into its chunk's GeoTIFF under a temporary
-name and commits it (`storage.commit`: a rename, or an upload to S3) when the chunk is complete.
-The chunk's name comes from the plan (its position in the chunk grid), so a retried task
-replaces the file instead of adding one. Assembly reads the chunks through a VRT and lets GDAL's
-COG driver write the final file block by block (with overviews), under a temporary name,
+A Spark task writes each chunk's prediction (`sparkinfer.executor`), once complete, into the
+chunk's GeoTIFF under a temporary name and commits it (`storage.commit`: a rename, or an upload
+to S3). The chunk's name comes from the plan (its position in the chunk grid), so a retried
+task replaces the file instead of adding one. Assembly reads the chunks through a VRT and lets
+GDAL's COG driver write the final file block by block (with overviews), under a temporary name,
 committed at the end.
 """
 
@@ -17,8 +17,6 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import rasterio
 import rasterio.shutil
 import rasterio.windows
@@ -160,23 +158,19 @@ class ChunkWriter:
         if self._scores is not None and scores is not None:
             self._scores.write(np.moveaxis(scores, -1, 0), window=window)
 
-    def staged_file(self, final: str) -> Path:
+    def staged_file(self, final: str, first: bool = False) -> Path:
         """A local file for the caller to write `final` into: committed with the chunk, after
-        the files opened before it, or removed with it."""
+        the files opened before it (`first`: before them all), or removed with it."""
         tmp = storage.staging_file(final)
-        self._files.append((tmp, final, None))
+        self._files.insert(0 if first else len(self._files), (tmp, final, None))
         return tmp
 
-    def commit(self, tags: dict[str, str] | None = None, chips: pa.Table | None = None) -> None:
+    def commit(self, tags: dict[str, str] | None = None) -> None:
         """Close the files and move (or upload) them to their final names; `tags` go into the
-        class map's metadata, so they are committed with it. A chip classifier's `chips` table
-        is committed first: a chunk whose class map is there has its table too."""
+        class map's metadata, so they are committed with it."""
         if tags:
             self._classes.update_tags(**tags)
         self._close()
-        if chips is not None:
-            with storage.staged(self.spec.chips_path) as table:
-                pq.write_table(chips, table, compression="zstd")
         for tmp, final, _ in self._files:
             storage.commit(tmp, final)
 

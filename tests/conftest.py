@@ -14,6 +14,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+# Fixtures that start Spark (a session, a cluster): a test that uses one, directly or through
+# another fixture, is slow. The fast loop (`pytest -m "not slow"`) runs no Spark at all.
+SPARK_FIXTURES = {"spark", "run", "standalone"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SPARK_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_spark_in_fast_tests(request, monkeypatch):
+    """A test not marked slow cannot start Spark: its SPARK_HOME names no Spark, so a JVM it
+    would start (in this process or a child) fails, and the test with it."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("SPARK_HOME", str(ROOT / "tests" / "no-spark-in-fast-tests"))
+
+
 @pytest.fixture(scope="session")
 def spark():
     from processes import JVM_OPTIONS
@@ -59,13 +78,12 @@ def onnx_models(models, tmp_path_factory):
 @pytest.fixture
 def run(spark):
     """Run the job in-process on the shared local[2] session; returns the run report."""
-    from sparkinfer.config import load_config
-    from sparkinfer.job import run_job
-    from sparkinfer.prepare import prepare_job
+    from sparkinfer.config_sources import load_config
+    from sparkinfer.job import prepare_job, run_job
 
     def _run(**options):
         config = load_config(options, defaults_file=ROOT / "conf" / "default.yaml")
-        return run_job(spark, prepare_job(config))
+        return run_job(spark, prepare_job(config)).report
 
     return _run
 

@@ -14,9 +14,10 @@ import rasterio
 from builders import conv_stack, whole_image_outputs, write_raster
 
 from sparkinfer.averaging import TRANSFORMS
-from sparkinfer.cli import config_from_args, main
+from sparkinfer.cli import main
 from sparkinfer.errors import ModelError
-from sparkinfer.model import inspect_model
+from sparkinfer.flags import config_from_args
+from sparkinfer.inspection import inspect_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,9 +13,9 @@ from builders import write_raster
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
-from sparkinfer.config import load_config
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import ConfigError, InputError, ModelError, OutputError
-from sparkinfer.prepare import prepare_job
+from sparkinfer.job import prepare_job
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"

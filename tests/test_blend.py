@@ -144,9 +144,10 @@ def test_the_blend_does_not_depend_on_the_chunks(tmp_path, run, scene):
 
 
 def test_blend_options_are_checked_and_said(tmp_path, scene):
-    from sparkinfer.config import load_config
+    from sparkinfer.config_sources import load_config
     from sparkinfer.errors import ConfigError
-    from sparkinfer.prepare import halo_notes, prepare_job
+    from sparkinfer.job import prepare_job
+    from sparkinfer.tiling import halo_notes
 
     raster, model = scene
     common = dict(input=[str(raster)], model=str(model), output=str(tmp_path / "out"))
@@ -156,7 +157,7 @@ def test_blend_options_are_checked_and_said(tmp_path, scene):
         load_config(common | dict(overlap=8))
     job = prepare_job(load_config(common | dict(merge="blend", tile_size=64)))
     assert (job.tiling.tile_size, job.tiling.overlap) == (64, 16), "auto: a fifth of the window"
-    assert halo_notes(job) == [
+    assert halo_notes(job.model, job.tiling, job.config) == [
         "windows of 80 pixels overlap by 16 and their scores are "
         "blended: smooth across tiles, not seam-free"
     ]

@@ -19,9 +19,8 @@ DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, spark, models):
-    from sparkinfer.config import load_config
-    from sparkinfer.job import run_job
-    from sparkinfer.prepare import prepare_job
+    from sparkinfer.config_sources import load_config
+    from sparkinfer.job import prepare_job, run_job
 
     folder = tmp_path_factory.mktemp("catalog")
     (folder / "in").mkdir()
@@ -40,7 +39,7 @@ def written(tmp_path_factory, spark, models):
         ),
         defaults_file=DEFAULTS,
     )
-    report = run_job(spark, prepare_job(config))
+    report = run_job(spark, prepare_job(config)).report
     return raster, folder / "out", report
 
 

@@ -16,10 +16,10 @@ from builders import export_onnx
 from rasterio.transform import from_origin
 
 from sparkinfer.cli import main
-from sparkinfer.config import load_config
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import ConfigError
-from sparkinfer.model import inspect_model
-from sparkinfer.prepare import prepare_job
+from sparkinfer.inspection import inspect_model
+from sparkinfer.job import prepare_job
 
 NODATA = -1.0
 BAND1 = [0.0, 1.0, 2.0, 4.0]  # by 8-pixel column of blocks

@@ -71,7 +71,10 @@ def _bad_inputs(tmp_path, scene, models):
 FOUND_BEFORE_SPARK = ["missing file", "not a raster", "bad config key"]
 
 
-@pytest.mark.parametrize("case", [*FOUND_BEFORE_SPARK, "classifier of any size"])
+# The classifier's size is found once the model is loaded: the job starts Spark for that.
+@pytest.mark.parametrize(
+    "case", [*FOUND_BEFORE_SPARK, pytest.param("classifier of any size", marks=pytest.mark.slow)]
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene, models, case):
     raster, model, extra, named, message = _bad_inputs(tmp_path, scene, models)[case]
     out = tmp_path / "out"
@@ -109,6 +112,7 @@ def test_a_band_mismatch_is_one_line_once_the_workers_read_the_model(
     assert not out.exists(), "nothing written for a bad input"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbose", [False, True])
 def test_bad_input_through_spark_submit_is_the_last_line_on_stderr(tmp_path, scene, verbose):
     """spark-submit merges the Python driver's stderr into its stdout; spark-submit.sh sends

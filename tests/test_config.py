@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparkinfer.cli import config_from_args
-from sparkinfer.config import JobConfig, load_config, read_yaml
+from sparkinfer.config import JobConfig
+from sparkinfer.config_sources import load_config, read_yaml
 from sparkinfer.errors import ConfigError
+from sparkinfer.flags import config_from_args
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 REQUIRED = {"input": ["a.tif"], "model": "m.keras", "output": "out"}
@@ -127,3 +128,39 @@ def test_scale_and_offset_come_before_mean_and_std():
     pixels = np.array([[[250, 100]]], np.uint16)
     expected = (np.float32([0.9, 0.3]) - np.float32([0.1, 0.2])) / np.float32([0.5, 0.25])
     np.testing.assert_allclose(preprocess(pixels, None, norm)[0, 0], expected, rtol=1e-6)
+
+
+def test_every_flag_sets_the_config_field_it_is_named_for():
+    """The command line's flags map onto `JobConfig`'s fields by their destinations alone: each
+    names a field (`section.field` inside normalization or cog), and every field has a flag."""
+    from sparkinfer.config import CogOptions, Normalization
+    from sparkinfer.flags import build_parser
+
+    destinations = {
+        action.dest for action in build_parser()._actions if action.dest not in ("help", "config")
+    }
+    fields = {
+        *(name for name in JobConfig.model_fields if name not in ("normalization", "cog")),
+        *(f"normalization.{name}" for name in Normalization.model_fields),
+        *(f"cog.{name}" for name in CogOptions.model_fields),
+    }
+    assert destinations == fields
+    assert all(value is None for value in vars(build_parser().parse_args([])).values())
+
+
+def test_flags_in_sections_and_renamed_ones_reach_their_fields():
+    config = config_from_args(
+        [
+            *("--input", "a.tif", "--model", "m.keras", "--output", "out"),
+            *("--scale", "0.5", "--mean", "1,2", "--std", "3,4"),
+            *("--cog-compression", "zstd", "--progress", "0", "--softmax"),
+        ]
+    )
+    assert config.normalization.model_dump() == {
+        "scale": 0.5,
+        "offset": None,
+        "mean": [1.0, 2.0],
+        "std": [3.0, 4.0],
+    }
+    assert (config.cog.compression, config.cog.blocksize) == ("zstd", 512)
+    assert (config.progress_seconds, config.activation) == (0.0, "softmax")

@@ -25,9 +25,8 @@ from processes import (
     wait_until,
 )
 
-from sparkinfer.config import load_config
-from sparkinfer.job import run_job
-from sparkinfer.prepare import prepare_job
+from sparkinfer.config_sources import load_config
+from sparkinfer.job import prepare_job, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +61,9 @@ def scene(tmp_path_factory, spark):
         batch_size=1,
         output=str(clean),
     )
-    report = run_job(spark, prepare_job(load_config(options, ROOT / "conf" / "default.yaml")))
+    report = run_job(
+        spark, prepare_job(load_config(options, ROOT / "conf" / "default.yaml"))
+    ).report
     assert report["rasters"][0]["chunks"]["planned"] == 96
     return SimpleNamespace(raster=raster, model=model, expected=(clean / "scene.tif").read_bytes())
 

@@ -12,12 +12,12 @@ import pytest
 import rasterio
 from builders import lambda_model, whole_image_outputs, write_raster
 
-from sparkinfer.config import load_config
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import InputError, ModelError, OutputError
-from sparkinfer.job import run_job, stage_spec
+from sparkinfer.job import prepare_job, run_job
 from sparkinfer.lock import LOCK_FILE
-from sparkinfer.prepare import STAGING_FOLDER, output_names, prepare_job
-from sparkinfer.stages.infer import infer_and_write, plan_table
+from sparkinfer.outputs import STAGING_FOLDER, output_names
+from sparkinfer.stages.infer import infer_and_write, plan_table, stage_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"
@@ -128,22 +128,22 @@ def scene_in(tmp_path: Path, name: str = "scene.tif", *args, **kwargs) -> Path:
 def test_complete_outputs_are_kept_until_the_input_or_config_changes(tmp_path, spark, models):
     raster = scene_in(tmp_path, "scene.tif", 100, 90)
     common = dict(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"))
-    first = run_job(spark, prepare_job(config(**common, tile_size=64)))
+    first = run_job(spark, prepare_job(config(**common, tile_size=64))).report
     assert first["rasters"][0]["status"] == "written"
     output = tmp_path / "out" / "scene.tif"
     written_at = output.stat().st_mtime_ns
 
-    again = run_job(spark, prepare_job(config(**common, tile_size=64)))
+    again = run_job(spark, prepare_job(config(**common, tile_size=64))).report
     assert again["rasters"][0]["status"] == "complete" and again["tiles"]["inferred"] == 0
     assert output.stat().st_mtime_ns == written_at
 
     scene_in(tmp_path, "scene.tif", 100, 90, seed=9)  # new imagery under the same name
-    edited = run_job(spark, prepare_job(config(**common, tile_size=64)))
+    edited = run_job(spark, prepare_job(config(**common, tile_size=64))).report
     assert edited["rasters"][0]["status"] == "written" and edited["tiles"]["inferred"] == 4
 
-    changed = run_job(spark, prepare_job(config(**common, tile_size=32)))
+    changed = run_job(spark, prepare_job(config(**common, tile_size=32))).report
     assert changed["rasters"][0]["status"] == "written" and changed["tiles"]["inferred"] == 12
-    forced = run_job(spark, prepare_job(config(**common, tile_size=32, overwrite=True)))
+    forced = run_job(spark, prepare_job(config(**common, tile_size=32, overwrite=True))).report
     assert forced["rasters"][0]["status"] == "written" and forced["tiles"]["inferred"] == 12
 
 
@@ -177,12 +177,13 @@ def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
     staging.mkdir(parents=True)
     chunks = only.plan.chunks()
     assert len(chunks) == 12
+    first_five = plan_table([chunks.slice(0, 5)])
     infer_and_write(
-        spark, plan_table([chunks.slice(0, 5)]), 2, stage_spec(job, [only]), job.package
+        spark, first_five, 2, stage_spec(job, [only]), job.package, failed="died", hint=""
     )
     assert len(list(staging.glob("*.tif"))) == 5
 
-    report = run_job(spark, job)
+    report = run_job(spark, job).report
     assert report["rasters"][0]["chunks"] == {"planned": 12, "resumed": 5, "kept_on_retry": 0}
     tiles_left = sum(chunks.slice(5)["tiles"].to_pylist())
     assert report["tiles"]["inferred"] == tiles_left
@@ -213,7 +214,9 @@ def test_a_running_job_holds_the_output_folder(tmp_path, spark, models):
     gone = subprocess.Popen(["true"])
     gone.wait()
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
-    report = run_job(spark, prepare_job(config(**options)))  # a dead run's lock is taken over
+    report = run_job(
+        spark, prepare_job(config(**options))
+    ).report  # a dead run's lock is taken over
     assert report["rasters"][0]["status"] == "written" and not lock.exists()
 
 
@@ -278,7 +281,7 @@ def test_same_stems_and_unusual_names_get_distinct_safe_outputs(tmp_path, spark,
         prepare_job(
             config(input=[str(a), str(b)], model=str(models["conv"]), output=str(tmp_path / "out"))
         ),
-    )
+    ).report
     outputs = [Path(r["outputs"][0]) for r in report["rasters"]]
     assert len(set(outputs)) == 2 and all(p.name.startswith("scene_1-") for p in outputs)
     for raster, output in zip((a, b), outputs, strict=True):
@@ -292,7 +295,7 @@ def test_a_model_with_code_is_refused_unless_trusted(tmp_path, spark):
     options = dict(input=[str(raster)], model=str(model), output=str(tmp_path / "out"), halo=2)
     with pytest.raises(ModelError, match="safe mode will not run; pass --trust-model"):
         prepare_job(config(**options))
-    report = run_job(spark, prepare_job(config(**options, trust_model=True)))
+    report = run_job(spark, prepare_job(config(**options, trust_model=True))).report
     assert report["rasters"][0]["status"] == "written"
 
 

@@ -26,11 +26,10 @@ from processes import (
     wait_until,
 )
 
-from sparkinfer.config import load_config
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import JobFailed
-from sparkinfer.job import run_job
+from sparkinfer.job import prepare_job, run_job
 from sparkinfer.lock import LOCK_FILE
-from sparkinfer.prepare import prepare_job
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +52,7 @@ def scene(tmp_path_factory, spark):
     )
     clean = folder / "clean"
     config = load_config(options | {"output": str(clean)}, ROOT / "conf" / "default.yaml")
-    report = run_job(spark, prepare_job(config))
+    report = run_job(spark, prepare_job(config)).report
     assert report["rasters"][0]["chunks"]["planned"] == 96
     return SimpleNamespace(
         raster=raster, model=model, options=options, expected=(clean / "scene.tif").read_bytes()

@@ -15,12 +15,12 @@ from builders import write_raster
 from processes import submit
 from servers import ROOT, fake_nvidia_smi
 
-from sparkinfer.config import load_config
+from sparkinfer.assembly import chunk_specs
+from sparkinfer.config_sources import load_config
 from sparkinfer.devices import TaskResources
-from sparkinfer.job import chunks_to_do, prepare_staging, stage_spec
-from sparkinfer.prepare import prepare_job
-from sparkinfer.stages.assemble import chunk_specs
-from sparkinfer.stages.infer import infer_partition, plan_table
+from sparkinfer.executor import infer_partition
+from sparkinfer.job import chunks_to_do, prepare_job, prepare_staging
+from sparkinfer.stages.infer import plan_table, stage_spec
 
 GPU_TASKS = (
     "--conf spark.executor.cores=2 --conf spark.executor.resource.gpu.amount=2 "

@@ -15,9 +15,8 @@ import rasterio
 from builders import write_raster
 from rasterio.transform import from_origin
 
-from sparkinfer.config import load_config
-from sparkinfer.job import chunks_to_do, prepare_staging
-from sparkinfer.prepare import prepare_job
+from sparkinfer.config_sources import load_config
+from sparkinfer.job import chunks_to_do, prepare_job, prepare_staging
 from sparkinfer.session import map_in_partitions
 from sparkinfer.stages.infer import plan_table
 

@@ -20,7 +20,7 @@ def test_the_notebook_source_runs_with_a_local_session(spark):
         names = runpy.run_path(str(NOTEBOOK), init_globals={"spark": spark})
         sample = ROOT / "data" / "nc_landsat7_2000.tif"
         assert names["written"] == [(str(sample), str(output / "nc_landsat7_2000.tif"))]
-        assert names["report"]["config"]["tile_size"] == 128  # the options widget's default
+        assert names["outcome"].job.config.tile_size == 128  # the options widget's default
         with rasterio.open(sample) as src, rasterio.open(output / "nc_landsat7_2000.tif") as out:
             assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
             valid = (src.read_masks() > 0).all(axis=0)
@@ -30,7 +30,8 @@ def test_the_notebook_source_runs_with_a_local_session(spark):
 
 
 def test_the_widgets_are_the_command_line_options():
-    from sparkinfer.cli import argv_of_widgets, build_parser, config_from_args, widgets
+    from sparkinfer.flags import build_parser, config_from_args
+    from sparkinfer.widgets import argv_of_widgets, widgets
 
     flags = {a.option_strings[-1] for a in build_parser()._actions if a.option_strings}
     assert {w.flag for w in widgets()} == flags - {"--help", "--config", "--verbose"}

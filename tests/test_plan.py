@@ -50,7 +50,7 @@ def test_chunks_partition_tiles_in_adjacent_blocks(height, width, tile, chunk_ti
     seen = set()
     for chunk in map(Chunk.of_row, table.to_pylist()):
         covered[chunk.core.slices(PixelWindow(0, 0, height, width))] += 1
-        tiles = plan.chunk_tiles(chunk.row, chunk.col)
+        tiles = plan.tiles_of_chunk(chunk.row, chunk.col)
         assert len(tiles) == chunk.tiles
         for tile in tiles:
             seen.add((tile.row, tile.col))

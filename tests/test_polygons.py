@@ -14,10 +14,11 @@ import shapely
 from builders import argmax_model
 from rasterio.transform import from_origin
 
-from sparkinfer.config import load_config
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import ConfigError
 from sparkinfer.plan import PixelWindow
-from sparkinfer.polygons import chunk_polygons, merge_regions
+from sparkinfer.polygon_merge import merge_regions
+from sparkinfer.polygons import chunk_polygons
 from sparkinfer.writers import chunk_files, is_committed
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
@@ -177,8 +178,7 @@ def test_min_area_leaves_out_exactly_the_smaller_regions(written):
 
 
 def test_the_polygons_are_an_output_of_the_identity(written):
-    from sparkinfer.job import is_complete
-    from sparkinfer.prepare import prepare_job
+    from sparkinfer.job import is_complete, prepare_job
 
     folder, model = written
 

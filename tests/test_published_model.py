@@ -32,9 +32,9 @@ def published():
 
 def _run_job(spark, folder, model, mean, std, **options):
     """The job on the scene: DN / 255 for reflectance, then the model's mean and std."""
-    from sparkinfer.config import load_config
-    from sparkinfer.job import run_job
-    from sparkinfer.prepare import halo_notes, prepare_job
+    from sparkinfer.config_sources import load_config
+    from sparkinfer.job import prepare_job, run_job
+    from sparkinfer.tiling import halo_notes
 
     config = load_config(
         dict(
@@ -50,13 +50,20 @@ def _run_job(spark, folder, model, mean, std, **options):
     )
     started = time.perf_counter()
     job = prepare_job(config)
-    report = run_job(spark, job)
+    report = run_job(spark, job).report
     seconds = time.perf_counter() - started
     with rasterio.open(folder / "L7_ETMs.tif") as src:
         classes = src.read(1)
     with rasterio.open(job.rasters[0].scores_path) as src:
         probabilities = np.moveaxis(src.read(), 0, -1)
-    return job, report, classes, probabilities, seconds, halo_notes(job)
+    return (
+        job,
+        report,
+        classes,
+        probabilities,
+        seconds,
+        halo_notes(job.model, job.tiling, job.config),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +138,7 @@ def test_the_class_map_is_onnxruntime_on_the_same_windows(job_run, published):
     expected_probabilities = np.zeros(probabilities.shape, np.float32)
     with rasterio.open(SCENE) as src:
         for chunk in plan.chunks().to_pylist():
-            for t in plan.chunk_tiles(chunk["chunk_row"], chunk["chunk_col"]):
+            for t in plan.tiles_of_chunk(chunk["chunk_row"], chunk["chunk_col"]):
                 logits = window_logits(session, src, t.read.row_off, t.read.col_off, mean, std)
                 core = logits[:, *t.core.slices(t.read)]
                 rows, cols = t.core.slices(PixelWindow(0, 0, *classes.shape))

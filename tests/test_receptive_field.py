@@ -6,7 +6,8 @@ import pytest
 from builders import conv_stack, dense_classifier, squeeze_excite, unet
 from keras import layers
 
-from sparkinfer.model import inspect_model, load_package, package_model
+from sparkinfer.inspection import inspect_model
+from sparkinfer.model import load_package, package_model
 from sparkinfer.receptive_field import UntraceableLayer, probe, probe_shift, trace
 
 

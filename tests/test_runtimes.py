@@ -16,13 +16,15 @@ from builders import (
     write_raster,
 )
 
-from sparkinfer.config import Normalization, load_config
+from sparkinfer.config import Normalization
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import ConfigError, ModelError
-from sparkinfer.model import inspect_model, load_model, load_package, package_model
-from sparkinfer.prepare import prepare_job
+from sparkinfer.inspection import inspect_model
+from sparkinfer.job import prepare_job
+from sparkinfer.model import load_model, load_package, package_model
 from sparkinfer.runtimes import RuntimeOptions, preprocess
 from sparkinfer.runtimes.base import GPU_DEFAULT_BATCH, GPU_MAX_BATCH, Device, Runtime
-from sparkinfer.stages.infer import warm_workers
+from sparkinfer.session import warm_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENE = ROOT / "data" / "nc_landsat7_2000.tif"
@@ -64,7 +66,7 @@ def reference(tmp_path_factory, spark):
             backend="tensorflow",
         )
     )
-    report = run_job(spark, prepare_job(config))
+    report = run_job(spark, prepare_job(config)).report
     assert report["devices"] == {"cpu": {"chunks": 1, "tiles": 16}}
     return _outputs(folder)
 

@@ -16,9 +16,9 @@ from pyarrow import fs
 from servers import s3_client
 
 from sparkinfer import storage
-from sparkinfer.config import load_config
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import InputError, OutputError
-from sparkinfer.prepare import prepare_job
+from sparkinfer.job import prepare_job
 from sparkinfer.raster import read_info, resolve_inputs
 from sparkinfer.writers import ChunkSpec, ChunkWriter
 

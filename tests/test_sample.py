@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 from builders import whole_image_outputs
 from PIL import Image
@@ -81,6 +82,7 @@ def test_output_carries_the_models_class_names_and_colours(tmp_path, run):
         assert (out.read(1)[:, -20:] == water).mean() > 0.8
 
 
+@pytest.mark.slow
 def test_make_run_writes_cogs_and_quicklooks_of_the_sample(tmp_path):
     out, temp = tmp_path / "sample", tmp_path / "temp"
     temp.mkdir()

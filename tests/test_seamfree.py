@@ -80,9 +80,10 @@ def test_reader_threads_do_not_change_the_output(tmp_path, run, models):
 def test_a_model_with_global_context_is_never_called_seam_free(tmp_path, run):
     from builders import squeeze_excite
 
-    from sparkinfer.config import load_config
+    from sparkinfer.config_sources import load_config
     from sparkinfer.errors import ModelError
-    from sparkinfer.prepare import halo_notes, prepare_job
+    from sparkinfer.job import prepare_job
+    from sparkinfer.tiling import halo_notes
 
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 96, 80, seed=3)
@@ -91,7 +92,7 @@ def test_a_model_with_global_context_is_never_called_seam_free(tmp_path, run):
     with pytest.raises(ModelError, match="depends on the whole input window.*--halo PIXELS"):
         prepare_job(load_config(common))
     job = prepare_job(load_config(common | dict(halo=8, tile_size=32)))
-    assert halo_notes(job) == [
+    assert halo_notes(job.model, job.tiling, job.config) == [
         f"{model}: each output pixel depends on the whole input window: "
         "tiles are not seam-free; --merge blend smooths their "
         "borders"
@@ -101,19 +102,21 @@ def test_a_model_with_global_context_is_never_called_seam_free(tmp_path, run):
 
 
 def test_the_halo_used_is_said_when_it_differs_from_the_one_given(tmp_path, models):
-    from sparkinfer.config import load_config
-    from sparkinfer.prepare import halo_notes, prepare_job
+    from sparkinfer.config_sources import load_config
+    from sparkinfer.job import prepare_job
+    from sparkinfer.tiling import halo_notes
 
     (tmp_path / "in").mkdir()
     raster = write_raster(tmp_path / "in" / "scene.tif", 96, 80, seed=3)
     common = dict(input=[str(raster)], model=str(models["unet"]), output=str(tmp_path / "out"))
     job = prepare_job(load_config(common | dict(halo=5)))
-    assert halo_notes(job) == [
+    assert halo_notes(job.model, job.tiling, job.config) == [
         "halo 5 rounded up to 8, a multiple of the model's stride 4",
         "halo 8 is less than the model's receptive field (23 pixels, by trace): tiles differ "
         "from whole-image inference near their borders",
     ]
-    assert halo_notes(prepare_job(load_config(common))) == []
+    job = prepare_job(load_config(common))
+    assert halo_notes(job.model, job.tiling, job.config) == []
 
 
 def test_verify_finds_the_tiles_equal_to_a_window_run_whole(tmp_path, run, models):

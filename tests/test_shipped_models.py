@@ -17,11 +17,12 @@ from builders import (
     write_raster,
 )
 
-from sparkinfer.cli import config_from_args
-from sparkinfer.config import load_config
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import ConfigError, ModelError
-from sparkinfer.model import inspect_model, load_model, package_model, unpacked
-from sparkinfer.prepare import prepare_job
+from sparkinfer.flags import config_from_args
+from sparkinfer.inspection import inspect_model
+from sparkinfer.job import prepare_job
+from sparkinfer.model import load_model, package_model, unpacked
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"

@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 
 from sparkinfer import storage
 from sparkinfer.cli import main
-from sparkinfer.config import load_config
+from sparkinfer.config_sources import load_config
 from sparkinfer.errors import InputError
 from sparkinfer.prepare import check_job
 

@@ -1,175 +1,87 @@
-"""The assembly stage: Spark tasks mosaic each raster's chunks into its COG, write its tile
-index, STAC Item and quicklook, and with `--verify` compare a sample window run whole."""
+"""The assembly stage: Spark tasks make each raster's outputs from its chunks
+(`assembly.assemble_raster`), a few rasters each, so the driver never touches pixels; with
+`--verify`, with the model the workers hold.
+
+A DataFrame stage, like inference, so it runs in the Python workers already started (an RDD
+job would start others). Its tasks carry an `AssemblySpec` and the rasters' plans, not the
+model's bytes: with `--verify` those are shipped once (`session.shipped`).
+"""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
-from sparkinfer import storage
-from sparkinfer.catalog import write_stac_item, write_tile_index
-from sparkinfer.chips import output_grid, write_chip_table
+from sparkinfer.assembly import (
+    ASSEMBLY_RESULT_SCHEMA,
+    AssemblyResult,
+    AssemblySpec,
+    assemble_raster,
+)
 from sparkinfer.config import TASKS_PER_SLOT
-from sparkinfer.devices import gpu_ordinal, task_resources
-from sparkinfer.errors import first_line
-from sparkinfer.model import (
-    ModelPackage,
-    load_package,
-)
-from sparkinfer.polygons import write_polygons
+from sparkinfer.devices import task_resources
+from sparkinfer.model import load_for_task
 from sparkinfer.prepare import Job, RasterJob, runtime_options
-from sparkinfer.quicklook import write_quicklook
-from sparkinfer.session import (
-    map_in_partitions,
-    shipped,
-    task_slots,
-)
-from sparkinfer.verify import sample_window, verify
-from sparkinfer.writers import ChunkSpec, assemble_cog
+from sparkinfer.runtimes import RuntimeOptions
+from sparkinfer.session import Shipment, run_stage, task_slots
 
 
-def chunk_specs(raster: RasterJob) -> list[ChunkSpec]:
-    """Where each chunk of the raster's plan is written."""
-    chunks = raster.plan.chunks()
-    fields = ["chunk_row", "chunk_col", "row_off", "col_off", "height", "width"]
-    return [ChunkSpec(folder=raster.staging, **c) for c in chunks.select(fields).to_pylist()]
-
-
-def _verified(raster: RasterJob, classes_path: Path, job: Job, package: ModelPackage) -> str | None:
-    """`--verify` on the raster's local class map: what `verify.verify` found, as JSON."""
-    window = sample_window(raster.info.height, raster.info.width, job.tiling, job.model.input_size)
-    if window is None:
-        return None
-    resources = task_resources()
-    runtime = load_package(
-        package, runtime_options(job.config), gpu_ordinal(resources.gpu), resources.cpus
+def assembly_spec(job: Job) -> AssemblySpec:
+    """What the assembly tasks of `job` need."""
+    config = job.config
+    return AssemblySpec(
+        cog=config.cog,
+        model=job.model,
+        model_sha256=job.package.digest,
+        tiling=job.tiling,
+        min_area=config.min_area,
+        bands=job.bands,
+        verify=config.verify,
     )
-    return json.dumps(verify(raster.info, job.bands, str(classes_path), runtime, window))
 
 
-def _assemble(task: tuple, min_area: float, verifying: tuple | None) -> dict:
-    """Executor side: mosaic one raster's chunks into its COG(s) (and merge their polygons,
-    leaving out regions under `min_area`), then drop the chunks; with `verifying` (the job and
-    its model package), verify the class map.
+def assembly_partition(
+    rasters: list[RasterJob],
+    spec: AssemblySpec,
+    options: RuntimeOptions,
+    shipment: Shipment | None,
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """What each task runs: the rasters its rows name, assembled; with a `shipment`, verified
+    with its model, loaded on the task's device when first needed."""
 
-    A failure is returned, not raised: the other rasters' assembly goes on."""
-    raster, options, model, metadata = task
-    started = time.perf_counter()
-    verified = None
-    # A chip classifier's outputs lie on its chips' grid, a cell per chip.
-    grid = output_grid(raster.info, raster.plan.tiling)
-    names = model.class_names or tuple(str(i) for i in range(model.classes))
-    try:
-        chunks = chunk_specs(raster)
-        common = dict(
-            classes=model.classes,
-            channels=model.channels,
-            metadata=metadata,
-            class_names=model.class_names,
-            class_colors=model.class_colors,
-        )
-        # Each output appears whole (written locally, then renamed or uploaded); the chunks go
-        # only once all are there, so a run that dies here redoes this raster from its chunks.
-        if raster.scores_path is not None:
-            with storage.staged(raster.scores_path) as scores:
-                assemble_cog(grid, chunks, scores, options, scores=True, **common)
-        with storage.staged(raster.classes_path) as classes:
-            assemble_cog(grid, chunks, classes, options, scores=False, **common)
-            # From the local COG, before its commit: on S3 no download of what was just made.
-            if raster.quicklook_path is not None:
-                write_quicklook(
-                    str(classes), raster.quicklook_path, model.class_names, model.class_colors
-                )
-            if raster.chips:
-                write_chip_table(raster.info, raster.plan, chunks, raster.chips_path, names)
-            else:
-                write_tile_index(
-                    raster.info, raster.plan, chunks, raster.tile_index_path, model.classes
-                )
-            if raster.polygons_path is not None:
-                write_polygons(raster.info, chunks, raster.polygons_path, names, min_area)
-            if verifying is not None:
-                verified = _verified(raster, classes, *verifying)
-        assets = {
-            "classes": raster.classes_path,
-            "scores": raster.scores_path,
-            "quicklook": raster.quicklook_path,
-            "polygons": raster.polygons_path,
-        }
-        properties = {
-            "sparkinfer:version": metadata["sparkinfer_version"],
-            "sparkinfer:model_sha256": metadata["model_sha256"],
-        }
-        if raster.chips:
-            assets["chips"] = raster.chips_path
-            properties |= {
-                "sparkinfer:chip_size": raster.plan.tiling.size,
-                "sparkinfer:chip_stride": raster.plan.tiling.stride,
-            }
-        else:
-            assets["tiles"] = raster.tile_index_path
-            properties["sparkinfer:halo"] = int(metadata["halo"])
-        # Last: a STAC Item is there only when everything it lists is.
-        write_stac_item(
-            grid,
-            raster.stac_path,
-            {key: path for key, path in assets.items() if path},
-            model.class_names,
-            model.class_colors,
-            model.classes,
-            properties,
-        )
-    except Exception as exc:  # noqa: BLE001 -- recorded per raster, reported at the end
-        return {
-            "input": raster.info.path,
-            "assemble_s": time.perf_counter() - started,
-            "error": f"{raster.info.path}: {first_line(exc, 300)}",
-        }
-    storage.remove_tree(raster.staging)
-    return {
-        "input": raster.info.path,
-        "assemble_s": time.perf_counter() - started,
-        "error": None,
-        "verify": verified,
-    }
+    def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        def runtime():
+            return load_for_task(shipment.package(), options, task_resources())
+
+        verifying = None if shipment is None else runtime
+        for batch in batches:
+            done = [
+                assemble_raster(rasters[i], spec, verifying)
+                for i in batch.column("raster").to_pylist()
+            ]
+            rows = [vars(result) for result in done]
+            yield pa.RecordBatch.from_pylist(rows, schema=ASSEMBLY_RESULT_SCHEMA)
+
+    return assemble
 
 
-ASSEMBLED_SCHEMA = pa.schema(
-    [
-        ("input", pa.string()),
-        ("assemble_s", pa.float64()),
-        ("error", pa.string()),
-        ("verify", pa.string()),
-    ]
-)
-
-
-def assemble_on_executors(spark, tasks: list[tuple], job: Job) -> list[dict]:
-    """Spark tasks assemble the COGs, a few rasters each, so the driver never touches pixels;
-    with `--verify`, they also verify them, with the model the workers hold.
-
-    A DataFrame stage, like inference, so it runs in the Python workers already started (an
-    RDD job would start others).
-    """
-    table = pa.table({"task": list(range(len(tasks)))})
-    partitions = min(len(tasks), TASKS_PER_SLOT * task_slots(spark))  # tasks cost ~0.1 s
-    min_area = job.config.min_area
-    with ExitStack() as stack:
-        model = stack.enter_context(shipped(spark, job.package)) if job.config.verify else None
-
-        def assemble(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            verifying = None if model is None else (job, model.package())
-            for batch in batches:
-                done = [
-                    _assemble(tasks[i], min_area, verifying)
-                    for i in batch.column("task").to_pylist()
-                ]
-                yield pa.RecordBatch.from_pylist(done, schema=ASSEMBLED_SCHEMA)
-
-        rows = map_in_partitions(spark, table, partitions, assemble, ASSEMBLED_SCHEMA)
-    return [row.asDict() for row in rows]
+def assemble_on_executors(
+    spark, rasters: list[RasterJob], job: Job, failed: str, hint: str
+) -> list[AssemblyResult]:
+    """Assemble `rasters` in Spark tasks (a task costs about 0.1 s: a few rasters each); a
+    failed Spark job raises `failed` in one line, with `hint`."""
+    table = pa.table({"raster": list(range(len(rasters)))})
+    partitions = min(len(rasters), TASKS_PER_SLOT * task_slots(spark))
+    spec = assembly_spec(job)
+    rows = run_stage(
+        spark,
+        table,
+        partitions,
+        lambda shipment: assembly_partition(rasters, spec, runtime_options(job.config), shipment),
+        ASSEMBLY_RESULT_SCHEMA,
+        failed=failed,
+        hint=hint,
+        package=job.package if spec.verify else None,
+    )
+    return [AssemblyResult(**row) for row in rows.to_pylist()]

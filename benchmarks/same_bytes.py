@@ -1,0 +1,73 @@
+"""The sha256 of every output of one U-Net run over a mirrored copy of the NC scene: run it on
+two versions of the code and compare, to show a change kept the outputs' bytes.
+
+    .venv/bin/python -m benchmarks.same_bytes --work out/same-bytes --result after.json
+
+The raster and the model (random weights from a fixed seed) are made in `--work` once and
+reused; each call runs the job afresh (`--overwrite`) with `--scores --polygons`, in-process on
+`local[2]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from benchmarks.large_raster import make_large_raster
+from benchmarks.models import save_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """sha256 of each file of the run's outputs (not its report, whose timings differ); of a
+    STAC Item, without its `datetime`, which is when the predictions were made."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("_"):
+            continue
+        data = path.read_bytes()
+        if path.name.endswith(".stac.json"):
+            item = json.loads(data)
+            del item["properties"]["datetime"]
+            data = json.dumps(item, sort_keys=True).encode()
+        found[path.name] = hashlib.sha256(data).hexdigest()
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--result", type=Path, required=True, help="where the digests go")
+    args = parser.parse_args()
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    from sparkinfer.cli import main as run
+
+    raster = make_large_raster(args.work / f"nc_{args.size}.tif", args.size)
+    model = save_model("unet", args.work / "models")
+    output = args.work / "out"
+    spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+    spark = spark.getOrCreate()
+    argv = [
+        *("--input", str(raster), "--model", str(model), "--output", str(output)),
+        *("--tile-size", str(args.tile_size), "--scores", "--polygons", "--overwrite"),
+        *("--progress", "0"),
+    ]
+    code = run(argv, spark, defaults_file=ROOT / "conf" / "default.yaml")
+    spark.stop()
+    if code:
+        sys.exit(code)
+    args.result.write_text(json.dumps(digests(output), indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""What a chunk's prediction is, made of its windows' predictions, apart from how it is written
+(`executor.commit`): its class map, its scores and, of a chip classifier, its chips.
+
+The windows' outputs merge in one of three ways (`sparkinfer.plan`): cropped to their cores,
+which tile the chunk (`CropChunk`); blended where they overlap (`BlendChunk`); or a chip
+classifier's one cell each, which also makes a row of the chunk's chip table (`ChipChunk`).
+A chunk holds its class map (a byte per pixel) and, when scores are written or blended, its
+float32 scores, until it is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from sparkinfer.blend import BlendedChunk
+from sparkinfer.chips import ChipResult
+from sparkinfer.executor.predict import Prediction
+from sparkinfer.plan import PixelWindow, Tile
+from sparkinfer.writers import CLASS_NODATA
+
+
+@dataclass(frozen=True)
+class PredictedChunk:
+    """A chunk's prediction, complete."""
+
+    classes: np.ndarray  # uint8 (height, width) of its core, CLASS_NODATA where nothing valid
+    scores: np.ndarray | None  # float32 (height, width, channels), NaN there; when asked for
+    chips: tuple[ChipResult, ...] = ()  # a chip classifier's, in the order they were added
+
+
+class ChunkPrediction(Protocol):
+    """A chunk's prediction in the making: its windows' predictions are added one by one."""
+
+    def add(self, window: Tile, prediction: Prediction | None) -> None:
+        """Add the prediction of `window`, one of the chunk's; None: the window was not
+        inferred, as no pixel of its kept part is valid."""
+
+    def result(self) -> PredictedChunk:
+        """The chunk's prediction, once every window of it was added."""
+
+
+class CropChunk:
+    """Windows cropped to their cores, which tile the chunk's core."""
+
+    def __init__(self, core: PixelWindow, channels: int, scores: bool) -> None:
+        self.core = core
+        self.classes = np.full((core.height, core.width), CLASS_NODATA, np.uint8)
+        self.scores = (
+            np.full((core.height, core.width, channels), np.nan, np.float32) if scores else None
+        )
+
+    def add(self, window: Tile, prediction: Prediction | None) -> None:
+        if prediction is None:  # its core stays nodata
+            return
+        here = window.core.slices(self.core)
+        self.classes[here] = prediction.classes
+        if self.scores is not None:
+            self.scores[here] = prediction.scores
+
+    def result(self) -> PredictedChunk:
+        return PredictedChunk(self.classes, self.scores)
+
+
+class ChipChunk(CropChunk):
+    """A chip classifier's chips: each a cell of the chunk's class map (on the output grid) and
+    a row of its chip table."""
+
+    def __init__(self, core: PixelWindow, channels: int, scores: bool) -> None:
+        super().__init__(core, channels, scores)
+        self.chips: list[ChipResult] = []
+
+    def add(self, window: Tile, prediction: Prediction | None) -> None:
+        super().add(window, prediction)
+        if prediction is None:
+            self.chips.append(ChipResult(window.row, window.col, None, None, 0.0))
+            return
+        self.chips.append(
+            ChipResult(
+                window.row,
+                window.col,
+                int(prediction.classes[0, 0]),
+                prediction.scores[0, 0],
+                prediction.valid_share,
+            )
+        )
+
+    def result(self) -> PredictedChunk:
+        return PredictedChunk(self.classes, self.scores, tuple(self.chips))
+
+
+class BlendChunk:
+    """Windows' scores blended where they overlap (`sparkinfer.blend`); the classes are the
+    blended scores'. Windows must be added in the plan's row-major order (each pixel's sum is
+    then the same, to the bit, whichever chunk holds it)."""
+
+    def __init__(self, core: PixelWindow, channels: int, scores: bool, overlap: int) -> None:
+        self.blended = BlendedChunk(core, channels, overlap)
+        self.keep_scores = scores
+
+    def add(self, window: Tile, prediction: Prediction | None) -> None:
+        if prediction is not None:  # a window whose part here is all nodata adds nothing
+            self.blended.add(window, prediction.scores)
+
+    def result(self) -> PredictedChunk:
+        classes, scores = self.blended.result()
+        return PredictedChunk(classes, scores if self.keep_scores else None)

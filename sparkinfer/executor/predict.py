@@ -1,0 +1,114 @@
+"""Predicting: windows batched by shape through a loaded model (`Runtime`), each window's output
+kept as its prediction: a pixel model's cropped to the window's core, a chip classifier's one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparkinfer.executor.read import PlacedWindow, ReadWindow, window_core
+from sparkinfer.runtimes import Runtime
+from sparkinfer.writers import CLASS_NODATA
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model gave for the kept part of one window (its core; a chip's cell)."""
+
+    classes: np.ndarray  # uint8 (height, width), CLASS_NODATA where pixels are invalid
+    scores: np.ndarray | None  # float32 (height, width, channels), NaN there; when asked for
+    valid_share: float | None = None  # of a chip: the share of its pixels that are valid
+
+
+@dataclass(frozen=True)
+class PredictedWindow:
+    """One window's prediction on its way to its chunk, with what it took."""
+
+    place: PlacedWindow
+    prediction: Prediction | None  # None: not inferred (no valid pixel, or chunk unread)
+    read_s: float
+    infer_s: float = 0.0  # its share of its batch's model call
+    error: str | None = None  # its chunk could not be read
+
+
+# A window's prediction from the model's classes and scores (or None) for the whole window.
+PredictionOf = Callable[[ReadWindow, np.ndarray, np.ndarray | None], Prediction]
+
+
+def core_prediction(read: ReadWindow, classes: np.ndarray, scores: np.ndarray | None) -> Prediction:
+    """A pixel model's output over the window's core, nodata where its pixels are invalid."""
+    core = window_core(read.place.window)
+    invalid = ~read.kept_valid
+    core_classes = classes[core].copy()
+    core_classes[invalid] = CLASS_NODATA
+    core_scores = None
+    if scores is not None:
+        core_scores = scores[core].astype(np.float32, copy=True)
+        core_scores[invalid] = np.nan
+    return Prediction(core_classes, core_scores)
+
+
+def chip_prediction(read: ReadWindow, classes: np.ndarray, scores: np.ndarray | None) -> Prediction:
+    """A chip classifier's output: the chip's one cell, and the share of its pixels that are
+    valid."""
+    return Prediction(
+        classes.reshape(1, 1),
+        scores.astype(np.float32).reshape(1, 1, -1),
+        float(read.kept_valid.mean()),
+    )
+
+
+def predict_windows(
+    windows: Iterable[ReadWindow],
+    runtime: Runtime,
+    prediction_of: PredictionOf,
+    *,
+    with_scores: bool,
+    batch_size: int | None,
+    gpu_share: float = 1,
+) -> Iterator[PredictedWindow]:
+    """Each window's prediction: windows of one shape batched, `batch_size` a call (None: the
+    runtime's `auto_batch`, for a task given `gpu_share` of its GPU), the model's scores
+    asked for `with_scores`. A window that is not to be inferred passes at once, without the
+    model; the others keep their order."""
+    pending: list[ReadWindow] = []
+    auto: dict[tuple, int] = {}  # per window shape and type
+
+    def size_of(read: ReadWindow) -> int:
+        if batch_size:
+            return batch_size
+        key = (read.pixels.shape, read.pixels.dtype)
+        if key not in auto:
+            height, width = read.pixels.shape[:2]
+            auto[key] = runtime.auto_batch(height, width, read.pixels.dtype, gpu_share)
+        return auto[key]
+
+    def run() -> Iterator[PredictedWindow]:
+        started = time.perf_counter()
+        valid = None
+        if any(p.valid is not None for p in pending):
+            valid = np.stack(
+                [np.ones(p.pixels.shape[:2], bool) if p.valid is None else p.valid for p in pending]
+            )
+        pixels = np.stack([p.pixels for p in pending])
+        classes, scores = runtime.classify(pixels, valid, with_scores)
+        share = (time.perf_counter() - started) / len(pending)
+        for i, read in enumerate(pending):
+            prediction = prediction_of(read, classes[i], None if scores is None else scores[i])
+            yield PredictedWindow(read.place, prediction, read.read_s, share)
+        pending.clear()
+
+    for read in windows:
+        if read.pixels is None:
+            yield PredictedWindow(read.place, None, read.read_s, error=read.error)
+            continue
+        if pending and pending[0].pixels.shape != read.pixels.shape:
+            yield from run()
+        pending.append(read)
+        if len(pending) >= size_of(read):
+            yield from run()
+    if pending:
+        yield from run()

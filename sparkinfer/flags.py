@@ -1,0 +1,317 @@
+"""The command line's flags: their parser and the `JobConfig` they make."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, get_args
+
+from sparkinfer.config import JobConfig, Resampling
+from sparkinfer.config_sources import load_config
+from sparkinfer.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise ConfigError(f"command line: {message} (see --help)")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        message = f"expected comma-separated numbers, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        message = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
+
+
+def _int_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        message = f"expected a whole number or 'auto', got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sparkinfer",
+        description="Seam-free tiled inference of a Keras/TensorFlow model over georeferenced "
+        "rasters with Spark; writes one Cloud-Optimized GeoTIFF per input.",
+    )
+    add = parser.add_argument
+    add("--config", metavar="YAML", help="YAML file of options (flags override it)")
+    add(
+        "--input",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="raster files, folders or glob patterns (quote globs), local or s3://",
+    )
+    add(
+        "--model",
+        nargs="+",
+        action="extend",
+        metavar="MODEL",
+        help="a .keras file, a TensorFlow SavedModel folder or an .onnx file; several: an "
+        "ensemble (the mean of their scores)",
+    )
+    add(
+        "--backend",
+        choices=["tensorflow", "jax"],
+        help="Keras backend of a .keras model (default: KERAS_BACKEND or tensorflow)",
+    )
+    add(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        help="compute precision of a .keras model (default float32)",
+    )
+    add("--output", metavar="DIR", help="output folder, local or s3://bucket/prefix")
+    add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
+    add(
+        "--halo",
+        type=_int_or_auto,
+        metavar="PIXELS|auto",
+        help="context around each tile; auto: from the model's receptive field",
+    )
+    add(
+        "--merge",
+        choices=["crop", "blend"],
+        help="crop: keep each window's core (default; exact for local models); blend: "
+        "average overlapping windows (for models with global context)",
+    )
+    add(
+        "--overlap",
+        type=_int_or_auto,
+        metavar="PIXELS|auto",
+        help="with --merge blend: overlap of neighbouring windows (default auto: a fifth of "
+        "the window)",
+    )
+    add(
+        "--chip-size",
+        type=int,
+        metavar="PIXELS",
+        help="for a chip classifier of any input size: the chips' side",
+    )
+    add(
+        "--chip-stride",
+        type=int,
+        metavar="PIXELS",
+        help="for a chip classifier: pixels between chips (default the chip size)",
+    )
+    add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
+    add(
+        "--assets",
+        type=_names,
+        metavar="A1,A2,..",
+        help="for STAC Item inputs: the assets stacked as the model's bands, in order, by "
+        "asset key or band common name",
+    )
+    add(
+        "--resampling",
+        choices=get_args(Resampling),
+        help="for STAC Item inputs: how assets of another resolution than the first are "
+        "resampled to its grid (default bilinear)",
+    )
+    add(
+        "--scale",
+        dest="normalization.scale",
+        type=float,
+        help="normalisation: pixels * scale + offset",
+    )
+    add("--offset", dest="normalization.offset", type=float, help="normalisation: after --scale")
+    add(
+        "--mean",
+        dest="normalization.mean",
+        type=_floats,
+        metavar="M1,M2,..",
+        help="normalisation: per-band mean",
+    )
+    add(
+        "--std",
+        dest="normalization.std",
+        type=_floats,
+        metavar="S1,S2,..",
+        help="normalisation: per-band std",
+    )
+    outputs = parser.add_mutually_exclusive_group()
+    outputs.add_argument(
+        "--softmax",
+        dest="activation",
+        action="store_const",
+        const="softmax",
+        help="the model outputs logits: softmax them into probabilities",
+    )
+    outputs.add_argument(
+        "--sigmoid",
+        dest="activation",
+        action="store_const",
+        const="sigmoid",
+        help="the model outputs logits: sigmoid them into probabilities",
+    )
+    add(
+        "--tta",
+        choices=["none", "flips", "d4"],
+        help="test-time augmentation: average the scores over each window's 4 flips or its 8 "
+        "flips and rotations (default none)",
+    )
+    add(
+        "--batch-size",
+        type=_int_or_auto,
+        metavar="N|auto",
+        help="tiles per model call (default auto: from the device, see docs/performance.md)",
+    )
+    add(
+        "--readers",
+        type=_int_or_auto,
+        metavar="N|auto",
+        help="reader threads per task (default auto: one per core of the task)",
+    )
+    add(
+        "--tasks-per-slot",
+        type=int,
+        metavar="N",
+        help="inference tasks per task slot (default 4: faster executors take more)",
+    )
+    add(
+        "--speculation",
+        action="store_true",
+        default=None,
+        help="Spark speculation: a straggling task is copied to another executor",
+    )
+    add("--scores", action="store_true", default=None, help="also write per-class scores")
+    add(
+        "--verify",
+        action="store_true",
+        default=None,
+        help="infer a sample window of each raster whole; its agreement with the tiles goes "
+        "in _run.json",
+    )
+    add(
+        "--quicklook",
+        action="store_true",
+        default=None,
+        help="also write NAME.png, the class map with a legend",
+    )
+    add(
+        "--polygons",
+        action="store_true",
+        default=None,
+        help="also write NAME.polygons.parquet, the class map's regions as GeoParquet",
+    )
+    add(
+        "--min-area",
+        type=float,
+        metavar="AREA",
+        help="with --polygons: leave out regions smaller than AREA, in the CRS's units squared "
+        "(default 0)",
+    )
+    add(
+        "--chunk-tiles",
+        type=_int_or_auto,
+        metavar="N|auto",
+        help="a Spark task reads, infers and writes chunks of N x N tiles (default auto: "
+        "about 2048 pixels)",
+    )
+    add(
+        "--cog-compression",
+        dest="cog.compression",
+        choices=["deflate", "zstd", "lzw", "none"],
+        help="compression of the output COGs",
+    )
+    add(
+        "--cog-blocksize",
+        dest="cog.blocksize",
+        type=int,
+        metavar="PIXELS",
+        help="COG tile side (default 512)",
+    )
+    add(
+        "--fail-fast",
+        action="store_true",
+        default=None,
+        help="stop at the first failing raster instead of writing the others",
+    )
+    add(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="redo every raster; by default complete outputs are skipped and unfinished "
+        "ones resume",
+    )
+    add(
+        "--progress",
+        dest="progress_seconds",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default 10; 0: none)",
+    )
+    add(
+        "--estimate",
+        action="store_true",
+        default=None,
+        help="write no outputs: run a spread sample of the chunks and write _estimate.json "
+        "(wall time here and on --estimate-slots, bytes, core-hours per 1,000 "
+        "km2)",
+    )
+    add(
+        "--estimate-sample",
+        type=float,
+        metavar="SHARE",
+        help="with --estimate: share of the chunks to run (default 0.02; at least one per "
+        "task slot)",
+    )
+    add(
+        "--estimate-slots",
+        type=_ints,
+        metavar="N1,N2,..",
+        help="with --estimate: task slots to predict the wall time on (default 8,64,512)",
+    )
+    add(
+        "--verbose",
+        action="store_true",
+        default=None,
+        help="show the start-up notices of the JVM (spark-submit.sh) and of the model's "
+        "framework too",
+    )
+    add(
+        "--trust-model",
+        action="store_true",
+        default=None,
+        help="run code held in the model file (Lambda layers); only for files you trust",
+    )
+    add(
+        "--cut-argmax",
+        action="store_true",
+        default=None,
+        help="run an ONNX model that ends in an ArgMax up to it: scores instead of class "
+        "indices, for --scores, --tta, ensembles and --merge blend",
+    )
+    return parser
+
+
+def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -> JobConfig:
+    """Parse flags and merge them over the defaults file and the --config file. Each flag's
+    destination is the `JobConfig` field it sets (`section.field` inside `normalization` or
+    `cog`); a flag left out sets nothing."""
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config")
+    overrides: dict[str, Any] = {}
+    for key, value in args.items():
+        if value is not None:
+            section, _, name = key.rpartition(".")
+            (overrides.setdefault(section, {}) if section else overrides)[name] = value
+    return load_config(overrides, config_file=config_file, defaults_file=defaults_file)
