@@ -50,12 +50,10 @@ values = {o.name: panel.get(o.name) for o in widgets()} if panel is not None els
 
 # COMMAND ----------
 
-from sparkinfer.cli import print_estimate, print_summary  # noqa: E402
+from sparkinfer.cli import print_estimate, print_summary, run_checked  # noqa: E402
 from sparkinfer.errors import SparkInferError  # noqa: E402
 from sparkinfer.flags import config_from_args  # noqa: E402
-from sparkinfer.job import prepare_job, run_job  # noqa: E402
-from sparkinfer.stages.estimate import run_estimate  # noqa: E402
-from sparkinfer.tiling import halo_notes  # noqa: E402
+from sparkinfer.prepare import check_job  # noqa: E402
 
 if "spark" not in globals():  # Databricks defines it; a plain Python run makes one
     from pyspark.sql import SparkSession
@@ -65,17 +63,15 @@ if "spark" not in globals():  # Databricks defines it; a plain Python run makes 
         builder = builder.master("local[*,4]")
     spark = builder.getOrCreate()
 
-try:
-    job = prepare_job(config_from_args(argv_of_widgets(values)), spark)
-    for note in halo_notes(job.model, job.tiling, job.config):
-        print(f"sparkinfer: {note}")
-    outcome = (run_estimate if job.config.estimate else run_job)(spark, job)
+try:  # what the command line runs (`cli.run_checked`), on the notebook's session
+    config = config_from_args(argv_of_widgets(values))
+    outcome = run_checked(check_job(config), spark, notes=sys.stdout)
 except SparkInferError as exc:  # one line, as the command line gives it
     raise SystemExit(f"sparkinfer: error: {exc}") from None
 
 # COMMAND ----------
 
-if job.config.estimate:  # _estimate.json, and no outputs
+if config.estimate:  # _estimate.json, and no outputs
     print_estimate(outcome, stream=sys.stdout)
 else:
     print_summary(outcome, stream=sys.stdout, errors=sys.stdout)

@@ -16,9 +16,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.plan import PixelWindow, Tile
 from sparkinfer.runtimes.base import classes_of
-from sparkinfer.writers import CLASS_NODATA
 
 
 @lru_cache(maxsize=16)  # windows have one or two lengths: made once, read-only

@@ -22,9 +22,10 @@ import rasterio.warp
 from affine import Affine
 
 from sparkinfer import storage
+from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.plan import PixelWindow, RasterPlan, Tile
 from sparkinfer.raster import RasterInfo
-from sparkinfer.writers import CLASS_NODATA, ChunkSpec
+from sparkinfer.writers import ChunkSpec
 
 TILE_INDEX_SCHEMA = pa.schema(
     [

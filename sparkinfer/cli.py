@@ -17,7 +17,7 @@ from sparkinfer.errors import JobFailed, UserError
 from sparkinfer.estimate import ESTIMATE_FILE
 from sparkinfer.flags import config_from_args
 from sparkinfer.job import RUN_REPORT, inspected, run_job
-from sparkinfer.prepare import check_job, plan_job
+from sparkinfer.prepare import Checked, check_job, plan_job
 from sparkinfer.report import RunOutcome
 from sparkinfer.session import is_connect, web_ui
 from sparkinfer.stages.estimate import run_estimate
@@ -127,7 +127,7 @@ def main(argv: list[str], spark=None, defaults_file: str | Path | None = None) -
             file=sys.stderr,
         )
     try:
-        outcome = _run(checked, spark, started)
+        outcome = run_checked(checked, spark, started)
     except (UserError, JobFailed) as exc:  # a model or inputs the job cannot use, the folder
         outcome = exc  # taken meanwhile, a Spark job that failed: said after Spark stops
     except KeyboardInterrupt:
@@ -147,12 +147,16 @@ def main(argv: list[str], spark=None, defaults_file: str | Path | None = None) -
     return EXIT_SOME_FAILED if outcome.failed else 0
 
 
-def _run(checked, spark, started: float) -> RunOutcome | dict:
-    # The Python workers start, load the model and inspect it: the driver never starts a
-    # framework, and the stage finds the model loaded.
+def run_checked(
+    checked: Checked, spark, started: float | None = None, notes=None
+) -> RunOutcome | dict:
+    """The run (or with `--estimate`, the estimate) of a checked command line on `spark`: the
+    Python workers start, load the model and inspect it (the driver never starts a framework,
+    and the stage finds the model loaded), the run is planned, what the user should know of
+    its tiling goes to `notes` (stderr), and it runs. What `main` and the notebook share."""
     job = plan_job(checked, inspected(checked, spark))
     for note in halo_notes(job.model, job.tiling, job.config):
-        print(f"sparkinfer: {note}", file=sys.stderr)
+        print(f"sparkinfer: {note}", file=notes or sys.stderr)
     if job.config.estimate:
         return run_estimate(spark, job, started)
     return run_job(spark, job, started)

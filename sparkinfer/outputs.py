@@ -1,5 +1,6 @@
 """What a run writes and where: the output folder (checked before anything is written), the
-file names its rasters' outputs take, and the folders beside them that a run uses."""
+file names its rasters' outputs take, the folders beside them that a run uses, and the value
+that marks nodata in a class map."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from sparkinfer import storage
 from sparkinfer.errors import OutputError, first_line
 
 STAGING_FOLDER = "_staging"  # chunks in the making, a folder per raster and identity
+# The class map's value where the input is nodata (and so the outputs' nodata), and the scores'.
+CLASS_NODATA = 255
+SCORE_NODATA = float("nan")
 
 
 def _input_roots(patterns: list[str]) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ import shapely
 
 from sparkinfer import storage
 from sparkinfer.catalog import geoparquet_metadata
+from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.plan import PixelWindow
 from sparkinfer.polygons import (
     GEOMETRY_TYPES,
@@ -30,7 +31,7 @@ from sparkinfer.polygons import (
     region_table,
 )
 from sparkinfer.raster import RasterInfo
-from sparkinfer.writers import CLASS_NODATA, ChunkSpec
+from sparkinfer.writers import ChunkSpec
 
 
 @dataclass(frozen=True)

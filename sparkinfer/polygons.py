@@ -35,8 +35,8 @@ import shapely
 from affine import Affine
 
 from sparkinfer import storage
+from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.plan import PixelWindow
-from sparkinfer.writers import CLASS_NODATA
 
 BBOX_TYPE = pa.struct([(side, pa.float64()) for side in ("xmin", "ymin", "xmax", "ymax")])
 POLYGONS_SCHEMA = pa.schema(

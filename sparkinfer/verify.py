@@ -15,10 +15,10 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.plan import Tiling
 from sparkinfer.raster import RasterInfo, read_window
 from sparkinfer.runtimes import Runtime
-from sparkinfer.writers import CLASS_NODATA
 
 SAMPLE_TILES = 3  # a free-size model's sample window spans this many tiles (and their halo)
 

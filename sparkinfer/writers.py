@@ -24,10 +24,9 @@ from affine import Affine
 
 from sparkinfer import storage
 from sparkinfer.config import CogOptions
+from sparkinfer.outputs import CLASS_NODATA, SCORE_NODATA
 from sparkinfer.raster import RasterInfo
 
-CLASS_NODATA = 255
-SCORE_NODATA = float("nan")
 # Chunks are intermediate: fast compression, tiled so the COG driver reads them by block.
 CHUNK_PROFILE = {
     "driver": "GTiff",

@@ -18,8 +18,8 @@ import numpy as np
 from sparkinfer.blend import BlendedChunk
 from sparkinfer.chips import ChipResult
 from sparkinfer.executor.predict import Prediction
+from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.plan import PixelWindow, Tile
-from sparkinfer.writers import CLASS_NODATA
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparkinfer.executor.read import PlacedWindow, ReadWindow, window_core
+from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.runtimes import Runtime
-from sparkinfer.writers import CLASS_NODATA
 
 
 @dataclass(frozen=True)
