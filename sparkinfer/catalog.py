@@ -43,7 +43,7 @@ TILE_INDEX_SCHEMA = pa.schema(
 )
 
 
-def _footprint(transform: Affine, row_off: int, col_off: int, height: int, width: int):
+def window_outline(transform: Affine, row_off: int, col_off: int, height: int, width: int):
     """Corners of a pixel window, closed ring, in the raster's CRS."""
     corners = [
         (col_off, row_off),
@@ -60,7 +60,7 @@ def _footprint(transform: Affine, row_off: int, col_off: int, height: int, width
 FOOTPRINT_EDGE_POINTS = 22  # 21 inside each edge: as rasterio.warp.transform_bounds
 
 
-def _densified(ring: list[tuple[float, float]], points: int) -> list[tuple[float, float]]:
+def densified(ring: list[tuple[float, float]], points: int) -> list[tuple[float, float]]:
     """The closed `ring` with `points` - 1 points added, evenly, inside each edge."""
     dense = []
     for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:], strict=True):
@@ -111,7 +111,7 @@ def wkb_rectangles(transform: Affine, top, left, height, width) -> pa.Array:
 def grid_bbox(transform: Affine, height: int, width: int) -> list[float]:
     """The bounds of `height` x `width` pixels of a north-up grid, in its CRS: a GeoParquet
     bbox."""
-    xs, ys = zip(*_footprint(transform, 0, 0, height, width), strict=True)
+    xs, ys = zip(*window_outline(transform, 0, 0, height, width), strict=True)
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
@@ -202,8 +202,8 @@ def write_stac_item(
     from pystac.extensions.projection import ProjectionExtension
 
     transform = Affine(*info.transform)
-    ring = _footprint(transform, 0, 0, info.height, info.width)
-    native = {"type": "Polygon", "coordinates": [_densified(ring, FOOTPRINT_EDGE_POINTS)]}
+    ring = window_outline(transform, 0, 0, info.height, info.width)
+    native = {"type": "Polygon", "coordinates": [densified(ring, FOOTPRINT_EDGE_POINTS)]}
     # Cut at the antimeridian into a MultiPolygon where the raster crosses it (RFC 7946).
     geometry = rasterio.warp.transform_geom(
         info.crs, "EPSG:4326", native, antimeridian_cutting=True

@@ -38,6 +38,7 @@ FLOORS = [
         "inspection",
         "tiling",
         "runtimes",
+        "grid",
     },
     {"executor"},  # what a task does with its chunks, without Spark
     # The run checked and planned; a raster assembled; the estimate's tasks and its document.
