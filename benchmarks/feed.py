@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--readers", type=int, help="the job's --readers (default: its own)")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")
     args = parser.parse_args()
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers run this venv's Python too
     from sparkinfer.job import run_job
 
     raster = make_large_raster(args.work / "rasters" / f"nc_{args.size}.tif", args.size)
