@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from sparkinfer import storage
-from sparkinfer.devices import TaskResources, gpu_ordinal
+from sparkinfer.devices import TaskResources
 from sparkinfer.executor.commit import ChipTable, Polygons, Sink, TileCounts, commit_chunk
 from sparkinfer.executor.merge import BlendChunk, ChipChunk, ChunkPrediction, CropChunk
 from sparkinfer.executor.predict import (
@@ -34,7 +34,7 @@ from sparkinfer.executor.read import (
 from sparkinfer.executor.result import ChunkResult, executor_name, result_batch
 from sparkinfer.executor.spec import StageSpec
 from sparkinfer.inspection import class_count
-from sparkinfer.model import ModelPackage, load_package
+from sparkinfer.model import ModelPackage, load_for_task
 from sparkinfer.plan import Chunk
 from sparkinfer.writers import is_committed
 
@@ -260,7 +260,7 @@ def infer_partition(
     resources = resources or TaskResources()
     reused: list[ChunkResult] = []
     todo = _skip_committed(batches, spec, attempt, reused, started)
-    runtime = load_package(package, spec.runtime, gpu_ordinal(resources.gpu), resources.cpus)
+    runtime = load_for_task(package, spec.runtime, resources)
     parts = Parts.of(spec)
     reader = WindowReader(spec.rasters, spec.bands)
     windows = prefetched(
