@@ -39,6 +39,7 @@ FLOORS = [
         "tiling",
         "runtimes",
         "grid",
+        "mosaic",
     },
     {"executor"},  # what a task does with its chunks, without Spark
     # The run checked and planned; a raster assembled; the estimate's tasks and its document.
