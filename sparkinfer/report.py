@@ -90,6 +90,7 @@ def run_report(outcome: RunOutcome) -> dict:
     job, todo, results = outcome.job, outcome.inferred, outcome.chunks
     assembled, failed, timings = outcome.assembled, outcome.failed, outcome.timings
     failed_inputs = {f.input for f in failed}
+    written_inputs = {r.info.path for r in outcome.written}
     assembled_s = {a.input: a.assemble_s for a in assembled}
     verified = {a.input: json.loads(a.verify) for a in assembled if a.verify}
     per_raster = []
@@ -97,7 +98,7 @@ def run_report(outcome: RunOutcome) -> dict:
         if raster.info.path in failed_inputs:
             continue
         mine = results.filter(pc.equal(results["raster_index"], index))
-        written = raster.info.path in assembled_s  # or stopped by --fail-fast
+        written = raster.info.path in written_inputs  # or stopped by --fail-fast
         per_raster.append(
             {
                 "input": raster.info.path,
