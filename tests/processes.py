@@ -19,18 +19,23 @@ JVM_OPTIONS = f"-XX:SharedArchiveFile={ROOT / 'build' / 'jvm' / 'spark-classes.j
 LOCAL_CLUSTER_WORK = Path(pyspark.__file__).parent / "work"  # executors' folders land here
 
 
-def submit_command(args: list, master: str | None) -> tuple[list[str], dict]:
+def submit_command(args: list, master: str | None, submit_args: str = "") -> tuple[list[str], dict]:
     """spark-submit.sh's command line and environment for `args` on `master` (None: the
-    environment's SPARK_REMOTE, a Spark Connect server)."""
+    environment's SPARK_REMOTE, a Spark Connect server), with `submit_args` as
+    SPARK_SUBMIT_ARGS when given."""
     venv = Path(sys.executable).parent.parent
     env = dict(os.environ, SPARKINFER_VENV=str(venv))
     if master is not None:
         env["SPARK_MASTER"] = master
+    if submit_args:
+        env["SPARK_SUBMIT_ARGS"] = submit_args
     return [str(ROOT / "spark-submit.sh"), *map(str, args)], env
 
 
-def submit(args: list, master: str | None, timeout: int = 300) -> subprocess.CompletedProcess:
-    command, env = submit_command(args, master)
+def submit(
+    args: list, master: str | None, timeout: int = 300, submit_args: str = ""
+) -> subprocess.CompletedProcess:
+    command, env = submit_command(args, master, submit_args)
     return subprocess.run(
         command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )

@@ -27,6 +27,13 @@ SPECULATION = (
     "spark.speculation.interval=100ms --conf spark.eventLog.enabled=true "
     "--conf spark.eventLog.compress=false"
 )
+# The session starts only once both executors have registered, so that the warm-up job loads
+# the model on each. Otherwise the slow worker's executor, starting on a busy CPU, can register
+# after it and take a stage task cold: CI saw its first chunk 14.5 s after the stage's first.
+BOTH_REGISTERED = (
+    "--conf spark.cores.max=2 --conf spark.scheduler.minRegisteredResourcesRatio=1.0 "
+    "--conf spark.scheduler.maxRegisteredResourcesWaitingTime=120s"
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,7 @@ def scene(cluster):
     return raster, fault_model(folder)
 
 
-def _run(cluster, scene, name, *options, monkeypatch=None):
+def _run(cluster, scene, name, *options, submit_args: str = ""):
     master, folder = cluster
     raster, model = scene
     done = submit(
@@ -76,6 +83,7 @@ def _run(cluster, scene, name, *options, monkeypatch=None):
             *options,
         ],
         master,
+        submit_args=f"{BOTH_REGISTERED} {submit_args}",
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return json.loads((folder / name / "_run.json").read_text())
@@ -115,14 +123,21 @@ def test_one_task_per_executor_waits_for_the_slow_one(cluster, scene, spread):
     assert one_each["timings"]["tasks_s"] > spread["timings"]["tasks_s"]
 
 
-def test_speculated_copies_leave_each_chunk_once(cluster, scene, spread, monkeypatch):
+def test_speculated_copies_leave_each_chunk_once(cluster, scene, spread):
     master, folder = cluster
     events = folder / "events"
     events.mkdir()
-    monkeypatch.setenv("SPARK_SUBMIT_ARGS", f"{SPECULATION} --conf spark.eventLog.dir={events}")
     # One task per executor: the slow one's task is still running long after the fast one's
     # ended, so Spark copies it to the fast executor; both write its remaining chunks.
-    report = _run(cluster, scene, "speculated", "--speculation", "--tasks-per-slot", 1)
+    report = _run(
+        cluster,
+        scene,
+        "speculated",
+        "--speculation",
+        "--tasks-per-slot",
+        1,
+        submit_args=f"{SPECULATION} --conf spark.eventLog.dir={events}",
+    )
     assert report["spark"]["speculation"] is True
     log = "\n".join(p.read_text() for p in events.rglob("*") if p.is_file())
     starts = [json.loads(line) for line in log.splitlines() if "SparkListenerTaskStart" in line]
