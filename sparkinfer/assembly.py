@@ -25,8 +25,8 @@ from sparkinfer.errors import first_line
 from sparkinfer.inspection import ModelInfo
 from sparkinfer.plan import ChipGrid, Tiling
 from sparkinfer.polygon_merge import write_polygons
-from sparkinfer.prepare import IDENTITY_TAG, RasterJob
 from sparkinfer.quicklook import write_quicklook
+from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
 from sparkinfer.runtimes import Runtime
 from sparkinfer.verify import sample_window, verify
 from sparkinfer.writers import ChunkSpec, assemble_cog
@@ -174,6 +174,7 @@ def _write_outputs(
         model.class_colors,
         model.classes,
         spec.stac_properties(),
+        raster.mosaic.inputs if raster.mosaic else (),
     )
     return verified
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import struct
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -194,9 +195,11 @@ def write_stac_item(
     class_colors: tuple[str, ...],
     classes: int,
     properties: dict,
+    sources: Sequence[RasterInfo] = (),
 ) -> None:
     """A STAC 1.1 Item for one output: footprint in EPSG:4326, the projection and
-    classification extensions, the outputs as assets and a link to the input."""
+    classification extensions, the outputs as assets and a `derived_from` link to each input it
+    was made from: `sources`, by default `info`'s own."""
     import pystac
     from pystac.extensions.classification import Classification, ClassificationExtension
     from pystac.extensions.projection import ProjectionExtension
@@ -258,22 +261,20 @@ def write_stac_item(
         )
         for i, name in enumerate(names)
     ] + [Classification.create(value=CLASS_NODATA, name="nodata", nodata=True)]
-    if info.item is None:
-        item.add_link(
-            pystac.Link(
+    for source in sources or (info,):
+        if source.item is None:
+            link = pystac.Link(
                 "derived_from",
-                storage.uri(info.path),
+                storage.uri(source.path),
                 media_type=pystac.MediaType.GEOTIFF,
                 title="input raster",
             )
-        )
-    else:
-        item.add_link(
-            pystac.Link(
+        else:
+            link = pystac.Link(
                 "derived_from",
-                info.item.href,
+                source.item.href,
                 media_type=pystac.MediaType.GEOJSON,
-                title=f"input STAC Item {info.item.id}",
+                title=f"input STAC Item {source.item.id}",
             )
-        )
+        item.add_link(link)
     storage.write_text(path, json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")

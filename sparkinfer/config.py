@@ -84,6 +84,34 @@ class CogOptions(_Strict):
         return self
 
 
+class GridOptions(_Strict):
+    """One map over all the inputs, on a fixed grid (`sparkinfer.grid`), instead of one output
+    per input."""
+
+    crs: str = Field(..., description="The map's CRS, as EPSG:n or WKT.")
+    resolution: float = Field(
+        ..., gt=0, description="Side of the map's square pixels, in the units of its CRS."
+    )
+    bounds: Annotated[list[float], Field(min_length=4, max_length=4)] | None = Field(
+        None,
+        description="minx, miny, maxx, maxy of the map in its CRS; default: the union of the "
+        "inputs' footprints.",
+    )
+    tile_size: int = Field(
+        4096,
+        gt=0,
+        description="Side of a grid tile in pixels: one output file (or Zarr region) each. Tile "
+        "origins are multiples of tile_size x resolution from the CRS's origin, so maps of "
+        "neighbouring regions line up.",
+    )
+    mosaic: Literal["first"] = Field(
+        "first",
+        description="Which input a pixel comes from where inputs overlap: 'first', the first "
+        "valid one in input order.",
+    )
+    force: bool = Field(False, description="Make a map of more than 10^12 pixels.")
+
+
 class JobConfig(_Strict):
     """Everything one run of the job needs."""
 
@@ -160,7 +188,7 @@ class JobConfig(_Strict):
     resampling: Resampling = Field(
         "bilinear",
         description="For STAC Item inputs: how assets of another resolution than the first are "
-        "resampled to its grid.",
+        "resampled to its grid; with a grid, how inputs are warped onto it.",
     )
     normalization: Normalization = Field(
         default_factory=Normalization, description="Pixel scaling before inference."
@@ -226,6 +254,11 @@ class JobConfig(_Strict):
         "pixels on a side.",
     )
     cog: CogOptions = Field(default_factory=CogOptions, description="Output COG layout.")
+    grid: GridOptions | None = Field(
+        None,
+        description="Make one map over the inputs on this grid, a COG per grid tile, instead "
+        "of one output per input.",
+    )
     fail_fast: bool = Field(
         False,
         description="Stop at the first raster that fails instead of writing the others.",

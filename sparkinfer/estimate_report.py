@@ -28,8 +28,9 @@ from sparkinfer.estimate import (
     slot_hours,
     tasks_of,
 )
-from sparkinfer.prepare import Job, RasterJob
+from sparkinfer.prepare import Job
 from sparkinfer.raster import GDAL_READ_OPTIONS
+from sparkinfer.raster_job import RasterJob
 from sparkinfer.tiling import tiling_report
 
 

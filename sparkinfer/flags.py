@@ -240,6 +240,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="COG tile side (default 512)",
     )
     add(
+        "--grid",
+        dest="grid.crs",
+        metavar="CRS",
+        help="make one map over the inputs on a grid of this CRS (EPSG:n or WKT), a COG per "
+        "grid tile, instead of one output per input; needs --resolution",
+    )
+    add(
+        "--resolution",
+        dest="grid.resolution",
+        type=float,
+        metavar="R",
+        help="with --grid: pixel side in the CRS's units",
+    )
+    add(
+        "--bounds",
+        dest="grid.bounds",
+        type=_floats,
+        metavar="MINX,MINY,MAXX,MAXY",
+        help="with --grid: the map's extent in its CRS (default: the inputs' footprints)",
+    )
+    add(
+        "--grid-tile",
+        dest="grid.tile_size",
+        type=int,
+        metavar="PIXELS",
+        help="with --grid: side of a grid tile, one COG each (default 4096)",
+    )
+    add(
+        "--mosaic",
+        dest="grid.mosaic",
+        choices=["first"],
+        help="with --grid: where inputs overlap, each pixel from the first valid input",
+    )
+    add(
+        "--force",
+        dest="grid.force",
+        action="store_true",
+        default=None,
+        help="with --grid: make a map of more than 10^12 pixels",
+    )
+    add(
         "--fail-fast",
         action="store_true",
         default=None,

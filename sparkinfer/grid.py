@@ -205,12 +205,29 @@ def footprint(raster: InputRaster, grid: OutputGrid) -> shapely.Polygon:
 @dataclass(frozen=True)
 class GridPlan:
     """The map's plan: its grid, its bounds in the grid's CRS (given, or the union of the
-    inputs' footprints), and the grid tiles to make (those that an input meets), by row then
-    column."""
+    inputs' footprints), the grid tiles to make (those that an input meets), by row then
+    column, and the inputs' footprints in the grid's CRS."""
 
     grid: OutputGrid
     bounds: BoundingBox
     tiles: tuple[GridTile, ...]
+    footprints: tuple[shapely.Polygon, ...]
+
+    @property
+    def extent(self) -> TileRange:
+        """The block of grid tiles the bounds reach into: the map that whole-map inference
+        would see."""
+        return self.grid.tiles_covering(self.bounds)
+
+    def inputs_meeting(self, bounds: Sequence[float]) -> tuple[int, ...]:
+        """The indexes of the inputs whose footprints meet `bounds` (in the grid's CRS) with
+        positive area, in input order."""
+        box = shapely.box(*bounds)
+        return tuple(
+            i
+            for i, outline in enumerate(self.footprints)
+            if outline.intersects(box) and not outline.touches(box)
+        )
 
 
 def plan_grid(
@@ -267,7 +284,7 @@ def plan_grid(
     tiles = tuple(
         grid.grid_tile(col, row, tuple(meeting[row, col])) for row, col in sorted(meeting)
     )
-    return GridPlan(grid, bounds, tiles)
+    return GridPlan(grid, bounds, tiles, tuple(footprints))
 
 
 def _flag_value(bounds: BoundingBox) -> str:

@@ -23,18 +23,18 @@ from sparkinfer.estimate import ESTIMATE_FILE, compared, job_identity
 from sparkinfer.executor import CHUNK_RESULT_SCHEMA
 from sparkinfer.inspection import ModelInfo, inspect_package
 from sparkinfer.lock import OutputLock
+from sparkinfer.map_index import write_map_index
 from sparkinfer.outputs import STAGING_FOLDER
 from sparkinfer.prepare import (
-    IDENTITY_TAG,
     Checked,
     Failure,
     Job,
-    RasterJob,
     check_job,
     plan_job,
     runtime_options,
 )
 from sparkinfer.progress import Progress, reported
+from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
 from sparkinfer.report import RunOutcome
 from sparkinfer.session import (
     application,
@@ -122,7 +122,8 @@ def run_job(spark, job: Job, started: float | None = None) -> RunOutcome:
     whose report (`RunOutcome.report`) is written as `_run.json`. Rasters already complete are
     skipped, unfinished ones resume. `started` (`time.perf_counter`): when the command started,
     for the report's `setup_s` and `wall_s`; by default when this run does."""
-    storage.make_folders(job.output)
+    for folder in {job.output, *(storage.parent(r.classes_path) for r in job.rasters)}:
+        storage.make_folders(folder)
     backend = worker_environment(spark, "KERAS_BACKEND", job.config.backend)
     with OutputLock(job.output).held(), backend:
         return _run(spark, job, started)
@@ -197,6 +198,11 @@ def _run(spark, job: Job, command_started: float | None) -> RunOutcome:
     staging_root = storage.join(job.output, STAGING_FOLDER)
     if not storage.list_names(staging_root):
         storage.remove_tree(staging_root)
+    if job.config.grid is not None:
+        made = {done.input for done in assembled if not done.error}
+        tiles = [*complete, *(r for r in to_assemble if r.info.path in made)]
+        if tiles:
+            write_map_index(job.output, sorted(tiles, key=job.rasters.index), job.model)
     timings["total_s"] = time.perf_counter() - started
     timings["wall_s"] = time.perf_counter() - command_started
 

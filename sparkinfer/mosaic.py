@@ -6,9 +6,11 @@ is valid there. No Spark and no driver: pure functions over `OutputGrid` and `Ra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+import rasterio.warp
 from affine import Affine
 from rasterio.enums import Resampling as GdalResampling
 from rasterio.errors import RasterioError
@@ -30,6 +32,25 @@ def window_of(grid: OutputGrid, col: int, row: int, halo: int) -> tuple[Affine, 
     top = 0.0 - (row * grid.tile_size - halo) * grid.resolution
     side = grid.tile_size + 2 * halo
     return Affine(grid.resolution, 0.0, left, 0.0, -grid.resolution, top), side, side
+
+
+@dataclass(frozen=True)
+class MosaicSource:
+    """Where a grid tile's pixels come from, as its executor reads them: the inputs that meet
+    any of its read windows, in mosaic order, warped onto the grid (`read_mosaic`)."""
+
+    grid: OutputGrid
+    transform: tuple[float, ...]  # the tile's pixels', affine a, b, c, d, e, f
+    inputs: tuple[RasterInfo, ...]
+    resampling: Resampling
+
+    def read(
+        self, bands: list[int], row_off: int, col_off: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (bands, height, width) and validity of a window of the tile's pixels, which
+        may reach past the tile into its neighbours'."""
+        transform = Affine(*self.transform) * Affine.translation(col_off, row_off)
+        return read_mosaic(self.grid, transform, height, width, self.inputs, bands, self.resampling)
 
 
 def read_mosaic(
@@ -95,6 +116,11 @@ def _warped(
         # carries an internal mask or alpha band of the input, which the warper reads as the
         # source's validity.
         options["add_alpha"] = True
+    # A pixel must not depend on the window it is read in (a chunk's, or the whole map's).
+    # The warper's defaults make it so: its approximation of the reprojection (an eighth of a
+    # pixel) and its resampling kernel's scale are both fitted to each window. Instead, each
+    # pixel's source position is computed (all but) exactly, and the scale is the input's.
+    scale = _scale(info, crs, transform.a)
     try:
         with (
             storage.gdal_env(**GDAL_READ_OPTIONS),
@@ -106,6 +132,9 @@ def _warped(
                 height=height,
                 width=width,
                 resampling=GdalResampling[resampling],
+                tolerance=1e-6,  # 0 is refused by rasterio
+                XSCALE=scale,
+                YSCALE=scale,
                 **options,
             ) as vrt,
         ):
@@ -121,3 +150,15 @@ def _warped(
     if values.dtype.kind == "f":
         ok &= np.isfinite(values).all(axis=0)
     return values, ok
+
+
+def _scale(info: RasterInfo, crs: str, resolution: float) -> float:
+    """Pixels of the grid per pixel of the input, along each axis: the ratio of the input's own
+    resolution in the grid's CRS (as gdalwarp would choose it) to the grid's."""
+    left, top = info.transform[2], info.transform[5]
+    right = left + info.width * info.transform[0]
+    bottom = top + info.height * info.transform[4]
+    own, _, _ = rasterio.warp.calculate_default_transform(
+        info.crs, crs, info.width, info.height, left, min(top, bottom), right, max(top, bottom)
+    )
+    return own.a / resolution

@@ -4,15 +4,14 @@ A raster is cut into *core tiles* of `tile_size` pixels that cover it exactly on
 is inferred from a *read window*: the core grown by `halo` pixels on every side, so that every
 kept output pixel sees its whole receptive field. Read windows all have one shape
 (`tile_size + 2 * halo`): near the raster's edges they are shifted inward instead of shrunk.
+A raster that is part of a larger one (a grid tile of a map, `Margins`) is planned as that one.
 
 Models that downsample (total stride `stride` > 1) only give whole-image results when their
 sampling grid is the same in every window, so tile origins, halos and window sizes are multiples
 of `stride`, and the raster is treated as padded with zeros on its bottom and right edges up to a
 multiple of `stride` (exactly what whole-image inference of such a model needs too). Pixels of a
-read window beyond the raster are read as zeros.
-
-Tiles are grouped into square *chunks* of `chunk_tiles` x `chunk_tiles` tiles: a chunk is the
-unit of a Spark task's work and of the files it writes.
+read window beyond the raster are read as zeros. Tiles are grouped into square *chunks* of
+`chunk_tiles` x `chunk_tiles` tiles: the unit of a Spark task's work and of the files it writes.
 
 Tiles' outputs are merged in one of two ways. `crop` keeps each window's core: seam-free when
 the halo covers the model's receptive field. `blend` (for models with global context, where no
@@ -22,8 +21,7 @@ every window that reaches into it, its neighbours' included, so that chunks stay
 a pixel's value never depends on how the raster was cut into chunks.
 
 A chip classifier (one class per window) is planned the same way on a `ChipGrid`: its windows
-are chips of the model's size every `stride` pixels, and each tile's core, like each chunk's,
-is in cells of the output grid (one cell per chip), not in pixels.
+are chips of the model's size every `stride` pixels; cores are in cells (one per chip).
 """
 
 from __future__ import annotations
@@ -126,23 +124,25 @@ class AxisPlan:
         return len(self.core_start)
 
 
-def plan_axis(length: int, tiling: Tiling | ChipGrid) -> AxisPlan:
-    """Cut one axis of `length` pixels into core tiles and their read windows. A chip's core is
-    its one cell of the output grid."""
+def plan_axis(length: int, tiling: Tiling | ChipGrid, before: int = 0, after: int = 0) -> AxisPlan:
+    """Cut one axis of `length` pixels into core tiles and their read windows (a chip's core is
+    its cell of the output grid). The axis may be a stretch of a longer one, with `before` and
+    `after` pixels on either side: windows reach into them, shifted inward only at the ends of
+    the longer axis, as its own plan's windows are (for `before` a multiple of the stride)."""
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     if isinstance(tiling, ChipGrid):
         cell = np.arange(tiling.cells(length), dtype=np.int64)
         return AxisPlan(cell, cell + 1, cell * tiling.stride, cell * tiling.stride + tiling.size)
     tile, halo, window = tiling.tile_size, tiling.halo, tiling.window_size
-    padded = round_up(length, tiling.stride)
+    padded = round_up(before + length + after, tiling.stride)
     core_start = np.arange(0, length, tile, dtype=np.int64)
     core_stop = np.minimum(core_start + tile, length)
     if padded <= window:
-        read_start = np.zeros_like(core_start)
-        read_stop = np.full_like(core_start, window if tiling.fixed_window else padded)
+        read_start = np.full_like(core_start, -before)
+        read_stop = read_start + (window if tiling.fixed_window else padded)
     else:
-        read_start = np.clip(core_start - halo, 0, padded - window)
+        read_start = np.clip(core_start - halo, -before, padded - before - window)
         read_stop = read_start + window
     return AxisPlan(core_start, core_stop, read_start, read_stop)
 
@@ -177,8 +177,7 @@ class Tile:
 @dataclass(frozen=True)
 class Chunk:
     """One chunk of the plan: its place in the chunk grid, the core it writes, the window it
-    reads in one piece (the union of its windows' read windows), and how many tiles it holds
-    and windows it infers (more than its tiles with `blend`)."""
+    reads in one piece (its windows' union), its tiles and windows (more with `blend`)."""
 
     row: int
     col: int
@@ -206,8 +205,7 @@ class Chunk:
 class ChunkAxis:
     """Chunks along one axis, as arrays indexed by chunk: their core interval (`off`, `size`),
     the union of the read intervals of the windows they infer (`read_off`, `read_size`), their
-    tiles, and the windows they infer (`first_window` to `last_window`: their own tiles', or
-    with `blend` every window that reaches into the core interval)."""
+    tiles, and the windows they infer (`first_window` to `last_window`, `chunk_windows`)."""
 
     off: np.ndarray
     size: np.ndarray
@@ -239,20 +237,31 @@ def _chunk_axis(axis: AxisPlan, side: int, merge: str) -> ChunkAxis:
 
 
 @dataclass(frozen=True)
+class Margins:
+    """Pixels of a larger raster around one that is part of it (a grid tile of a map)."""
+
+    top: int = 0
+    bottom: int = 0
+    left: int = 0
+    right: int = 0
+
+
+@dataclass(frozen=True)
 class RasterPlan:
-    """The tiling of one raster of `height` x `width` pixels."""
+    """The tiling of one raster of `height` x `width` pixels, maybe part of a larger one."""
 
     height: int
     width: int
     tiling: Tiling | ChipGrid
+    margins: Margins = Margins()
 
     @cached_property
     def rows(self) -> AxisPlan:
-        return plan_axis(self.height, self.tiling)
+        return plan_axis(self.height, self.tiling, self.margins.top, self.margins.bottom)
 
     @cached_property
     def cols(self) -> AxisPlan:
-        return plan_axis(self.width, self.tiling)
+        return plan_axis(self.width, self.tiling, self.margins.left, self.margins.right)
 
     @property
     def tile_grid(self) -> tuple[int, int]:
@@ -261,8 +270,7 @@ class RasterPlan:
 
     @property
     def tile_count(self) -> int:
-        rows, cols = self.tile_grid
-        return rows * cols
+        return math.prod(self.tile_grid)
 
     @property
     def chunk_grid(self) -> tuple[int, int]:
@@ -272,8 +280,7 @@ class RasterPlan:
 
     @property
     def chunk_count(self) -> int:
-        rows, cols = self.chunk_grid
-        return rows * cols
+        return math.prod(self.chunk_grid)
 
     def _chunk_axes(self) -> tuple[ChunkAxis, ChunkAxis]:
         side, merge = self.tiling.chunk_tiles, self.tiling.merge

@@ -9,26 +9,25 @@ recorded as a `Failure` and the others go on (unless `fail_fast`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
-from sparkinfer import __version__, storage
+from sparkinfer import storage
 from sparkinfer.config import JobConfig
 from sparkinfer.errors import ConfigError, InputError
+from sparkinfer.grid_rasters import check_grid_run, grid_rasters
 from sparkinfer.inspection import WITHOUT_ARGMAX, ModelInfo
 from sparkinfer.lock import OutputLock
 from sparkinfer.model import FORMAT_NAMES, ModelPackage, package_models
 from sparkinfer.outputs import STAGING_FOLDER, check_output_folder, output_names
 from sparkinfer.plan import ChipGrid, RasterPlan, Tiling
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
+from sparkinfer.raster_job import RasterJob, identity, input_version
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.stac import ItemInput, is_stac, read_items, stack_item
 from sparkinfer.tiling import tiling_for
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
-IDENTITY_TAG = "SPARKINFER_IDENTITY"
 
 
 @dataclass(frozen=True)
@@ -38,51 +37,6 @@ class Failure:
     input: str
     stage: Literal["input", "plan", "infer", "assemble"]
     error: str
-
-
-@dataclass(frozen=True)
-class RasterJob:
-    """One input raster, its plan and where its outputs go."""
-
-    info: RasterInfo
-    plan: RasterPlan
-    identity: str  # hash of input, model and config: what the outputs were made from
-    classes_path: str  # local path or s3:// URI, as every location below
-    scores_path: str | None
-    quicklook_path: str | None
-    polygons_path: str | None
-    staging: str
-
-    @property
-    def chips(self) -> bool:
-        """Whether the model is a chip classifier: its class map has a cell per chip, and a
-        chip table stands for the tile index."""
-        return isinstance(self.plan.tiling, ChipGrid)
-
-    @property
-    def tile_index_path(self) -> str:
-        return self.classes_path.removesuffix(".tif") + ".tiles.parquet"
-
-    @property
-    def chips_path(self) -> str:
-        return self.classes_path.removesuffix(".tif") + ".chips.parquet"
-
-    @property
-    def stac_path(self) -> str:
-        return self.classes_path.removesuffix(".tif") + ".stac.json"
-
-    @property
-    def outputs(self) -> list[str]:
-        table = self.chips_path if self.chips else self.tile_index_path
-        paths = (
-            self.classes_path,
-            self.scores_path,
-            self.quicklook_path,
-            table,
-            self.polygons_path,
-            self.stac_path,
-        )
-        return [p for p in paths if p]
 
 
 @dataclass(frozen=True)
@@ -128,36 +82,6 @@ def _check_scores_needed(config: JobConfig, model: ModelInfo) -> None:
                 f"{model.path}: the model outputs class indices (it ends in an argmax), so "
                 f"{flag} has no scores to {need}; {WITHOUT_ARGMAX[model.format]}"
             )
-
-
-def _identity(
-    info: RasterInfo, package: ModelPackage, config: JobConfig, tiling: Tiling | ChipGrid
-) -> str:
-    """Hash of everything that decides a raster's outputs, their bytes included (the COG's
-    layout, the code that wrote them): chunks of another run never mix."""
-    # An Item's digest covers its JSON, its assets' files, those chosen and their resampling.
-    version = [info.item.digest] if info.item else [info.size, info.mtime_ns]
-    parts = {
-        "input": [info.path, *version],
-        "model": package.digest,
-        "tiling": asdict(tiling),
-        "pixels": config.model_dump(
-            include={
-                "bands",
-                "normalization",
-                "activation",
-                "tta",
-                "scores",
-                "backend",
-                "precision",
-                "cog",
-                "polygons",
-                "min_area",
-            }
-        ),
-        "version": __version__,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _resolve(config: JobConfig) -> tuple[list[str], list[Failure]]:
@@ -292,23 +216,39 @@ def plan_job(checked: Checked, model: ModelInfo) -> Job:
     if not infos:
         raise _no_usable_input(failed)
 
+    if config.grid is not None:
+        check_grid_run(config.grid, config, tiling)
+        rasters = grid_rasters(config.grid, config, tuple(infos), tiling, package, output)
+    else:
+        rasters = _raster_jobs(config, infos, tiling, package, output)
+    bands = tuple(config.bands or range(1, model.bands + 1))
+    return Job(config, model, package, tiling, bands, output, rasters, tuple(failed))
+
+
+def _raster_jobs(
+    config: JobConfig,
+    infos: list[RasterInfo],
+    tiling: Tiling | ChipGrid,
+    package: ModelPackage,
+    output: str,
+) -> tuple[RasterJob, ...]:
+    """One raster of the run per input, its outputs named after it in `output`."""
     rasters = []
     names = output_names([i.stem for i in infos], [i.path for i in infos])
     for info, name in zip(infos, names, strict=True):
-        identity = _identity(info, package, config, tiling)
+        made_from = identity(input_version(info), package, config, tiling)
         rasters.append(
             RasterJob(
                 info=info,
                 plan=RasterPlan(info.height, info.width, tiling),
-                identity=identity,
+                identity=made_from,
                 classes_path=storage.join(output, f"{name}.tif"),
                 scores_path=storage.join(output, f"{name}.scores.tif") if config.scores else None,
                 quicklook_path=storage.join(output, f"{name}.png") if config.quicklook else None,
                 polygons_path=(
                     storage.join(output, f"{name}.polygons.parquet") if config.polygons else None
                 ),
-                staging=storage.join(output, STAGING_FOLDER, f"{name}-{identity}"),
+                staging=storage.join(output, STAGING_FOLDER, f"{name}-{made_from}"),
             )
         )
-    bands = tuple(config.bands or range(1, model.bands + 1))
-    return Job(config, model, package, tiling, bands, output, tuple(rasters), tuple(failed))
+    return tuple(rasters)

@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 
 from sparkinfer import __version__
 from sparkinfer.assembly import AssemblyResult
-from sparkinfer.prepare import Failure, Job, RasterJob
+from sparkinfer.prepare import Failure, Job
+from sparkinfer.raster_job import RasterJob
 from sparkinfer.tiling import tiling_report
 
 

@@ -21,8 +21,9 @@ from sparkinfer.config import TASKS_PER_SLOT
 from sparkinfer.devices import TaskResources
 from sparkinfer.executor import CHUNK_RESULT_SCHEMA, StageSpec, infer_partition
 from sparkinfer.model import ModelPackage, load_for_task
-from sparkinfer.prepare import Job, RasterJob
+from sparkinfer.prepare import Job
 from sparkinfer.quicklook import write_quicklook
+from sparkinfer.raster_job import RasterJob
 from sparkinfer.writers import ChunkSpec, assemble_cog
 
 ASSEMBLED_PER_RASTER = 2  # sampled chunks made into COGs per raster: for rates, not outputs

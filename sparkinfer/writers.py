@@ -25,6 +25,7 @@ from affine import Affine
 from sparkinfer import storage
 from sparkinfer.config import CogOptions
 from sparkinfer.outputs import CLASS_NODATA, SCORE_NODATA
+from sparkinfer.plan import PixelWindow
 from sparkinfer.raster import RasterInfo
 
 # Chunks are intermediate: fast compression, tiled so the COG driver reads them by block.
@@ -184,17 +185,49 @@ class ChunkWriter:
                 dst.close()
 
 
-def _vrt_xml(
+@dataclass(frozen=True)
+class BandLayout:
+    """The bands of a class map or of its scores, as the COGs and VRTs carry them."""
+
+    count: int
+    dtype: str
+    nodata: float
+    descriptions: list[str]
+    colors: tuple[str, ...]  # the class map's colour table; none for scores
+    resampling: str  # of its overviews
+
+    @classmethod
+    def of(
+        cls,
+        scores: bool,
+        classes: int,
+        channels: int,
+        class_names: tuple[str, ...] = (),
+        class_colors: tuple[str, ...] = (),
+    ) -> BandLayout:
+        """The class map carries the model's class names in its band's description and its
+        colours in the band's colour table; scores bands are described by class name."""
+        names = class_names or tuple(str(i) for i in range(classes))
+        if scores:
+            # One sigmoid channel is the score of class 1.
+            described = names if channels == classes else names[1:]
+            return cls(
+                channels, "float32", SCORE_NODATA, [f"score {n}" for n in described], (), "AVERAGE"
+            )
+        listed = ", ".join(f"{i} {name}" for i, name in enumerate(class_names))
+        description = f"class ({listed})" if class_names else "class"
+        return cls(1, "uint8", CLASS_NODATA, [description], class_colors, "NEAREST")
+
+
+def vrt_xml(
     raster: RasterInfo,
-    chunks: list[ChunkSpec],
-    source_of,
-    bands: int,
-    dtype: str,
-    nodata: float,
-    descriptions: list[str],
+    sources: list[tuple[str, PixelWindow]],
+    layout: BandLayout,
     metadata: dict[str, str],
-    colors: tuple[str, ...] = (),
+    relative: bool = False,
 ) -> str:
+    """A GDAL VRT of `raster`'s grid made of `sources`: files, each placed at its window of the
+    grid; with `relative`, their names are relative to the VRT's folder."""
     a, b, c, d, e, f = raster.transform
     lines = [
         f'<VRTDataset rasterXSize="{raster.width}" rasterYSize="{raster.height}">',
@@ -204,30 +237,30 @@ def _vrt_xml(
         *(f'    <MDI key="{escape(k)}">{escape(v)}</MDI>' for k, v in metadata.items()),
         "  </Metadata>",
     ]
-    vrt_type = {"uint8": "Byte", "float32": "Float32"}[dtype]
-    nodata_text = "nan" if math.isnan(nodata) else str(int(nodata))
-    for band in range(1, bands + 1):
+    vrt_type = {"uint8": "Byte", "float32": "Float32"}[layout.dtype]
+    nodata_text = "nan" if math.isnan(layout.nodata) else str(int(layout.nodata))
+    name_attribute = ' relativeToVRT="1"' if relative else ""
+    for band in range(1, layout.count + 1):
         lines += [
             f'  <VRTRasterBand dataType="{vrt_type}" band="{band}">',
-            f"    <Description>{escape(descriptions[band - 1])}</Description>",
+            f"    <Description>{escape(layout.descriptions[band - 1])}</Description>",
             f"    <NoDataValue>{nodata_text}</NoDataValue>",
         ]
-        if colors:
+        if layout.colors:
             lines += ["    <ColorInterp>Palette</ColorInterp>", "    <ColorTable>"]
             lines += [
                 f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="255"/>'
-                for r, g, b in map(hex_rgb, colors)
+                for r, g, b in map(hex_rgb, layout.colors)
             ]
             lines.append("    </ColorTable>")
-        for chunk in chunks:
-            size = f'xSize="{chunk.width}" ySize="{chunk.height}"'
+        for source, window in sources:
+            size = f'xSize="{window.width}" ySize="{window.height}"'
             lines += [
                 "    <SimpleSource>",
-                f"      <SourceFilename>{escape(storage.gdal_path(source_of(chunk)))}"
-                "</SourceFilename>",
+                f"      <SourceFilename{name_attribute}>{escape(source)}</SourceFilename>",
                 f"      <SourceBand>{band}</SourceBand>",
                 f'      <SrcRect xOff="0" yOff="0" {size}/>',
-                f'      <DstRect xOff="{chunk.col_off}" yOff="{chunk.row_off}" {size}/>',
+                f'      <DstRect xOff="{window.col_off}" yOff="{window.row_off}" {size}/>',
                 "    </SimpleSource>",
             ]
         lines.append("  </VRTRasterBand>")
@@ -249,29 +282,20 @@ def assemble_cog(
     class_colors: tuple[str, ...] = (),
 ) -> None:
     """Mosaic chunk files into one COG at the local `path` (a `storage.staged` file: the
-    caller commits it).
-
-    The class map carries the model's class names (tag CLASS_NAMES, a JSON list) and colours
-    (the band's colour table); scores bands are described by class name."""
+    caller commits it), its bands laid out by `BandLayout.of`; the class map also carries the
+    class names as a JSON list (tag CLASS_NAMES)."""
     names = class_names or tuple(str(i) for i in range(classes))
     metadata = metadata | {"CLASS_NAMES": json.dumps(list(names))}
-    colors: tuple[str, ...] = ()
-    if scores:
-        bands, dtype, nodata = channels, "float32", SCORE_NODATA
-        # One sigmoid channel is the score of class 1.
-        descriptions = [f"score {name}" for name in (names if channels == classes else names[1:])]
-        source_of, resampling = (lambda ch: ch.scores_path), "AVERAGE"
-    else:
-        bands, dtype, nodata = 1, "uint8", CLASS_NODATA
-        listed = ", ".join(f"{i} {name}" for i, name in enumerate(class_names))
-        descriptions = [f"class ({listed})" if class_names else "class"]
-        source_of, resampling = (lambda ch: ch.classes_path), "NEAREST"
-        colors = class_colors
+    layout = BandLayout.of(scores, classes, channels, class_names, class_colors)
+    sources = [
+        (
+            storage.gdal_path(chunk.scores_path if scores else chunk.classes_path),
+            PixelWindow(chunk.row_off, chunk.col_off, chunk.height, chunk.width),
+        )
+        for chunk in chunks
+    ]
     vrt = path.with_suffix(".vrt")
-    vrt.write_text(
-        _vrt_xml(raster, chunks, source_of, bands, dtype, nodata, descriptions, metadata, colors),
-        encoding="utf-8",
-    )
+    vrt.write_text(vrt_xml(raster, sources, layout, metadata), encoding="utf-8")
     try:
         with storage.gdal_env(**storage.NO_LISTING, GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
             rasterio.shutil.copy(
@@ -282,7 +306,7 @@ def assemble_cog(
                 PREDICTOR="YES",
                 BLOCKSIZE=options.blocksize,
                 OVERVIEWS="AUTO",
-                RESAMPLING=resampling,
+                RESAMPLING=layout.resampling,
                 BIGTIFF="IF_SAFER",
             )
     finally:

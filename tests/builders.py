@@ -345,3 +345,35 @@ def onnx_ending_in_argmax(onnx_path: Path, path: Path, keep_class_axis: bool) ->
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def shifted_copy_in(source: Path, path: Path, crs: str, shift: float) -> Path:
+    """`source` moved east by `shift` of its width and warped (bilinear) to `crs`, nodata 0
+    where it does not reach: a neighbouring scene in another CRS that overlaps it."""
+    from affine import Affine
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(source) as src:
+        t = src.transform
+        moved = Affine(t.a, t.b, t.c + shift * src.width * t.a, t.d, t.e, t.f)
+        left, top = moved.c, moved.f
+        right, bottom = moved * (src.width, src.height)
+        transform, width, height = calculate_default_transform(
+            src.crs, crs, src.width, src.height, left, bottom, right, top
+        )
+        profile = src.profile | dict(crs=crs, transform=transform, width=width, height=height)
+        with rasterio.open(path, "w", **(profile | dict(nodata=0))) as dst:
+            for band in range(1, src.count + 1):
+                out = np.zeros((height, width), src.dtypes[0])
+                reproject(
+                    src.read(band),
+                    out,
+                    src_transform=moved,
+                    src_crs=src.crs,
+                    dst_transform=transform,
+                    dst_crs=crs,
+                    dst_nodata=0,
+                    resampling=Resampling.bilinear,
+                )
+                dst.write(out, band)
+    return path

@@ -132,17 +132,19 @@ def test_scale_and_offset_come_before_mean_and_std():
 
 def test_every_flag_sets_the_config_field_it_is_named_for():
     """The command line's flags map onto `JobConfig`'s fields by their destinations alone: each
-    names a field (`section.field` inside normalization or cog), and every field has a flag."""
-    from sparkinfer.config import CogOptions, Normalization
+    names a field (`section.field` inside normalization, cog or grid), and every field has a
+    flag."""
+    from sparkinfer.config import CogOptions, GridOptions, Normalization
     from sparkinfer.flags import build_parser
 
     destinations = {
         action.dest for action in build_parser()._actions if action.dest not in ("help", "config")
     }
     fields = {
-        *(name for name in JobConfig.model_fields if name not in ("normalization", "cog")),
+        *(n for n in JobConfig.model_fields if n not in ("normalization", "cog", "grid")),
         *(f"normalization.{name}" for name in Normalization.model_fields),
         *(f"cog.{name}" for name in CogOptions.model_fields),
+        *(f"grid.{name}" for name in GridOptions.model_fields),
     }
     assert destinations == fields
     assert all(value is None for value in vars(build_parser().parse_args([])).values())

@@ -4,7 +4,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -148,7 +147,7 @@ def test_complete_outputs_are_kept_until_the_input_or_config_changes(tmp_path, s
 
 
 def test_the_identity_covers_the_cog_layout_and_the_version(tmp_path, models, monkeypatch):
-    import sparkinfer.prepare
+    import sparkinfer.raster_job
 
     raster = scene_in(tmp_path, "scene.tif", 100, 90)
     common = dict(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "out"))
@@ -160,7 +159,7 @@ def test_the_identity_covers_the_cog_layout_and_the_version(tmp_path, models, mo
     assert identity() == first
     assert identity(cog={"compression": "zstd"}) != first
     assert identity(cog={"blocksize": 256}) != first
-    monkeypatch.setattr(sparkinfer.prepare, "__version__", "0.0.0-other")
+    monkeypatch.setattr(sparkinfer.raster_job, "__version__", "0.0.0-other")
     assert identity() != first, "another version of the job writes other bytes"
 
 
@@ -232,20 +231,26 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
     gone.wait()
     stale = json.dumps({"host": socket.gethostname(), "pid": gone.pid})
 
-    def take_over(start, holders, refused):
+    def take_over(start, holders, refused, all_tried):
+        def tried(outcomes):
+            outcomes.append(threading.get_ident())
+            if len(holders) + len(refused) == 8:
+                all_tried.set()
+
         start.wait()
         try:
             with OutputLock(str(out)).held():
-                holders.append(threading.get_ident())
-                time.sleep(0.2)  # still holding while the others try
+                tried(holders)
+                all_tried.wait(30)  # still holding while the others try, however slow they are
         except OutputError:
-            refused.append(threading.get_ident())
+            tried(refused)
 
     for _ in range(5):  # the race is short: try it several times
         (out / LOCK_FILE).write_text(stale)
-        start, holders, refused = threading.Barrier(8), [], []
+        start, holders, refused, all_tried = threading.Barrier(8), [], [], threading.Event()
         runs = [
-            threading.Thread(target=take_over, args=(start, holders, refused)) for _ in range(8)
+            threading.Thread(target=take_over, args=(start, holders, refused, all_tried))
+            for _ in range(8)
         ]
         for run in runs:
             run.start()

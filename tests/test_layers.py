@@ -40,10 +40,12 @@ FLOORS = [
         "runtimes",
         "grid",
         "mosaic",
+        "raster_job",
+        "map_index",
     },
     {"executor"},  # what a task does with its chunks, without Spark
     # The run checked and planned; a raster assembled; the estimate's tasks and its document.
-    {"prepare", "assembly", "sampling", "estimate_report"},
+    {"prepare", "grid_rasters", "assembly", "sampling", "estimate_report"},
     {"session"},  # Spark's edge: sessions, shipments, stages run
     {"stages"},  # the Spark stages
     {"report", "job"},  # a run, in the order of the data flow, and its report

@@ -262,7 +262,7 @@ def infer_partition(
     todo = _skip_committed(batches, spec, attempt, reused, started)
     runtime = load_for_task(package, spec.runtime, resources)
     parts = Parts.of(spec)
-    reader = WindowReader(spec.rasters, spec.bands)
+    reader = WindowReader(spec.rasters, spec.bands, spec.mosaics)
     windows = prefetched(
         planned_chunks(todo, spec.plans), reader, spec.readers or resources.cpus, parts.kept_part
     )

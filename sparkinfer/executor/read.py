@@ -16,7 +16,8 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from sparkinfer import storage
-from sparkinfer.errors import first_line
+from sparkinfer.errors import InputError, first_line
+from sparkinfer.mosaic import MosaicSource
 from sparkinfer.plan import Chunk, RasterPlan, Tile
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
 
@@ -93,11 +94,18 @@ class WindowReader:
 
     A chunk's windows are cut from its read window: windows overlap by the halo and cross
     GeoTIFF blocks, so reading them one by one would decode most blocks several times. GDAL
-    handles must not be shared between threads: each reader thread opens its own."""
+    handles must not be shared between threads: each reader thread opens its own. A raster with
+    a mosaic (a grid tile of a map) is read from its inputs, warped (`MosaicSource.read`)."""
 
-    def __init__(self, rasters: tuple[RasterInfo, ...], bands: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        rasters: tuple[RasterInfo, ...],
+        bands: tuple[int, ...],
+        mosaics: tuple[MosaicSource | None, ...] = (),
+    ) -> None:
         self.rasters = rasters
         self.bands = list(bands)
+        self.mosaics = mosaics or (None,) * len(rasters)
         self.local = threading.local()
         self.opened: list[rasterio.DatasetReader] = []
         self.lock = threading.Lock()
@@ -113,7 +121,13 @@ class WindowReader:
     def read(self, planned: PlannedChunk) -> ReadChunk:
         started = time.perf_counter()
         info, read = self.rasters[planned.raster_index], planned.chunk.read
+        mosaic = self.mosaics[planned.raster_index]
         try:
+            if mosaic is not None:
+                data, valid = mosaic.read(
+                    self.bands, read.row_off, read.col_off, read.height, read.width
+                )
+                return ReadChunk(planned, data, valid, time.perf_counter() - started)
             with storage.gdal_env(**GDAL_READ_OPTIONS):
                 data, valid = read_window(
                     self._dataset(planned.raster_index),
@@ -127,6 +141,8 @@ class WindowReader:
         except (RasterioError, OSError) as exc:  # a broken file fails its raster, not the job
             error = f"{info.path}: cannot read pixels ({first_line(exc, 300)})"
             return ReadChunk(planned, None, None, time.perf_counter() - started, error)
+        except InputError as exc:  # an input of a mosaic that cannot be warped
+            return ReadChunk(planned, None, None, time.perf_counter() - started, str(exc))
         return ReadChunk(planned, data, valid, time.perf_counter() - started)
 
     def close(self) -> None:

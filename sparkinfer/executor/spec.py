@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparkinfer.chips import output_grid
+from sparkinfer.mosaic import MosaicSource
 from sparkinfer.plan import ChipGrid, RasterPlan
 from sparkinfer.raster import RasterInfo
 from sparkinfer.runtimes import RuntimeOptions
@@ -27,6 +28,7 @@ class StageSpec:
     channels: int  # the model's output channels: the scores' bands
     scores: bool
     polygons: bool  # each chunk's polygons are written beside it (`sparkinfer.polygons`)
+    mosaics: tuple[MosaicSource | None, ...] = ()  # per raster: a grid tile's inputs, or None
 
     @property
     def blend(self) -> bool:

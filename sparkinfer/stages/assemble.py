@@ -22,7 +22,8 @@ from sparkinfer.assembly import (
 from sparkinfer.config import TASKS_PER_SLOT
 from sparkinfer.devices import task_resources
 from sparkinfer.model import load_for_task
-from sparkinfer.prepare import Job, RasterJob, runtime_options
+from sparkinfer.prepare import Job, runtime_options
+from sparkinfer.raster_job import RasterJob
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.session import Shipment, run_stage, task_slots
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 from sparkinfer.devices import task_resources
 from sparkinfer.executor import CHUNK_RESULT_SCHEMA, StageSpec, infer_partition
 from sparkinfer.model import ModelPackage
-from sparkinfer.prepare import Job, RasterJob, runtime_options
+from sparkinfer.prepare import Job, runtime_options
+from sparkinfer.raster_job import RasterJob
 from sparkinfer.session import Shipment, run_stage
 
 INSPECTED_SCHEMA = pa.schema([("inspected", pa.binary())])  # a pickled ModelInfo or error line
@@ -38,6 +39,7 @@ def stage_spec(job: Job, rasters: list[RasterJob], gpu_share: float = 1) -> Stag
         channels=job.model.channels,
         scores=job.config.scores,
         polygons=job.config.polygons,
+        mosaics=tuple(r.mosaic for r in rasters),
     )
 
 

@@ -1,0 +1,151 @@
+"""Many scenes, one map: two real scenes in neighbouring UTM zones that overlap by about a
+third, mapped on a grid of a third CRS (EPSG:3857) in grid tiles smaller than either scene.
+
+The reference is whole-mosaic inference: the region's mosaic (the block of grid tiles the
+inputs reach into) read in one piece with GDAL's warper (`mosaic.read_mosaic`, checked against
+`rasterio.warp.reproject` in test_mosaic) and inferred whole by the model."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from builders import shifted_copy_in, unet, whole_image_outputs
+
+from sparkinfer.config_sources import load_config
+from sparkinfer.grid import OutputGrid, plan_grid
+from sparkinfer.job import prepare_job, run_job
+from sparkinfer.mosaic import read_mosaic
+from sparkinfer.raster import read_info
+
+ROOT = Path(__file__).resolve().parent.parent
+OLINDA = ROOT / "data" / "L7_ETMs.tif"  # Landsat 7 ETM+, 6 bands, EPSG:31985 (UTM 25S)
+GRID = dict(crs="EPSG:3857", resolution=30.0, tile_size=128)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    (folder / "in").mkdir()
+    west = folder / "in" / "west.tif"
+    shutil.copy(OLINDA, west)
+    # Two thirds of a width to the east, in UTM zone 24S: they overlap by about a third.
+    east = shifted_copy_in(OLINDA, folder / "in" / "east.tif", "EPSG:31984", 2 / 3)
+    return folder, [west, east], unet(folder / "unet.keras", bands=6, classes=4)
+
+
+def _map(spark, inputs, model, output) -> dict:
+    """The map of `inputs` on the grid, as the job's report."""
+    config = load_config(
+        dict(
+            input=[str(p) for p in inputs],
+            model=str(model),
+            output=str(output),
+            tile_size=64,
+            scores=True,
+            grid=GRID,
+        ),
+        defaults_file=ROOT / "conf" / "default.yaml",
+    )
+    return run_job(spark, prepare_job(config)).report
+
+
+@pytest.fixture(scope="module")
+def mapped(scenes, spark):
+    folder, inputs, model = scenes
+    return folder / "out", _map(spark, inputs, model, folder / "out")
+
+
+def _reference(folder, inputs, model):
+    """Whole-mosaic inference over the map's block of grid tiles, and that block's transform."""
+    infos = [read_info(str(p)) for p in inputs]
+    grid = OutputGrid(GRID["crs"], GRID["resolution"], GRID["tile_size"])
+    extent = plan_grid(grid, infos).extent
+    transform = grid.tile_transform(extent.cols.start, extent.rows.start)
+    height = len(extent.rows) * grid.tile_size
+    width = len(extent.cols) * grid.tile_size
+    bands = list(range(1, 7))
+    pixels, valid = read_mosaic(grid, transform, height, width, infos, bands, "bilinear")
+    mosaic = folder / "mosaic.tif"
+    profile = dict(driver="GTiff", count=6, dtype="uint8", crs=GRID["crs"], transform=transform)
+    with rasterio.open(mosaic, "w", width=width, height=height, **profile) as dst:
+        dst.write(pixels)
+        dst.write_mask(valid)
+    classes, _, valid = whole_image_outputs(model, mosaic, stride=4)
+    return classes, valid, transform
+
+
+def _window_in(outer: Affine, inner: Affine) -> tuple[int, int]:
+    """Row and column of `inner`'s top-left pixel in the grid of `outer`."""
+    col, row = ~outer * (inner.c, inner.f)
+    assert col == round(col) and row == round(row)
+    return round(row), round(col)
+
+
+def test_the_map_equals_whole_mosaic_inference_across_scene_and_tile_borders(scenes, mapped):
+    folder, inputs, model = scenes
+    out, report = mapped
+    expected, valid, transform = _reference(folder, inputs, model)
+    assert len(np.unique(expected[valid])) >= 2, "the test model must not be constant"
+    with rasterio.open(out / "map.vrt") as vrt:
+        assert vrt.crs.to_epsg() == 3857
+        side = GRID["tile_size"] * GRID["resolution"]
+        assert vrt.transform.c % side == 0 and vrt.transform.f % side == 0
+        classes = vrt.read(1)
+        row, col = _window_in(transform, vrt.transform)
+    expected = expected[row : row + classes.shape[0], col : col + classes.shape[1]]
+    valid = valid[row : row + classes.shape[0], col : col + classes.shape[1]]
+    # Nodata exactly where no scene is valid; elsewhere the classes of whole-mosaic inference.
+    np.testing.assert_array_equal(classes == 255, ~valid)
+    assert (classes[valid] == expected[valid]).mean() >= 0.9999
+
+    # Tiles across the scenes' border, met by both, are among those checked, each equal too.
+    across = []
+    for item_path in sorted((out / "tiles").glob("*.stac.json")):
+        item = json.loads(item_path.read_text())
+        sources = {link["href"] for link in item["links"] if link["rel"] == "derived_from"}
+        if len(sources) == 2:
+            across.append(item_path.name.removesuffix(".stac.json"))
+    assert across, "a grid tile takes pixels from both scenes"
+    for name in across:
+        with rasterio.open(out / "tiles" / f"{name}.tif") as tile:
+            r, c = _window_in(transform, tile.transform)
+            mine = tile.read(1)
+        theirs = expected[r - row : r - row + mine.shape[0], c - col : c - col + mine.shape[1]]
+        ok = valid[r - row : r - row + mine.shape[0], c - col : c - col + mine.shape[1]]
+        assert (mine[ok] == theirs[ok]).mean() >= 0.9999
+    assert report["rasters"] and not report["failed"]
+
+
+def test_each_grid_tile_is_a_cog_on_the_grid_listed_by_the_collection(mapped):
+    out, report = mapped
+    tiles = sorted((out / "tiles").glob("map_*[0-9].tif"))
+    assert len(tiles) == len(report["rasters"]) >= 6
+    side = GRID["tile_size"] * GRID["resolution"]
+    for path in tiles:
+        with rasterio.open(path) as tile:
+            assert tile.shape == (128, 128) and tile.crs.to_epsg() == 3857
+            col, row = (int(v) for v in path.stem.split("_")[1:])
+            assert tile.transform == Affine(30.0, 0, col * side, 0, -30.0, -row * side)
+    collection = json.loads((out / "collection.json").read_text())
+    items = sorted(link["href"] for link in collection["links"] if link["rel"] == "item")
+    assert items == sorted(f"./tiles/{p.stem}.stac.json" for p in tiles)
+    with rasterio.open(out / "map.scores.vrt") as scores:
+        assert scores.count == 4 and scores.dtypes[0] == "float32"
+
+
+def test_a_rerun_skips_complete_tiles_and_remakes_a_lost_one_byte_for_byte(scenes, mapped, spark):
+    folder, inputs, model = scenes
+    out, _ = mapped
+    tiles = sorted((out / "tiles").glob("map_*[0-9].tif"))
+    before = {p.name: p.read_bytes() for p in tiles}
+    lost = tiles[len(tiles) // 2]
+    lost.unlink()
+    again = _map(spark, inputs, model, out)
+    made = [r["input"] for r in again["rasters"] if r["status"] == "written"]
+    col, row = lost.stem.split("_")[1:]
+    assert made == [f"grid tile {col},{row}"]  # the lost tile alone, the others complete
+    assert {p.name: p.read_bytes() for p in tiles} == before
