@@ -14,7 +14,7 @@ SAMPLE_INPUT ?= data/nc_landsat7_2000.tif data/L7_ETMs.tif
 SAMPLE_MODEL ?= data/landcover.keras
 SAMPLE_OUTPUT ?= out/sample
 
-.PHONY: run test bench lint lock smoke-py312 venv airflow clean
+.PHONY: grid-example run test bench lint lock smoke-py312 venv airflow clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,22 @@ run: $(STAMP) $(JVM_ARCHIVE)
 	SPARKINFER_VENV=$(abspath $(VENV)) SPARKINFER_JVM_ARCHIVE=$(abspath $(JVM_ARCHIVE)) \
 	./spark-submit.sh --input $(SAMPLE_INPUT) --model $(SAMPLE_MODEL) --output $(SAMPLE_OUTPUT) \
 		--tile-size 128 --quicklook
+
+# Many scenes, one map (docs/grids.md): the Olinda sample and a copy of it moved east by two
+# thirds of its width and warped into the next UTM zone, mapped on one EPSG:3857 grid.
+GRID_EXAMPLE ?= out/grid-example
+grid-example: $(STAMP) $(JVM_ARCHIVE)
+	rm -rf $(GRID_EXAMPLE) && mkdir -p $(GRID_EXAMPLE)/in
+	cp data/L7_ETMs.tif $(GRID_EXAMPLE)/in/olinda.tif
+	cp data/L7_ETMs.tif $(GRID_EXAMPLE)/moved.tif
+	$(VENV)/bin/rio edit-info $(GRID_EXAMPLE)/moved.tif \
+		--nodata 0 --transform '[28.5, 0, 295407.25, 0, -28.5, 9120760.75]'
+	$(VENV)/bin/rio warp $(GRID_EXAMPLE)/moved.tif $(GRID_EXAMPLE)/in/east-utm24.tif \
+		--dst-crs EPSG:31984 --dst-nodata 0 --resampling bilinear
+	SPARKINFER_VENV=$(abspath $(VENV)) SPARKINFER_JVM_ARCHIVE=$(abspath $(JVM_ARCHIVE)) \
+	./spark-submit.sh --input $(GRID_EXAMPLE)/in/olinda.tif $(GRID_EXAMPLE)/in/east-utm24.tif \
+		--model $(SAMPLE_MODEL) --output $(GRID_EXAMPLE)/map --grid EPSG:3857 --resolution 30 \
+		--grid-tile 256 --tile-size 128 --quicklook
 
 test: $(STAMP) $(AIRFLOW_DB) $(JVM_ARCHIVE)
 	$(VENV)/bin/python -m pytest

@@ -34,15 +34,21 @@ def print_summary(outcome: RunOutcome, stream=None, errors=None) -> None:
     on `errors` (stderr). Both default to the streams of the moment of the call."""
     stream, errors = stream or sys.stdout, errors or sys.stderr
     written, tiles = outcome.written, outcome.tiles
+    grid = outcome.job.config.grid is not None
     print(
-        f"sparkinfer: {len(written)} raster(s) written, {len(outcome.complete)} already "
-        f"complete, {len(outcome.failed)} failed; {tiles['inferred']} tiles inferred, "
-        f"{tiles['skipped']} all-nodata tiles skipped, in {outcome.timings['total_s']:.1f} s",
+        f"sparkinfer: {len(written)} {'grid tile' if grid else 'raster'}(s) written, "
+        f"{len(outcome.complete)} already complete, {len(outcome.failed)} failed; "
+        f"{tiles['inferred']} tiles inferred, {tiles['skipped']} all-nodata tiles skipped, in "
+        f"{outcome.timings['total_s']:.1f} s",
         file=stream,
     )
-    for raster in [*written, *outcome.complete]:
-        for output in raster.outputs:
-            print(f"  {raster.info.path} -> {output}", file=stream)
+    if grid:  # a map of many tiles: its own files, not each tile's
+        for output in outcome.map_files:
+            print(f"  map -> {output}", file=stream)
+    else:
+        for raster in [*written, *outcome.complete]:
+            for output in raster.outputs:
+                print(f"  {raster.info.path} -> {output}", file=stream)
     print(f"  run report: {outcome.job.config.output}/{RUN_REPORT}", file=stream)
     for failure in outcome.failed:
         print(f"sparkinfer: failed ({failure.stage}): {failure.error}", file=errors)

@@ -206,11 +206,12 @@ def footprint(raster: InputRaster, grid: OutputGrid) -> shapely.Polygon:
 class GridPlan:
     """The map's plan: its grid, its bounds in the grid's CRS (given, or the union of the
     inputs' footprints), the grid tiles to make (those that an input meets), by row then
-    column, and the inputs' footprints in the grid's CRS."""
+    column, and the inputs with their footprints in the grid's CRS."""
 
     grid: OutputGrid
     bounds: BoundingBox
     tiles: tuple[GridTile, ...]
+    inputs: tuple[InputRaster, ...]  # in mosaic order, as the tiles' indexes count them
     footprints: tuple[shapely.Polygon, ...]
 
     @property
@@ -284,7 +285,7 @@ def plan_grid(
     tiles = tuple(
         grid.grid_tile(col, row, tuple(meeting[row, col])) for row, col in sorted(meeting)
     )
-    return GridPlan(grid, bounds, tiles, tuple(footprints))
+    return GridPlan(grid, bounds, tiles, tuple(inputs), tuple(footprints))
 
 
 def _flag_value(bounds: BoundingBox) -> str:

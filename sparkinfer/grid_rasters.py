@@ -48,8 +48,10 @@ def check_grid_run(options: GridOptions, config: JobConfig, tiling: Tiling | Chi
         )
 
 
-def _check_inputs(infos: tuple[RasterInfo, ...]) -> None:
-    """Inputs of one map have the same bands: a band index means the same band in each."""
+def plan_map(options: GridOptions, infos: tuple[RasterInfo, ...]) -> GridPlan:
+    """The map's grid tiles over `infos` (in mosaic order), from their metadata: before Spark
+    starts, so that a map the inputs cannot make is one line at once. Inputs of one map have
+    the same bands: a band index means the same band in each."""
     first = infos[0]
     for info in infos[1:]:
         if info.count != first.count:
@@ -57,6 +59,8 @@ def _check_inputs(infos: tuple[RasterInfo, ...]) -> None:
                 f"{info.path}: has {info.count} bands where {first.path} has {first.count}; "
                 "give inputs of one map the same bands in the same order"
             )
+    grid = OutputGrid(options.crs, options.resolution, options.tile_size)
+    return plan_grid(grid, infos, options.bounds, force=options.force)
 
 
 def tile_margins(plan: GridPlan, tile: GridTile) -> Margins:
@@ -81,17 +85,10 @@ def read_bounds(tile: GridTile, raster_plan: RasterPlan) -> tuple[float, float, 
 
 
 def grid_rasters(
-    options: GridOptions,
-    config: JobConfig,
-    infos: tuple[RasterInfo, ...],
-    tiling: Tiling,
-    package: ModelPackage,
-    output: str,
+    plan: GridPlan, config: JobConfig, tiling: Tiling, package: ModelPackage, output: str
 ) -> tuple[RasterJob, ...]:
-    """The grid tiles of the map over `infos` (in mosaic order) as rasters of the run."""
-    _check_inputs(infos)
-    grid = OutputGrid(options.crs, options.resolution, options.tile_size)
-    plan = plan_grid(grid, infos, options.bounds, force=options.force)
+    """The grid tiles of the map (`plan_map`) as rasters of the run."""
+    grid, infos = plan.grid, plan.inputs
     crs = CRS.from_user_input(grid.crs).to_wkt()
     dtype = str(np.result_type(*(info.dtype for info in infos)))
     rasters = []
@@ -116,7 +113,7 @@ def grid_rasters(
             "grid": [grid.crs, grid.resolution, grid.tile_size, tile.col, tile.row],
             "margins": list(vars(raster_plan.margins).values()),
             "inputs": [input_version(i) for i in inputs],
-            "mosaic": options.mosaic,
+            "mosaic": config.grid.mosaic,
             "resampling": config.resampling,
         }
         made_from = identity([source], package, config, tiling)
@@ -128,7 +125,7 @@ def grid_rasters(
                 identity=made_from,
                 classes_path=storage.join(folder, f"{name}.tif"),
                 scores_path=storage.join(folder, f"{name}.scores.tif") if config.scores else None,
-                quicklook_path=storage.join(folder, f"{name}.png") if config.quicklook else None,
+                quicklook_path=None,  # the map has one (`map_index`), not each tile
                 polygons_path=None,
                 staging=storage.join(output, STAGING_FOLDER, f"{name}-{made_from}"),
                 mosaic=MosaicSource(grid, info.transform, inputs, config.resampling),

@@ -198,11 +198,13 @@ def _run(spark, job: Job, command_started: float | None) -> RunOutcome:
     staging_root = storage.join(job.output, STAGING_FOLDER)
     if not storage.list_names(staging_root):
         storage.remove_tree(staging_root)
+    map_files: list[str] = []
     if job.config.grid is not None:
         made = {done.input for done in assembled if not done.error}
         tiles = [*complete, *(r for r in to_assemble if r.info.path in made)]
         if tiles:
-            write_map_index(job.output, sorted(tiles, key=job.rasters.index), job.model)
+            tiles.sort(key=job.rasters.index)
+            map_files = write_map_index(job.output, tiles, job.model, job.config.quicklook)
     timings["total_s"] = time.perf_counter() - started
     timings["wall_s"] = time.perf_counter() - command_started
 
@@ -218,6 +220,7 @@ def _run(spark, job: Job, command_started: float | None) -> RunOutcome:
         timings=timings,
         application=application(spark),
         estimate=None if estimate is None else compared(estimate, timings),
+        map_files=tuple(map_files),
     )
     text = json.dumps(outcome.report, indent=2) + "\n"
     storage.write_text(storage.join(job.output, RUN_REPORT), text)

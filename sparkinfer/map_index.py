@@ -1,7 +1,8 @@
 """A map's own files over its grid tiles' COGs, written on the driver from metadata alone:
 
 - `OUT/map.vrt` (and `OUT/map.scores.vrt`): the whole map as one raster that GDAL, QGIS and
-  rasterio open, its tiles named relative to it, so the folder can move;
+  rasterio open, its tiles named relative to it, so the folder can move; with `--quicklook`,
+  `OUT/map.png`, the map in the model's colours;
 - `OUT/collection.json`: a STAC Collection whose Items are the tiles' (`tiles/*.stac.json`).
 
 Both list the tiles that are complete; a tile that failed is missing from them until a re-run
@@ -18,12 +19,14 @@ import rasterio.warp
 from sparkinfer import __version__, storage
 from sparkinfer.inspection import ModelInfo
 from sparkinfer.plan import PixelWindow
+from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo
 from sparkinfer.raster_job import RasterJob
 from sparkinfer.writers import BandLayout, vrt_xml
 
 MAP_VRT = "map.vrt"
 MAP_SCORES_VRT = "map.scores.vrt"
+MAP_QUICKLOOK = "map.png"
 COLLECTION = "collection.json"
 
 
@@ -68,9 +71,11 @@ def _placed(tiles: list[RasterJob], extent: RasterInfo, scores: bool):
         yield _relative(tile.scores_path if scores else tile.classes_path), window
 
 
-def write_map_index(output: str, tiles: list[RasterJob], model: ModelInfo) -> list[str]:
-    """The map's VRT(s) and STAC Collection over `tiles` (complete, on one grid), in `output`;
-    the paths written."""
+def write_map_index(
+    output: str, tiles: list[RasterJob], model: ModelInfo, quicklook: bool = False
+) -> list[str]:
+    """The map's VRT(s), with `quicklook` its PNG (read from the tiles' overviews), and STAC
+    Collection over `tiles` (complete, on one grid), in `output`; the paths written."""
     extent = map_extent(tiles)
     metadata = {"sparkinfer_version": __version__}
     written = []
@@ -83,6 +88,10 @@ def write_map_index(output: str, tiles: list[RasterJob], model: ModelInfo) -> li
         sources = list(_placed(tiles, extent, scores))
         path = storage.join(output, name)
         storage.write_text(path, vrt_xml(extent, sources, layout, metadata, relative=True))
+        written.append(path)
+    if quicklook:
+        path = storage.join(output, MAP_QUICKLOOK)
+        write_quicklook(written[0], path, model.class_names, model.class_colors)
         written.append(path)
     path = storage.join(output, COLLECTION)
     storage.write_text(path, json.dumps(_collection(tiles, extent), indent=2) + "\n")

@@ -15,7 +15,8 @@ from typing import Literal
 from sparkinfer import storage
 from sparkinfer.config import JobConfig
 from sparkinfer.errors import ConfigError, InputError
-from sparkinfer.grid_rasters import check_grid_run, grid_rasters
+from sparkinfer.grid import GridPlan
+from sparkinfer.grid_rasters import check_grid_run, grid_rasters, plan_map
 from sparkinfer.inspection import WITHOUT_ARGMAX, ModelInfo
 from sparkinfer.lock import OutputLock
 from sparkinfer.model import FORMAT_NAMES, ModelPackage, package_models
@@ -147,6 +148,7 @@ class Checked:
     infos: tuple[RasterInfo, ...]
     failed: tuple[Failure, ...]  # input patterns that found nothing, rasters that cannot be read
     package: ModelPackage
+    grid: GridPlan | None = None  # with --grid: the map's grid tiles and which inputs meet them
 
 
 def check_job(config: JobConfig) -> Checked:
@@ -178,7 +180,8 @@ def check_job(config: JobConfig) -> Checked:
                 refused(source, exc)
     if not infos:
         raise _no_usable_input(failed)
-    return Checked(config, output, tuple(infos), tuple(failed), package)
+    grid = None if config.grid is None else plan_map(config.grid, tuple(infos))
+    return Checked(config, output, tuple(infos), tuple(failed), package, grid)
 
 
 def plan_job(checked: Checked, model: ModelInfo) -> Job:
@@ -216,9 +219,9 @@ def plan_job(checked: Checked, model: ModelInfo) -> Job:
     if not infos:
         raise _no_usable_input(failed)
 
-    if config.grid is not None:
+    if checked.grid is not None:
         check_grid_run(config.grid, config, tiling)
-        rasters = grid_rasters(config.grid, config, tuple(infos), tiling, package, output)
+        rasters = grid_rasters(checked.grid, config, tiling, package, output)
     else:
         rasters = _raster_jobs(config, infos, tiling, package, output)
     bands = tuple(config.bands or range(1, model.bands + 1))

@@ -67,6 +67,7 @@ class RunOutcome:
     timings: dict[str, float]
     application: dict  # the Spark application that ran it (`session.application`)
     estimate: dict | None = None  # the figures an `_estimate.json` predicted, and the run's
+    map_files: tuple[str, ...] = ()  # with a grid: the map's VRTs and STAC Collection
 
     @property
     def written(self) -> list[RasterJob]:
@@ -158,6 +159,7 @@ def run_report(outcome: RunOutcome) -> dict:
         },
         "tiling": tiling_report(job.model, job.tiling),
         "rasters": per_raster,
+        "map": list(outcome.map_files),
         "failed": [asdict(f) for f in failed],
         "tiles": {
             key: sum(r["tiles"][key] for r in per_raster)

@@ -90,6 +90,50 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, scene, models, case)
     assert not out.exists(), "nothing written for a bad input"
 
 
+# case: (more inputs, grid flags, what the line starts with, what it must say); the scene is
+# 64 x 64 pixels of 10 m in UTM 33N, near 15 E 48 N.
+BAD_MAPS = {
+    "bounds that no input meets": (
+        [],
+        ["--grid", "EPSG:32633", "--resolution", "10", "--bounds", "0,0,1000,1000"],
+        "--bounds 0.0,0.0,1000.0,1000.0: ",
+        "no input meets them",
+    ),
+    "a grid CRS that cannot hold the input": (
+        [],
+        ["--grid", "+proj=ortho +lat_0=-48 +lon_0=-165", "--resolution", "10"],
+        "{scene}: ",
+        "choose a --grid CRS that covers it",
+    ),
+    "more than 10^12 pixels": (
+        [],
+        ["--grid", "EPSG:32633", "--resolution", "0.0001"],
+        "the inputs' bounds 500000.0,5299360.0,500640.0,5300000.0 at --resolution 0.0001 hold ",
+        "or pass --force",
+    ),
+    "bands that differ between inputs": (
+        ["three.tif"],
+        ["--grid", "EPSG:3857", "--resolution", "10"],
+        "{three}: ",
+        "has 3 bands where",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MAPS)
+def test_a_map_the_inputs_cannot_make_is_one_line_before_spark(tmp_path, scene, models, case):
+    more, flags, named, message = BAD_MAPS[case]
+    three = write_raster(tmp_path / "in" / "three.tif", 64, 64, bands=3)
+    inputs = [scene, *(tmp_path / "in" / name for name in more)]
+    out = tmp_path / "out"
+    done = infer("--input", *inputs, "--model", models["conv"], "--output", out, *flags)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr  # not even Spark's UI line
+    assert lines[0].startswith(f"sparkinfer: error: {named.format(scene=scene, three=three)}")
+    assert not out.exists(), "nothing written for a bad input"
+
+
 def test_a_band_mismatch_is_one_line_once_the_workers_read_the_model(
     tmp_path, models, spark, capsys
 ):

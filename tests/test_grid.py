@@ -1,5 +1,6 @@
 """The plan of one map over many inputs: pure geometry on metadata, no pixels and no Spark."""
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -229,3 +230,27 @@ def test_a_grid_without_a_crs_or_with_empty_pixels_is_refused_in_one_line(
     with pytest.raises(ConfigError) as error:
         OutputGrid(crs, resolution, size)
     assert _one_line(error).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(merge="blend"), "--grid: --merge blend is not made on a grid yet"),
+        (dict(polygons=True), "--grid: --polygons is not made on a grid yet"),
+        (dict(verify=True), "--grid: --verify is not made on a grid yet"),
+        (dict(estimate=True), "--grid: --estimate is not made on a grid yet"),
+        (dict(grid_tile=100), "--grid-tile 100: give a multiple of the model's total stride 8"),
+    ],
+)
+def test_what_a_map_does_not_do_yet_is_refused_in_one_line(options, message):
+    from sparkinfer.config import JobConfig
+    from sparkinfer.errors import ConfigError
+    from sparkinfer.grid_rasters import check_grid_run
+    from sparkinfer.plan import ChipGrid, Tiling
+
+    grid = dict(crs="EPSG:3857", resolution=10, tile_size=options.pop("grid_tile", 4096))
+    config = JobConfig(input=["a.tif"], model=["m.keras"], output="out", grid=grid, **options)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        check_grid_run(config.grid, config, Tiling(512, 32, stride=8))
+    with pytest.raises(ConfigError, match="a chip classifier's map is not made on a grid yet"):
+        check_grid_run(config.grid, config, ChipGrid(32, 32, 4))

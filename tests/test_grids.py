@@ -46,6 +46,7 @@ def _map(spark, inputs, model, output) -> dict:
             output=str(output),
             tile_size=64,
             scores=True,
+            quicklook=True,
             grid=GRID,
         ),
         defaults_file=ROOT / "conf" / "default.yaml",
@@ -135,6 +136,11 @@ def test_each_grid_tile_is_a_cog_on_the_grid_listed_by_the_collection(mapped):
     assert items == sorted(f"./tiles/{p.stem}.stac.json" for p in tiles)
     with rasterio.open(out / "map.scores.vrt") as scores:
         assert scores.count == 4 and scores.dtypes[0] == "float32"
+    # One quicklook, of the whole map; none per tile.
+    assert report["map"] == [
+        str(out / name) for name in ("map.vrt", "map.scores.vrt", "map.png", "collection.json")
+    ]
+    assert not list((out / "tiles").glob("*.png"))
 
 
 def test_a_rerun_skips_complete_tiles_and_remakes_a_lost_one_byte_for_byte(scenes, mapped, spark):
