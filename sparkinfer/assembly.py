@@ -10,6 +10,7 @@ last: it is there only when everything it lists is.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
 from sparkinfer.runtimes import Runtime
 from sparkinfer.verify import sample_window, verify
-from sparkinfer.writers import ChunkSpec, assemble_cog
+from sparkinfer.writers import ChunkSpec, assemble_cog, write_chunks_vrt
+from sparkinfer.zarr_map import tile_marker, write_tile
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,38 @@ def assemble_raster(
     return AssemblyResult(raster.info.path, time.perf_counter() - started, verify=verified)
 
 
+def _write_zarr_tile(raster: RasterJob, spec: AssemblySpec) -> None:
+    """A grid tile into the map's Zarr store (`zarr_map.write_tile`) from its chunks, its tile
+    index beside, and last its marker: a tile with a marker is whole in the store."""
+    model, chunks = spec.model, chunk_specs(raster)
+    with tempfile.TemporaryDirectory(prefix="sparkinfer-zarr-") as folder:
+        vrts = {}
+        for name, scores in (("classes", False), ("scores", True)):
+            if scores and raster.scores_path is None:
+                continue
+            vrts[name] = str(Path(folder) / f"{name}.vrt")
+            write_chunks_vrt(
+                raster.info,
+                chunks,
+                Path(vrts[name]),
+                scores=scores,
+                classes=model.classes,
+                channels=model.channels,
+                metadata=spec.tags(raster),
+                class_names=model.class_names,
+            )
+        with storage.gdal_env(**storage.NO_LISTING):
+            write_tile(raster.zarr, vrts)
+    write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path, model.classes)
+    storage.write_text(raster.marker_path, tile_marker(raster.identity, raster.zarr))
+
+
 def _write_outputs(
     raster: RasterJob, spec: AssemblySpec, runtime: Callable[[], Runtime] | None
 ) -> str | None:
+    if raster.zarr is not None:
+        _write_zarr_tile(raster, spec)
+        return None
     model, verified = spec.model, None
     # A chip classifier's outputs lie on its chips' grid, a cell per chip.
     grid = output_grid(raster.info, raster.plan.tiling)

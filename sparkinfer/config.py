@@ -109,6 +109,12 @@ class GridOptions(_Strict):
         description="Which input a pixel comes from where inputs overlap: 'first', the first "
         "valid one in input order.",
     )
+    format: Literal["cog", "zarr"] = Field(
+        "cog",
+        description="How the map is written: 'cog', a COG per grid tile under tiles/ with "
+        "map.vrt over them and a STAC Collection; 'zarr', one Zarr v3 store map.zarr (CF "
+        "grid mapping: xarray and rioxarray open it georeferenced).",
+    )
     force: bool = Field(False, description="Make a map of more than 10^12 pixels.")
 
 

@@ -274,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --grid: where inputs overlap, each pixel from the first valid input",
     )
     add(
+        "--format",
+        dest="grid.format",
+        choices=["cog", "zarr"],
+        help="with --grid: a COG per grid tile and map.vrt (cog, default), or one Zarr v3 "
+        "store map.zarr (zarr)",
+    )
+    add(
         "--force",
         dest="grid.force",
         action="store_true",

@@ -9,6 +9,8 @@ under `OUT/tiles/`. Everything else (chunks, resume, assembly) is a raster's as 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from rasterio.crs import CRS
 
@@ -22,6 +24,7 @@ from sparkinfer.outputs import STAGING_FOLDER
 from sparkinfer.plan import ChipGrid, Margins, RasterPlan, Tiling
 from sparkinfer.raster import RasterInfo
 from sparkinfer.raster_job import RasterJob, identity, input_version
+from sparkinfer.zarr_map import ZARR_STORE, ZarrRegion
 
 TILES_FOLDER = "tiles"
 MAP_NAME = "map"  # the map's own files: OUT/map.vrt, OUT/map.collection.json
@@ -35,6 +38,7 @@ def check_grid_run(options: GridOptions, config: JobConfig, tiling: Tiling | Chi
         )
     for flag, used in (
         ("--merge blend", config.merge == "blend"),
+        ("--quicklook with --format zarr", config.quicklook and options.format == "zarr"),
         ("--polygons", config.polygons),
         ("--verify", config.verify),
         ("--estimate", config.estimate),
@@ -115,6 +119,7 @@ def grid_rasters(
             "inputs": [input_version(i) for i in inputs],
             "mosaic": config.grid.mosaic,
             "resampling": config.resampling,
+            "format": config.grid.format,
         }
         made_from = identity([source], package, config, tiling)
         folder = storage.join(output, TILES_FOLDER)
@@ -129,6 +134,26 @@ def grid_rasters(
                 polygons_path=None,
                 staging=storage.join(output, STAGING_FOLDER, f"{name}-{made_from}"),
                 mosaic=MosaicSource(grid, info.transform, inputs, config.resampling),
+                zarr=zarr_region(plan, tile, output) if config.grid.format == "zarr" else None,
             )
         )
     return tuple(rasters)
+
+
+def zarr_region(plan: GridPlan, tile: GridTile, output: str) -> ZarrRegion:
+    """Where `tile` goes in the map's Zarr store, whose arrays span the map's extent."""
+    margins = tile_margins(plan, tile)
+    return ZarrRegion(storage.join(output, ZARR_STORE), margins.top, margins.left)
+
+
+def map_extent(tile: RasterJob) -> RasterInfo:
+    """The grid of the whole map (its block of grid tiles), from one of its tiles."""
+    info, margins = tile.info, tile.plan.margins
+    a, b, c, d, e, f = info.transform
+    return replace(
+        info,
+        path="map",
+        width=margins.left + info.width + margins.right,
+        height=margins.top + info.height + margins.bottom,
+        transform=(a, b, c - margins.left * a, d, e, f - margins.top * e),
+    )

@@ -21,6 +21,7 @@ from sparkinfer import storage
 from sparkinfer.config import JobConfig
 from sparkinfer.estimate import ESTIMATE_FILE, compared, job_identity
 from sparkinfer.executor import CHUNK_RESULT_SCHEMA
+from sparkinfer.grid_rasters import map_extent
 from sparkinfer.inspection import ModelInfo, inspect_package
 from sparkinfer.lock import OutputLock
 from sparkinfer.map_index import write_map_index
@@ -45,7 +46,8 @@ from sparkinfer.session import (
 )
 from sparkinfer.stages.assemble import assemble_on_executors
 from sparkinfer.stages.infer import infer_and_write, plan_table, stage_spec
-from sparkinfer.writers import is_committed
+from sparkinfer.writers import BandLayout, is_committed
+from sparkinfer.zarr_map import create_map_store
 
 RUN_REPORT = "_run.json"
 RESUME_HINT = "the chunks written so far are kept: run the same command again to resume"
@@ -73,6 +75,8 @@ def is_complete(raster: RasterJob) -> bool:
     """Whether the raster's outputs are all there and made from the same input, model, config."""
     if not all(storage.is_file(p) for p in raster.outputs):
         return False
+    if raster.zarr is not None:  # its marker says what the tile in the store was made from
+        return json.loads(storage.read_text(raster.marker_path))["identity"] == raster.identity
     try:
         with storage.open_own_raster(raster.classes_path) as done:
             return done.tags().get(IDENTITY_TAG) == raster.identity
@@ -117,6 +121,22 @@ def _estimate_of(job: Job) -> dict | None:
     return estimate if same else None
 
 
+def _create_store(job: Job, tile: RasterJob) -> None:
+    """The map's Zarr store, made (or kept, to resume into) before any tile is written."""
+    model = job.model
+    names = None
+    if job.config.scores:
+        names = BandLayout.of(True, model.classes, model.channels, model.class_names).descriptions
+    create_map_store(
+        tile.zarr.store,
+        map_extent(tile),
+        job.config.grid.tile_size,
+        None if names is None else tuple(names),
+        model.class_names,
+        job.config.overwrite,
+    )
+
+
 def run_job(spark, job: Job, started: float | None = None) -> RunOutcome:
     """Run the Spark stages for a prepared job under the output folder's lock; what it did,
     whose report (`RunOutcome.report`) is written as `_run.json`. Rasters already complete are
@@ -138,6 +158,8 @@ def _run(spark, job: Job, command_started: float | None) -> RunOutcome:
     todo = [r for r in job.rasters if r not in complete]
     for raster in todo:
         prepare_staging(raster, job.config.overwrite)
+    if todo and todo[0].zarr is not None:
+        _create_store(job, todo[0])
 
     t = time.perf_counter()
     chunk_tables = [chunks_to_do(r) for r in todo]

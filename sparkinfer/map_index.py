@@ -23,15 +23,17 @@ from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo
 from sparkinfer.raster_job import RasterJob
 from sparkinfer.writers import BandLayout, vrt_xml
+from sparkinfer.zarr_map import finish_map_store
 
 MAP_VRT = "map.vrt"
 MAP_SCORES_VRT = "map.scores.vrt"
 MAP_QUICKLOOK = "map.png"
 COLLECTION = "collection.json"
+ZARR_MEDIA_TYPE = "application/vnd+zarr"
 
 
-def map_extent(tiles: list[RasterJob]) -> RasterInfo:
-    """The grid of the block of grid tiles that holds `tiles` (all on one grid)."""
+def tiles_extent(tiles: list[RasterJob]) -> RasterInfo:
+    """The grid of the smallest block of grid tiles that holds `tiles` (all on one grid)."""
     first = tiles[0].info
     resolution = first.transform[0]
     left = min(t.info.transform[2] for t in tiles)
@@ -76,7 +78,14 @@ def write_map_index(
 ) -> list[str]:
     """The map's VRT(s), with `quicklook` its PNG (read from the tiles' overviews), and STAC
     Collection over `tiles` (complete, on one grid), in `output`; the paths written."""
-    extent = map_extent(tiles)
+    extent = tiles_extent(tiles)
+    if tiles[0].zarr is not None:  # the store is the map
+        finish_map_store(tiles[0].zarr.store)
+        path = storage.join(output, COLLECTION)
+        store = storage.name(tiles[0].zarr.store)
+        collection = _collection(tiles, extent, {"href": f"./{store}", "type": ZARR_MEDIA_TYPE})
+        storage.write_text(path, json.dumps(collection, indent=2) + "\n")
+        return [tiles[0].zarr.store, path]
     metadata = {"sparkinfer_version": __version__}
     written = []
     for scores, name in ((False, MAP_VRT), (True, MAP_SCORES_VRT)):
@@ -94,12 +103,14 @@ def write_map_index(
         write_quicklook(written[0], path, model.class_names, model.class_colors)
         written.append(path)
     path = storage.join(output, COLLECTION)
-    storage.write_text(path, json.dumps(_collection(tiles, extent), indent=2) + "\n")
+    vrt = {"href": f"./{MAP_VRT}", "type": "application/xml"}
+    storage.write_text(path, json.dumps(_collection(tiles, extent, vrt), indent=2) + "\n")
     return [*written, path]
 
 
-def _collection(tiles: list[RasterJob], extent: RasterInfo) -> dict:
-    """A STAC 1.1 Collection of the tiles' Items, its extent the map's block of tiles."""
+def _collection(tiles: list[RasterJob], extent: RasterInfo, map_asset: dict) -> dict:
+    """A STAC 1.1 Collection of the map (`map_asset`: its VRT or its Zarr store) and of the
+    tiles' Items where each tile is a COG; its extent the map's block of tiles."""
     a, _, left, _, e, top = extent.transform
     right, bottom = left + extent.width * a, top + extent.height * e
     west, south, east, north = rasterio.warp.transform_bounds(
@@ -112,6 +123,7 @@ def _collection(tiles: list[RasterJob], extent: RasterInfo) -> dict:
             "type": "application/geo+json",
         }
         for tile in tiles
+        if tile.zarr is None
     ]
     return {
         "type": "Collection",
@@ -124,7 +136,5 @@ def _collection(tiles: list[RasterJob], extent: RasterInfo) -> dict:
             "temporal": {"interval": [[datetime.now(UTC).isoformat(), None]]},
         },
         "links": links,
-        "assets": {
-            "map": {"href": f"./{MAP_VRT}", "type": "application/xml", "roles": ["data"]},
-        },
+        "assets": {"map": map_asset | {"roles": ["data"]}},
     }

@@ -14,6 +14,7 @@ from sparkinfer.model import ModelPackage
 from sparkinfer.mosaic import MosaicSource
 from sparkinfer.plan import ChipGrid, RasterPlan, Tiling
 from sparkinfer.raster import RasterInfo
+from sparkinfer.zarr_map import ZarrRegion
 
 IDENTITY_TAG = "SPARKINFER_IDENTITY"  # the class map's tag that holds its identity
 
@@ -31,6 +32,7 @@ class RasterJob:
     polygons_path: str | None
     staging: str
     mosaic: MosaicSource | None = None  # a grid tile of a map: its pixels come from its inputs
+    zarr: ZarrRegion | None = None  # a grid tile written into the map's Zarr store
 
     @property
     def chips(self) -> bool:
@@ -51,7 +53,14 @@ class RasterJob:
         return self.classes_path.removesuffix(".tif") + ".stac.json"
 
     @property
+    def marker_path(self) -> str:
+        """A grid tile in a Zarr store: the file that says it is there, and from what."""
+        return self.classes_path.removesuffix(".tif") + ".zarr.json"
+
+    @property
     def outputs(self) -> list[str]:
+        if self.zarr is not None:  # its pixels are in the store; here, what tells of them
+            return [self.tile_index_path, self.marker_path]
         table = self.chips_path if self.chips else self.tile_index_path
         paths = (
             self.classes_path,

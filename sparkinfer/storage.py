@@ -93,7 +93,8 @@ def gdal_path(location: str) -> str:
     return "/vsicurl/" + location if is_http(location) else location
 
 
-def _endpoint() -> str | None:
+def s3_endpoint() -> str | None:
+    """The S3 endpoint the AWS variables name, if any (a local or compatible server)."""
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
@@ -105,7 +106,7 @@ NO_LISTING = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 def gdal_env(**options) -> rasterio.Env:
     """GDAL settings for reading and writing, with GDAL's S3 endpoint taken from
     AWS_ENDPOINT_URL (GDAL reads only its own AWS_S3_ENDPOINT and AWS_HTTPS)."""
-    endpoint = _endpoint()
+    endpoint = s3_endpoint()
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
         url = urlsplit(endpoint)
         options = {
@@ -133,7 +134,7 @@ def _s3(location: str) -> fs.S3FileSystem:
     """The client for a location's bucket: AWS_REGION's, or the bucket's own region asked from
     AWS (a client of the wrong region gets only redirects), or none for another endpoint."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    endpoint = _endpoint()
+    endpoint = s3_endpoint()
     if region is None and endpoint is None:
         region = _bucket_region(_key(location).split("/", 1)[0])
     return _s3_client(endpoint, region)

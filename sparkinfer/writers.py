@@ -268,11 +268,10 @@ def vrt_xml(
     return "\n".join(lines)
 
 
-def assemble_cog(
+def write_chunks_vrt(
     raster: RasterInfo,
     chunks: list[ChunkSpec],
     path: Path,
-    options: CogOptions,
     *,
     scores: bool,
     classes: int,
@@ -280,10 +279,10 @@ def assemble_cog(
     metadata: dict[str, str],
     class_names: tuple[str, ...] = (),
     class_colors: tuple[str, ...] = (),
-) -> None:
-    """Mosaic chunk files into one COG at the local `path` (a `storage.staged` file: the
-    caller commits it), its bands laid out by `BandLayout.of`; the class map also carries the
-    class names as a JSON list (tag CLASS_NAMES)."""
+) -> BandLayout:
+    """A VRT at the local `path` of the raster's class map (or scores) made of its chunk files,
+    its bands laid out by `BandLayout.of`; the class map also carries the class names as a JSON
+    list (tag CLASS_NAMES). Returns the layout."""
     names = class_names or tuple(str(i) for i in range(classes))
     metadata = metadata | {"CLASS_NAMES": json.dumps(list(names))}
     layout = BandLayout.of(scores, classes, channels, class_names, class_colors)
@@ -294,8 +293,23 @@ def assemble_cog(
         )
         for chunk in chunks
     ]
+    path.write_text(vrt_xml(raster, sources, layout, metadata), encoding="utf-8")
+    return layout
+
+
+def assemble_cog(
+    raster: RasterInfo,
+    chunks: list[ChunkSpec],
+    path: Path,
+    options: CogOptions,
+    *,
+    scores: bool,
+    **band_options,
+) -> None:
+    """Mosaic chunk files into one COG at the local `path` (a `storage.staged` file: the
+    caller commits it), through their VRT (`write_chunks_vrt`, which takes `band_options`)."""
     vrt = path.with_suffix(".vrt")
-    vrt.write_text(vrt_xml(raster, sources, layout, metadata), encoding="utf-8")
+    layout = write_chunks_vrt(raster, chunks, vrt, scores=scores, **band_options)
     try:
         with storage.gdal_env(**storage.NO_LISTING, GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
             rasterio.shutil.copy(

@@ -37,7 +37,7 @@ def scenes(tmp_path_factory):
     return folder, [west, east], unet(folder / "unet.keras", bands=6, classes=4)
 
 
-def _map(spark, inputs, model, output) -> dict:
+def _map(spark, inputs, model, output, **grid) -> dict:
     """The map of `inputs` on the grid, as the job's report."""
     config = load_config(
         dict(
@@ -46,8 +46,8 @@ def _map(spark, inputs, model, output) -> dict:
             output=str(output),
             tile_size=64,
             scores=True,
-            quicklook=True,
-            grid=GRID,
+            quicklook=not grid,
+            grid=GRID | grid,
         ),
         defaults_file=ROOT / "conf" / "default.yaml",
     )
@@ -58,6 +58,12 @@ def _map(spark, inputs, model, output) -> dict:
 def mapped(scenes, spark):
     folder, inputs, model = scenes
     return folder / "out", _map(spark, inputs, model, folder / "out")
+
+
+@pytest.fixture(scope="module")
+def zarr_mapped(scenes, spark):
+    folder, inputs, model = scenes
+    return folder / "zarr", _map(spark, inputs, model, folder / "zarr", format="zarr")
 
 
 def _reference(folder, inputs, model):
@@ -155,3 +161,53 @@ def test_a_rerun_skips_complete_tiles_and_remakes_a_lost_one_byte_for_byte(scene
     col, row = lost.stem.split("_")[1:]
     assert made == [f"grid tile {col},{row}"]  # the lost tile alone, the others complete
     assert {p.name: p.read_bytes() for p in tiles} == before
+
+
+def test_the_zarr_store_equals_the_cog_tiles_with_the_same_georeference(mapped, zarr_mapped):
+    import rioxarray  # noqa: F401 -- gives xarray its .rio accessor
+    import xarray
+
+    cogs, _ = mapped
+    out, report = zarr_mapped
+    assert report["map"] == [str(out / "map.zarr"), str(out / "collection.json")]
+    store = xarray.open_zarr(out / "map.zarr", mask_and_scale=False)
+    classes, scores = store["classes"], store["scores"]
+    assert classes.rio.crs.to_epsg() == 3857 and classes.dtype == np.uint8
+    assert classes.rio.nodata == 255 and scores.shape[0] == 4
+    transform = classes.rio.transform()
+    side = GRID["tile_size"]
+    tiles = sorted((cogs / "tiles").glob("map_*[0-9].tif"))
+    made = np.zeros(classes.shape, bool)
+    for path in tiles:
+        with rasterio.open(path) as tile:
+            row, col = _window_in(transform, tile.transform)
+            rows, cols = slice(row, row + side), slice(col, col + side)
+            np.testing.assert_array_equal(classes[rows, cols].values, tile.read(1))
+        with rasterio.open(path.with_suffix(".scores.tif")) as tile:
+            np.testing.assert_array_equal(scores[:, rows, cols].values, tile.read())
+        made[rows, cols] = True
+    # The store spans the map's block of grid tiles; tiles no input meets hold nodata.
+    assert (classes.values[~made] == 255).all()
+    assert len(list((out / "tiles").glob("*.zarr.json"))) == len(tiles)
+
+
+def test_a_rerun_remakes_a_zarr_tile_whose_marker_is_missing(scenes, zarr_mapped, spark):
+    """A tile killed between its shards and its marker is made again; the others are kept."""
+    import zarr
+
+    folder, inputs, model = scenes
+    out, _ = zarr_mapped
+    before = zarr.open_group(out / "map.zarr", mode="r")
+    classes, scores = before["classes"][...], before["scores"][...]
+    marker = sorted((out / "tiles").glob("*.zarr.json"))[0]
+    region = json.loads(marker.read_text())
+    marker.unlink()
+    shard = f"{region['row_off'] // GRID['tile_size']}/{region['col_off'] // GRID['tile_size']}"
+    (out / "map.zarr" / "classes" / "c" / shard).unlink()  # as if its write was cut short
+    again = _map(spark, inputs, model, out, format="zarr")
+    made = [r["input"] for r in again["rasters"] if r["status"] == "written"]
+    col, row = marker.name.removesuffix(".zarr.json").split("_")[1:]
+    assert made == [f"grid tile {col},{row}"]
+    after = zarr.open_group(out / "map.zarr", mode="r")
+    np.testing.assert_array_equal(after["classes"][...], classes)
+    np.testing.assert_array_equal(after["scores"][...], scores)

@@ -42,6 +42,7 @@ FLOORS = [
         "mosaic",
         "raster_job",
         "map_index",
+        "zarr_map",
     },
     {"executor"},  # what a task does with its chunks, without Spark
     # The run checked and planned; a raster assembled; the estimate's tasks and its document.

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+import zarr
 from builders import write_raster
 from conftest import ROOT
 from processes import submit
@@ -187,3 +188,42 @@ def test_s3_problems_are_one_line_before_spark(tmp_path, models, s3, options, er
     with pytest.raises(error) as caught:
         prepare_job(load_config(config | options, defaults_file=ROOT / "conf" / "default.yaml"))
     assert str(caught.value).startswith(line) and "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_zarr_map_on_s3_equals_the_one_on_disk(tmp_path, run, onnx_models, standalone, client):
+    """Executors that have no AWS settings write their grid tiles into the store on S3."""
+    from sparkinfer.zarr_map import open_store
+
+    (tmp_path / "in").mkdir()
+    raster = write_raster(tmp_path / "in" / "scene.tif", 300, 260, seed=8)
+    upload(raster, "s3://scenes/zarr/scene.tif")
+    model = str(onnx_models["unet"])
+    grid = dict(crs="EPSG:32633", resolution=10.0, tile_size=128, format="zarr")
+    local = run(
+        input=[str(raster)],
+        output=str(tmp_path / "local"),
+        model=model,
+        tile_size=64,
+        scores=True,
+        grid=grid,
+    )
+    flags = ["--grid", "EPSG:32633", "--resolution", 10, "--grid-tile", 128, "--format", "zarr"]
+    args = ["--input", "s3://scenes/zarr/scene.tif", "--model", model, "--output"]
+    args += ["s3://predictions/zarr", "--tile-size", 64, "--scores", *flags]
+    done = submit(args, standalone)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    remote = json.loads(storage.read_text("s3://predictions/zarr/_run.json"))
+    assert remote["map"] == [
+        "s3://predictions/zarr/map.zarr",
+        "s3://predictions/zarr/collection.json",
+    ]
+    assert len(remote["rasters"]) == len(local["rasters"]) == 9  # 3 x 3 grid tiles
+    # A grid tile is one object per array (and band), written whole.
+    shards = {k for k in keys(client, "predictions") if k.startswith("zarr/map.zarr/classes/c/")}
+    assert len(shards) == 9
+    on_disk = zarr.open_group(open_store(str(tmp_path / "local" / "map.zarr")), mode="r")
+    on_s3 = zarr.open_group(open_store("s3://predictions/zarr/map.zarr"), mode="r")
+    for name in ("classes", "scores", "x", "y"):
+        np.testing.assert_array_equal(on_s3[name][...], on_disk[name][...])
+    assert dict(on_s3["spatial_ref"].attrs) == dict(on_disk["spatial_ref"].attrs)
