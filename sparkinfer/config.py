@@ -104,10 +104,11 @@ class GridOptions(_Strict):
         "origins are multiples of tile_size x resolution from the CRS's origin, so maps of "
         "neighbouring regions line up.",
     )
-    mosaic: Literal["first"] = Field(
+    mosaic: Literal["first", "newest"] = Field(
         "first",
         description="Which input a pixel comes from where inputs overlap: 'first', the first "
-        "valid one in input order.",
+        "valid one in input order; 'newest', the valid one taken last (a STAC Item's datetime, "
+        "else the file's modification time).",
     )
     format: Literal["cog", "zarr"] = Field(
         "cog",

@@ -270,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--mosaic",
         dest="grid.mosaic",
-        choices=["first"],
-        help="with --grid: where inputs overlap, each pixel from the first valid input",
+        choices=["first", "newest"],
+        help="with --grid: where inputs overlap, each pixel from the first valid input in "
+        "input order (first, default) or the newest (a STAC Item's datetime, else the file's time)",
     )
     add(
         "--format",

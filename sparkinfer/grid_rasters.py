@@ -53,7 +53,7 @@ def check_grid_run(options: GridOptions, config: JobConfig, tiling: Tiling | Chi
 
 
 def plan_map(options: GridOptions, infos: tuple[RasterInfo, ...]) -> GridPlan:
-    """The map's grid tiles over `infos` (in mosaic order), from their metadata: before Spark
+    """The map's grid tiles over `infos`, in mosaic order, from their metadata: before Spark
     starts, so that a map the inputs cannot make is one line at once. Inputs of one map have
     the same bands: a band index means the same band in each."""
     first = infos[0]
@@ -63,8 +63,18 @@ def plan_map(options: GridOptions, infos: tuple[RasterInfo, ...]) -> GridPlan:
                 f"{info.path}: has {info.count} bands where {first.path} has {first.count}; "
                 "give inputs of one map the same bands in the same order"
             )
+    if options.mosaic == "newest":  # sorted is stable: inputs of one time keep their order
+        infos = tuple(sorted(infos, key=acquired, reverse=True))
     grid = OutputGrid(options.crs, options.resolution, options.tile_size)
     return plan_grid(grid, infos, options.bounds, force=options.force)
+
+
+def acquired(info: RasterInfo) -> float:
+    """When an input was taken, as `--mosaic newest` orders them: a STAC Item's datetime, else
+    its file's modification time (seconds since 1970)."""
+    if info.item is not None and info.item.acquired is not None:
+        return info.item.acquired
+    return info.mtime_ns / 1e9
 
 
 def tile_margins(plan: GridPlan, tile: GridTile) -> Margins:

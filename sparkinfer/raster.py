@@ -42,6 +42,7 @@ class StackedItem:
     href: str  # where the Item is, for its outputs' derived_from link: its self link, or the file
     vrt: str  # GDAL VRT XML stacking the assets: what GDAL opens, no file written
     digest: str  # sha256 of the Item, the VRT and the assets' sizes and times
+    acquired: float | None = None  # its datetime (or start_datetime), in seconds since 1970
 
 
 @dataclass(frozen=True)

@@ -273,4 +273,11 @@ def stack_item(source: ItemInput, names: list[str] | None, resampling: Resamplin
         href=item.get_self_href() or storage.uri(source.file),
         vrt=vrt,
         digest=digest.hexdigest(),
+        acquired=_acquired(item),
     )
+
+
+def _acquired(item: pystac.Item) -> float | None:
+    """When the Item's scene was taken: its datetime, or the start of its range."""
+    moment = item.datetime or item.common_metadata.start_datetime
+    return None if moment is None else moment.timestamp()

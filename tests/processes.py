@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -119,3 +120,16 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, job=Non
 def committed_chunks(output: Path) -> set[str]:
     """The chunk files committed (renamed into place) in the output's staging folders."""
     return {p.name for p in output.glob("_staging/*/chunk_*.tif")}
+
+
+def kill_whole(job: subprocess.Popen) -> None:
+    """The whole machine's view of a job dies at once: driver JVM, Python driver, workers."""
+    tree = [job.pid, *descendants(job.pid)]
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in tree[1:]),
+        60,
+        "the job's processes to end",
+    )

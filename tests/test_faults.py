@@ -19,6 +19,7 @@ from builders import fault_model, write_raster
 from processes import (
     committed_chunks,
     descendants,
+    kill_whole,
     local_cluster_work,
     python_workers,
     start,
@@ -129,16 +130,7 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, scene):
     out = tmp_path / "out"
     job = start(job_args(scene, out), "local[2]", tmp_path / "job.log")
     wait_until(lambda: committed_chunks(out), 300, "the first chunk", job)
-    # The whole machine's view of the job dies at once: driver JVM, Python driver, workers.
-    tree = [job.pid, *descendants(job.pid)]
-    for pid in tree:
-        os.kill(pid, signal.SIGKILL)
-    job.wait(timeout=60)
-    wait_until(
-        lambda: not any(Path(f"/proc/{pid}").exists() for pid in tree[1:]),
-        60,
-        "the job's processes to end",
-    )
+    kill_whole(job)
     committed = committed_chunks(out)
     assert 0 < len(committed) < 96 and (out / LOCK_FILE).exists()
 

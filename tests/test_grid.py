@@ -1,7 +1,8 @@
 """The plan of one map over many inputs: pure geometry on metadata, no pixels and no Spark."""
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 import rasterio.warp
@@ -254,3 +255,32 @@ def test_what_a_map_does_not_do_yet_is_refused_in_one_line(options, message):
         check_grid_run(config.grid, config, Tiling(512, 32, stride=8))
     with pytest.raises(ConfigError, match="a chip classifier's map is not made on a grid yet"):
         check_grid_run(config.grid, config, ChipGrid(32, 32, 4))
+
+
+def test_newest_puts_the_input_taken_last_first_and_first_keeps_input_order(tmp_path):
+    import os
+
+    from sparkinfer.config import GridOptions
+    from sparkinfer.grid_rasters import plan_map
+    from sparkinfer.raster import StackedItem, read_info
+
+    paths = [write_raster(tmp_path / f"{name}.tif", 8, 8) for name in ("old", "new", "mid")]
+    for path, day in zip(paths, (1, 3, 2), strict=True):
+        os.utime(path, ns=(day * 86_400 * 10**9, day * 86_400 * 10**9))
+    infos = tuple(read_info(str(p)) for p in paths)
+    grid = dict(crs="EPSG:32633", resolution=10.0, tile_size=8)
+
+    def order(mosaic, inputs):
+        plan = plan_map(GridOptions(**grid, mosaic=mosaic), inputs)
+        return [Path(i.path).stem for i in plan.inputs]
+
+    assert order("first", infos) == ["old", "new", "mid"]
+    assert order("newest", infos) == ["new", "mid", "old"]
+    # A STAC Item's datetime counts, not its file's time.
+    item = StackedItem("i", "i.json", "i.json", "<VRTDataset/>", "0", acquired=5 * 86_400.0)
+    assert order("newest", (*infos, replace(infos[0], path="item", item=item))) == [
+        "item",
+        "new",
+        "mid",
+        "old",
+    ]

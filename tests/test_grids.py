@@ -14,6 +14,7 @@ import pytest
 import rasterio
 from affine import Affine
 from builders import shifted_copy_in, unet, whole_image_outputs
+from processes import committed_chunks, kill_whole, start, submit, wait_until
 
 from sparkinfer.config_sources import load_config
 from sparkinfer.grid import OutputGrid, plan_grid
@@ -37,8 +38,9 @@ def scenes(tmp_path_factory):
     return folder, [west, east], unet(folder / "unet.keras", bands=6, classes=4)
 
 
-def _map(spark, inputs, model, output, **grid) -> dict:
-    """The map of `inputs` on the grid, as the job's report."""
+def _map(spark, inputs, model, output, options=(), **grid) -> dict:
+    """The map of `inputs` on the grid (`grid` added to GRID), with more `options`, as the
+    job's report."""
     config = load_config(
         dict(
             input=[str(p) for p in inputs],
@@ -48,6 +50,7 @@ def _map(spark, inputs, model, output, **grid) -> dict:
             scores=True,
             quicklook=not grid,
             grid=GRID | grid,
+            **dict(options),
         ),
         defaults_file=ROOT / "conf" / "default.yaml",
     )
@@ -211,3 +214,29 @@ def test_a_rerun_remakes_a_zarr_tile_whose_marker_is_missing(scenes, zarr_mapped
     after = zarr.open_group(out / "map.zarr", mode="r")
     np.testing.assert_array_equal(after["classes"][...], classes)
     np.testing.assert_array_equal(after["scores"][...], scores)
+
+
+def test_a_killed_map_is_resumed_by_the_same_command_byte_for_byte(scenes, spark, tmp_path):
+    folder, inputs, model = scenes
+    slow = dict(chunk_tiles=1, batch_size=1)  # 72 chunks, committed one by one
+    _map(spark, inputs, model, tmp_path / "clean", slow)
+    out = tmp_path / "out"
+    args = ["--input", *inputs, "--model", model, "--output", out, "--tile-size", 64]
+    args += ["--scores", "--quicklook", "--chunk-tiles", 1, "--batch-size", 1]
+    args += ["--grid", GRID["crs"], "--resolution", GRID["resolution"], "--grid-tile", 128]
+    job = start(args, "local[2]", tmp_path / "job.log")
+    wait_until(lambda: committed_chunks(out), 300, "the first chunk", job)
+    kill_whole(job)
+    # Class maps of chunks, in every grid tile's staging folder (their names repeat).
+    committed = list(out.glob("_staging/*/chunk_*[0-9].tif"))
+    assert 0 < len(committed) < 72
+
+    again = submit(args, "local[2]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((out / "_run.json").read_text())
+    assert sum(r["chunks"]["resumed"] for r in report["rasters"]) == len(committed)
+    clean = sorted(p.relative_to(tmp_path / "clean") for p in (tmp_path / "clean").rglob("*.tif"))
+    assert clean == sorted(p.relative_to(out) for p in out.rglob("*.tif"))
+    for path in clean:
+        assert (out / path).read_bytes() == (tmp_path / "clean" / path).read_bytes(), path
+    assert not (out / "_staging").exists()
