@@ -7,20 +7,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import rasterio
+import rasterio.features
 import rasterio.warp
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling as GdalResampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from sparkinfer import storage
 from sparkinfer.config import Resampling
 from sparkinfer.errors import InputError, first_line
-from sparkinfer.grid import OutputGrid
-from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo
+from sparkinfer.grid import OutputGrid, footprint
+from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
+
+# The side of the blocks of the grid that inputs are warped in: a multiple of a warped VRT's
+# block (512 x 128 pixels), which GDAL warps one by one.
+ALIGNMENT = 512
 
 
 def window_of(grid: OutputGrid, col: int, row: int, halo: int) -> tuple[Affine, int, int]:
@@ -78,7 +86,7 @@ def read_mosaic(
     for info in inputs:
         if valid.all():  # later inputs could only fill pixels that are already filled
             break
-        values, ok = _warped(info, grid.crs, window_transform, height, width, bands, resampling)
+        values, ok = _warped(info, grid, window_transform, height, width, bands, resampling)
         take = ok & ~valid
         pixels[:, take] = values[:, take]
         valid |= take
@@ -97,59 +105,124 @@ def _check_bands(inputs: Sequence[RasterInfo]) -> None:
 
 def _warped(
     info: RasterInfo,
-    crs: str,
+    grid: OutputGrid,
     transform: Affine,
     height: int,
     width: int,
     bands: list[int],
     resampling: Resampling,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One input warped onto the window: its pixels, in its own type, and their validity."""
+    """One input onto the window: its pixels, in its own type, and their validity. An input on
+    the grid already is read as it is; any other is warped with GDAL's warper."""
+    offset = _offset_on_grid(info, grid, transform)
+    if offset is not None:
+        return _read_on_grid(info, *offset, height, width, bands)
     options: dict = {}
     if info.masking == "nodata":
         # Each band's nodata masks that band alone. GDAL's default would mask a pixel only
         # where all bands are nodata, and bilinear (or wider) resampling would then mix one
         # band's nodata value into its valid neighbours' values.
         options["UNIFIED_SRC_NODATA"] = "NO"
-    else:
-        # No nodata to mark what the input does not cover: an alpha band marks it, and also
-        # carries an internal mask or alpha band of the input, which the warper reads as the
-        # source's validity.
+    elif info.masking == "mask":
+        # An alpha band carries the input's internal mask or alpha band, which the warper
+        # reads as the source's validity, and marks what the input does not cover.
         options["add_alpha"] = True
+    # Every pixel valid: warped with no mask, GDAL's fastest kernels (an alpha band would make
+    # it five times slower); what the input covers is its footprint (`_covered`).
     # A pixel must not depend on the window it is read in (a chunk's, or the whole map's).
-    # The warper's defaults make it so: its approximation of the reprojection (an eighth of a
-    # pixel) and its resampling kernel's scale are both fitted to each window. Instead, each
-    # pixel's source position is computed (all but) exactly, and the scale is the input's.
-    scale = _scale(info, crs, transform.a)
+    # GDAL's warper fits two things to the region it warps: its approximation of the
+    # reprojection (to an eighth of a pixel) and its resampling kernel's scale. A warped VRT
+    # warps block by block (512 x 128 pixels), so the VRT is laid on blocks fixed by the grid
+    # (`_aligned`) and the window read from it; and the scale is the input's own.
+    aligned, window = _aligned(transform, height, width)
+    scale = _scale(info, grid.crs, transform.a)
     try:
         with (
             storage.gdal_env(**GDAL_READ_OPTIONS),
             rasterio.open(info.dataset) as src,
             WarpedVRT(
                 src,
-                crs=crs,
-                transform=transform,
-                height=height,
-                width=width,
+                crs=grid.crs,
+                transform=aligned.transform,
+                height=aligned.height,
+                width=aligned.width,
                 resampling=GdalResampling[resampling],
-                tolerance=1e-6,  # 0 is refused by rasterio
                 XSCALE=scale,
                 YSCALE=scale,
                 **options,
             ) as vrt,
         ):
-            values = vrt.read(bands)
+            # Band by band: a read of several bands at once warps the whole window in one go.
+            # GDAL warps a block's bands together and caches them for the next band's read.
+            values = np.stack([vrt.read(band, window=window) for band in bands])
             if info.masking == "nodata":
                 # The warped bands keep the input's nodata, written where no valid source
                 # pixel of that band reached: a pixel is valid where every band has a value.
-                ok = vrt.read_masks(bands).all(axis=0)
+                ok = np.logical_and.reduce(
+                    [vrt.read_masks(band, window=window) > 0 for band in bands]
+                )
+            elif info.masking == "mask":
+                ok = vrt.read(vrt.count, window=window) > 0
             else:
-                ok = vrt.read(vrt.count) > 0
+                ok = _covered(info, grid, transform, height, width)
     except RasterioError as exc:
         raise InputError(f"{info.path}: cannot warp onto the grid ({first_line(exc)})") from None
     if values.dtype.kind == "f":
         ok &= np.isfinite(values).all(axis=0)
     return values, ok
+
+
+def _offset_on_grid(info: RasterInfo, grid: OutputGrid, transform: Affine) -> tuple | None:
+    """Where the window starts in the input's pixels (row, column), if the input is on the
+    grid: its CRS, its pixels' size and their corners on the grid's; else None."""
+    a, b, c, d, e, f = info.transform
+    if (b, d, a, e) != (0.0, 0.0, transform.a, transform.e) or not _same_crs(info.crs, grid.crs):
+        return None
+    col, row = (transform.c - c) / a, (transform.f - f) / e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)
+
+
+@cache
+def _same_crs(crs: str, other: str) -> bool:
+    return CRS.from_user_input(crs) == CRS.from_user_input(other)
+
+
+def _read_on_grid(
+    info: RasterInfo, row: int, col: int, height: int, width: int, bands: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A window of an input on the grid, which may reach past any of its edges (pixels there
+    invalid)."""
+    values = np.zeros((len(bands), height, width), info.dtype)
+    ok = np.zeros((height, width), bool)
+    top, left = max(row, 0), max(col, 0)
+    bottom, right = min(row + height, info.height), min(col + width, info.width)
+    if top < bottom and left < right:
+        try:
+            with storage.gdal_env(**GDAL_READ_OPTIONS), rasterio.open(info.dataset) as src:
+                inside, inside_ok = read_window(
+                    src, bands, top, left, bottom - top, right - left, info.masking
+                )
+        except RasterioError as exc:
+            raise InputError(f"{info.path}: cannot read pixels ({first_line(exc)})") from None
+        rows, cols = slice(top - row, bottom - row), slice(left - col, right - col)
+        values[:, rows, cols], ok[rows, cols] = inside, inside_ok
+    return values, ok
+
+
+@cache
+def _footprint(info: RasterInfo, grid: OutputGrid):
+    return footprint(info, grid)
+
+
+def _covered(
+    info: RasterInfo, grid: OutputGrid, transform: Affine, height: int, width: int
+) -> np.ndarray:
+    """Which pixels of the window have their centre inside the input's footprint."""
+    return rasterio.features.geometry_mask(
+        [_footprint(info, grid)], (height, width), transform, invert=True
+    )
 
 
 def _scale(info: RasterInfo, crs: str, resolution: float) -> float:
@@ -162,3 +235,23 @@ def _scale(info: RasterInfo, crs: str, resolution: float) -> float:
         info.crs, crs, info.width, info.height, left, min(top, bottom), right, max(top, bottom)
     )
     return own.a / resolution
+
+
+@dataclass(frozen=True)
+class _Region:
+    transform: Affine
+    height: int
+    width: int
+
+
+def _aligned(transform: Affine, height: int, width: int) -> tuple[_Region, Window]:
+    """The region of whole `ALIGNMENT`-pixel blocks of the grid (counted from its CRS's
+    origin) that holds a window of the grid, and where the window lies in it."""
+    resolution = transform.a
+    col, row = round(transform.c / resolution), round(-transform.f / resolution)
+    left, top = col // ALIGNMENT * ALIGNMENT, row // ALIGNMENT * ALIGNMENT
+    right = -(-(col + width) // ALIGNMENT) * ALIGNMENT
+    bottom = -(-(row + height) // ALIGNMENT) * ALIGNMENT
+    region = Affine(resolution, 0.0, left * resolution, 0.0, -resolution, 0.0 - top * resolution)
+    window = Window(col - left, row - top, width, height)
+    return _Region(region, bottom - top, right - left), window
