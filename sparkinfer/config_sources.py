@@ -59,6 +59,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown option '{key}'"
     if err["type"] == "missing":
+        if err["loc"][0] == "grid":  # a grid option given without the grid itself
+            return "a map needs --grid CRS and --resolution R (grid: {crs: ..., resolution: ...})"
         return f"missing required option '{key}'"
     message = err["msg"].removeprefix("Value error, ")
     # A value that fits no member of a union (a number or 'auto'): name the other choices too.

@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--resampling",
         choices=get_args(Resampling),
-        help="for STAC Item inputs: how assets of another resolution than the first are "
-        "resampled to its grid (default bilinear)",
+        help="how STAC Item assets of another resolution than the first are resampled to its "
+        "grid, and with --grid how inputs are warped onto the map (default bilinear)",
     )
     add(
         "--scale",
@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid",
         dest="grid.crs",
         metavar="CRS",
-        help="make one map over the inputs on a grid of this CRS (EPSG:n or WKT), a COG per "
-        "grid tile, instead of one output per input; needs --resolution",
+        help="make one map over the inputs on a grid of this CRS (EPSG:n or WKT), instead of "
+        "one output per input (see --format); needs --resolution",
     )
     add(
         "--resolution",
@@ -352,11 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _joined_bounds(argv: list[str]) -> list[str]:
+    """`--bounds -3901440,...` as `--bounds=-3901440,...`: argparse takes a value that starts
+    with a dash for another flag, and bounds west of 0 or south of the equator do."""
+    joined, rest = [], iter(argv)
+    for word in rest:
+        if word == "--bounds":
+            value = next(rest, None)
+            joined.append(word if value is None else f"--bounds={value}")
+        else:
+            joined.append(word)
+    return joined
+
+
 def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -> JobConfig:
     """Parse flags and merge them over the defaults file and the --config file. Each flag's
     destination is the `JobConfig` field it sets (`section.field` inside `normalization` or
     `cog`); a flag left out sets nothing."""
-    args = vars(build_parser().parse_args(argv))
+    args = vars(build_parser().parse_args(_joined_bounds(argv)))
     config_file = args.pop("config")
     overrides: dict[str, Any] = {}
     for key, value in args.items():

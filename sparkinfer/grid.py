@@ -27,6 +27,7 @@ from itertools import compress
 from typing import Protocol
 
 import numpy as np
+import rasterio
 import rasterio.warp
 import shapely
 from affine import Affine
@@ -107,7 +108,8 @@ class OutputGrid:
 
     def __post_init__(self) -> None:
         try:
-            CRS.from_user_input(self.crs)
+            with rasterio.Env():  # GDAL's errors to Python's logging, not a line of its own
+                CRS.from_user_input(self.crs)
         except CRSError as exc:
             raise ConfigError(
                 f"--grid {self.crs}: not a CRS ({first_line(exc)}); give one as EPSG:n or WKT"

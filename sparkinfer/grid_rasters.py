@@ -27,7 +27,7 @@ from sparkinfer.raster_job import RasterJob, identity, input_version
 from sparkinfer.zarr_map import ZARR_STORE, ZarrRegion
 
 TILES_FOLDER = "tiles"
-MAP_NAME = "map"  # the map's own files: OUT/map.vrt, OUT/map.collection.json
+MAP_NAME = "map"  # the map's own files (OUT/map.vrt, OUT/map.zarr) and its tiles' names
 
 
 def check_grid_run(options: GridOptions, config: JobConfig, tiling: Tiling | ChipGrid) -> None:
@@ -44,7 +44,9 @@ def check_grid_run(options: GridOptions, config: JobConfig, tiling: Tiling | Chi
         ("--estimate", config.estimate),
     ):
         if used:
-            raise ConfigError(f"--grid: {flag} is not made on a grid yet; run without one of them")
+            raise ConfigError(
+                f"--grid: {flag} is not made on a grid yet; run without --grid, or without {flag}"
+            )
     if options.tile_size % tiling.stride:
         raise ConfigError(
             f"--grid-tile {options.tile_size}: give a multiple of the model's total stride "

@@ -129,7 +129,8 @@ def _collection(tiles: list[RasterJob], extent: RasterInfo, map_asset: dict) -> 
         "type": "Collection",
         "stac_version": "1.1.0",
         "id": "map",
-        "description": f"Predictions of sparkinfer {__version__}, a grid tile per Item",
+        "description": f"Predictions of sparkinfer {__version__}"
+        + ("" if tiles[0].zarr is not None else ", a grid tile per Item"),
         "license": "other",
         "extent": {
             "spatial": {"bbox": [[west, south, east, north]]},

@@ -161,15 +161,7 @@ def finish_map_store(uri: str) -> None:
 
 
 def tile_marker(identity: str, region: ZarrRegion) -> str:
-    """What a grid tile's marker file says: it is in the store, made with `identity`."""
-    return (
-        json.dumps(
-            {
-                "identity": identity,
-                "store": region.store,
-                "row_off": region.row_off,
-                "col_off": region.col_off,
-            }
-        )
-        + "\n"
-    )
+    """What a grid tile's marker file says: it is in the store (named from the output folder,
+    which can move), at its offsets, made with `identity`."""
+    where = {"store": storage.name(region.store), "row_off": region.row_off}
+    return json.dumps({"identity": identity, **where, "col_off": region.col_off}) + "\n"

@@ -105,6 +105,12 @@ BAD_MAPS = {
         "{scene}: ",
         "choose a --grid CRS that covers it",
     ),
+    "a grid CRS that is none": (
+        [],
+        ["--grid", "EPSG:99999", "--resolution", "10"],
+        "--grid EPSG:99999: ",
+        "not a CRS",
+    ),
     "more than 10^12 pixels": (
         [],
         ["--grid", "EPSG:32633", "--resolution", "0.0001"],

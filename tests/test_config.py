@@ -166,3 +166,17 @@ def test_flags_in_sections_and_renamed_ones_reach_their_fields():
     }
     assert (config.cog.compression, config.cog.blocksize) == ("zstd", 512)
     assert (config.progress_seconds, config.activation) == (0.0, "softmax")
+
+
+def test_grid_flags_take_bounds_west_and_south_and_need_the_grid():
+    common = ["--input", "a.tif", "--model", "m.keras", "--output", "out"]
+    config = config_from_args(
+        [*common, "--grid", "EPSG:3857", "--resolution", "30", "--bounds", "-3901440,-890000,0,1"]
+    )
+    assert config.grid.bounds == [-3901440.0, -890000.0, 0.0, 1.0]
+    with pytest.raises(ConfigError) as caught:
+        config_from_args([*common, "--resolution", "30"])
+    assert str(caught.value) == (
+        "command line: a map needs --grid CRS and --resolution R "
+        "(grid: {crs: ..., resolution: ...})"
+    )
