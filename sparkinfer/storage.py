@@ -1,11 +1,9 @@
 """Where the job reads and writes: local paths or `s3://bucket/key` URIs, as plain strings.
 
-Local files keep POSIX semantics: a file is written under a temporary name beside its final one
-and renamed into place. On S3 a file is written to local disk, then uploaded; an object appears
-only when its upload completes, whole, which is the atomic commit S3 offers. pyarrow's S3
-filesystem lists, uploads and deletes; GDAL reads objects through /vsis3/. Both take the endpoint
-and credentials from the usual AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), which
-`executor_environment` hands to the executors.
+Local files are written under a temporary name beside their final one and renamed into place.
+On S3 a file is written locally, then uploaded: an object appears only whole, the atomic commit
+S3 offers. pyarrow lists, uploads and deletes; GDAL reads through /vsis3/. Both take the endpoint
+and credentials from the AWS variables, which `executor_environment` hands to the executors.
 """
 
 from __future__ import annotations
@@ -334,21 +332,22 @@ def write_text(location: str, text: str) -> None:
 def create_new(location: str, text: str) -> bool:
     """Create a file holding `text` if none is there; False if one is.
 
-    Exclusive on local file systems (O_EXCL). S3 has no create-if-absent in pyarrow: the object
-    is written after a check and read back, so two runs starting in the same instant could both
-    see their own; the lock this serves is advisory there."""
+    Local: exclusive and whole, the text written to a file of its own then linked (a link fails
+    where a file is), so no reader finds it empty. S3 (no create-if-absent in pyarrow): written
+    after a check and read back; two runs in the same instant could both see their own."""
     if is_s3(location):
         if is_file(location):
             return False
         write_text(location, text)
         return read_text(location) == text
-    try:
-        fd = os.open(location, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(text)
-    return True
+    folder, name = os.path.split(location)
+    with tempfile.NamedTemporaryFile("w", dir=folder or ".", prefix=f".{name}.") as written:
+        written.write(text)  # JSON, ASCII: any encoding
+        written.flush()
+        with suppress(FileExistsError):
+            os.link(written.name, location)
+            return True
+    return False
 
 
 @contextmanager
