@@ -24,6 +24,7 @@ from rasterio.windows import Window
 
 from benchmarks.large_raster import make_large_raster
 from benchmarks.run import envelope, write_result
+from sparkinfer.raster import GDAL_CACHE_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 2048
@@ -62,7 +63,7 @@ def main() -> None:
     rates = {}
     for name, way in ways.items():
         threads = n if "GDAL_NUM_THREADS" in name else 1
-        with rasterio.Env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS=threads):
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS=threads):
             started = time.perf_counter()
             way()
             seconds = time.perf_counter() - started

@@ -13,10 +13,12 @@ import numpy as np
 import rasterio
 import rasterio.features
 import rasterio.warp
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling as GdalResampling
 from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -24,7 +26,7 @@ from sparkinfer import storage
 from sparkinfer.config import Resampling
 from sparkinfer.errors import InputError, first_line
 from sparkinfer.grid import OutputGrid, footprint
-from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_window
+from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, nodata_marker, read_window
 
 # The side of the blocks of the grid that inputs are warped in: a multiple of a warped VRT's
 # block (512 x 128 pixels), which GDAL warps one by one.
@@ -83,9 +85,12 @@ def read_mosaic(
     dtype = np.result_type(*(info.dtype for info in inputs)) if inputs else np.uint8
     pixels = np.zeros((len(bands), height, width), dtype)
     valid = np.zeros((height, width), bool)
+    window = shapely.box(*array_bounds(height, width, window_transform))
     for info in inputs:
         if valid.all():  # later inputs could only fill pixels that are already filled
             break
+        if not _footprint(info, grid).intersects(window):  # warping it would cost, for nothing
+            continue
         values, ok = _warped(info, grid, window_transform, height, width, bands, resampling)
         take = ok & ~valid
         pixels[:, take] = values[:, take]
@@ -157,10 +162,13 @@ def _warped(
             values = np.stack([vrt.read(band, window=window) for band in bands])
             if info.masking == "nodata":
                 # The warped bands keep the input's nodata, written where no valid source
-                # pixel of that band reached: a pixel is valid where every band has a value.
-                ok = np.logical_and.reduce(
-                    [vrt.read_masks(band, window=window) > 0 for band in bands]
-                )
+                # pixel of that band reached (the warper nudges a valid value off it): a pixel
+                # is valid where every band has a value. (Its masks would warp it all again.)
+                ok = np.ones((height, width), bool)
+                for band_values, band in zip(values, bands, strict=True):
+                    marker = nodata_marker(band_values.dtype, vrt.nodatavals[band - 1])
+                    if marker is not None:
+                        ok &= band_values != marker
             elif info.masking == "mask":
                 ok = vrt.read(vrt.count, window=window) > 0
             else:

@@ -22,10 +22,13 @@ from sparkinfer.errors import InputError, first_line
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 
+# GDAL's block cache for a process's reads and writes: 256 MiB. In bytes: rasterio sets it with
+# GDALSetCacheMax64, where 256 would be a cache of 256 bytes.
+GDAL_CACHE_BYTES = 256 * 2**20
 # GDAL settings for reading inputs: no listing of the folder of each file (slow on large
 # folders and object storage), side-car files (.msk masks, .aux.xml, world files) still looked
 # up by name (TRUE; EMPTY_DIR would ignore them); a bounded block cache.
-GDAL_READ_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "TRUE", "GDAL_CACHEMAX": 256}
+GDAL_READ_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "TRUE", "GDAL_CACHEMAX": GDAL_CACHE_BYTES}
 
 
 # "none": every pixel is valid; "nodata": bands mark invalid pixels with their nodata value
@@ -191,7 +194,7 @@ def read_window(
             ok &= np.isfinite(inside).all(axis=0)
         if masking == "nodata":  # compared in the band's own type, before any conversion
             for values, band in zip(inside, bands, strict=True):
-                marker = _nodata_marker(values.dtype, src.nodatavals[band - 1])
+                marker = nodata_marker(values.dtype, src.nodatavals[band - 1])
                 if marker is not None:
                     ok &= values != marker
         elif masking == "mask":
@@ -199,7 +202,7 @@ def read_window(
     return data, valid
 
 
-def _nodata_marker(dtype: np.dtype, nodata: float | None):
+def nodata_marker(dtype: np.dtype, nodata: float | None):
     """The band's nodata value in its own type; None where no pixel can equal it."""
     if nodata is None or np.isnan(nodata):  # NaN is caught as non-finite
         return None

@@ -26,7 +26,7 @@ from sparkinfer import storage
 from sparkinfer.config import CogOptions
 from sparkinfer.outputs import CLASS_NODATA, SCORE_NODATA
 from sparkinfer.plan import PixelWindow
-from sparkinfer.raster import RasterInfo
+from sparkinfer.raster import GDAL_CACHE_BYTES, RasterInfo
 
 # Chunks are intermediate: fast compression, tiled so the COG driver reads them by block.
 CHUNK_PROFILE = {
@@ -311,7 +311,9 @@ def assemble_cog(
     vrt = path.with_suffix(".vrt")
     layout = write_chunks_vrt(raster, chunks, vrt, scores=scores, **band_options)
     try:
-        with storage.gdal_env(**storage.NO_LISTING, GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"):
+        with storage.gdal_env(
+            **storage.NO_LISTING, GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS"
+        ):
             rasterio.shutil.copy(
                 str(vrt),
                 str(path),
