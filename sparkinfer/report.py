@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from sparkinfer import __version__
 from sparkinfer.assembly import AssemblyResult
+from sparkinfer.plan import ChipGrid, RasterPlan
 from sparkinfer.prepare import Failure, Job
 from sparkinfer.raster_job import RasterJob
 from sparkinfer.tiling import tiling_report
@@ -51,6 +52,22 @@ def _executors(results: pa.Table) -> dict:
             "chunks_per_s": round(chunks / max(span, 1e-9), 3),
         }
     return found
+
+
+def decoded_per_useful(plans: list[RasterPlan]) -> float | None:
+    """Pixels decoded (the chunks' read windows, halos included) per pixel kept (their cores),
+    over `plans`; None for chip classifiers, whose cores are cells, not pixels."""
+    if not plans or any(isinstance(plan.tiling, ChipGrid) for plan in plans):
+        return None
+    decoded = kept = 0
+    for plan in plans:
+        chunks = plan.chunks()
+        area = [
+            pc.sum(pc.multiply(chunks[h].cast(pa.int64()), chunks[w].cast(pa.int64()))).as_py()
+            for h, w in (("read_height", "read_width"), ("height", "width"))
+        ]
+        decoded, kept = decoded + area[0], kept + area[1]
+    return round(decoded / kept, 4)
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,7 @@ def run_report(outcome: RunOutcome) -> dict:
                 }
                 | _chunks_by_gpu(mine),
                 "assemble_s": assembled_s.get(raster.info.path),
+                "decoded_per_useful_pixel": decoded_per_useful([raster.plan]),
             }
             | ({"verify": verified[raster.info.path]} if raster.info.path in verified else {})
         )
@@ -165,6 +183,8 @@ def run_report(outcome: RunOutcome) -> dict:
             key: sum(r["tiles"][key] for r in per_raster)
             for key in ("planned", "skipped_nodata", "inferred")
         },
+        # What the rasters inferred here read, halos included, per pixel they keep.
+        "decoded_per_useful_pixel": decoded_per_useful([r.plan for r in todo]),
         "timings": timings | {"task_" + k: v for k, v in task_time.items()},
         # What ran the model: "cpu", or "gpu:N" as the worker numbers its GPUs.
         "devices": {

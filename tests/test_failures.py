@@ -16,6 +16,7 @@ from sparkinfer.errors import InputError, ModelError, OutputError
 from sparkinfer.job import prepare_job, run_job
 from sparkinfer.lock import LOCK_FILE
 from sparkinfer.outputs import STAGING_FOLDER, output_names
+from sparkinfer.report import decoded_per_useful
 from sparkinfer.stages.infer import infer_and_write, plan_table, stage_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +185,10 @@ def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
 
     report = run_job(spark, job).report
     assert report["rasters"][0]["chunks"] == {"planned": 12, "resumed": 5, "kept_on_retry": 0}
+    # The plan's pixels read, halos included, per pixel kept (test_plan checks the figure).
+    decoded = decoded_per_useful([only.plan])
+    assert report["decoded_per_useful_pixel"] == report["rasters"][0]["decoded_per_useful_pixel"]
+    assert report["decoded_per_useful_pixel"] == decoded > 1
     tiles_left = sum(chunks.slice(5)["tiles"].to_pylist())
     assert report["tiles"]["inferred"] == tiles_left
     assert not stale.exists(), "chunks of another identity never mix with this run's"

@@ -5,7 +5,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkinfer.plan import Chunk, PixelWindow, RasterPlan, Tiling, plan_axis, round_up
+from sparkinfer.plan import (
+    ChipGrid,
+    Chunk,
+    PixelWindow,
+    RasterPlan,
+    Tiling,
+    plan_axis,
+    round_up,
+)
 
 
 @st.composite
@@ -145,3 +153,20 @@ def test_a_blend_chunk_infers_every_window_that_reaches_into_it(case, width, chu
             assert _inside(w.read, chunk.read)
             kept[w.core.slices(whole)] += 1
     np.testing.assert_array_equal(kept, covering)
+
+
+def test_decoded_pixels_per_useful_pixel_count_each_chunk_s_read_window():
+    from sparkinfer.report import decoded_per_useful
+
+    # Four one-tile chunks of 512, each read as 576 x 576 (the halo of 32 shifted inward at
+    # the edges): 4 x 576^2 / 1024^2.
+    one_tile = RasterPlan(1024, 1024, Tiling(512, 32, chunk_tiles=1))
+    assert decoded_per_useful([one_tile]) == round(4 * 576**2 / 1024**2, 4) == 1.2656
+    # One chunk of the four tiles reads its union once: 1024 x 1024, nothing more.
+    assert decoded_per_useful([RasterPlan(1024, 1024, Tiling(512, 32, chunk_tiles=2))]) == 1.0
+    # Over several plans, the pixels add up before they divide.
+    small = RasterPlan(512, 512, Tiling(512, 32, chunk_tiles=1))
+    assert decoded_per_useful([one_tile, small]) == round(
+        (4 * 576**2 + 512**2) / (1024**2 + 512**2), 4
+    )
+    assert decoded_per_useful([RasterPlan(64, 64, ChipGrid(8, 8, 2))]) is None
