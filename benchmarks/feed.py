@@ -8,9 +8,13 @@ I/O floor on the same cores, side by side in one run.
   reading, a trivial computation and writing cost on these cores.
 - `stage`: sparkinfer's inference stage (`timings.infer_write_s` of `run_job`, on `local[cores]`
   whose Python workers were started by a first job) with `null`, one 1x1 convolution.
+- `pipeline`: what the executor itself costs, without Spark or a framework: its partition
+  function (`executor.infer_partition`, what each task runs) over the same chunks in `cores`
+  processes, 4 tasks per core as the stage cuts them, with the free runtime
+  (`benchmarks.free_runtime`: the argmax over the bands, as the floor computes).
 
-Rates are useful megapixels per second and per core; the result is `stage / floor`. Writes
-benchmarks/results/DATE-HOST-feed.json.
+Rates are useful megapixels per second and per core; the results are `stage / floor` and
+`pipeline / floor`. Writes benchmarks/results/DATE-HOST-feed.json.
 """
 
 from __future__ import annotations
@@ -77,6 +81,41 @@ def floor(job, output: Path, cores: int) -> float:
     return time.perf_counter() - started
 
 
+def _pipeline_task(task: tuple) -> None:
+    """One task of the partition function, the free runtime loaded in its stead of the model."""
+    import sparkinfer.executor.partition as partition
+    from benchmarks.free_runtime import free_loader
+
+    table, spec, package, bands = task
+    partition.load_for_task = free_loader(bands)  # this worker process's own module
+    for _ in partition.infer_partition(table.to_batches(), spec, package):
+        pass
+
+
+def pipeline(job, cores: int) -> float:
+    """Seconds of the partition function over all of `job`'s chunks in `cores` processes."""
+    from sparkinfer.job import chunks_to_do, prepare_staging
+    from sparkinfer.plan import task_bounds
+    from sparkinfer.stages.infer import plan_table, stage_spec
+
+    for raster in job.rasters:
+        prepare_staging(raster, overwrite=True)
+    table = plan_table([chunks_to_do(r) for r in job.rasters])
+    bounds = task_bounds(len(table), 4 * cores)
+    spec = stage_spec(job, job.rasters)
+    tasks = [
+        (table.slice(start, stop - start), spec, job.package, job.model.bands)
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    with ProcessPoolExecutor(cores) as pool:
+        list(pool.map(_pipeline_task, [tasks[0]] * cores))  # imports, one chunk each: untimed
+        for raster in job.rasters:
+            prepare_staging(raster, overwrite=True)
+        started = time.perf_counter()
+        list(pool.map(_pipeline_task, tasks))
+        return time.perf_counter() - started
+
+
 def _job(raster: Path, model: Path, output: Path, readers: int | None):
     from sparkinfer.flags import config_from_args
     from sparkinfer.job import prepare_job
@@ -112,7 +151,7 @@ def main() -> None:
     model = save_model("null", args.work / "models")
     spark = _spark(args.cores)
     _warm_up(spark, args.cores)
-    seconds: dict[str, list[float]] = {"floor": [], "stage": []}
+    seconds: dict[str, list[float]] = {"floor": [], "stage": [], "pipeline": []}
     report = {}
     try:
         for repeat in range(args.repeats):
@@ -122,9 +161,10 @@ def main() -> None:
             )
             report = run_job(spark, job).report
             seconds["stage"].append(report["timings"]["infer_write_s"])
+            seconds["pipeline"].append(pipeline(job, args.cores))
             print(
                 f"  run {repeat + 1}: floor {seconds['floor'][-1]:.1f} s, "
-                f"stage {seconds['stage'][-1]:.1f} s",
+                f"stage {seconds['stage'][-1]:.1f} s, pipeline {seconds['pipeline'][-1]:.1f} s",
                 flush=True,
             )
     finally:
@@ -146,8 +186,13 @@ def main() -> None:
         "task_timings_s": {k: round(v, 2) for k, v in report["timings"].items()},
         "rates": rates,
         "stage_over_floor": round(rates["stage"]["mpx_per_s"] / rates["floor"]["mpx_per_s"], 3),
+        "pipeline_over_floor": round(
+            rates["pipeline"]["mpx_per_s"] / rates["floor"]["mpx_per_s"], 3
+        ),
+        "decoded_per_useful_pixel": report["decoded_per_useful_pixel"],
     }
-    print(json.dumps({k: result[k] for k in ("rates", "stage_over_floor")}, indent=2))
+    shown = ("rates", "stage_over_floor", "pipeline_over_floor", "decoded_per_useful_pixel")
+    print(json.dumps({k: result[k] for k in shown}, indent=2))
     write_result(result, "feed")
 
 
