@@ -16,10 +16,10 @@ from rasterio.crs import CRS
 
 from sparkinfer import storage
 from sparkinfer.config import GridOptions, JobConfig
-from sparkinfer.errors import ConfigError, InputError
+from sparkinfer.errors import ConfigError
 from sparkinfer.grid import GridPlan, GridTile, OutputGrid, plan_grid
 from sparkinfer.model import ModelPackage
-from sparkinfer.mosaic import MosaicSource
+from sparkinfer.mosaic import MosaicSource, check_bands
 from sparkinfer.outputs import STAGING_FOLDER
 from sparkinfer.plan import ChipGrid, Margins, RasterPlan, Tiling
 from sparkinfer.raster import RasterInfo
@@ -58,13 +58,7 @@ def plan_map(options: GridOptions, infos: tuple[RasterInfo, ...]) -> GridPlan:
     """The map's grid tiles over `infos`, in mosaic order, from their metadata: before Spark
     starts, so that a map the inputs cannot make is one line at once. Inputs of one map have
     the same bands: a band index means the same band in each."""
-    first = infos[0]
-    for info in infos[1:]:
-        if info.count != first.count:
-            raise InputError(
-                f"{info.path}: has {info.count} bands where {first.path} has {first.count}; "
-                "give inputs of one map the same bands in the same order"
-            )
+    check_bands(infos)
     if options.mosaic == "newest":  # sorted is stable: inputs of one time keep their order
         infos = tuple(sorted(infos, key=acquired, reverse=True))
     grid = OutputGrid(options.crs, options.resolution, options.tile_size)
@@ -146,15 +140,19 @@ def grid_rasters(
                 polygons_path=None,
                 staging=storage.join(output, STAGING_FOLDER, f"{name}-{made_from}"),
                 mosaic=MosaicSource(grid, info.transform, inputs, config.resampling),
-                zarr=zarr_region(plan, tile, output) if config.grid.format == "zarr" else None,
+                zarr=(
+                    zarr_region(raster_plan.margins, output)
+                    if config.grid.format == "zarr"
+                    else None
+                ),
             )
         )
     return tuple(rasters)
 
 
-def zarr_region(plan: GridPlan, tile: GridTile, output: str) -> ZarrRegion:
-    """Where `tile` goes in the map's Zarr store, whose arrays span the map's extent."""
-    margins = tile_margins(plan, tile)
+def zarr_region(margins: Margins, output: str) -> ZarrRegion:
+    """Where a grid tile goes in the map's Zarr store, whose arrays span the map's extent: as
+    many pixels in as the tile has of the map above it and left of it (`tile_margins`)."""
     return ZarrRegion(storage.join(output, ZARR_STORE), margins.top, margins.left)
 
 

@@ -36,7 +36,7 @@ from sparkinfer.prepare import (
 )
 from sparkinfer.progress import Progress, reported
 from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
-from sparkinfer.report import RunOutcome
+from sparkinfer.report import RunOutcome, written_rasters
 from sparkinfer.session import (
     application,
     task_gpu_share,
@@ -222,8 +222,7 @@ def _run(spark, job: Job, command_started: float | None) -> RunOutcome:
         storage.remove_tree(staging_root)
     map_files: list[str] = []
     if job.config.grid is not None:
-        made = {done.input for done in assembled if not done.error}
-        tiles = [*complete, *(r for r in to_assemble if r.info.path in made)]
+        tiles = [*complete, *written_rasters(todo, assembled, failed)]
         if tiles:
             tiles.sort(key=job.rasters.index)
             map_files = write_map_index(job.output, tiles, job.model, job.config.quicklook)

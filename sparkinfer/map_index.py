@@ -12,6 +12,7 @@ makes it.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import rasterio.warp
@@ -40,18 +41,12 @@ def tiles_extent(tiles: list[RasterJob]) -> RasterInfo:
     top = max(t.info.transform[5] for t in tiles)
     right = max(t.info.transform[2] + t.info.width * resolution for t in tiles)
     bottom = min(t.info.transform[5] - t.info.height * resolution for t in tiles)
-    return RasterInfo(
+    return replace(
+        first,
         path="map",
         width=round((right - left) / resolution),
         height=round((top - bottom) / resolution),
-        count=first.count,
-        dtype=first.dtype,
-        crs=first.crs,
         transform=(resolution, 0.0, left, 0.0, -resolution, top),
-        nodata=None,
-        masking="mask",
-        size=0,
-        mtime_ns=0,
     )
 
 

@@ -81,7 +81,7 @@ def read_mosaic(
     the common type of the inputs' types. Raises `InputError` where the inputs' band counts
     differ.
     """
-    _check_bands(inputs)
+    check_bands(inputs)
     dtype = np.result_type(*(info.dtype for info in inputs)) if inputs else np.uint8
     pixels = np.zeros((len(bands), height, width), dtype)
     valid = np.zeros((height, width), bool)
@@ -98,7 +98,7 @@ def read_mosaic(
     return pixels, valid
 
 
-def _check_bands(inputs: Sequence[RasterInfo]) -> None:
+def check_bands(inputs: Sequence[RasterInfo]) -> None:
     """Refuse inputs whose band counts differ: a band index would mean another band in each."""
     for info in inputs[1:]:
         if info.count != inputs[0].count:

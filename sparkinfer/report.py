@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import platform
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -70,6 +71,14 @@ def decoded_per_useful(plans: list[RasterPlan]) -> float | None:
     return round(decoded / kept, 4)
 
 
+def written_rasters(
+    inferred: Sequence[RasterJob], assembled: Sequence[AssemblyResult], failed: Sequence[Failure]
+) -> list[RasterJob]:
+    """Of the rasters `inferred`, those whose outputs were written: assembled, and not failed."""
+    done = {a.input for a in assembled} - {f.input for f in failed}
+    return [r for r in inferred if r.info.path in done]
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """What one run did, as the driver learned it; its `report` is `_run.json`."""
@@ -89,9 +98,7 @@ class RunOutcome:
     @property
     def written(self) -> list[RasterJob]:
         """The rasters whose outputs this run wrote."""
-        failed = {f.input for f in self.failed}
-        done = {a.input for a in self.assembled}
-        return [r for r in self.inferred if r.info.path in done - failed]
+        return written_rasters(self.inferred, self.assembled, self.failed)
 
     @property
     def tiles(self) -> dict[str, int]:
