@@ -22,7 +22,7 @@ TILE_INDEX = RESULTS / "2026-11-27-vm-tile-index.json"
 SHARED_GPU = RESULTS / "2026-11-28-h200-shared-gpu.json"  # benchmarks/device.py on one H200
 
 LAND_KM2 = 149e6  # Earth's land area, km² (the issue; e.g. CIA World Factbook: 148.94 M km²)
-CHUNK_PIXELS = 2048 * 2048  # chunk_tiles auto (sparkinfer/config.py CHUNK_PIXELS)
+CHUNK_PIXELS = 2048 * 2048  # chunk_tiles auto, tiles of 512 (sparkinfer/tiling.py)
 RASTER_PIXELS = 10980 * 10980  # rasters of a Sentinel-2 tile's size (ESA: 10980² at 10 m)
 OUTPUT_PUTS = 3  # a raster's COG, tile index and STAC Item, a PUT each (more for multipart)
 

@@ -18,9 +18,6 @@ from pydantic import (
     model_validator,
 )
 
-# chunk_tiles 'auto': chunks of about this many pixels on a side. A chunk's window is read in one
-# piece (a few tens of MB for 4 bands) and there are enough chunks to keep every core busy.
-CHUNK_PIXELS = 2048
 # A stage's tasks per task slot (the inference stage's by default, `tasks_per_slot`): a faster
 # executor takes more of them, and a lost task is a small share of the work.
 TASKS_PER_SLOT = 4
@@ -257,8 +254,8 @@ class JobConfig(_Strict):
     chunk_tiles: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         "auto",
         description="Side, in tiles, of the square block of tiles one Spark task reads in one "
-        f"piece, infers and writes as one chunk file; 'auto' makes chunks about {CHUNK_PIXELS} "
-        "pixels on a side.",
+        "piece, infers and writes as one chunk file; 'auto' makes chunks of at least 2048 pixels "
+        "a side, larger where their halo would be over 15% of the pixels they read.",
     )
     cog: CogOptions = Field(default_factory=CogOptions, description="Output COG layout.")
     grid: GridOptions | None = Field(

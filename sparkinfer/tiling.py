@@ -4,12 +4,40 @@ chips; whether the result equals whole-image inference, and what the user should
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
-from sparkinfer.config import CHUNK_PIXELS, JobConfig
+from sparkinfer.config import JobConfig
 from sparkinfer.errors import ConfigError, ModelError
 from sparkinfer.inspection import ModelInfo
 from sparkinfer.plan import ChipGrid, Tiling, round_up
+
+# chunk_tiles 'auto'. A chunk's window is read in one piece: its core and the halo around it, which
+# is decoded again by the neighbouring chunks. Chunks are at least CHUNK_PIXELS a side, so that
+# there are enough of them to keep every core busy, and grow until they decode at most
+# DECODED_PER_USEFUL pixels per pixel they keep (a halo of 288 around tiles of 2048 decodes 1.64
+# in chunks of one tile, 1.15 in chunks of 4 x 4). A chunk's arrays bound the growth: its core
+# is at most CHUNK_PIXELS_MAX a side (64 MiB of classes, 268 MB per band of a 4-band uint8
+# window), and, where a chunk holds float32 scores, they take at most CHUNK_SCORES_BYTES.
+CHUNK_PIXELS = 2048
+CHUNK_PIXELS_MAX = 8192
+DECODED_PER_USEFUL = 1.15
+CHUNK_SCORES_BYTES = 512 * 2**20
+
+
+def auto_chunk_tiles(tile_size: int, halo: int, score_channels: int) -> int:
+    """Tiles per chunk side: the fewest of at least CHUNK_PIXELS whose window decodes at most
+    DECODED_PER_USEFUL pixels per pixel of the core, within the bounds on a chunk's arrays
+    (`score_channels`: the float32 scores a chunk holds per pixel; 0 when it holds none)."""
+    side_max = CHUNK_PIXELS_MAX
+    if score_channels:
+        side_max = min(side_max, math.isqrt(CHUNK_SCORES_BYTES // (4 * score_channels)))
+    tiles = max(1, CHUNK_PIXELS // tile_size)
+    while (tiles + 1) * tile_size <= side_max and (
+        (tiles * tile_size + 2 * halo) / (tiles * tile_size)
+    ) ** 2 > DECODED_PER_USEFUL:
+        tiles += 1
+    return tiles
 
 
 def _resolve_halo(config: JobConfig, model: ModelInfo) -> int:
@@ -103,7 +131,8 @@ def tiling_for(config: JobConfig, model: ModelInfo) -> Tiling | ChipGrid:
     try:
         chunk_tiles = config.chunk_tiles
         if chunk_tiles == "auto":
-            chunk_tiles = max(1, CHUNK_PIXELS // tile_size)
+            holds_scores = config.scores or config.merge == "blend"
+            chunk_tiles = auto_chunk_tiles(tile_size, halo, model.channels if holds_scores else 0)
         return Tiling(
             tile_size,
             halo,

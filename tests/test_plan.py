@@ -170,3 +170,29 @@ def test_decoded_pixels_per_useful_pixel_count_each_chunk_s_read_window():
         (4 * 576**2 + 512**2) / (1024**2 + 512**2), 4
     )
     assert decoded_per_useful([RasterPlan(64, 64, ChipGrid(8, 8, 2))]) is None
+
+
+@pytest.mark.parametrize(
+    "tile, halo, score_channels, tiles, decoded",
+    [
+        (512, 32, 0, 4, 1.0635),  # at least 2048 pixels a side
+        (512, 74, 0, 4, 1.1498),  # 2048 still holds the halo
+        (512, 80, 0, 5, 1.1289),  # it does not: 2560
+        (2048, 288, 0, 4, 1.1456),  # a GPU's tiles: 8192 (1.6415 in chunks of one tile)
+        (2048, 400, 0, 4, 1.2048),  # the side is bounded at 8192, whatever the halo
+        (2048, 288, 8, 2, 1.3010),  # 8 bands of float32 scores bound it at 4096
+        (3000, 288, 0, 2, 1.2012),  # a third tile would pass 8192
+    ],
+)
+def test_auto_chunks_decode_at_most_1_15_pixels_per_pixel_kept_within_their_bounds(
+    tile, halo, score_channels, tiles, decoded
+):
+    from sparkinfer.report import decoded_per_useful
+    from sparkinfer.tiling import auto_chunk_tiles
+
+    assert auto_chunk_tiles(tile, halo, score_channels) == tiles
+    side = tiles * tile
+    assert round(((side + 2 * halo) / side) ** 2, 4) == decoded
+    # Over a raster of many chunks, as `_run.json` reports it: edge windows shift inward.
+    plan = RasterPlan(8 * side, 8 * side, Tiling(tile, halo, chunk_tiles=tiles))
+    assert decoded_per_useful([plan]) < decoded
