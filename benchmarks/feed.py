@@ -2,6 +2,7 @@
 I/O floor on the same cores, side by side in one run.
 
     python -m benchmarks.feed [--size 16384] [--repeats 3] [--cores 2]
+                              [--tile-size 2048 --halo 288] [--chunk-tiles 1]
 
 - `floor`: the job's chunk windows (the same plan) read with rasterio in `cores` processes, an
   argmax over the bands, each window written as a deflate GeoTIFF: no Spark, no model. What
@@ -13,8 +14,11 @@ I/O floor on the same cores, side by side in one run.
   processes, 4 tasks per core as the stage cuts them, with the free runtime
   (`benchmarks.free_runtime`: the argmax over the bands, as the floor computes).
 
-Rates are useful megapixels per second and per core; the results are `stage / floor` and
-`pipeline / floor`. Writes benchmarks/results/DATE-HOST-feed.json.
+`--tile-size`, `--halo` and `--chunk-tiles` are the job's (default: the job's defaults, the null
+model's halo of 0): the tiles and halo of a GPU run, in chunks of one tile or as `auto` sizes
+them, show what the halo decoded again costs. Rates are useful megapixels per second and per
+core; the results are `stage / floor` and `pipeline / floor`. Writes
+benchmarks/results/DATE-HOST-feed.json.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ def pipeline(job, cores: int) -> float:
         return time.perf_counter() - started
 
 
-def _job(raster: Path, model: Path, output: Path, readers: int | None):
+def _job(raster: Path, model: Path, output: Path, options: list[str]):
     from sparkinfer.flags import config_from_args
     from sparkinfer.job import prepare_job
 
@@ -131,9 +135,7 @@ def _job(raster: Path, model: Path, output: Path, readers: int | None):
         "0",
         "--overwrite",
     ]
-    if readers:
-        argv += ["--readers", str(readers)]
-    return prepare_job(config_from_args(argv, defaults_file=DEFAULTS))
+    return prepare_job(config_from_args(argv + options, defaults_file=DEFAULTS))
 
 
 def main() -> None:
@@ -141,7 +143,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
-    parser.add_argument("--readers", type=int, help="the job's --readers (default: its own)")
+    parser.add_argument("--readers", help="the job's --readers (default: its own)")
+    parser.add_argument("--tile-size", help="the job's --tile-size (default: its own)")
+    parser.add_argument("--halo", help="the job's --halo (default: the model's, 0)")
+    parser.add_argument("--chunk-tiles", help="the job's --chunk-tiles (default: auto)")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")
     args = parser.parse_args()
     os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers run this venv's Python too
@@ -151,11 +156,22 @@ def main() -> None:
     model = save_model("null", args.work / "models")
     spark = _spark(args.cores)
     _warm_up(spark, args.cores)
+    options = [
+        part
+        for flag, value in (
+            ("--readers", args.readers),
+            ("--tile-size", args.tile_size),
+            ("--halo", args.halo),
+            ("--chunk-tiles", args.chunk_tiles),
+        )
+        if value
+        for part in (flag, value)
+    ]
     seconds: dict[str, list[float]] = {"floor": [], "stage": [], "pipeline": []}
     report = {}
     try:
         for repeat in range(args.repeats):
-            job = _job(raster, model, args.work / "runs" / "feed" / "job", args.readers)
+            job = _job(raster, model, args.work / "runs" / "feed" / "job", options)
             seconds["floor"].append(
                 floor(job, args.work / "runs" / "feed" / f"floor{repeat}", args.cores)
             )
