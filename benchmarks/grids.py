@@ -66,10 +66,11 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from benchmarks.large_raster import make_large_raster
 from benchmarks.run import envelope, write_result
 from sparkinfer import mosaic
+from sparkinfer.cuts import Tiling
 from sparkinfer.grid import OutputGrid, footprint, plan_grid
 from sparkinfer.grid_rasters import read_bounds, tile_margins
 from sparkinfer.mosaic import MosaicSource, read_mosaic
-from sparkinfer.plan import Chunk, RasterPlan, Tiling
+from sparkinfer.plan import Chunk, RasterPlan
 from sparkinfer.raster import GDAL_READ_OPTIONS, RasterInfo, read_info, read_window
 
 ROOT = Path(__file__).resolve().parent.parent

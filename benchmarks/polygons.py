@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import rasterio
 
 from benchmarks.run import envelope, write_result
-from sparkinfer.plan import PixelWindow, RasterPlan, Tiling
+from sparkinfer.cuts import Tiling
+from sparkinfer.plan import PixelWindow, RasterPlan
 from sparkinfer.polygon_merge import write_polygons
 from sparkinfer.polygons import chunk_polygons, write_chunk_polygons
 from sparkinfer.raster import RasterInfo

@@ -32,7 +32,7 @@ from rasterio.windows import Window
 
 from benchmarks.large_raster import make_large_raster
 from benchmarks.models import save_model
-from sparkinfer.plan import Tiling
+from sparkinfer.cuts import Tiling
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -24,7 +24,8 @@ import numpy as np
 
 from benchmarks.run import envelope, write_result
 from sparkinfer.catalog import TILE_COUNTS_TAG, tile_counts, write_tile_index
-from sparkinfer.plan import PixelWindow, RasterPlan, Tiling
+from sparkinfer.cuts import Tiling
+from sparkinfer.plan import PixelWindow, RasterPlan
 from sparkinfer.raster import RasterInfo
 from sparkinfer.writers import ChunkSpec, ChunkWriter
 

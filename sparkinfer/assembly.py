@@ -22,9 +22,9 @@ from sparkinfer import __version__, storage
 from sparkinfer.catalog import write_stac_item, write_tile_index
 from sparkinfer.chips import output_grid, write_chip_table
 from sparkinfer.config import CogOptions
+from sparkinfer.cuts import ChipGrid, Tiling
 from sparkinfer.errors import first_line
 from sparkinfer.inspection import ModelInfo
-from sparkinfer.plan import ChipGrid, Tiling
 from sparkinfer.polygon_merge import write_polygons
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster_job import IDENTITY_TAG, RasterJob

@@ -20,7 +20,8 @@ from affine import Affine
 
 from sparkinfer import storage
 from sparkinfer.catalog import geoparquet_metadata, grid_bbox, wkb_rectangles
-from sparkinfer.plan import ChipGrid, RasterPlan, Tiling
+from sparkinfer.cuts import ChipGrid, Tiling
+from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import RasterInfo
 from sparkinfer.writers import ChunkSpec
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from sparkinfer import storage
+from sparkinfer import s3
 from sparkinfer.errors import JobFailed, UserError
 from sparkinfer.estimate import ESTIMATE_FILE
 from sparkinfer.flags import config_from_args
@@ -184,6 +184,6 @@ def _session(speculation: bool):
         builder = builder.config("spark.speculation", "true")
     # Executors on other hosts reach s3:// inputs and outputs with the driver's AWS settings;
     # set here, not on the command line, so secrets stay out of `ps` (the UI redacts them).
-    for key, value in storage.executor_environment().items():
+    for key, value in s3.executor_environment().items():
         builder = builder.config(f"spark.executorEnv.{key}", value)
     return builder.getOrCreate()

@@ -1,4 +1,5 @@
-"""The command line's flags: their parser and the `JobConfig` they make."""
+"""The command line's flags: their parser (how each reads its value: `flag_parsing`) and the
+`JobConfig` they make."""
 
 from __future__ import annotations
 
@@ -8,46 +9,11 @@ from typing import Any, get_args
 
 from sparkinfer.config import JobConfig, Resampling
 from sparkinfer.config_sources import load_config
-from sparkinfer.errors import ConfigError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        raise ConfigError(f"command line: {message} (see --help)")
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        message = f"expected comma-separated numbers, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        message = f"expected comma-separated integers, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",")]
-
-
-def _int_or_auto(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        message = f"expected a whole number or 'auto', got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+from sparkinfer.flag_parsing import Parser, floats, int_or_auto, ints, joined_bounds, names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="sparkinfer",
         description="Seam-free tiled inference of a Keras/TensorFlow model over georeferenced "
         "rasters with Spark; writes one Cloud-Optimized GeoTIFF per input.",
@@ -83,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
     add(
         "--halo",
-        type=_int_or_auto,
+        type=int_or_auto,
         metavar="PIXELS|auto",
         help="context around each tile; auto: from the model's receptive field",
     )
@@ -95,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--overlap",
-        type=_int_or_auto,
+        type=int_or_auto,
         metavar="PIXELS|auto",
         help="with --merge blend: overlap of neighbouring windows (default auto: a fifth of "
         "the window)",
@@ -112,10 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PIXELS",
         help="for a chip classifier: pixels between chips (default the chip size)",
     )
-    add("--bands", type=_ints, metavar="B1,B2,..", help="1-based bands fed to the model")
+    add("--bands", type=ints, metavar="B1,B2,..", help="1-based bands fed to the model")
     add(
         "--assets",
-        type=_names,
+        type=names,
         metavar="A1,A2,..",
         help="for STAC Item inputs: the assets stacked as the model's bands, in order, by "
         "asset key or band common name",
@@ -136,14 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--mean",
         dest="normalization.mean",
-        type=_floats,
+        type=floats,
         metavar="M1,M2,..",
         help="normalisation: per-band mean",
     )
     add(
         "--std",
         dest="normalization.std",
-        type=_floats,
+        type=floats,
         metavar="S1,S2,..",
         help="normalisation: per-band std",
     )
@@ -170,13 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--batch-size",
-        type=_int_or_auto,
+        type=int_or_auto,
         metavar="N|auto",
         help="tiles per model call (default auto: from the device, see docs/performance.md)",
     )
     add(
         "--readers",
-        type=_int_or_auto,
+        type=int_or_auto,
         metavar="N|auto",
         help="reader threads per task (default auto: one per core of the task)",
     )
@@ -221,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--chunk-tiles",
-        type=_int_or_auto,
+        type=int_or_auto,
         metavar="N|auto",
         help="a Spark task reads, infers and writes chunks of N x N tiles (default auto: "
         "about 2048 pixels)",
@@ -256,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--bounds",
         dest="grid.bounds",
-        type=_floats,
+        type=floats,
         metavar="MINX,MINY,MAXX,MAXY",
         help="with --grid: the map's extent in its CRS (default: the inputs' footprints)",
     )
@@ -325,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--estimate-slots",
-        type=_ints,
+        type=ints,
         metavar="N1,N2,..",
         help="with --estimate: task slots to predict the wall time on (default 8,64,512)",
     )
@@ -352,24 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _joined_bounds(argv: list[str]) -> list[str]:
-    """`--bounds -3901440,...` as `--bounds=-3901440,...`: argparse takes a value that starts
-    with a dash for another flag, and bounds west of 0 or south of the equator do."""
-    joined, rest = [], iter(argv)
-    for word in rest:
-        if word == "--bounds":
-            value = next(rest, None)
-            joined.append(word if value is None else f"--bounds={value}")
-        else:
-            joined.append(word)
-    return joined
-
-
 def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -> JobConfig:
     """Parse flags and merge them over the defaults file and the --config file. Each flag's
     destination is the `JobConfig` field it sets (`section.field` inside `normalization` or
     `cog`); a flag left out sets nothing."""
-    args = vars(build_parser().parse_args(_joined_bounds(argv)))
+    args = vars(build_parser().parse_args(joined_bounds(argv)))
     config_file = args.pop("config")
     overrides: dict[str, Any] = {}
     for key, value in args.items():

@@ -16,12 +16,13 @@ from rasterio.crs import CRS
 
 from sparkinfer import storage
 from sparkinfer.config import GridOptions, JobConfig
+from sparkinfer.cuts import ChipGrid, Tiling
 from sparkinfer.errors import ConfigError
 from sparkinfer.grid import GridPlan, GridTile, OutputGrid, plan_grid
 from sparkinfer.model import ModelPackage
 from sparkinfer.mosaic import MosaicSource, check_bands
 from sparkinfer.outputs import STAGING_FOLDER
-from sparkinfer.plan import ChipGrid, Margins, RasterPlan, Tiling
+from sparkinfer.plan import Margins, RasterPlan
 from sparkinfer.raster import RasterInfo
 from sparkinfer.raster_job import RasterJob, identity, input_version
 from sparkinfer.zarr_map import ZARR_STORE, ZarrRegion

@@ -14,6 +14,7 @@ from typing import Literal
 
 from sparkinfer import storage
 from sparkinfer.config import JobConfig
+from sparkinfer.cuts import ChipGrid, Tiling
 from sparkinfer.errors import ConfigError, InputError
 from sparkinfer.grid import GridPlan
 from sparkinfer.grid_rasters import check_grid_run, grid_rasters, plan_map
@@ -21,7 +22,7 @@ from sparkinfer.inspection import WITHOUT_ARGMAX, ModelInfo
 from sparkinfer.lock import OutputLock
 from sparkinfer.model import FORMAT_NAMES, ModelPackage, package_models
 from sparkinfer.outputs import STAGING_FOLDER, check_output_folder, output_names
-from sparkinfer.plan import ChipGrid, RasterPlan, Tiling
+from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
 from sparkinfer.raster_job import RasterJob, identity, input_version
 from sparkinfer.runtimes import RuntimeOptions

@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass
 
 from sparkinfer import __version__
 from sparkinfer.config import JobConfig
+from sparkinfer.cuts import ChipGrid, Tiling
 from sparkinfer.model import ModelPackage
 from sparkinfer.mosaic import MosaicSource
-from sparkinfer.plan import ChipGrid, RasterPlan, Tiling
+from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import RasterInfo
 from sparkinfer.zarr_map import ZarrRegion
 

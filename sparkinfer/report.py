@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 
 from sparkinfer import __version__
 from sparkinfer.assembly import AssemblyResult
-from sparkinfer.plan import ChipGrid, RasterPlan
+from sparkinfer.cuts import ChipGrid
+from sparkinfer.plan import RasterPlan
 from sparkinfer.prepare import Failure, Job
 from sparkinfer.raster_job import RasterJob
 from sparkinfer.tiling import tiling_report

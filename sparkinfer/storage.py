@@ -3,14 +3,13 @@
 Local files are written under a temporary name beside their final one and renamed into place.
 On S3 a file is written locally, then uploaded: an object appears only whole, the atomic commit
 S3 offers. pyarrow lists, uploads and deletes; GDAL reads through /vsis3/. Both take the endpoint
-and credentials from the AWS variables, which `executor_environment` hands to the executors.
+and credentials from the AWS variables, which `s3.executor_environment` hands to the executors.
 """
 
 from __future__ import annotations
 
 import fcntl
 import fnmatch
-import functools
 import glob
 import os
 import posixpath
@@ -28,24 +27,9 @@ from urllib.parse import urlsplit
 import rasterio
 from pyarrow import fs
 
+from sparkinfer import s3
+
 S3_SCHEME = "s3://"
-# Variables the AWS SDKs and GDAL read for S3: what executors need to reach the same storage.
-AWS_VARIABLES = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_S3_ENDPOINT",
-    "AWS_HTTPS",
-    "AWS_VIRTUAL_HOSTING",
-    "AWS_NO_SIGN_REQUEST",
-)
-
-
 HTTP_SCHEMES = ("http://", "https://")
 HTTP_TIMEOUT_S = 60
 
@@ -91,11 +75,6 @@ def gdal_path(location: str) -> str:
     return "/vsicurl/" + location if is_http(location) else location
 
 
-def s3_endpoint() -> str | None:
-    """The S3 endpoint the AWS variables name, if any (a local or compatible server)."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-
 # For opening the job's own files (chunks, COGs), which have no side-car files: GDAL need not
 # list their folder or look for side-cars on each open (thousands of chunks share a folder).
 NO_LISTING = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
@@ -104,7 +83,7 @@ NO_LISTING = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 def gdal_env(**options) -> rasterio.Env:
     """GDAL settings for reading and writing, with GDAL's S3 endpoint taken from
     AWS_ENDPOINT_URL (GDAL reads only its own AWS_S3_ENDPOINT and AWS_HTTPS)."""
-    endpoint = s3_endpoint()
+    endpoint = s3.endpoint_url()
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
         url = urlsplit(endpoint)
         options = {
@@ -122,38 +101,9 @@ def open_own_raster(location: str) -> Iterator[rasterio.DatasetReader]:
         yield src
 
 
-def executor_environment() -> dict[str, str]:
-    """The AWS variables set here, for `spark.executorEnv.*`: executors on other hosts do not
-    inherit the driver's environment."""
-    return {key: os.environ[key] for key in AWS_VARIABLES if key in os.environ}
-
-
 def _s3(location: str) -> fs.S3FileSystem:
-    """The client for a location's bucket: AWS_REGION's, or the bucket's own region asked from
-    AWS (a client of the wrong region gets only redirects), or none for another endpoint."""
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    endpoint = s3_endpoint()
-    if region is None and endpoint is None:
-        region = _bucket_region(_key(location).split("/", 1)[0])
-    return _s3_client(endpoint, region)
-
-
-@functools.cache
-def _bucket_region(bucket: str) -> str:
-    return fs.resolve_s3_region(bucket)
-
-
-@functools.cache  # one client per process, endpoint and region: it holds a connection pool
-def _s3_client(endpoint: str | None, region: str | None) -> fs.S3FileSystem:
-    # Delayed open: a file smaller than one part goes up in one PUT, not a three-request
-    # multipart upload; a missing bucket is then reported at close, still inside `commit`.
-    options: dict = {"allow_delayed_open": True}
-    if endpoint:
-        url = urlsplit(endpoint)
-        options |= {"endpoint_override": url.netloc, "scheme": url.scheme or "https"}
-    if region:
-        options["region"] = region
-    return fs.S3FileSystem(**options)
+    """The client for a location's bucket."""
+    return s3.client(_key(location).split("/", 1)[0])
 
 
 def _key(location: str) -> str:

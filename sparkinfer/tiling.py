@@ -8,9 +8,10 @@ import math
 from dataclasses import asdict
 
 from sparkinfer.config import JobConfig
+from sparkinfer.cuts import ChipGrid, Tiling
 from sparkinfer.errors import ConfigError, ModelError
 from sparkinfer.inspection import ModelInfo
-from sparkinfer.plan import ChipGrid, Tiling, round_up
+from sparkinfer.plan import round_up
 
 # chunk_tiles 'auto'. A chunk's window is read in one piece: its core and the halo around it, which
 # is decoded again by the neighbouring chunks. Chunks are at least CHUNK_PIXELS a side, so that

@@ -15,8 +15,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from sparkinfer.cuts import Tiling
 from sparkinfer.outputs import CLASS_NODATA
-from sparkinfer.plan import Tiling
 from sparkinfer.raster import RasterInfo, read_window
 from sparkinfer.runtimes import Runtime
 

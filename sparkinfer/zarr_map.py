@@ -23,7 +23,7 @@ import zarr
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from sparkinfer import storage
+from sparkinfer import s3, storage
 from sparkinfer.outputs import CLASS_NODATA, SCORE_NODATA
 from sparkinfer.raster import RasterInfo
 
@@ -47,7 +47,7 @@ def open_store(uri: str):
         return zarr.storage.LocalStore(uri)
     from obstore.store import S3Store
 
-    endpoint = storage.s3_endpoint()
+    endpoint = s3.endpoint_url()
     store = S3Store.from_url(
         uri,
         config={"endpoint": endpoint} if endpoint else {},

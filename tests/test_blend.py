@@ -10,7 +10,8 @@ import rasterio
 from builders import squeeze_excite, tile_counts_of_index_and_cog, write_raster
 
 from sparkinfer.blend import taper
-from sparkinfer.plan import RasterPlan, Tiling
+from sparkinfer.cuts import Tiling
+from sparkinfer.plan import RasterPlan
 
 TILE, OVERLAP = 48, 16  # windows of 64 pixels
 

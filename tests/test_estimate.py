@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from builders import write_raster
 
+from sparkinfer.cuts import Tiling
 from sparkinfer.estimate import (
     Rates,
     Workload,
@@ -26,7 +27,7 @@ from sparkinfer.estimate import (
     spread_sample,
     tasks_of,
 )
-from sparkinfer.plan import RasterPlan, Tiling
+from sparkinfer.plan import RasterPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = ROOT / "conf" / "default.yaml"

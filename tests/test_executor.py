@@ -17,6 +17,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from sparkinfer.catalog import TILE_COUNTS_TAG
+from sparkinfer.cuts import ChipGrid, Tiling
 from sparkinfer.executor import CHUNK_RESULT_SCHEMA, ChunkResult, StageSpec, infer_partition
 from sparkinfer.executor.commit import ChipTable, Polygons, TileCounts, commit_chunk
 from sparkinfer.executor.merge import BlendChunk, ChipChunk, CropChunk, PredictedChunk
@@ -30,7 +31,7 @@ from sparkinfer.executor.read import (
     window_core,
 )
 from sparkinfer.model import package_model
-from sparkinfer.plan import ChipGrid, Chunk, PixelWindow, RasterPlan, Tile, Tiling
+from sparkinfer.plan import Chunk, PixelWindow, RasterPlan, Tile
 from sparkinfer.raster import RasterInfo, read_info
 from sparkinfer.runtimes import RuntimeOptions, preprocess
 from sparkinfer.runtimes.base import CPU, Runtime, classes_of

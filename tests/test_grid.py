@@ -245,9 +245,9 @@ def test_a_grid_without_a_crs_or_with_empty_pixels_is_refused_in_one_line(
 )
 def test_what_a_map_does_not_do_yet_is_refused_in_one_line(options, message):
     from sparkinfer.config import JobConfig
+    from sparkinfer.cuts import ChipGrid, Tiling
     from sparkinfer.errors import ConfigError
     from sparkinfer.grid_rasters import check_grid_run
-    from sparkinfer.plan import ChipGrid, Tiling
 
     grid = dict(crs="EPSG:3857", resolution=10, tile_size=options.pop("grid_tile", 4096))
     config = JobConfig(input=["a.tif"], model=["m.keras"], output="out", grid=grid, **options)

@@ -16,6 +16,8 @@ FLOORS = [
         "config",
         "config_sources",
         "storage",
+        "s3",
+        "cuts",
         "plan",
         "receptive_field",
         "devices",
@@ -50,7 +52,8 @@ FLOORS = [
     {"session"},  # Spark's edge: sessions, shipments, stages run
     {"stages"},  # the Spark stages
     {"report", "job"},  # a run, in the order of the data flow, and its report
-    {"flags", "widgets", "cli", "__main__"},  # the command line and the notebook's form
+    # The command line (its flags, and how they read their values) and the notebook's form.
+    {"flags", "flag_parsing", "widgets", "cli", "__main__"},
 ]
 
 
@@ -103,10 +106,10 @@ def test_the_executor_imports_no_pyspark():
 
 
 def test_modules_stay_small():
-    """A module is one concept a newcomer can name: about 350 lines at most (380, formatted)."""
+    """A module is one concept a newcomer can name: 350 lines at most, formatted."""
     long = {
         str(path.relative_to(PACKAGE)): lines
         for path in PACKAGE.rglob("*.py")
-        if (lines := len(path.read_text().splitlines())) > 380
+        if (lines := len(path.read_text().splitlines())) > 350
     }
     assert long == {}

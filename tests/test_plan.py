@@ -5,15 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparkinfer.plan import (
-    ChipGrid,
-    Chunk,
-    PixelWindow,
-    RasterPlan,
-    Tiling,
-    plan_axis,
-    round_up,
-)
+from sparkinfer.cuts import ChipGrid, Tiling
+from sparkinfer.plan import Chunk, PixelWindow, RasterPlan, plan_axis, round_up
 
 
 @st.composite

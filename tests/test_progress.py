@@ -4,7 +4,8 @@ import re
 
 from builders import write_raster
 
-from sparkinfer.plan import RasterPlan, Tiling
+from sparkinfer.cuts import Tiling
+from sparkinfer.plan import RasterPlan
 from sparkinfer.progress import Progress
 from sparkinfer.writers import chunk_name, scores_name
 

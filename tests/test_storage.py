@@ -2,7 +2,7 @@
 
 import pytest
 
-from sparkinfer import storage
+from sparkinfer import s3, storage
 
 
 @pytest.mark.parametrize(
@@ -35,11 +35,11 @@ def test_gdal_gets_its_s3_endpoint_from_aws_endpoint_url(monkeypatch):
 
 
 def test_executors_get_the_aws_variables_that_are_set(monkeypatch):
-    for key in storage.AWS_VARIABLES:
+    for key in s3.AWS_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    assert storage.executor_environment() == {
+    assert s3.executor_environment() == {
         "AWS_REGION": "eu-west-1",
         "AWS_SECRET_ACCESS_KEY": "secret",
     }

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparkinfer.chips import output_grid
+from sparkinfer.cuts import ChipGrid
 from sparkinfer.mosaic import MosaicSource
-from sparkinfer.plan import ChipGrid, RasterPlan
+from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import RasterInfo
 from sparkinfer.runtimes import RuntimeOptions
 
