@@ -11,15 +11,23 @@ from sparkinfer.runtimes.base import CPU, Runtime
 
 
 class FreeRuntime(Runtime):
-    """Each band is a class's score: the class is the band of the largest value."""
+    """Each band is a class's score: the class is the band of the largest value. Its scores
+    are the bands, repeated to the `channels` of the model it stands in for (default: one per
+    band)."""
 
     format = "free"
 
-    def __init__(self, bands: int, options: RuntimeOptions | None = None) -> None:
+    def __init__(
+        self, bands: int, options: RuntimeOptions | None = None, channels: int | None = None
+    ) -> None:
         super().__init__(bands, options or RuntimeOptions(), CPU)
+        self.channels = channels or bands
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        return batch.astype(np.float32, copy=False)
+        if self.channels == batch.shape[-1]:
+            return batch.astype(np.float32, copy=False)
+        repeated = np.arange(self.channels) % batch.shape[-1]
+        return batch.take(repeated, axis=-1).astype(np.float32, copy=False)
 
     def classify(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
@@ -28,10 +36,10 @@ class FreeRuntime(Runtime):
         return classes, self.scores(pixels) if with_scores else None
 
 
-def free_loader(bands: int):
+def free_loader(bands: int, channels: int | None = None):
     """A stand-in for `model.load_for_task` that loads the free runtime."""
 
     def load(package, options, resources):
-        return FreeRuntime(bands, options)
+        return FreeRuntime(bands, options, channels)
 
     return load

@@ -28,7 +28,8 @@ from sparkinfer.outputs import CLASS_NODATA, SCORE_NODATA
 from sparkinfer.plan import PixelWindow
 from sparkinfer.raster import GDAL_CACHE_BYTES, RasterInfo
 
-# Chunks are intermediate: fast compression, tiled so the COG driver reads them by block.
+# Chunks are intermediate: fast compression, tiled so the COG driver reads them by block; a
+# chunk's scores are written band by band (`executor.merge` holds them so), not interleaved.
 CHUNK_PROFILE = {
     "driver": "GTiff",
     "tiled": True,
@@ -131,7 +132,9 @@ class ChunkWriter:
         self._files: list[tuple[Path, str, rasterio.io.DatasetWriter | None]] = []
         self._classes = self._open(spec.classes_path, common, 1, "uint8", CLASS_NODATA)
         self._scores = (
-            self._open(spec.scores_path, common, channels, "float32", SCORE_NODATA)
+            self._open(
+                spec.scores_path, common | {"interleave": "band"}, channels, "float32", SCORE_NODATA
+            )
             if write_scores
             else None
         )

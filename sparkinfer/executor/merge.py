@@ -48,8 +48,12 @@ class CropChunk:
     def __init__(self, core: PixelWindow, channels: int, scores: bool) -> None:
         self.core = core
         self.classes = np.full((core.height, core.width), CLASS_NODATA, np.uint8)
+        # Scores are (height, width, channels) but held band by band, as the chunk's file is
+        # written: each window's are transposed once, here, and written without a copy.
         self.scores = (
-            np.full((core.height, core.width, channels), np.nan, np.float32) if scores else None
+            np.moveaxis(np.full((channels, core.height, core.width), np.nan, np.float32), 0, -1)
+            if scores
+            else None
         )
 
     def add(self, window: Tile, prediction: Prediction | None) -> None:
