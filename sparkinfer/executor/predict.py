@@ -41,13 +41,13 @@ PredictionOf = Callable[[ReadWindow, np.ndarray, np.ndarray | None], Prediction]
 def core_prediction(read: ReadWindow, classes: np.ndarray, scores: np.ndarray | None) -> Prediction:
     """A pixel model's output over the window's core, nodata where its pixels are invalid."""
     core = window_core(read.place.window)
-    invalid = ~read.kept_valid
     core_classes = classes[core].copy()
-    core_classes[invalid] = CLASS_NODATA
-    core_scores = None
-    if scores is not None:
-        core_scores = scores[core].astype(np.float32, copy=True)
-        core_scores[invalid] = np.nan
+    core_scores = None if scores is None else scores[core].astype(np.float32, copy=True)
+    if not read.kept_valid.all():  # a boolean index scans every pixel: only where it must
+        invalid = ~read.kept_valid
+        core_classes[invalid] = CLASS_NODATA
+        if core_scores is not None:
+            core_scores[invalid] = np.nan
     return Prediction(core_classes, core_scores)
 
 
