@@ -39,6 +39,11 @@ class JobFailed(SparkInferError):
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's message as one line of at most `limit` characters (its type if empty)."""
+    """An exception's message as one line of at most `limit` characters (its type if empty).
+    One that only points at its cause (rasterio's failed reads: "Read failed. See previous
+    exception for details.") gives its cause's message, GDAL's words, which the user never
+    sees otherwise."""
+    if exc.__cause__ is not None and "previous exception" in str(exc):
+        exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__

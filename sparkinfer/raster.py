@@ -129,14 +129,19 @@ def read_info(path: str, item: StackedItem | None = None) -> RasterInfo:
     if size == 0:
         raise InputError(f"{path}: file is empty")
     try:
-        with warnings.catch_warnings():  # no georeference is reported below, in one line
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        # No georeference is said below, in one line: rasterio's warning (GDAL found no
+        # geotransform) is kept here, not shown.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NotGeoreferencedWarning)
             with storage.gdal_env(**GDAL_READ_OPTIONS), rasterio.open(_dataset(path, item)) as src:
                 if src.count < 1:
                     raise InputError(f"{path}: raster has no bands")
                 if len(set(src.dtypes)) != 1:
                     raise InputError(f"{path}: bands have different data types {src.dtypes}")
-                if src.crs is None or src.transform.is_identity:
+                # GDAL may find no geotransform where rasterio still gives one: a damaged
+                # GeoTIFF's pixel size without its tie point, which would place outputs at 0, 0.
+                unplaced = any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
+                if src.crs is None or src.transform.is_identity or unplaced:
                     raise InputError(f"{path}: raster has no georeference (CRS and transform)")
                 return RasterInfo(
                     path=str(path),
