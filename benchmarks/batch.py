@@ -72,7 +72,7 @@ def main() -> None:
         model, tile, batch, seconds, start_at = sys.argv[2:]
         print(measure(model, int(tile), int(batch), float(seconds), float(start_at)))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "unet"])
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])

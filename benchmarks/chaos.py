@@ -37,7 +37,6 @@ prints a table: faults by kind, runs, re-runs, outputs checked, mismatches, left
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -68,6 +67,7 @@ from processes import (  # noqa: E402
 from servers import standalone_cluster  # noqa: E402
 
 from benchmarks.run import envelope, write_result  # noqa: E402
+from benchmarks.same_bytes import digests  # noqa: E402
 from sparkinfer.lock import LOCK_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +219,7 @@ class Soak:
         if rc != 0:
             raise RuntimeError(f"the clean run failed (exit {rc}): see {attempt.log}")
         report = json.loads((output / "_run.json").read_text())
-        self.expected = outputs(output)
+        self.expected = digests(output)
         planned = report["rasters"][0]["chunks"]["planned"]
         self.rate = planned / report["timings"]["tasks_s"]
         return {
@@ -314,7 +314,7 @@ class Soak:
     def check(self, output: Path) -> dict:
         """The outputs against the clean run's, what is left beside them, the lock, and the
         report's account of the chunks."""
-        found = outputs(output)
+        found = digests(output)
         mismatches = sorted(
             name
             for name in set(found) | set(self.expected)
@@ -360,23 +360,6 @@ def tail(log: str) -> str:
     """The end of a log, kept in the result: without this machine's home folder (write_result
     takes the checkout's and the temporary folder's paths out)."""
     return log[-2000:].replace(str(Path.home()), "~")
-
-
-def outputs(folder: Path) -> dict[str, str]:
-    """sha256 of each output file (not `_run.json`, whose timings differ, nor hidden files); of
-    a STAC Item, without its `datetime`, when the predictions were made (as
-    benchmarks/same_bytes.py)."""
-    found = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(("_", ".")):
-            continue
-        data = path.read_bytes()
-        if path.name.endswith(".stac.json"):
-            item = json.loads(data)
-            del item["properties"]["datetime"]
-            data = json.dumps(item, sort_keys=True).encode()
-        found[path.name] = hashlib.sha256(data).hexdigest()
-    return found
 
 
 def schedule(faults: int, runs: int, rng: random.Random) -> list[list[str]]:
@@ -437,7 +420,7 @@ def table(totals: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=27)
     parser.add_argument("--faults", type=int, default=30, help="faults over the whole soak")
     parser.add_argument("--runs", type=int, default=8)

@@ -45,7 +45,7 @@ def _read_with_own_handle(task: tuple[str, Window]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=16384)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")

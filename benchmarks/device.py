@@ -275,7 +275,7 @@ PARTS = ("sample", "partition", "shared_gpu", "sample_model")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="work folder; device.json")
     parser.add_argument("--size", type=int, default=8192, help="side of the raster, pixels")
     parser.add_argument("--tile", type=int, default=2048, help="core tile side, pixels")

@@ -96,7 +96,7 @@ def one_model(args: list[str], work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument(
         "--models", nargs="+", default=["tiny", "sample"], choices=["tiny", "sample", "unet"]

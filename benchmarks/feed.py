@@ -96,8 +96,9 @@ def _pipeline_task(task: tuple) -> None:
         pass
 
 
-def pipeline(job, cores: int) -> float:
-    """Seconds of the partition function over all of `job`'s chunks in `cores` processes."""
+def task_slices(job, cores: int) -> tuple:
+    """The stage's spec and its plan table cut as the stage cuts it, 4 tasks per core, for
+    `job`'s chunks, its staging folders emptied."""
     from sparkinfer.job import chunks_to_do, prepare_staging
     from sparkinfer.plan import task_bounds
     from sparkinfer.stages.infer import plan_table, stage_spec
@@ -106,11 +107,19 @@ def pipeline(job, cores: int) -> float:
         prepare_staging(raster, overwrite=True)
     table = plan_table([chunks_to_do(r) for r in job.rasters])
     bounds = task_bounds(len(table), 4 * cores)
-    spec = stage_spec(job, job.rasters)
-    tasks = [
-        (table.slice(start, stop - start), spec, job.package, job.model.bands)
+    slices = [
+        table.slice(start, stop - start)
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
     ]
+    return stage_spec(job, job.rasters), slices
+
+
+def pipeline(job, cores: int) -> float:
+    """Seconds of the partition function over all of `job`'s chunks in `cores` processes."""
+    from sparkinfer.job import prepare_staging
+
+    spec, slices = task_slices(job, cores)
+    tasks = [(part, spec, job.package, job.model.bands) for part in slices]
     with ProcessPoolExecutor(cores) as pool:
         list(pool.map(_pipeline_task, [tasks[0]] * cores))  # imports, one chunk each: untimed
         for raster in job.rasters:
@@ -139,7 +148,7 @@ def _job(raster: Path, model: Path, output: Path, options: list[str]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cores", type=int, default=os.cpu_count())

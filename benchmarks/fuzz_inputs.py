@@ -453,7 +453,7 @@ def settle(cases: list[Case], folder: Path, label: str, batches: Batches) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=27)
     parser.add_argument("--cases", type=int, default=500)
     parser.add_argument("--batch", type=int, default=25, help="cases per run of the job")

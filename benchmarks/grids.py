@@ -529,7 +529,7 @@ def _code() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=4096, help="the scenes' side in pixels")
     parser.add_argument("--repeats", type=int, default=3, help="reads per figure (median)")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "grids")

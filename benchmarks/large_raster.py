@@ -66,7 +66,7 @@ def make_large_raster(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=16384, help="width and height in pixels")
     parser.add_argument("--output", type=Path, required=True, help="GeoTIFF to write")
     args = parser.parse_args()

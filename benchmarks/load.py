@@ -189,7 +189,7 @@ def _in_fresh_process(part: str, value: int, work: Path, cores: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rasters", type=int, default=200)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-load")

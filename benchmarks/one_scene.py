@@ -59,7 +59,7 @@ def run_job(raster: Path, model: Path, output: Path) -> tuple[float, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="tiny", choices=["null", "tiny", "unet"])

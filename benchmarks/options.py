@@ -50,7 +50,7 @@ def cases(work: Path, size: int) -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")

@@ -392,7 +392,7 @@ PATHS = {f.__name__: f for f in (model_only, plain_script, predict_batch_udf, sp
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("path", choices=sorted(PATHS))
     parser.add_argument("--raster", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)

@@ -264,7 +264,7 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tiny-size", type=int, default=8192, help="raster side for tiny")
     parser.add_argument("--unet-size", type=int, default=4096, help="raster side for unet")

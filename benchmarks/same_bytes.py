@@ -24,11 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """sha256 of each file of the run's outputs (not its report, whose timings differ); of a
-    STAC Item, without its `datetime`, which is when the predictions were made."""
+    """sha256 of each file of the run's outputs (not its report, whose timings differ, nor a
+    hidden temporary file); of a STAC Item, without its `datetime`, which is when the
+    predictions were made."""
     found = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("_"):
+        if not path.is_file() or path.name.startswith(("_", ".")):
             continue
         data = path.read_bytes()
         if path.name.endswith(".stac.json"):
@@ -40,7 +41,7 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--tile-size", type=int, default=512)

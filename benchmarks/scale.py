@@ -62,7 +62,7 @@ def cpu_rates(estimate: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--estimate", type=Path, default=RESULTS / "2026-11-27-vm-estimate.json")
     args = parser.parse_args()
     estimate = _load(args.estimate)

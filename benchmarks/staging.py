@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.feed import _job
+from benchmarks.feed import _job, task_slices
 from benchmarks.free_runtime import FreeRuntime
 from benchmarks.large_raster import make_large_raster
 from benchmarks.models import save_model
@@ -119,27 +119,11 @@ def _rasters_written(job) -> dict[str, str]:
 
 def measure(job, pool: ProcessPoolExecutor, cores: int, profile: dict) -> dict:
     from sparkinfer.assembly import assemble_raster
-    from sparkinfer.job import chunks_to_do, prepare_staging
-    from sparkinfer.plan import task_bounds
     from sparkinfer.stages.assemble import assembly_spec
-    from sparkinfer.stages.infer import plan_table, stage_spec
 
-    for raster in job.rasters:
-        prepare_staging(raster, overwrite=True)
-    table = plan_table([chunks_to_do(r) for r in job.rasters])
-    bounds = task_bounds(len(table), 4 * cores)
-    spec = stage_spec(job, job.rasters)
-    tasks = [
-        (
-            table.slice(start, stop - start),
-            spec,
-            job.package,
-            job.model.bands,
-            job.model.channels,
-            profile,
-        )
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
+    spec, slices = task_slices(job, cores)
+    model = job.model
+    tasks = [(part, spec, job.package, model.bands, model.channels, profile) for part in slices]
     started = time.perf_counter()
     timings = [t for part in pool.map(_task, tasks) for t in part]
     pipeline_s = time.perf_counter() - started
@@ -159,7 +143,7 @@ def measure(job, pool: ProcessPoolExecutor, cores: int, profile: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cores", type=int, default=os.cpu_count())

@@ -96,7 +96,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--measure"]:
         print(json.dumps(measure(int(sys.argv[2]), Path(sys.argv[3]))))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "tile-index")
     args = parser.parse_args()
     found = []
