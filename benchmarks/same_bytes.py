@@ -23,21 +23,24 @@ from benchmarks.models import save_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def digests(folder: Path) -> dict[str, str]:
-    """sha256 of each file of the run's outputs (not its report, whose timings differ, nor a
-    hidden temporary file); of a STAC Item, without its `datetime`, which is when the
+def digest(name: str, data: bytes) -> str:
+    """sha256 of one output's bytes; of a STAC Item, without its `datetime`, which is when the
     predictions were made."""
-    found = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(("_", ".")):
-            continue
-        data = path.read_bytes()
-        if path.name.endswith(".stac.json"):
-            item = json.loads(data)
-            del item["properties"]["datetime"]
-            data = json.dumps(item, sort_keys=True).encode()
-        found[path.name] = hashlib.sha256(data).hexdigest()
-    return found
+    if name.endswith(".stac.json"):
+        item = json.loads(data)
+        del item["properties"]["datetime"]
+        data = json.dumps(item, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """`digest` of each file of the run's outputs (not its report, whose timings differ, nor a
+    hidden temporary file)."""
+    return {
+        path.name: digest(path.name, path.read_bytes())
+        for path in sorted(folder.iterdir())
+        if path.is_file() and not path.name.startswith(("_", "."))
+    }
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from sparkinfer.config import CogOptions
 from sparkinfer.outputs import CLASS_NODATA, SCORE_NODATA
 from sparkinfer.plan import PixelWindow
 from sparkinfer.raster import GDAL_CACHE_BYTES, RasterInfo
+from sparkinfer.whole_tiff import check_whole
 
 # Chunks are intermediate: fast compression, tiled so the COG driver reads them by block; a
 # chunk's scores are written band by band (`executor.merge` holds them so), not interleaved.
@@ -174,6 +175,9 @@ class ChunkWriter:
         if tags:
             self._classes.update_tags(**tags)
         self._close()
+        for tmp, _, dataset in self._files:
+            if dataset is not None:
+                check_whole(tmp)  # each file whole before any is committed
         for tmp, final, _ in self._files:
             storage.commit(tmp, final)
 
@@ -328,5 +332,6 @@ def assemble_cog(
                 RESAMPLING=layout.resampling,
                 BIGTIFF="IF_SAFER",
             )
+        check_whole(path)
     finally:
         vrt.unlink(missing_ok=True)

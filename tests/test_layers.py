@@ -25,6 +25,7 @@ FLOORS = [
         "stac",
         "averaging",
         "estimate",
+        "whole_tiff",
         "writers",
         "catalog",
         "chips",
