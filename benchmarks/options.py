@@ -1,13 +1,16 @@
 """The cost of the job's options: the same job with each option, side by side in one session.
 
     .venv/bin/python -m benchmarks.options [--repeats 2] [--size 1024]
+                                           [--cases sample,unet] [--options none,--tta flips]
 
-Two cases: the sample (data/'s NC scene and land-cover model, tile 128), where the job's fixed
-costs weigh, and the benchmark U-Net on a SIZE x SIZE mirror of it, where the model's do. Every
-option runs `--repeats` times in a rotating order on one warm local[2] session, each run from
-scratch (--overwrite). Reported: the median wall time of the run and of its inference stage, and
-their ratio to the same case without options. Writes benchmarks/results/DATE-HOST-options.json
-and prints the table of docs/performance.md.
+Three cases: the sample (data/'s NC scene and land-cover model, tile 128), where the job's fixed
+costs weigh; the benchmark U-Net on a SIZE x SIZE mirror of it, where the model's do; and
+`sample-mirror`, the sample's model on a SIZE x SIZE mirror of its scene (all 6 bands) at the
+job's default tiles. `--cases` and `--options` pick some (default: the first two cases, every
+option). Each option runs `--repeats` times in a rotating order on one warm local[2] session,
+each run from scratch (--overwrite). Reported: the median wall time of the run and of its
+inference stage, and their ratio to the same case without options. Writes
+benchmarks/results/DATE-HOST-options.json and prints the table of docs/performance.md.
 """
 
 from __future__ import annotations
@@ -24,37 +27,49 @@ from benchmarks.paths import SCALE
 from benchmarks.run import envelope, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_BANDS = (1, 2, 3, 4, 5, 6)  # the land-cover model's
 OPTIONS = {  # name: the job's options on top of the case's (a function of them)
     "none": lambda case: {},
     "--tta flips": lambda case: {"tta": "flips"},
     "--tta d4": lambda case: {"tta": "d4"},
     # The model twice: the cost of a second model, without a second model to build.
     "--model M M": lambda case: {"model": [case["model"], case["model"]]},
+    "--confidence": lambda case: {"confidence": "maxprob"},
 }
 
 
-def cases(work: Path, size: int) -> dict[str, dict]:
-    return {
-        "sample": dict(
+def case_options(name: str, work: Path, size: int) -> dict:
+    """The job's options of case `name` (its inputs made in `work` on first use)."""
+    if name == "sample":
+        return dict(
             input=[str(ROOT / "data" / "nc_landsat7_2000.tif")],
             model=str(ROOT / "data" / "landcover.keras"),
             tile_size=128,
-        ),
-        "unet": dict(
+        )
+    if name == "unet":
+        return dict(
             input=[str(make_large_raster(work / f"mirror-{size}.tif", size))],
             model=str(save_model("unet", work / "models")),
             tile_size=512,
             normalization={"scale": SCALE},
-        ),
-    }
+        )
+    if name == "sample-mirror":
+        mirror = make_large_raster(work / f"sample-{size}.tif", size, bands=SAMPLE_BANDS)
+        return dict(input=[str(mirror)], model=str(ROOT / "data" / "landcover.keras"))
+    raise SystemExit(f"--cases: no case {name!r}; sample, unet or sample-mirror")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--cases", default="sample,unet", help="comma-separated")
+    parser.add_argument("--options", default=",".join(OPTIONS), help="comma-separated")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")
     args = parser.parse_args()
+    chosen = args.options.split(",")
+    if "none" not in chosen:
+        chosen.insert(0, "none")  # what each option is compared with
 
     from pyspark.sql import SparkSession
 
@@ -68,8 +83,9 @@ def main() -> None:
         .getOrCreate()
     )
     runs: dict = {}
-    for case, base in cases(args.work, args.size).items():
-        names = list(OPTIONS)
+    for case in args.cases.split(","):
+        base = case_options(case, args.work, args.size)
+        names = chosen
         for repeat in range(args.repeats + 1):  # the first round warms the workers: not kept
             for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
                 options = (
@@ -96,14 +112,15 @@ def main() -> None:
         }
         for case, by_option in runs.items()
     }
-    write_result(envelope(args) | {"runs": runs, "medians": medians}, "options")
+    kind = "options" if args.cases == "sample,unet" else f"options-{args.cases.replace(',', '-')}"
+    write_result(envelope(args) | {"runs": runs, "medians": medians}, kind)
     print(
         "| option | "
         + " | ".join(f"{c}: run | {c}: stage | {c}: stage ratio" for c in medians)
         + " |"
     )
     print("|---|" + "---|---|---|" * len(medians))
-    for name in OPTIONS:
+    for name in chosen:
         cells = []
         for by_option in medians.values():
             m, base = by_option[name], by_option["none"]

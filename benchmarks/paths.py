@@ -276,8 +276,8 @@ def predict_batch_udf(args) -> dict:
     from pyspark.sql.functions import array
     from pyspark.sql.types import ArrayType, ByteType
 
+    from sparkinfer.cogs import assemble_cog
     from sparkinfer.config import CogOptions
-    from sparkinfer.writers import assemble_cog
 
     spark, startup = _started_spark(args.cores)
     try:

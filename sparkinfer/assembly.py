@@ -21,6 +21,7 @@ import pyarrow as pa
 from sparkinfer import __version__, storage
 from sparkinfer.catalog import write_stac_item, write_tile_index
 from sparkinfer.chips import output_grid, write_chip_table
+from sparkinfer.cogs import assemble_cog, write_chunks_vrt
 from sparkinfer.config import CogOptions
 from sparkinfer.cuts import ChipGrid, Tiling
 from sparkinfer.errors import first_line
@@ -30,7 +31,7 @@ from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
 from sparkinfer.runtimes import Runtime
 from sparkinfer.verify import sample_window, verify
-from sparkinfer.writers import ChunkSpec, assemble_cog, write_chunks_vrt
+from sparkinfer.writers import ChunkSpec
 from sparkinfer.zarr_map import tile_marker, write_tile
 
 
@@ -47,6 +48,7 @@ class AssemblySpec:
     min_area: float
     bands: tuple[int, ...]
     verify: bool
+    confidence: str | None = None  # the confidence's measure, where it is written
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -171,6 +173,17 @@ def _write_outputs(
     if raster.scores_path is not None:
         with storage.staged(raster.scores_path) as scores:
             assemble_cog(grid, chunks, scores, spec.cog, scores=True, **common)
+    if raster.confidence_path is not None:
+        with storage.staged(raster.confidence_path) as confidence:
+            assemble_cog(
+                grid,
+                chunks,
+                confidence,
+                spec.cog,
+                scores=False,
+                confidence=spec.confidence,
+                **common,
+            )
     with storage.staged(raster.classes_path) as classes:
         assemble_cog(grid, chunks, classes, spec.cog, scores=False, **common)
         # From the local COG, before its commit: on S3 no download of what was just made.
@@ -193,6 +206,7 @@ def _write_outputs(
     assets = {
         "classes": raster.classes_path,
         "scores": raster.scores_path,
+        "confidence": raster.confidence_path,
         "quicklook": raster.quicklook_path,
         "polygons": raster.polygons_path,
     }

@@ -236,6 +236,7 @@ def write_stac_item(
     roles = {
         "classes": ["data"],
         "scores": ["data"],
+        "confidence": ["data"],
         "quicklook": ["overview"],
         "tiles": ["metadata"],
         "chips": ["data"],

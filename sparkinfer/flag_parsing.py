@@ -1,6 +1,6 @@
 """How argparse reads the command line's words: the flags' values (comma-separated numbers or
-names, a whole number or 'auto'), `--bounds` with a negative first value, and an error as one
-line. `flags` lists the flags with these."""
+names, a whole number or 'auto'), a switch that gives way to a value, `--bounds` with a
+negative first value, and an error as one line. `flags` lists the flags with these."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ from sparkinfer.errors import ConfigError
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage block
         raise ConfigError(f"command line: {message} (see --help)")
+
+
+class UnlessGiven(argparse.Action):
+    """A switch that sets its `const` unless a value was given already: `--confidence` after
+    `--confidence-measure margin` keeps margin."""
+
+    def __init__(self, option_strings, dest, const, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, const=const, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, self.dest, None) is None:
+            setattr(namespace, self.dest, self.const)
 
 
 def floats(text: str) -> list[float]:

@@ -9,7 +9,15 @@ from typing import Any, get_args
 
 from sparkinfer.config import JobConfig, Resampling
 from sparkinfer.config_sources import load_config
-from sparkinfer.flag_parsing import Parser, floats, int_or_auto, ints, joined_bounds, names
+from sparkinfer.flag_parsing import (
+    Parser,
+    UnlessGiven,
+    floats,
+    int_or_auto,
+    ints,
+    joined_bounds,
+    names,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Spark speculation: a straggling task is copied to another executor",
     )
     add("--scores", action="store_true", default=None, help="also write per-class scores")
+    add("--confidence", action=UnlessGiven, const="maxprob", help="also write NAME.confidence.tif")
+    add(
+        "--confidence-measure",
+        dest="confidence",
+        choices=get_args(get_args(JobConfig.model_fields["confidence"].annotation)[0]),
+        help="how sure the model is of each pixel (implies --confidence): maxprob (default), "
+        "the top probability; margin, the top minus the second; entropy, 1 - normalised entropy",
+    )
     add(
         "--verify",
         action="store_true",

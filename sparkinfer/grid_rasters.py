@@ -40,6 +40,7 @@ def check_grid_run(options: GridOptions, config: JobConfig, tiling: Tiling | Chi
     for flag, used in (
         ("--merge blend", config.merge == "blend"),
         ("--quicklook with --format zarr", config.quicklook and options.format == "zarr"),
+        ("--confidence with --format zarr", config.confidence and options.format == "zarr"),
         ("--polygons", config.polygons),
         ("--verify", config.verify),
         ("--estimate", config.estimate),
@@ -137,6 +138,9 @@ def grid_rasters(
                 identity=made_from,
                 classes_path=storage.join(folder, f"{name}.tif"),
                 scores_path=storage.join(folder, f"{name}.scores.tif") if config.scores else None,
+                confidence_path=(
+                    storage.join(folder, f"{name}.confidence.tif") if config.confidence else None
+                ),
                 quicklook_path=None,  # the map has one (`map_index`), not each tile
                 polygons_path=None,
                 staging=storage.join(output, STAGING_FOLDER, f"{name}-{made_from}"),

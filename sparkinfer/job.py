@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import rasterio
 
 from sparkinfer import storage
+from sparkinfer.cogs import BandLayout
 from sparkinfer.config import JobConfig
 from sparkinfer.estimate import ESTIMATE_FILE, compared, job_identity
 from sparkinfer.executor import CHUNK_RESULT_SCHEMA
@@ -46,7 +47,7 @@ from sparkinfer.session import (
 )
 from sparkinfer.stages.assemble import assemble_on_executors
 from sparkinfer.stages.infer import infer_and_write, plan_table, stage_spec
-from sparkinfer.writers import BandLayout, is_committed
+from sparkinfer.writers import is_committed
 from sparkinfer.zarr_map import create_map_store
 
 RUN_REPORT = "_run.json"
@@ -101,12 +102,15 @@ def chunks_to_do(raster: RasterJob) -> pa.Table:
     committed = storage.list_names(raster.staging)  # one listing, not a stat per chunk
     if not committed:
         return chunks
-    scores, polygons = raster.scores_path is not None, raster.polygons_path is not None
+    scores = raster.scores_path is not None
+    layers = dict(
+        confidence=raster.confidence_path is not None, polygons=raster.polygons_path is not None
+    )
     done = []
     for row, col in zip(
         chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(), strict=True
     ):
-        done.append(is_committed(committed, row, col, scores, polygons=polygons))
+        done.append(is_committed(committed, row, col, scores, **layers))
     return chunks.filter(pa.array([not d for d in done], pa.bool_()))
 
 
@@ -175,7 +179,11 @@ def _run(spark, job: Job, command_started: float | None) -> RunOutcome:
         tasks = job.config.tasks_per_slot * task_slots(spark)
         t = time.perf_counter()
         progress = Progress(
-            [r.staging for r in todo], chunk_tables, job.config.scores, polygons=job.config.polygons
+            [r.staging for r in todo],
+            chunk_tables,
+            job.config.scores,
+            confidence=job.config.confidence is not None,
+            polygons=job.config.polygons,
         )
         with reported(progress, job.config.progress_seconds):
             # A few tasks per slot: a faster executor takes more of them, and a lost task is a

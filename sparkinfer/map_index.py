@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 import rasterio.warp
 
 from sparkinfer import __version__, storage
+from sparkinfer.cogs import BandLayout, vrt_xml
 from sparkinfer.inspection import ModelInfo
 from sparkinfer.plan import PixelWindow
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster import RasterInfo
 from sparkinfer.raster_job import RasterJob
-from sparkinfer.writers import BandLayout, vrt_xml
 from sparkinfer.zarr_map import finish_map_store
 
 MAP_VRT = "map.vrt"

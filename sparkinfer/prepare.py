@@ -75,6 +75,7 @@ def _check_scores_needed(config: JobConfig, model: ModelInfo) -> None:
         return
     for flag, need, used in (
         ("--scores", "write", config.scores),
+        ("--confidence", "measure", config.confidence is not None),
         (f"--tta {config.tta}", "average", config.tta != "none"),
         ("--merge blend", "blend", config.merge == "blend"),
         (f"--{config.activation}", "turn into probabilities", config.activation != "none"),
@@ -248,6 +249,9 @@ def _raster_jobs(
                 identity=made_from,
                 classes_path=storage.join(output, f"{name}.tif"),
                 scores_path=storage.join(output, f"{name}.scores.tif") if config.scores else None,
+                confidence_path=(
+                    storage.join(output, f"{name}.confidence.tif") if config.confidence else None
+                ),
                 quicklook_path=storage.join(output, f"{name}.png") if config.quicklook else None,
                 polygons_path=(
                     storage.join(output, f"{name}.polygons.parquet") if config.polygons else None

@@ -36,13 +36,12 @@ class Progress:
         staging: list[str],
         chunk_tables: list[pa.Table],
         scores: bool,
-        *,
-        polygons: bool = False,
+        **layers,
     ) -> None:
         self.folders = []  # (folder, {name of the file a chunk commits last: tiles})
         for folder, chunks in zip(staging, chunk_tables, strict=True):
             names = [
-                chunk_files(r, c, scores, polygons=polygons)[-1]
+                chunk_files(r, c, scores, **layers)[-1]
                 for r, c in zip(
                     chunks["chunk_row"].to_pylist(), chunks["chunk_col"].to_pylist(), strict=True
                 )

@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
 from sparkinfer import storage
+from sparkinfer.cogs import hex_rgb
 from sparkinfer.outputs import CLASS_NODATA
-from sparkinfer.writers import hex_rgb
 
 MAX_SIDE = 1024
 NODATA_RGB = (255, 255, 255)

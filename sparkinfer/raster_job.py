@@ -29,6 +29,7 @@ class RasterJob:
     identity: str  # hash of input, model and config: what the outputs were made from
     classes_path: str  # local path or s3:// URI, as every location below
     scores_path: str | None
+    confidence_path: str | None
     quicklook_path: str | None
     polygons_path: str | None
     staging: str
@@ -66,6 +67,7 @@ class RasterJob:
         paths = (
             self.classes_path,
             self.scores_path,
+            self.confidence_path,
             self.quicklook_path,
             table,
             self.polygons_path,
@@ -98,6 +100,7 @@ def identity(
                 "activation",
                 "tta",
                 "scores",
+                "confidence",
                 "backend",
                 "precision",
                 "cog",

@@ -17,6 +17,7 @@ from affine import Affine
 from sparkinfer import __version__, storage
 from sparkinfer.assembly import AssemblySpec
 from sparkinfer.catalog import write_stac_item, write_tile_index
+from sparkinfer.cogs import assemble_cog
 from sparkinfer.config import TASKS_PER_SLOT
 from sparkinfer.devices import TaskResources
 from sparkinfer.executor import CHUNK_RESULT_SCHEMA, StageSpec, infer_partition
@@ -24,7 +25,7 @@ from sparkinfer.model import ModelPackage, load_for_task
 from sparkinfer.prepare import Job
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster_job import RasterJob
-from sparkinfer.writers import ChunkSpec, assemble_cog
+from sparkinfer.writers import ChunkSpec
 
 ASSEMBLED_PER_RASTER = 2  # sampled chunks made into COGs per raster: for rates, not outputs
 

@@ -215,6 +215,7 @@ def test_cut_argmax_of_a_model_it_cannot_cut_is_one_line(shipped, name, message)
     "options, refused",
     [
         (dict(scores=True), "--scores has no scores to write"),
+        (dict(confidence="maxprob"), "--confidence has no scores to measure"),
         (dict(tta="flips"), "--tta flips has no scores to average"),
         (dict(merge="blend"), "--merge blend has no scores to blend"),
         (dict(activation="softmax"), "--softmax has no scores to turn into probabilities"),

@@ -101,9 +101,13 @@ def commit_chunk(
         core.height,
         core.width,
     )
-    writer = ChunkWriter(files, spec.grid(raster_index), spec.channels, spec.scores)
+    writer = ChunkWriter(
+        files, spec.grid(raster_index), spec.channels, spec.scores, spec.confidence is not None
+    )
     try:
-        writer.write(core.row_off, core.col_off, predicted.classes, predicted.scores)
+        writer.write(
+            core.row_off, core.col_off, predicted.classes, predicted.scores, predicted.confidence
+        )
         tags: dict[str, str] = {}
         for sink in sinks:
             tags |= sink(writer, raster_index, chunk, predicted)

@@ -17,6 +17,7 @@ import numpy as np
 
 from sparkinfer.blend import BlendedChunk
 from sparkinfer.chips import ChipResult
+from sparkinfer.confidence import confidence as confidence_of
 from sparkinfer.executor.predict import Prediction
 from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.plan import PixelWindow, Tile
@@ -29,6 +30,7 @@ class PredictedChunk:
     classes: np.ndarray  # uint8 (height, width) of its core, CLASS_NODATA where nothing valid
     scores: np.ndarray | None  # float32 (height, width, channels), NaN there; when asked for
     chips: tuple[ChipResult, ...] = ()  # a chip classifier's, in the order they were added
+    confidence: np.ndarray | None = None  # uint8 (height, width), CLASS_NODATA there; if asked
 
 
 class ChunkPrediction(Protocol):
@@ -45,9 +47,12 @@ class ChunkPrediction(Protocol):
 class CropChunk:
     """Windows cropped to their cores, which tile the chunk's core."""
 
-    def __init__(self, core: PixelWindow, channels: int, scores: bool) -> None:
+    def __init__(
+        self, core: PixelWindow, channels: int, scores: bool, confidence: bool = False
+    ) -> None:
         self.core = core
         self.classes = np.full((core.height, core.width), CLASS_NODATA, np.uint8)
+        self.confidence = np.full_like(self.classes, CLASS_NODATA) if confidence else None
         # Scores are (height, width, channels) but held band by band, as the chunk's file is
         # written: each window's are transposed once, here, and written without a copy.
         self.scores = (
@@ -63,17 +68,21 @@ class CropChunk:
         self.classes[here] = prediction.classes
         if self.scores is not None:
             self.scores[here] = prediction.scores
+        if self.confidence is not None:
+            self.confidence[here] = prediction.confidence
 
     def result(self) -> PredictedChunk:
-        return PredictedChunk(self.classes, self.scores)
+        return PredictedChunk(self.classes, self.scores, confidence=self.confidence)
 
 
 class ChipChunk(CropChunk):
     """A chip classifier's chips: each a cell of the chunk's class map (on the output grid) and
     a row of its chip table."""
 
-    def __init__(self, core: PixelWindow, channels: int, scores: bool) -> None:
-        super().__init__(core, channels, scores)
+    def __init__(
+        self, core: PixelWindow, channels: int, scores: bool, confidence: bool = False
+    ) -> None:
+        super().__init__(core, channels, scores, confidence)
         self.chips: list[ChipResult] = []
 
     def add(self, window: Tile, prediction: Prediction | None) -> None:
@@ -92,7 +101,7 @@ class ChipChunk(CropChunk):
         )
 
     def result(self) -> PredictedChunk:
-        return PredictedChunk(self.classes, self.scores, tuple(self.chips))
+        return PredictedChunk(self.classes, self.scores, tuple(self.chips), self.confidence)
 
 
 class BlendChunk:
@@ -100,9 +109,17 @@ class BlendChunk:
     blended scores'. Windows must be added in the plan's row-major order (each pixel's sum is
     then the same, to the bit, whichever chunk holds it)."""
 
-    def __init__(self, core: PixelWindow, channels: int, scores: bool, overlap: int) -> None:
+    def __init__(
+        self,
+        core: PixelWindow,
+        channels: int,
+        scores: bool,
+        overlap: int,
+        confidence: str | None = None,
+    ) -> None:
         self.blended = BlendedChunk(core, channels, overlap)
         self.keep_scores = scores
+        self.measure = confidence  # of the blended scores
 
     def add(self, window: Tile, prediction: Prediction | None) -> None:
         if prediction is not None:  # a window whose part here is all nodata adds nothing
@@ -110,4 +127,5 @@ class BlendChunk:
 
     def result(self) -> PredictedChunk:
         classes, scores = self.blended.result()
-        return PredictedChunk(classes, scores if self.keep_scores else None)
+        confidence = None if self.measure is None else confidence_of(scores, self.measure)
+        return PredictedChunk(classes, scores if self.keep_scores else None, confidence=confidence)

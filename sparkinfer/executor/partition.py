@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 
@@ -52,12 +53,13 @@ class Parts:
 
     @classmethod
     def of(cls, spec: StageSpec) -> Parts:
-        channels, scores = spec.channels, spec.scores
+        channels, scores, measure = spec.channels, spec.scores, spec.confidence
+        confidence = measure is not None
         if spec.chips:
             return cls(
                 kept_part=whole_window,
-                prediction_of=chip_prediction,
-                chunk=lambda chunk: ChipChunk(chunk.core, channels, scores),
+                prediction_of=partial(chip_prediction, confidence=measure),
+                chunk=lambda chunk: ChipChunk(chunk.core, channels, scores, confidence),
                 sinks=(ChipTable(channels),),
                 with_scores=True,
             )
@@ -69,16 +71,16 @@ class Parts:
             return cls(
                 kept_part=window_core,
                 prediction_of=core_prediction,
-                chunk=lambda chunk: BlendChunk(chunk.core, channels, scores, overlap),
+                chunk=lambda chunk: BlendChunk(chunk.core, channels, scores, overlap, measure),
                 sinks=sinks,
                 with_scores=True,
             )
         return cls(
             kept_part=window_core,
-            prediction_of=core_prediction,
-            chunk=lambda chunk: CropChunk(chunk.core, channels, scores),
+            prediction_of=partial(core_prediction, confidence=measure, keep_scores=scores),
+            chunk=lambda chunk: CropChunk(chunk.core, channels, scores, confidence),
             sinks=sinks,
-            with_scores=scores,
+            with_scores=scores or confidence,
         )
 
 
@@ -236,7 +238,12 @@ def _skip_committed(
             if index not in listed:
                 listed[index] = storage.list_names(spec.staging[index])
             done = is_committed(
-                listed[index], chunk.row, chunk.col, spec.scores, polygons=spec.polygons
+                listed[index],
+                chunk.row,
+                chunk.col,
+                spec.scores,
+                confidence=spec.confidence is not None,
+                polygons=spec.polygons,
             )
             todo.append(not done)
             if done:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparkinfer.confidence import confidence as confidence_of
 from sparkinfer.executor.read import PlacedWindow, ReadWindow, window_core
 from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.runtimes import Runtime
@@ -21,6 +22,7 @@ class Prediction:
     classes: np.ndarray  # uint8 (height, width), CLASS_NODATA where pixels are invalid
     scores: np.ndarray | None  # float32 (height, width, channels), NaN there; when asked for
     valid_share: float | None = None  # of a chip: the share of its pixels that are valid
+    confidence: np.ndarray | None = None  # uint8 (height, width), CLASS_NODATA there; if asked
 
 
 @dataclass(frozen=True)
@@ -38,26 +40,46 @@ class PredictedWindow:
 PredictionOf = Callable[[ReadWindow, np.ndarray, np.ndarray | None], Prediction]
 
 
-def core_prediction(read: ReadWindow, classes: np.ndarray, scores: np.ndarray | None) -> Prediction:
-    """A pixel model's output over the window's core, nodata where its pixels are invalid."""
+def core_prediction(
+    read: ReadWindow,
+    classes: np.ndarray,
+    scores: np.ndarray | None,
+    confidence: str | None = None,
+    keep_scores: bool = True,
+) -> Prediction:
+    """A pixel model's output over the window's core, nodata where its pixels are invalid;
+    with its `confidence` by that measure (`sparkinfer.confidence`), and its scores where they
+    are kept (`keep_scores`: not where they are asked for the confidence alone)."""
     core = window_core(read.place.window)
     core_classes = classes[core].copy()
-    core_scores = None if scores is None else scores[core].astype(np.float32, copy=True)
+    core_scores = None if scores is None else scores[core].astype(np.float32, copy=keep_scores)
+    measured = None if confidence is None else confidence_of(core_scores, confidence)
+    if not keep_scores:
+        core_scores = None
     if not read.kept_valid.all():  # a boolean index scans every pixel: only where it must
         invalid = ~read.kept_valid
         core_classes[invalid] = CLASS_NODATA
         if core_scores is not None:
             core_scores[invalid] = np.nan
-    return Prediction(core_classes, core_scores)
+        if measured is not None:
+            measured[invalid] = CLASS_NODATA
+    return Prediction(core_classes, core_scores, confidence=measured)
 
 
-def chip_prediction(read: ReadWindow, classes: np.ndarray, scores: np.ndarray | None) -> Prediction:
+def chip_prediction(
+    read: ReadWindow,
+    classes: np.ndarray,
+    scores: np.ndarray | None,
+    confidence: str | None = None,
+) -> Prediction:
     """A chip classifier's output: the chip's one cell, and the share of its pixels that are
-    valid."""
+    valid; with its `confidence` by that measure."""
+    cell = scores.astype(np.float32).reshape(1, 1, -1)
     return Prediction(
         classes.reshape(1, 1),
-        scores.astype(np.float32).reshape(1, 1, -1),
+        cell,
         float(read.kept_valid.mean()),
+        None if confidence is None else confidence_of(cell, confidence),
     )
 
 

@@ -30,6 +30,7 @@ class StageSpec:
     scores: bool
     polygons: bool  # each chunk's polygons are written beside it (`sparkinfer.polygons`)
     mosaics: tuple[MosaicSource | None, ...] = ()  # per raster: a grid tile's inputs, or None
+    confidence: str | None = None  # the measure of each chunk's confidence written; None: none
 
     @property
     def blend(self) -> bool:

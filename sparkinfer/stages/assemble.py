@@ -39,6 +39,7 @@ def assembly_spec(job: Job) -> AssemblySpec:
         min_area=config.min_area,
         bands=job.bands,
         verify=config.verify,
+        confidence=config.confidence,
     )
 
 

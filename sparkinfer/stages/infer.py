@@ -38,6 +38,7 @@ def stage_spec(job: Job, rasters: list[RasterJob], gpu_share: float = 1) -> Stag
         gpu_share=gpu_share,
         channels=job.model.channels,
         scores=job.config.scores,
+        confidence=job.config.confidence,
         polygons=job.config.polygons,
         mosaics=tuple(r.mosaic for r in rasters),
     )

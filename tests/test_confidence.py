@@ -1,0 +1,161 @@
+"""`--confidence`: how sure the model is of each pixel, from its scores (`sparkinfer.confidence`):
+exact values on hand-made scores, then whole rasters written by the job against numpy."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from builders import whole_image_outputs, write_raster
+from conftest import ROOT
+
+from sparkinfer.confidence import confidence
+from sparkinfer.flags import config_from_args
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "scores, expected",
+    [
+        # maxprob, margin, entropy; each x 255, rounded (half to even), held at 254 at most.
+        ([0.5, 0.25, 0.25], {"maxprob": 128, "margin": 64, "entropy": 14}),
+        ([1.0, 0.0, 0.0], {"maxprob": 254, "margin": 254, "entropy": 254}),
+        ([1 / 3, 1 / 3, 1 / 3], {"maxprob": 85, "margin": 0, "entropy": 0}),
+        ([0.1, 0.6, 0.3], {"maxprob": 153, "margin": 76, "entropy": 47}),
+        # One sigmoid channel p: the classes (1 - p, p).
+        ([0.75], {"maxprob": 191, "margin": 128, "entropy": 48}),
+        ([0.5], {"maxprob": 128, "margin": 0, "entropy": 0}),
+        # No scores: the class map's nodata.
+        ([NAN, NAN, NAN], {"maxprob": 255, "margin": 255, "entropy": 255}),
+        ([NAN], {"maxprob": 255, "margin": 255, "entropy": 255}),
+    ],
+)
+def test_each_measure_of_hand_made_scores(scores, expected):
+    pixel = np.array(scores, np.float32).reshape(1, 1, -1)
+    assert {name: int(confidence(pixel, name)[0, 0]) for name in expected} == expected
+
+
+def test_the_entropy_of_three_classes_by_hand():
+    p = np.array([0.1, 0.6, 0.3])
+    entropy = -(p * np.log(p)).sum() / math.log(3)
+    assert round((1 - entropy) * 255) == 47  # the table's value above
+
+
+def test_a_whole_array_is_each_pixel_alone():
+    rng = np.random.default_rng(28)
+    logits = rng.normal(size=(37, 41, 5)).astype(np.float32)
+    scores = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    scores[3:7, 10:20] = np.nan
+    for name in ("maxprob", "margin", "entropy"):
+        whole = confidence(scores, name)
+        assert whole.dtype == np.uint8 and whole.shape == (37, 41)
+        assert (whole[3:7, 10:20] == 255).all() and (whole[~np.isnan(scores[..., 0])] < 255).all()
+        alone = np.array(
+            [
+                [confidence(scores[r : r + 1, c : c + 1], name)[0, 0] for c in range(41)]
+                for r in range(37)
+            ]
+        )
+        np.testing.assert_array_equal(whole, alone)
+    top = np.sort(scores, axis=-1)[..., ::-1]
+    valid = ~np.isnan(scores[..., 0])
+    np.testing.assert_array_equal(
+        confidence(scores, "maxprob")[valid], np.minimum(np.rint(top[..., 0] * 255), 254)[valid]
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, measure",
+    [
+        ([], None),
+        (["--confidence"], "maxprob"),
+        (["--confidence-measure", "margin"], "margin"),
+        (["--confidence", "--confidence-measure", "entropy"], "entropy"),
+        (["--confidence-measure", "entropy", "--confidence"], "entropy"),
+    ],
+)
+def test_the_flags_name_the_measure(flags, measure):
+    argv = ["--input", "in.tif", "--model", "m.keras", "--output", "out", *flags]
+    assert config_from_args(argv, ROOT / "conf" / "default.yaml").confidence == measure
+
+
+@pytest.fixture(scope="class")
+def scene(tmp_path_factory):
+    mask = np.zeros((150, 170), bool)
+    mask[:, :30] = True  # nodata: a band of whole tiles and parts of others
+    mask[90:101, 120:133] = True
+    folder = tmp_path_factory.mktemp("confidence-in")
+    return write_raster(folder / "scene.tif", 150, 170, seed=28, nodata=0, nodata_mask=mask), mask
+
+
+def read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.profile, src.descriptions
+
+
+class TestWrittenByTheJob:
+    """The job's NAME.confidence.tif: the measure of its own NAME.scores.tif to the byte, on the
+    class map's grid and nodata; and the whole image's within rounding."""
+
+    @pytest.mark.parametrize(
+        "measure, options",
+        [
+            ("margin", dict(tile_size=64)),  # cropped windows, the model's halo
+            ("entropy", dict(tile_size=64, merge="blend", halo="auto")),  # blended windows
+        ],
+    )
+    def test_the_confidence_is_the_measure_of_the_scores(
+        self, tmp_path, run, models, scene, measure, options
+    ):
+        raster, mask = scene
+        output = tmp_path / "out"
+        run(
+            input=[str(raster)],
+            model=str(models["conv"]),
+            output=str(output),
+            scores=True,
+            confidence=measure,
+            **options,
+        )
+        written, profile, descriptions = read(output / "scene.confidence.tif")
+        scores, _, _ = read(output / "scene.scores.tif")
+        classes, class_profile, _ = read(output / "scene.tif")
+        assert profile["dtype"] == "uint8" and profile["nodata"] == 255 and profile["count"] == 1
+        assert (profile["transform"], profile["crs"]) == (
+            class_profile["transform"],
+            class_profile["crs"],
+        )
+        assert descriptions == (f"confidence ({measure}; 0 to 254 for 0 to 1)",)
+        expected = confidence(np.moveaxis(scores, 0, -1), measure)
+        np.testing.assert_array_equal(written[0], expected)
+        np.testing.assert_array_equal(written[0] == 255, classes[0] == 255)
+        if "merge" not in options:  # seam-free: the whole image's, up to float rounding
+            _, whole, valid = whole_image_outputs(models["conv"], raster)
+            np.testing.assert_array_equal(valid, ~mask)
+            near = np.abs(written[0].astype(int) - confidence(whole, measure).astype(int))
+            assert near.max() <= 1 and (near == 0).mean() > 0.999
+        item = json.loads((output / "scene.stac.json").read_text())
+        assert item["assets"]["confidence"]["href"] == "./scene.confidence.tif"
+        assert item["assets"]["confidence"]["roles"] == ["data"]
+
+    def test_a_run_resumes_its_confidence_and_another_measure_is_a_new_run(
+        self, tmp_path, run, models, scene
+    ):
+        raster, _ = scene
+        common = dict(input=[str(raster)], model=str(models["conv"]), output=str(tmp_path / "o"))
+        first = run(**common, tile_size=64, confidence="maxprob")
+        assert first["rasters"][0]["status"] == "written"
+        again = run(**common, tile_size=64, confidence="maxprob")
+        assert again["rasters"][0]["status"] == "complete" and again["tiles"]["inferred"] == 0
+        other = run(**common, tile_size=64, confidence="margin")
+        assert other["rasters"][0]["status"] == "written" and other["tiles"]["inferred"] > 0
+        # Without --scores, the windows' scores are measured and dropped: the same values.
+        written, _, descriptions = read(tmp_path / "o" / "scene.confidence.tif")
+        assert descriptions == ("confidence (margin; 0 to 254 for 0 to 1)",)
+        _, whole, valid = whole_image_outputs(models["conv"], raster)
+        np.testing.assert_array_equal(written[0] == 255, ~valid)
+        near = np.abs(written[0].astype(int) - confidence(whole, "margin").astype(int))
+        assert near.max() <= 1 and (near == 0).mean() > 0.999
+        assert not (tmp_path / "o" / "scene.scores.tif").exists()
