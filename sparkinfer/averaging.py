@@ -14,12 +14,12 @@ probabilities); its receptive field is the widest of theirs, its stride the coar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from sparkinfer.runtimes.base import Augmentation, Runtime, classes_of
+from sparkinfer.runtimes.base import Agreed, Augmentation, Runtime, agreed, classes_of, mean
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,22 @@ class Augmented(Runtime):
     def classify(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        scores = mean(self._members(pixels, valid))
+        return classes_of(scores), (scores if with_scores else None)
+
+    def classify_with_agreement(
+        self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
+    ) -> Agreed:
+        return agreed(list(self._members(pixels, valid)), with_scores)
+
+    def _members(self, pixels: np.ndarray, valid: np.ndarray | None) -> Iterator[np.ndarray]:
+        """Each transform's scores of the batch, mapped back."""
+
         def call(t: Transform) -> np.ndarray:
             mask = None if valid is None else np.ascontiguousarray(t.forward(valid))
             return self.runtime.classify(np.ascontiguousarray(t.forward(pixels)), mask, True)[1]
 
-        scores = self._mean(call)
-        return classes_of(scores), (scores if with_scores else None)
+        return (t.inverse(np.asarray(call(t), np.float32)) for t in self.transforms)
 
     def _mean(self, call: Callable[[Transform], np.ndarray]) -> np.ndarray:
         return mean(t.inverse(np.asarray(call(t), np.float32)) for t in self.transforms)
@@ -115,11 +125,7 @@ class Ensemble(Runtime):
         scores = mean(r.classify(pixels, valid, True)[1] for r in self.runtimes)
         return classes_of(scores), (scores if with_scores else None)
 
-
-def mean(arrays: Iterable[np.ndarray]) -> np.ndarray:
-    """The float32 mean of same-shaped arrays, summed in their order."""
-    total, count = None, 0
-    for array in arrays:
-        total = array.astype(np.float32, copy=True) if total is None else total + array
-        count += 1
-    return total / np.float32(count)
+    def classify_with_agreement(
+        self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
+    ) -> Agreed:
+        return agreed([r.classify(pixels, valid, True)[1] for r in self.runtimes], with_scores)

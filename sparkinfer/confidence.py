@@ -1,12 +1,16 @@
-"""How sure the model is of each pixel's class, from its scores: a byte per pixel, 0 (least sure)
-to 254, with the class map's nodata (255) where the scores are NaN.
+"""How sure the model is of each pixel's class: a byte per pixel, 0 (least sure) to 254, with the
+class map's nodata (255) where the scores are NaN.
 
-Scores are taken as probabilities (a model's softmax or sigmoid, or `--softmax`/`--sigmoid`); one
-sigmoid channel p stands for the two classes (1 - p, p). The measures:
+From the scores, taken as probabilities (a model's softmax or sigmoid, or `--softmax`/`--sigmoid`;
+one sigmoid channel p stands for the two classes 1 - p and p):
 
 - `maxprob`: the top probability;
 - `margin`: the top probability minus the second's;
 - `entropy`: 1 minus the entropy of the probabilities over its largest, log(classes).
+
+From the members of a test-time augmentation or an ensemble (`Runtime.classify_with_agreement`):
+
+- `agreement`: the share of the transforms or models whose own class is the final class.
 
 Each is in [0, 1] and scaled by 255, rounded, then held below 255, which is nodata: 254 stands
 for 254/255 and above. A function of one pixel's scores, it is seam-free where they are.
@@ -18,7 +22,8 @@ import numpy as np
 
 from sparkinfer.outputs import CLASS_NODATA
 
-MEASURES = ("maxprob", "margin", "entropy")
+SCORE_MEASURES = ("maxprob", "margin", "entropy")
+AGREEMENT = "agreement"
 
 
 def probabilities(scores: np.ndarray) -> np.ndarray:
@@ -44,13 +49,17 @@ def measure(scores: np.ndarray, name: str) -> np.ndarray:
         entropy = -terms.sum(axis=-1) / np.float32(np.log(p.shape[-1]))
         result = np.float32(1) - np.clip(entropy, 0, 1)
         return np.where(np.isnan(p).any(axis=-1), np.float32(np.nan), result)
-    raise ValueError(f"unknown confidence measure {name!r}; one of {', '.join(MEASURES)}")
+    raise ValueError(f"unknown confidence measure {name!r}; one of {', '.join(SCORE_MEASURES)}")
 
 
 def confidence(scores: np.ndarray, name: str) -> np.ndarray:
-    """uint8 (...) confidence of (..., channels) scores: the measure `name` times 255, at most
-    254; CLASS_NODATA where the scores are NaN."""
-    value = measure(scores, name)
+    """uint8 (...) confidence of (..., channels) scores by the measure `name`."""
+    return as_bytes(measure(scores, name))
+
+
+def as_bytes(value: np.ndarray) -> np.ndarray:
+    """uint8 bytes of values in [0, 1]: times 255, rounded, at most 254; CLASS_NODATA where a
+    value is NaN."""
     nodata = np.isnan(value)
     byte = np.minimum(np.rint(np.nan_to_num(value) * 255), 254).astype(np.uint8)
     byte[nodata] = CLASS_NODATA

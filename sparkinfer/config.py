@@ -144,11 +144,12 @@ class JobConfig(StrictModel):
         "the session the job starts (spark-submit.sh); a given session keeps its own setting.",
     )
     scores: bool = Field(False, description="Also write per-class float32 scores.")
-    confidence: Literal["maxprob", "margin", "entropy"] | None = Field(
+    confidence: Literal["maxprob", "margin", "entropy", "agreement"] | None = Field(
         None,
         description="Also write NAME.confidence.tif, how sure the model is of each pixel's "
         "class (`sparkinfer.confidence`), by this measure: 'maxprob', the top probability; "
-        "'margin', the top one minus the second; 'entropy', 1 minus the normalised entropy.",
+        "'margin', the top one minus the second; 'entropy', 1 minus the normalised entropy; "
+        "'agreement', the share of tta's transforms or an ensemble's models that agree.",
     )
     verify: bool = Field(
         False,
@@ -250,6 +251,10 @@ class JobConfig(StrictModel):
             )
         if self.merge == "crop" and self.overlap != "auto":
             raise ValueError("overlap applies to merge 'blend'; with 'crop' give a halo")
+        if self.confidence == "agreement" and self.tta == "none" and len(self.model) == 1:
+            raise ValueError("confidence 'agreement' needs tta or several models to agree")
+        if self.confidence == "agreement" and self.merge == "blend":
+            raise ValueError("confidence 'agreement' is not blended yet: use merge 'crop'")
         if self.min_area and not self.polygons:
             raise ValueError("min_area applies to polygons; add polygons (--polygons)")
         if self.bands is not None:

@@ -10,8 +10,10 @@ import rasterio
 from builders import whole_image_outputs, write_raster
 from conftest import ROOT
 
-from sparkinfer.confidence import confidence
+from sparkinfer.confidence import as_bytes, confidence
+from sparkinfer.errors import ConfigError
 from sparkinfer.flags import config_from_args
+from sparkinfer.runtimes.base import agreed
 
 NAN = float("nan")
 
@@ -66,6 +68,38 @@ def test_a_whole_array_is_each_pixel_alone():
     )
 
 
+def test_agreement_is_the_share_of_members_with_the_final_class():
+    members = [
+        np.array([[0.6, 0.4], [0.1, 0.9]], np.float32).reshape(1, 2, 1, 2),
+        np.array([[0.3, 0.7], [0.2, 0.8]], np.float32).reshape(1, 2, 1, 2),
+        np.array([[0.8, 0.2], [0.4, 0.6]], np.float32).reshape(1, 2, 1, 2),
+    ]
+    classes, scores, agreement = agreed(members, with_scores=True)
+    # Pixel 0: mean (0.567, 0.433), class 0, chosen by members 1 and 3; pixel 1: all say 1.
+    assert classes.ravel().tolist() == [0, 1] and scores.shape == (1, 2, 1, 2)
+    np.testing.assert_allclose(agreement.ravel(), [2 / 3, 1.0])
+    assert as_bytes(agreement).ravel().tolist() == [170, 254]
+    # One sigmoid channel: a member's class is score >= 0.5.
+    sigmoid = [np.full((1, 1, 1, 1), p, np.float32) for p in (0.9, 0.4, 0.7, 0.2)]
+    classes, _, agreement = agreed(sigmoid, with_scores=False)
+    assert classes.item() == 1 and agreement.item() == 0.5  # mean 0.55
+
+
+@pytest.mark.parametrize(
+    "options, refused",
+    [
+        (dict(), "confidence 'agreement' needs tta or several models to agree"),
+        (dict(tta="flips", merge="blend"), "confidence 'agreement' is not blended yet"),
+    ],
+)
+def test_agreement_without_members_or_with_blend_is_refused(options, refused):
+    from sparkinfer.config_sources import load_config
+
+    config = dict(input=["in.tif"], model=["m.keras"], output="out", confidence="agreement")
+    with pytest.raises(ConfigError, match=refused):
+        load_config(config | options, ROOT / "conf" / "default.yaml")
+
+
 @pytest.mark.parametrize(
     "flags, measure",
     [
@@ -74,6 +108,7 @@ def test_a_whole_array_is_each_pixel_alone():
         (["--confidence-measure", "margin"], "margin"),
         (["--confidence", "--confidence-measure", "entropy"], "entropy"),
         (["--confidence-measure", "entropy", "--confidence"], "entropy"),
+        (["--tta", "flips", "--confidence-measure", "agreement"], "agreement"),
     ],
 )
 def test_the_flags_name_the_measure(flags, measure):
@@ -159,3 +194,45 @@ class TestWrittenByTheJob:
         near = np.abs(written[0].astype(int) - confidence(whole, "margin").astype(int))
         assert near.max() <= 1 and (near == 0).mean() > 0.999
         assert not (tmp_path / "o" / "scene.scores.tif").exists()
+
+    def test_agreement_of_flips_and_of_an_ensemble_is_the_whole_image_s(
+        self, tmp_path, run, models, scene
+    ):
+        """Each member's class on the whole raster (each flip of it through the U-Net, mapped
+        back; each model of the ensemble), and the share that agrees with their mean's."""
+        from test_averaging import REFERENCE
+
+        raster, mask = scene
+        cases = {
+            "flips": (dict(model=str(models["unet"]), tta="flips"), REFERENCE["flips"]),
+            "ensemble": (dict(model=[str(models["conv"]), str(models["unet"])]), None),
+        }
+        for name, (options, transforms) in cases.items():
+            output = tmp_path / name
+            run(
+                input=[str(raster)],
+                output=str(output),
+                tile_size=32,
+                confidence="agreement",
+                **options,
+            )
+            written, profile, descriptions = read(output / "scene.confidence.tif")
+            assert descriptions == ("confidence (agreement; 0 to 254 for 0 to 1)",)
+            if transforms:
+                members = [
+                    whole_image_outputs(models["unet"], raster, stride=4, transforms=[t])[1]
+                    for t in transforms
+                ]
+            else:
+                members = [
+                    whole_image_outputs(models[m], raster, stride=4)[1] for m in ("conv", "unet")
+                ]
+            _, _, shares = agreed([np.nan_to_num(m)[None] for m in members], with_scores=False)
+            expected = as_bytes(shares[0])
+            expected[mask] = 255
+            assert (written[0] == expected).mean() > 0.999
+            # Shares of 4 flips; of 2 models (0 too: with 3 classes, the mean's class can be
+            # neither model's).
+            values = {0, 64, 128, 191, 254} if transforms else {0, 128, 254}
+            assert set(np.unique(written[0][~mask])) <= values
+            assert len(set(np.unique(written[0][~mask]))) > 1, "members disagree somewhere"

@@ -14,6 +14,7 @@ from functools import partial
 import pyarrow as pa
 
 from sparkinfer import storage
+from sparkinfer.confidence import AGREEMENT, SCORE_MEASURES
 from sparkinfer.devices import TaskResources
 from sparkinfer.executor.commit import ChipTable, Polygons, Sink, TileCounts, commit_chunk
 from sparkinfer.executor.merge import BlendChunk, ChipChunk, ChunkPrediction, CropChunk
@@ -80,7 +81,7 @@ class Parts:
             prediction_of=partial(core_prediction, confidence=measure, keep_scores=scores),
             chunk=lambda chunk: CropChunk(chunk.core, channels, scores, confidence),
             sinks=sinks,
-            with_scores=scores or confidence,
+            with_scores=scores or measure in SCORE_MEASURES,
         )
 
 
@@ -280,6 +281,7 @@ def infer_partition(
         with_scores=parts.with_scores,
         batch_size=spec.batch_size,
         gpu_share=spec.gpu_share,
+        agreement=spec.confidence == AGREEMENT,
     )
     chunks = _OpenChunks(spec, parts, resources.gpu, str(runtime.device), started)
     waiting = spec.plans[0].tiling.chunk_tiles ** 2 if spec.plans else 1

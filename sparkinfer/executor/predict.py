@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparkinfer.confidence import AGREEMENT, as_bytes
 from sparkinfer.confidence import confidence as confidence_of
 from sparkinfer.executor.read import PlacedWindow, ReadWindow, window_core
 from sparkinfer.outputs import CLASS_NODATA
@@ -36,14 +37,17 @@ class PredictedWindow:
     error: str | None = None  # its chunk could not be read
 
 
-# A window's prediction from the model's classes and scores (or None) for the whole window.
-PredictionOf = Callable[[ReadWindow, np.ndarray, np.ndarray | None], Prediction]
+# A window's prediction from the model's classes, scores (or None) and members' agreement (or
+# None) for the whole window.
+PredictionOf = Callable[[ReadWindow, np.ndarray, np.ndarray | None, np.ndarray | None], Prediction]
 
 
 def core_prediction(
     read: ReadWindow,
     classes: np.ndarray,
     scores: np.ndarray | None,
+    agreement: np.ndarray | None,
+    *,
     confidence: str | None = None,
     keep_scores: bool = True,
 ) -> Prediction:
@@ -53,7 +57,7 @@ def core_prediction(
     core = window_core(read.place.window)
     core_classes = classes[core].copy()
     core_scores = None if scores is None else scores[core].astype(np.float32, copy=keep_scores)
-    measured = None if confidence is None else confidence_of(core_scores, confidence)
+    measured = measured_confidence(confidence, core_scores, agreement, core)
     if not keep_scores:
         core_scores = None
     if not read.kept_valid.all():  # a boolean index scans every pixel: only where it must
@@ -70,17 +74,32 @@ def chip_prediction(
     read: ReadWindow,
     classes: np.ndarray,
     scores: np.ndarray | None,
+    agreement: np.ndarray | None,
+    *,
     confidence: str | None = None,
 ) -> Prediction:
     """A chip classifier's output: the chip's one cell, and the share of its pixels that are
     valid; with its `confidence` by that measure."""
     cell = scores.astype(np.float32).reshape(1, 1, -1)
+    shares = None if agreement is None else agreement.reshape(1, 1)
     return Prediction(
         classes.reshape(1, 1),
         cell,
         float(read.kept_valid.mean()),
-        None if confidence is None else confidence_of(cell, confidence),
+        measured_confidence(confidence, cell, shares, (slice(None), slice(None))),
     )
+
+
+def measured_confidence(
+    measure: str | None, scores: np.ndarray | None, agreement: np.ndarray | None, part
+) -> np.ndarray | None:
+    """The confidence by `measure`: of `scores` (already cut to the kept part), or of the part
+    `part` of the window's `agreement`."""
+    if measure is None:
+        return None
+    if measure == AGREEMENT:
+        return as_bytes(agreement[part])
+    return confidence_of(scores, measure)
 
 
 def predict_windows(
@@ -91,11 +110,12 @@ def predict_windows(
     with_scores: bool,
     batch_size: int | None,
     gpu_share: float = 1,
+    agreement: bool = False,
 ) -> Iterator[PredictedWindow]:
     """Each window's prediction: windows of one shape batched, `batch_size` a call (None: the
     runtime's `auto_batch`, for a task given `gpu_share` of its GPU), the model's scores
-    asked for `with_scores`. A window that is not to be inferred passes at once, without the
-    model; the others keep their order."""
+    asked for `with_scores`, the members' agreement for `agreement`. A window that is not to
+    be inferred passes at once, without the model; the others keep their order."""
     pending: list[ReadWindow] = []
     auto: dict[tuple, int] = {}  # per window shape and type
 
@@ -116,10 +136,18 @@ def predict_windows(
                 [np.ones(p.pixels.shape[:2], bool) if p.valid is None else p.valid for p in pending]
             )
         pixels = np.stack([p.pixels for p in pending])
-        classes, scores = runtime.classify(pixels, valid, with_scores)
+        if agreement:
+            classes, scores, agreed = runtime.classify_with_agreement(pixels, valid, with_scores)
+        else:
+            (classes, scores), agreed = runtime.classify(pixels, valid, with_scores), None
         share = (time.perf_counter() - started) / len(pending)
         for i, read in enumerate(pending):
-            prediction = prediction_of(read, classes[i], None if scores is None else scores[i])
+            prediction = prediction_of(
+                read,
+                classes[i],
+                None if scores is None else scores[i],
+                None if agreed is None else agreed[i],
+            )
             yield PredictedWindow(read.place, prediction, read.read_s, share)
         pending.clear()
 

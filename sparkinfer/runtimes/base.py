@@ -13,6 +13,7 @@ scores, and its `scores` are those its argmax takes, for the driver's inspection
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -26,6 +27,8 @@ Precision = Literal["float32", "bfloat16"]
 Activation = Literal["none", "softmax", "sigmoid"]
 Augmentation = Literal["none", "flips", "d4"]
 Output = Literal["scores", "classes"]  # what a model outputs: scores per class, or class indices
+# classify_with_agreement's: classes, scores (if asked for), the members' agreement
+Agreed = tuple[np.ndarray, np.ndarray | None, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,15 @@ class Runtime(ABC):
         framework does not tell."""
         return None
 
+    def classify_with_agreement(
+        self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
+    ) -> Agreed:
+        """`classify`, and per pixel the share of the runtime's members (a test-time
+        augmentation's transforms, an ensemble's models) whose own class is the final one,
+        float32 (batch, height, width): 1 everywhere for one model alone."""
+        classes, scores = self.classify(pixels, valid, with_scores)
+        return classes, scores, np.ones(classes.shape, np.float32)
+
     @abstractmethod
     def classify(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
@@ -175,6 +187,24 @@ def activated(scores, activation: Activation, ops=None):
         return (1.0 / (1.0 + np.exp(-scores))).astype(np.float32)
     exp = np.exp(scores - scores.max(axis=-1, keepdims=True))
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def agreed(members: list[np.ndarray], with_scores: bool) -> Agreed:
+    """What `classify_with_agreement` gives for the scores of a runtime's `members`: the class
+    of their mean, the mean, and the share of members whose own class is that class."""
+    scores = mean(members)
+    classes = classes_of(scores)
+    agreement = mean([(classes_of(m) == classes).astype(np.float32) for m in members])
+    return classes, (scores if with_scores else None), agreement
+
+
+def mean(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    """The float32 mean of same-shaped arrays, summed in their order."""
+    total, count = None, 0
+    for array in arrays:
+        total = array.astype(np.float32, copy=True) if total is None else total + array
+        count += 1
+    return total / np.float32(count)
 
 
 def classes_of(scores: np.ndarray) -> np.ndarray:
