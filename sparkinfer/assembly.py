@@ -28,8 +28,10 @@ from sparkinfer.errors import first_line
 from sparkinfer.inspection import ModelInfo
 from sparkinfer.polygon_merge import write_polygons
 from sparkinfer.quicklook import write_quicklook
+from sparkinfer.raster import RasterInfo
 from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
 from sparkinfer.runtimes import Runtime
+from sparkinfer.uncertain import least_sure, write_uncertain
 from sparkinfer.verify import sample_window, verify
 from sparkinfer.writers import ChunkSpec
 from sparkinfer.zarr_map import tile_marker, write_tile
@@ -49,6 +51,8 @@ class AssemblySpec:
     bands: tuple[int, ...]
     verify: bool
     confidence: str | None = None  # the confidence's measure, where it is written
+    uncertain: int = 0  # chips to pick where the model is least sure (`sparkinfer.uncertain`)
+    uncertain_size: int = 256
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -173,19 +177,10 @@ def _write_outputs(
     if raster.scores_path is not None:
         with storage.staged(raster.scores_path) as scores:
             assemble_cog(grid, chunks, scores, spec.cog, scores=True, **common)
-    if raster.confidence_path is not None:
-        with storage.staged(raster.confidence_path) as confidence:
-            assemble_cog(
-                grid,
-                chunks,
-                confidence,
-                spec.cog,
-                scores=False,
-                confidence=spec.confidence,
-                **common,
-            )
     with storage.staged(raster.classes_path) as classes:
         assemble_cog(grid, chunks, classes, spec.cog, scores=False, **common)
+        if raster.confidence_path is not None:
+            _write_confidence(raster, spec, grid, chunks, classes, common)
         # From the local COG, before its commit: on S3 no download of what was just made.
         if raster.quicklook_path is not None:
             write_quicklook(
@@ -207,6 +202,7 @@ def _write_outputs(
         "classes": raster.classes_path,
         "scores": raster.scores_path,
         "confidence": raster.confidence_path,
+        "uncertain": raster.uncertain_path,
         "quicklook": raster.quicklook_path,
         "polygons": raster.polygons_path,
     }
@@ -222,6 +218,28 @@ def _write_outputs(
         raster.mosaic.inputs if raster.mosaic else (),
     )
     return verified
+
+
+def _write_confidence(
+    raster: RasterJob,
+    spec: AssemblySpec,
+    grid: RasterInfo,
+    chunks: list[ChunkSpec],
+    classes: Path,
+    common: dict,
+) -> None:
+    """The confidence COG and, from it and the local class map `classes`, the chips where the
+    model is least sure."""
+    with storage.staged(raster.confidence_path) as confidence:
+        assemble_cog(
+            grid, chunks, confidence, spec.cog, scores=False, confidence=spec.confidence, **common
+        )
+        if raster.uncertain_path is not None:
+            size = spec.uncertain_size
+            chips = least_sure(
+                str(confidence), str(classes), spec.uncertain, size, spec.model.classes
+            )
+            write_uncertain(grid, chips, size, raster.uncertain_path, spec.class_names)
 
 
 def _verified(

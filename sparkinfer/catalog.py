@@ -237,6 +237,7 @@ def write_stac_item(
         "classes": ["data"],
         "scores": ["data"],
         "confidence": ["data"],
+        "uncertain": ["metadata"],
         "quicklook": ["overview"],
         "tiles": ["metadata"],
         "chips": ["data"],

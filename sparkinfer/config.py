@@ -151,6 +151,14 @@ class JobConfig(StrictModel):
         "'margin', the top one minus the second; 'entropy', 1 minus the normalised entropy; "
         "'agreement', the share of tta's transforms or an ensemble's models that agree.",
     )
+    uncertain: int = Field(
+        0,
+        ge=0,
+        description="Also write NAME.uncertain.parquet: the K chips where the model is least "
+        "sure, spread apart (`sparkinfer.uncertain`); with confidence 'maxprob' unless another "
+        "measure is given.",
+    )
+    uncertain_size: int = Field(256, ge=8, description="Side of the uncertain chips, in pixels.")
     verify: bool = Field(
         False,
         description="Also infer one sample window of each raster whole and report, in "
@@ -233,6 +241,13 @@ class JobConfig(StrictModel):
     @classmethod
     def _one_or_several(cls, value):
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _uncertain_measures_confidence(cls, data):
+        if isinstance(data, dict) and data.get("uncertain") and data.get("confidence") is None:
+            return data | {"confidence": "maxprob"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:

@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="how sure the model is of each pixel (implies --confidence): maxprob (default), "
         "the top probability; margin, the top minus the second; entropy, 1 - normalised entropy",
     )
+    add("--uncertain", type=int, metavar="K", help="also write the K least sure chips to label")
+    add("--uncertain-size", type=int, metavar="N", help="their side in pixels (default 256)")
     add(
         "--verify",
         action="store_true",

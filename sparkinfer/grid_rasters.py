@@ -141,6 +141,9 @@ def grid_rasters(
                 confidence_path=(
                     storage.join(folder, f"{name}.confidence.tif") if config.confidence else None
                 ),
+                uncertain_path=(
+                    storage.join(folder, f"{name}.uncertain.parquet") if config.uncertain else None
+                ),
                 quicklook_path=None,  # the map has one (`map_index`), not each tile
                 polygons_path=None,
                 staging=storage.join(output, STAGING_FOLDER, f"{name}-{made_from}"),

@@ -252,6 +252,9 @@ def _raster_jobs(
                 confidence_path=(
                     storage.join(output, f"{name}.confidence.tif") if config.confidence else None
                 ),
+                uncertain_path=(
+                    storage.join(output, f"{name}.uncertain.parquet") if config.uncertain else None
+                ),
                 quicklook_path=storage.join(output, f"{name}.png") if config.quicklook else None,
                 polygons_path=(
                     storage.join(output, f"{name}.polygons.parquet") if config.polygons else None

@@ -30,6 +30,7 @@ class RasterJob:
     classes_path: str  # local path or s3:// URI, as every location below
     scores_path: str | None
     confidence_path: str | None
+    uncertain_path: str | None
     quicklook_path: str | None
     polygons_path: str | None
     staging: str
@@ -68,6 +69,7 @@ class RasterJob:
             self.classes_path,
             self.scores_path,
             self.confidence_path,
+            self.uncertain_path,
             self.quicklook_path,
             table,
             self.polygons_path,

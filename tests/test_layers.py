@@ -28,6 +28,7 @@ FLOORS = [
         "estimate",
         "whole_tiff",
         "confidence",
+        "uncertain",
         "writers",
         "cogs",
         "catalog",

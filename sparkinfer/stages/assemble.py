@@ -40,6 +40,8 @@ def assembly_spec(job: Job) -> AssemblySpec:
         bands=job.bands,
         verify=config.verify,
         confidence=config.confidence,
+        uncertain=config.uncertain,
+        uncertain_size=config.uncertain_size,
     )
 
 
