@@ -17,21 +17,24 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 
-def check_whole(path: Path) -> None:
+def check_whole(path: Path, final: str | None = None) -> None:
     """Raise OSError unless the GeoTIFF at the local `path` opens and every tile of every band
-    and overview has bytes inside the file."""
+    and overview has bytes inside the file; the message names `final`, what `path` is to
+    become, where given."""
     size = path.stat().st_size
+    name = final or path.name
     try:
         with rasterio.open(path) as src:
             levels = [None, *range(len(src.overviews(1)))]
             for band in range(1, src.count + 1):
                 for level in levels:
-                    _check_tiles(src, band, level, size)
-    except RasterioIOError as error:
-        raise OSError(f"{path.name} was not written whole ({error}); is its disk full?") from None
+                    _check_tiles(src, band, level, size, name)
+    except RasterioIOError:
+        message = f"{name} was not written whole (GDAL cannot open it); is its disk full?"
+        raise OSError(message) from None
 
 
-def _check_tiles(src, band: int, level: int | None, size: int) -> None:
+def _check_tiles(src, band: int, level: int | None, size: int, name: str) -> None:
     factor = 1 if level is None else src.overviews(band)[level]
     height, width = math.ceil(src.height / factor), math.ceil(src.width / factor)
     block_height, block_width = src.block_shapes[band - 1]
@@ -41,8 +44,8 @@ def _check_tiles(src, band: int, level: int | None, size: int) -> None:
             count = _item(src, f"BLOCK_SIZE_{col}_{row}", band, level)
             if not offset or not count or offset + count > size:
                 raise OSError(
-                    f"{Path(src.name).name} was not written whole (tile {row}, {col} of band "
-                    f"{band} has no bytes in its {size:,} bytes); is its disk full?"
+                    f"{name} was not written whole (tile {row}, {col} of band {band} has no "
+                    f"bytes in its {size:,} bytes); is its disk full?"
                 )
 
 

@@ -194,9 +194,9 @@ class ChunkWriter:
         if tags:
             self._classes.update_tags(**tags)
         self._close()
-        for tmp, _, dataset in self._files:
+        for tmp, final, dataset in self._files:
             if dataset is not None:
-                check_whole(tmp)  # each file whole before any is committed
+                check_whole(tmp, final)  # each file whole before any is committed
         for tmp, final, _ in self._files:
             storage.commit(tmp, final)
 
