@@ -13,7 +13,7 @@ match, and the rate at which chunks are committed.
 `--storage local`: the input on local disk, the outputs on a tmpfs of `--disk-mib` mounted for
 the soak (root only; elsewhere on local disk, without the full-disk fault). `--storage s3`: the
 input read from and the outputs written to moto's S3 server, which the job reaches through a
-TCP gate (benchmarks/tcp_gate.py) that the outage closes.
+TCP gate (tests/tcp_gate.py) that the outage closes.
 
 Then `--runs` runs, each into a fresh output folder, share `--faults` faults of the kinds the
 storage allows (balanced over the kinds, shuffled with `--seed`; benchmarks/chaos_faults.py). In
@@ -63,11 +63,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from builders import fault_model, write_raster  # noqa: E402
 from processes import submit_command  # noqa: E402
 from servers import s3_client, s3_server, standalone_cluster  # noqa: E402
+from tcp_gate import TcpGate  # noqa: E402
 
 from benchmarks.chaos_faults import FAULTS, Attempt, NoTarget, Setting, available, stop_all  # noqa: E402
 from benchmarks.chaos_outputs import LocalOutputs, S3Outputs, check, report  # noqa: E402
 from benchmarks.run import envelope, write_result  # noqa: E402
-from benchmarks.tcp_gate import TcpGate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # As tests/conftest.py: Spark's scripts find pyspark, and executors run, with this interpreter.

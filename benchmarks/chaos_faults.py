@@ -17,8 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from processes import descendants, kill_whole, processes, python_workers  # noqa: E402
-
-from benchmarks.tcp_gate import TcpGate  # noqa: E402
+from tcp_gate import TcpGate  # noqa: E402
 
 
 class NoTarget(Exception):

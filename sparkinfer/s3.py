@@ -55,11 +55,19 @@ def _bucket_region(bucket: str) -> str:
     return fs.resolve_s3_region(bucket)
 
 
+# Attempts of each S3 request: the SDK's backoff over 10 attempts waits about 20 s in all, so a
+# task rides out an endpoint that is gone for a few seconds (3, the default, give up within one).
+S3_ATTEMPTS = 10
+
+
 @functools.cache  # one client per process, endpoint and region: it holds a connection pool
 def _client(endpoint: str | None, region: str | None) -> fs.S3FileSystem:
     # Delayed open: a file smaller than one part goes up in one PUT, not a three-request
     # multipart upload; a missing bucket is then reported at close, still in `storage.commit`.
-    options: dict = {"allow_delayed_open": True}
+    options: dict = {
+        "allow_delayed_open": True,
+        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+    }
     if endpoint:
         url = urlsplit(endpoint)
         options |= {"endpoint_override": url.netloc, "scheme": url.scheme or "https"}

@@ -80,9 +80,17 @@ def gdal_path(location: str) -> str:
 NO_LISTING = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
+# GDAL's retries of an HTTP request (/vsis3/, /vsicurl/) that met a 429 or 5xx answer or a reset
+# connection (not a refused one): 5, from 1 s and doubling, about as long as pyarrow's S3
+# client waits (`s3.S3_ATTEMPTS`).
+HTTP_RETRIES = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "1"}
+
+
 def gdal_env(**options) -> rasterio.Env:
     """GDAL settings for reading and writing, with GDAL's S3 endpoint taken from
-    AWS_ENDPOINT_URL (GDAL reads only its own AWS_S3_ENDPOINT and AWS_HTTPS)."""
+    AWS_ENDPOINT_URL (GDAL reads only its own AWS_S3_ENDPOINT and AWS_HTTPS), and its HTTP
+    retries unless the environment sets them."""
+    options = {k: v for k, v in HTTP_RETRIES.items() if k not in os.environ} | options
     endpoint = s3.endpoint_url()
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
         url = urlsplit(endpoint)

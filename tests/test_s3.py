@@ -4,6 +4,8 @@ not have them."""
 
 import json
 import shutil
+import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +17,7 @@ from conftest import ROOT
 from processes import submit
 from pyarrow import fs
 from servers import s3_client
+from tcp_gate import TcpGate
 
 from sparkinfer import storage
 from sparkinfer.config_sources import load_config
@@ -227,3 +230,31 @@ def test_a_zarr_map_on_s3_equals_the_one_on_disk(tmp_path, run, onnx_models, sta
     for name in ("classes", "scores", "x", "y"):
         np.testing.assert_array_equal(on_s3[name][...], on_disk[name][...])
     assert dict(on_s3["spatial_ref"].attrs) == dict(on_disk["spatial_ref"].attrs)
+
+
+def test_an_s3_endpoint_gone_for_seconds_is_ridden_out(tmp_path, s3, monkeypatch):
+    """The endpoint refuses every connection for 3 s (tests/tcp_gate.py, in front of the
+    server): a listing and an upload started then wait it out (pyarrow's retries,
+    `s3.S3_ATTEMPTS`) instead of failing the task. (GDAL retries a reset connection or an HTTP
+    error, not a refused connection: a read then fails its task, which Spark retries.)"""
+    from sparkinfer import s3 as s3_clients
+
+    port = int(s3["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    gate = TcpGate(port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{gate.port}")
+    s3_clients._client.cache_clear()  # a client of the gate's endpoint
+    upload(write_raster(tmp_path / "scene.tif", 64, 64, seed=4), "s3://scenes/gate/a.tif")
+    try:
+        for attempt in ("list", "upload"):
+            gate.close()
+            threading.Timer(3.0, gate.open).start()
+            started = time.monotonic()
+            if attempt == "list":
+                assert storage.list_names("s3://scenes/gate/") == {"a.tif"}
+            else:
+                storage.write_text("s3://scenes/gate/b.txt", "whole")
+            assert time.monotonic() - started >= 2.5, f"the {attempt} met the outage"
+        assert storage.read_text("s3://scenes/gate/b.txt") == "whole"
+    finally:
+        gate.close()
+        s3_clients._client.cache_clear()
