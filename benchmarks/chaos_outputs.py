@@ -96,7 +96,9 @@ class S3Outputs:
         return {
             name: digest(name, self.read(location, name))
             for name in self.names(location)
-            if "/" not in name and not name.startswith(("_", "."))
+            # Not the folder's own marker object (named by the prefix alone), which
+            # pyarrow's create_dir makes.
+            if name and "/" not in name and not name.startswith(("_", "."))
         }
 
     def partial_uploads(self, location: str) -> int:
