@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -71,6 +73,7 @@ def main() -> None:
     if "none" not in chosen:
         chosen.insert(0, "none")  # what each option is compared with
 
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers run this venv's Python too
     from pyspark.sql import SparkSession
 
     from sparkinfer.config_sources import load_config

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,6 @@ from sparkinfer.errors import first_line
 from sparkinfer.inspection import ModelInfo
 from sparkinfer.polygon_merge import write_polygons
 from sparkinfer.quicklook import write_quicklook
-from sparkinfer.raster import RasterInfo
 from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
 from sparkinfer.runtimes import Runtime
 from sparkinfer.uncertain import least_sure, write_uncertain
@@ -177,10 +178,35 @@ def _write_outputs(
     if raster.scores_path is not None:
         with storage.staged(raster.scores_path) as scores:
             assemble_cog(grid, chunks, scores, spec.cog, scores=True, **common)
-    with storage.staged(raster.classes_path) as classes:
-        assemble_cog(grid, chunks, classes, spec.cog, scores=False, **common)
-        if raster.confidence_path is not None:
-            _write_confidence(raster, spec, grid, chunks, classes, common)
+    with (
+        storage.staged(raster.classes_path) as classes,
+        _staged_or_none(raster.confidence_path) as confidence,
+    ):
+        # The two COGs side by side: GDAL releases the GIL, and each reads and builds its
+        # overviews on one thread.
+        with ThreadPoolExecutor(2) as pool:
+            made = [
+                pool.submit(assemble_cog, grid, chunks, classes, spec.cog, scores=False, **common)
+            ]
+            if confidence is not None:
+                made.append(
+                    pool.submit(
+                        assemble_cog,
+                        grid,
+                        chunks,
+                        confidence,
+                        spec.cog,
+                        scores=False,
+                        confidence=spec.confidence,
+                        **common,
+                    )
+                )
+            for future in made:
+                future.result()
+        if raster.uncertain_path is not None:  # from the local COGs
+            size = spec.uncertain_size
+            chips = least_sure(str(confidence), str(classes), spec.uncertain, size, model.classes)
+            write_uncertain(grid, chips, size, raster.uncertain_path, spec.class_names)
         # From the local COG, before its commit: on S3 no download of what was just made.
         if raster.quicklook_path is not None:
             write_quicklook(
@@ -220,26 +246,14 @@ def _write_outputs(
     return verified
 
 
-def _write_confidence(
-    raster: RasterJob,
-    spec: AssemblySpec,
-    grid: RasterInfo,
-    chunks: list[ChunkSpec],
-    classes: Path,
-    common: dict,
-) -> None:
-    """The confidence COG and, from it and the local class map `classes`, the chips where the
-    model is least sure."""
-    with storage.staged(raster.confidence_path) as confidence:
-        assemble_cog(
-            grid, chunks, confidence, spec.cog, scores=False, confidence=spec.confidence, **common
-        )
-        if raster.uncertain_path is not None:
-            size = spec.uncertain_size
-            chips = least_sure(
-                str(confidence), str(classes), spec.uncertain, size, spec.model.classes
-            )
-            write_uncertain(grid, chips, size, raster.uncertain_path, spec.class_names)
+@contextmanager
+def _staged_or_none(location: str | None) -> Iterator[Path | None]:
+    """`storage.staged` for a location, or None for none."""
+    if location is None:
+        yield None
+        return
+    with storage.staged(location) as path:
+        yield path
 
 
 def _verified(

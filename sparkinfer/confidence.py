@@ -18,6 +18,8 @@ for 254/255 and above. A function of one pixel's scores, it is seam-free where t
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from sparkinfer.outputs import CLASS_NODATA
@@ -26,12 +28,15 @@ SCORE_MEASURES = ("maxprob", "margin", "entropy")
 AGREEMENT = "agreement"
 
 
-def channels(scores: np.ndarray) -> list[np.ndarray]:
-    """Each class's probability, (...) float32 in [0, 1] (NaN stays): one sigmoid channel p as
-    1 - p and p. Channel by channel: a reduction over a short last axis is several times slower
-    in numpy than a loop over its planes."""
-    planes = [np.clip(scores[..., i], 0, 1) for i in range(scores.shape[-1])]
-    return [1 - planes[0], planes[0]] if len(planes) == 1 else planes
+def channels(scores: np.ndarray, clip: bool = True) -> list[np.ndarray]:
+    """Each class's probability, (...) float32 planes, clipped to [0, 1] unless not `clip` (NaN
+    stays): one sigmoid channel p as 1 - p and p, always clipped. Plane by plane: a reduction
+    over a short last axis is several times slower in numpy than a loop over its planes."""
+    if scores.shape[-1] == 1:
+        p = np.clip(scores[..., 0], 0, 1)
+        return [1 - p, p]
+    planes = [scores[..., i] for i in range(scores.shape[-1])]
+    return [np.clip(p, 0, 1) for p in planes] if clip else planes
 
 
 def top_two(planes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -45,13 +50,14 @@ def top_two(planes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def measure(scores: np.ndarray, name: str) -> np.ndarray:
     """The measure `name` of (..., channels) scores in [0, 1], float32, NaN where they are."""
-    planes = channels(scores.astype(np.float32, copy=False))
-    if name == "maxprob":
-        return top_two(planes)[0]
+    scores = scores.astype(np.float32, copy=False)
+    if name == "maxprob":  # clipping after the max is the same: it keeps the order
+        return np.clip(functools.reduce(np.maximum, channels(scores, clip=False)), 0, 1)
     if name == "margin":
-        first, second = top_two(planes)
-        return first - second
+        first, second = top_two(channels(scores, clip=False))
+        return np.clip(first, 0, 1) - np.clip(second, 0, 1)
     if name == "entropy":
+        planes = channels(scores)
         entropy = np.zeros_like(planes[0])
         with np.errstate(divide="ignore", invalid="ignore"):
             for p in planes:
