@@ -15,6 +15,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -31,6 +32,7 @@ from sparkinfer import s3
 
 S3_SCHEME = "s3://"
 HTTP_SCHEMES = ("http://", "https://")
+REMOVE_ATTEMPTS = 6  # of a local folder that a lost task may still write into (`remove_tree`)
 HTTP_TIMEOUT_S = 60
 
 
@@ -218,8 +220,15 @@ def remove_tree(folder: str) -> None:
     if is_s3(folder):
         if is_dir(folder):
             _s3(folder).delete_dir(_key(folder))
-    else:
+        return
+    # A task still running after its stage (a speculative copy that lost, not yet killed) may
+    # add a file while the tree goes, which leaves the folder; it cannot make the folder again
+    # (writers make none), so the removal is tried again until the folder is gone.
+    for attempt in range(REMOVE_ATTEMPTS):
         shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.exists(folder):
+            return
+        time.sleep(0.1 * (attempt + 1))
 
 
 def read_bytes(location: str) -> bytes:

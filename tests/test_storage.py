@@ -1,5 +1,8 @@
 """Locations: local paths and s3:// URIs named, split and handed to GDAL alike."""
 
+import threading
+import time
+
 import pytest
 
 from sparkinfer import s3, storage
@@ -52,3 +55,29 @@ def test_local_files_commit_whole_under_their_final_name(tmp_path):
     storage.write_text(final, "{}\n")
     assert storage.read_text(final) == "{}\n" and storage.list_names(str(tmp_path)) == {"out.json"}
     assert not storage.create_new(final, "other") and storage.read_text(final) == "{}\n"
+
+
+def test_a_folder_a_lost_task_still_writes_into_is_removed(tmp_path):
+    """A speculative copy that lost goes on writing chunks for a moment after its stage, while
+    the assembly removes the staging folder. Writers make no folder: once it is gone, it stays
+    gone, with nothing left in it."""
+    folder = tmp_path / "staging"
+    folder.mkdir()
+    for i in range(200):
+        (folder / f"chunk_{i}.tif").write_bytes(b"x" * 512)
+    killed = time.monotonic() + 0.3  # when Spark's kill reaches the lost task
+
+    def lost_task():
+        i = 200
+        while time.monotonic() < killed:
+            try:
+                (folder / f"chunk_{i}.tif").write_bytes(b"x" * 512)
+            except FileNotFoundError:
+                return
+            i += 1
+
+    writer = threading.Thread(target=lost_task)
+    writer.start()
+    storage.remove_tree(str(folder))
+    writer.join()
+    assert not folder.exists()
