@@ -29,6 +29,7 @@ from sparkinfer.cuts import ChipGrid, Tiling
 from sparkinfer.errors import first_line
 from sparkinfer.inspection import ModelInfo
 from sparkinfer.polygon_merge import write_polygons
+from sparkinfer.provenance import stamped
 from sparkinfer.quicklook import write_quicklook
 from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
 from sparkinfer.runtimes import Runtime
@@ -54,6 +55,7 @@ class AssemblySpec:
     confidence: str | None = None  # the confidence's measure, where it is written
     uncertain: int = 0  # chips to pick where the model is least sure (`sparkinfer.uncertain`)
     uncertain_size: int = 256
+    provenance: dict | None = None  # the Items' fields that say what made them (`provenance`)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -242,6 +244,7 @@ def _write_outputs(
         model.classes,
         spec.stac_properties(),
         raster.mosaic.inputs if raster.mosaic else (),
+        spec.provenance and stamped(spec.provenance, raster.identity, model.formats),
     )
     return verified
 

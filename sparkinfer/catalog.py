@@ -196,10 +196,12 @@ def write_stac_item(
     classes: int,
     properties: dict,
     sources: Sequence[RasterInfo] = (),
+    provenance: dict | None = None,
 ) -> None:
     """A STAC 1.1 Item for one output: footprint in EPSG:4326, the projection and
     classification extensions, the outputs as assets and a `derived_from` link to each input it
-    was made from: `sources`, by default `info`'s own."""
+    was made from: `sources`, by default `info`'s own; with `provenance` (`sparkinfer.provenance`)
+    its extensions, properties and the model's assets."""
     import pystac
     from pystac.extensions.classification import Classification, ClassificationExtension
     from pystac.extensions.projection import ProjectionExtension
@@ -279,4 +281,9 @@ def write_stac_item(
                 title=f"input STAC Item {source.item.id}",
             )
         item.add_link(link)
+    if provenance is not None:
+        item.stac_extensions += provenance["stac_extensions"]
+        item.properties.update(provenance["properties"])
+        for key, asset in provenance["assets"].items():
+            item.add_asset(key, pystac.Asset.from_dict(asset))
     storage.write_text(path, json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")

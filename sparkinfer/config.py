@@ -42,6 +42,13 @@ class JobConfig(StrictModel):
         description="A .keras file, a TensorFlow SavedModel folder or an .onnx file; several: "
         "an ensemble, whose scores are the mean of the models' (same bands and classes).",
     )
+    model_item: str | None = Field(
+        None,
+        description="A STAC Item with the Machine Learning Model extension (MLM) that describes "
+        "the model (`sparkinfer.model_item`): the model asset, the input bands by name, their "
+        "value scaling, the input size and the classes' names and colours; options given "
+        "beside it win.",
+    )
     backend: Literal["tensorflow", "jax"] = Field(
         default_factory=_default_backend,
         description="Keras backend that runs a .keras model; default KERAS_BACKEND where it is "

@@ -1,6 +1,7 @@
-"""Where a job's config comes from: the job's defaults file, the YAML file of `--config` and
-the command line's flags, merged in that order (later ones win) into a validated `JobConfig`;
-a problem is one line that names its source."""
+"""Where a job's config comes from: the job's defaults file, a model item's (`--model-item`,
+`sparkinfer.model_item`), the YAML file of `--config` and the command line's flags, merged in
+that order (later ones win) into a validated `JobConfig`; a problem is one line that names its
+source."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 
 from sparkinfer.config import JobConfig
 from sparkinfer.errors import ConfigError
+from sparkinfer.model_item import read_model_item
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -72,26 +74,46 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"{key}: {message} (got {err.get('input')!r})"
 
 
-def load_config(
-    overrides: dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    defaults_file: str | Path | None = None,
-) -> JobConfig:
-    """Merge defaults, an optional YAML file and flag overrides into a validated `JobConfig`.
-
-    A validation error names where the offending option came from (a file or the flags).
-    """
-    layers = [(str(defaults_file), read_yaml(defaults_file))] if defaults_file else []
-    if config_file is not None:
-        layers.append((str(config_file), read_yaml(config_file)))
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    layers.append(("command line", flags))
-
+def _merged(layers: list[tuple[str, dict]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The layers merged, later ones winning, and which layer each top-level option is from."""
     merged: dict[str, Any] = {}
     source_of: dict[str, str] = {}
     for source, layer in layers:
         merged = _deep_merge(merged, layer)
         source_of.update(dict.fromkeys(layer, source))
+    return merged, source_of
+
+
+def load_config(
+    overrides: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    defaults_file: str | Path | None = None,
+    rerun: str | None = None,
+) -> JobConfig:
+    """Merge defaults, an output's STAC Item to `rerun` (`provenance.rerun_layer`), a model
+    item, an optional YAML file and flag overrides into a validated `JobConfig`.
+
+    A validation error names where the offending option came from (a file or the flags).
+    """
+    layers = [(str(defaults_file), read_yaml(defaults_file))] if defaults_file else []
+    if rerun is not None:
+        from sparkinfer.provenance import rerun_layer  # loads what describes models: only here
+
+        layers.append((rerun, rerun_layer(rerun)))
+    if config_file is not None:
+        layers.append((str(config_file), read_yaml(config_file)))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    layers.append(("command line", flags))
+    merged, source_of = _merged(layers)
+    item = merged.get("model_item")
+    if isinstance(item, str):  # what the model item says, under the --config file and flags
+        if "model" in merged:
+            raise ConfigError(
+                f"{source_of['model']}: a model and a model item ({item}) both given; give one"
+            )
+        under = len(layers) - 1 - (config_file is not None)  # under the file and the flags
+        layers.insert(under, (item, read_model_item(item).config_layer()))
+        merged, source_of = _merged(layers)
     if isinstance(merged.get("input"), str):
         merged["input"] = [merged["input"]]
     try:

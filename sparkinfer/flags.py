@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--config", metavar="YAML", help="YAML file of options (flags override it)")
     add(
+        "--rerun",
+        metavar="ITEM",
+        help="make again the map an output STAC Item describes: its inputs, model and options "
+        "(flags override them; give --output)",
+    )
+    add(
         "--input",
         nargs="+",
         action="extend",
@@ -44,15 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble (the mean of their scores)",
     )
     add(
+        "--model-item",
+        metavar="JSON",
+        help="a STAC Item (MLM extension) describing the model: its file, bands, scaling, "
+        "input size and classes (instead of --model)",
+    )
+    add(
         "--backend",
         choices=["tensorflow", "jax"],
         help="Keras backend of a .keras model (default: KERAS_BACKEND or tensorflow)",
     )
-    add(
-        "--precision",
-        choices=["float32", "bfloat16"],
-        help="compute precision of a .keras model (default float32)",
-    )
+    add("--precision", choices=["float32", "bfloat16"], help="compute precision, .keras models")
     add("--output", metavar="DIR", help="output folder, local or s3://bucket/prefix")
     add("--tile-size", type=int, metavar="PIXELS", help="core tile side (default 512)")
     add(
@@ -74,12 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --merge blend: overlap of neighbouring windows (default auto: a fifth of "
         "the window)",
     )
-    add(
-        "--chip-size",
-        type=int,
-        metavar="PIXELS",
-        help="for a chip classifier of any input size: the chips' side",
-    )
+    add("--chip-size", type=int, metavar="PIXELS", help="a chip classifier of any size: its side")
     add(
         "--chip-stride",
         type=int,
@@ -216,13 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["deflate", "zstd", "lzw", "none"],
         help="compression of the output COGs",
     )
-    add(
-        "--cog-blocksize",
-        dest="cog.blocksize",
-        type=int,
-        metavar="PIXELS",
-        help="COG tile side (default 512)",
-    )
+    add("--cog-blocksize", dest="cog.blocksize", type=int, metavar="PIXELS", help="COG tile side")
     add(
         "--grid",
         dest="grid.crs",
@@ -341,10 +338,10 @@ def config_from_args(argv: list[str], defaults_file: str | Path | None = None) -
     destination is the `JobConfig` field it sets (`section.field` inside `normalization` or
     `cog`); a flag left out sets nothing."""
     args = vars(build_parser().parse_args(joined_bounds(argv)))
-    config_file = args.pop("config")
+    config_file, rerun = args.pop("config"), args.pop("rerun")
     overrides: dict[str, Any] = {}
     for key, value in args.items():
         if value is not None:
             section, _, name = key.rpartition(".")
             (overrides.setdefault(section, {}) if section else overrides)[name] = value
-    return load_config(overrides, config_file=config_file, defaults_file=defaults_file)
+    return load_config(overrides, config_file, defaults_file, rerun)

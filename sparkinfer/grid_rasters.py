@@ -97,9 +97,15 @@ def read_bounds(tile: GridTile, raster_plan: RasterPlan) -> tuple[float, float, 
 
 
 def grid_rasters(
-    plan: GridPlan, config: JobConfig, tiling: Tiling, package: ModelPackage, output: str
+    plan: GridPlan,
+    config: JobConfig,
+    tiling: Tiling,
+    package: ModelPackage,
+    output: str,
+    labels: tuple | None = None,
 ) -> tuple[RasterJob, ...]:
-    """The grid tiles of the map (`plan_map`) as rasters of the run."""
+    """The grid tiles of the map (`plan_map`) as rasters of the run; `labels` as `identity`
+    takes them."""
     grid, infos = plan.grid, plan.inputs
     crs = CRS.from_user_input(grid.crs).to_wkt()
     dtype = str(np.result_type(*(info.dtype for info in infos)))
@@ -129,7 +135,7 @@ def grid_rasters(
             "resampling": config.resampling,
             "format": config.grid.format,
         }
-        made_from = identity([source], package, config, tiling)
+        made_from = identity([source], package, config, tiling, labels)
         folder = storage.join(output, TILES_FOLDER)
         rasters.append(
             RasterJob(

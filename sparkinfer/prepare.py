@@ -21,6 +21,7 @@ from sparkinfer.grid_rasters import check_grid_run, grid_rasters, plan_map
 from sparkinfer.inspection import WITHOUT_ARGMAX, ModelInfo
 from sparkinfer.lock import OutputLock
 from sparkinfer.model import FORMAT_NAMES, ModelPackage, package_models
+from sparkinfer.model_item import ModelItem, band_positions, check_model, read_model_item
 from sparkinfer.outputs import STAGING_FOLDER, check_output_folder, output_names
 from sparkinfer.plan import RasterPlan
 from sparkinfer.raster import RasterInfo, read_info, resolve_inputs
@@ -53,6 +54,7 @@ class Job:
     output: str  # absolute local path or s3:// URI
     rasters: tuple[RasterJob, ...]
     failed: tuple[Failure, ...] = ()  # rasters refused before Spark
+    model_item: ModelItem | None = None  # the STAC MLM Item that described the model
 
 
 def runtime_options(config: JobConfig) -> RuntimeOptions:
@@ -151,13 +153,18 @@ class Checked:
     failed: tuple[Failure, ...]  # input patterns that found nothing, rasters that cannot be read
     package: ModelPackage
     grid: GridPlan | None = None  # with --grid: the map's grid tiles and which inputs meet them
+    model_item: ModelItem | None = None  # --model-item's
 
 
 def check_job(config: JobConfig) -> Checked:
     """The checks that need neither the model loaded nor Spark (the rasters' metadata is read
     here); a UserError stops the run, a raster that cannot be used becomes a `Failure`."""
     output = storage.absolute(config.output)
+    model_item = None if config.model_item is None else read_model_item(config.model_item)
     inputs, failed = _resolve(config)
+    named = model_item is not None and model_item.bands and not (config.bands or config.assets)
+    if named and any(is_stac(p) for p in inputs):  # Items' bands are chosen by their names
+        config = config.model_copy(update={"assets": list(model_item.bands)})
     check_output_folder(output, config.input, inputs)
     OutputLock(output).check()
     package = package_models(config.model, config.trust_model, config.cut_argmax)
@@ -180,10 +187,34 @@ def check_job(config: JobConfig) -> Checked:
                 infos.append(_checked_info(source, config, item))
             except InputError as exc:
                 refused(source, exc)
+    if named and not config.assets:
+        config, infos = _bands_by_name(config, model_item, infos, refused)
     if not infos:
         raise _no_usable_input(failed)
     grid = None if config.grid is None else plan_map(config.grid, tuple(infos))
-    return Checked(config, output, tuple(infos), tuple(failed), package, grid)
+    return Checked(config, output, tuple(infos), tuple(failed), package, grid, model_item)
+
+
+def _bands_by_name(
+    config: JobConfig, item: ModelItem, infos: list[RasterInfo], refused
+) -> tuple[JobConfig, list[RasterInfo]]:
+    """`config` with the bands that carry the model item's band names (`band_positions`) in
+    the first raster, and the rasters whose bands carry them there too; the others are
+    `refused`, each in one line."""
+    chosen, kept = None, []
+    for info in infos:
+        try:
+            positions = band_positions(item, info.path, info.descriptions)
+            if chosen is not None and positions != chosen:
+                raise InputError(
+                    f"{info.path}: the model item's bands are its bands {positions}, but "
+                    f"{kept[0].path}'s {chosen}; run them apart or choose with --bands"
+                )
+            chosen = positions
+            kept.append(info)
+        except InputError as exc:
+            refused(info.path, exc)
+    return config.model_copy(update={"bands": chosen}), kept
 
 
 def plan_job(checked: Checked, model: ModelInfo) -> Job:
@@ -206,6 +237,15 @@ def plan_job(checked: Checked, model: ModelInfo) -> Job:
         raise ConfigError(
             f"normalization has statistics for {count} bands but the model takes {model.bands}"
         )
+    labels = None  # class names and colours that a model item adds: not in the model's digest
+    if checked.model_item is not None:
+        described = check_model(checked.model_item, model)
+        if (described.class_names, described.class_colors) != (
+            model.class_names,
+            model.class_colors,
+        ):
+            labels = (described.class_names, described.class_colors)
+        model = described
     _check_scores_needed(config, model)
     tiling = tiling_for(config, model)
 
@@ -223,11 +263,12 @@ def plan_job(checked: Checked, model: ModelInfo) -> Job:
 
     if checked.grid is not None:
         check_grid_run(config.grid, config, tiling)
-        rasters = grid_rasters(checked.grid, config, tiling, package, output)
+        rasters = grid_rasters(checked.grid, config, tiling, package, output, labels)
     else:
-        rasters = _raster_jobs(config, infos, tiling, package, output)
+        rasters = _raster_jobs(config, infos, tiling, package, output, labels)
     bands = tuple(config.bands or range(1, model.bands + 1))
-    return Job(config, model, package, tiling, bands, output, rasters, tuple(failed))
+    failed = tuple(failed)
+    return Job(config, model, package, tiling, bands, output, rasters, failed, checked.model_item)
 
 
 def _raster_jobs(
@@ -236,12 +277,14 @@ def _raster_jobs(
     tiling: Tiling | ChipGrid,
     package: ModelPackage,
     output: str,
+    labels: tuple | None,
 ) -> tuple[RasterJob, ...]:
-    """One raster of the run per input, its outputs named after it in `output`."""
+    """One raster of the run per input, its outputs named after it in `output`; `labels` as
+    `identity` takes them."""
     rasters = []
     names = output_names([i.stem for i in infos], [i.path for i in infos])
     for info, name in zip(infos, names, strict=True):
-        made_from = identity(input_version(info), package, config, tiling)
+        made_from = identity(input_version(info), package, config, tiling, labels)
         rasters.append(
             RasterJob(
                 info=info,

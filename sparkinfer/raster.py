@@ -64,6 +64,7 @@ class RasterInfo:
     size: int  # bytes; with mtime_ns, what tells this file from an edited one
     mtime_ns: int
     item: StackedItem | None = None  # the STAC Item whose assets are the bands
+    descriptions: tuple[str, ...] = ()  # each band's description, "" where it has none
 
     @property
     def dataset(self) -> str:
@@ -156,6 +157,7 @@ def read_info(path: str, item: StackedItem | None = None) -> RasterInfo:
                     size=size,
                     mtime_ns=mtime_ns,
                     item=item,
+                    descriptions=tuple(d or "" for d in src.descriptions),
                 )
     except RasterioError as exc:
         raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from None

@@ -86,11 +86,16 @@ def input_version(info: RasterInfo) -> list:
 
 
 def identity(
-    source: list, package: ModelPackage, config: JobConfig, tiling: Tiling | ChipGrid
+    source: list,
+    package: ModelPackage,
+    config: JobConfig,
+    tiling: Tiling | ChipGrid,
+    labels: tuple | None = None,
 ) -> str:
     """Hash of everything that decides a raster's outputs, their bytes included (the COG's
     layout, the code that wrote them): chunks of another run never mix. `source`: what its
-    pixels are made of (`input_version`, or a grid tile's inputs and place)."""
+    pixels are made of (`input_version`, or a grid tile's inputs and place); `labels`: the
+    classes' names and colours where a model item, not the model, gives them."""
     parts = {
         "input": source,
         "model": package.digest,
@@ -112,4 +117,6 @@ def identity(
         ),
         "version": __version__,
     }
+    if labels is not None:
+        parts["labels"] = labels
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

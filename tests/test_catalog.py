@@ -58,14 +58,17 @@ def test_the_stac_item_is_valid_and_describes_the_output(written):
         assert item.properties["proj:bbox"] == pytest.approx(list(src.bounds))
     classes = item.assets["classes"].extra_fields["classification:classes"]
     assert [c["value"] for c in classes] == [0, 1, 2, 255] and classes[-1]["nodata"]
-    assert set(item.assets) == {"classes", "quicklook", "tiles"}
-    for asset in item.assets.values():
+    assert set(item.assets) == {"classes", "quicklook", "tiles", "model"}
+    for key in ("classes", "quicklook", "tiles"):  # the outputs; the model is where it was
+        asset = item.assets[key]
         assert (out / Path(asset.href).name).is_file() and asset.href.startswith("./")
     (source,) = item.get_links("derived_from")
     assert source.href == raster.as_uri()
     assert item.stac_extensions == [
         "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
         "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
+        "https://stac-extensions.github.io/mlm/v1.5.2/schema.json",
+        "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
     ]
 
 

@@ -133,12 +133,14 @@ def test_scale_and_offset_come_before_mean_and_std():
 def test_every_flag_sets_the_config_field_it_is_named_for():
     """The command line's flags map onto `JobConfig`'s fields by their destinations alone: each
     names a field (`section.field` inside normalization, cog or grid), and every field has a
-    flag."""
+    flag; --config and --rerun name where options come from."""
     from sparkinfer.config import CogOptions, GridOptions, Normalization
     from sparkinfer.flags import build_parser
 
     destinations = {
-        action.dest for action in build_parser()._actions if action.dest not in ("help", "config")
+        action.dest
+        for action in build_parser()._actions
+        if action.dest not in ("help", "config", "rerun")
     }
     fields = {
         *(n for n in JobConfig.model_fields if n not in ("normalization", "cog", "grid")),

@@ -43,6 +43,8 @@ FLOORS = [
         "outputs",
         "model",
         "inspection",
+        "model_item",
+        "provenance",
         "tiling",
         "runtimes",
         "grid",

@@ -405,3 +405,50 @@ def test_assets_at_http_urls_are_read_through_vsicurl(scenes, s3, spark, tmp_pat
     with pytest.raises(InputError) as refused:
         checked(tmp_path, [missing], scenes["model"])
     assert str(refused.value) == f"{missing}: asset B02 ({url}/B02.tif): not found"
+
+
+def test_a_model_item_chooses_the_assets_by_its_band_names(scenes, tmp_path):
+    """An MLM Item's band names choose a STAC input's assets, as --assets does with them."""
+    names = ["blue", "B03", "red", "nir08"]
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "stac_extensions": ["https://stac-extensions.github.io/mlm/v1.5.2/schema.json"],
+        "id": "identity",
+        "geometry": None,
+        "properties": {
+            "datetime": None,
+            "mlm:name": "identity",
+            "mlm:architecture": "1x1 convolution",
+            "mlm:tasks": ["semantic-segmentation"],
+            "mlm:input": [
+                {
+                    "name": "bands",
+                    "bands": names,
+                    "input": {
+                        "shape": [-1, -1, -1, 4],
+                        "dim_order": ["batch", "height", "width", "bands"],
+                        "data_type": "float32",
+                    },
+                }
+            ],
+            "mlm:output": [{"name": "x", "tasks": ["semantic-segmentation"], "result": {}}],
+        },
+        "assets": {
+            "model": {
+                "href": scenes["model"].name,
+                "roles": ["mlm:model"],
+                "mlm:artifact_type": "tf.keras.Model.save",
+            }
+        },
+        "links": [],
+    }
+    path = write_json(scenes["folder"] / "identity.mlm.json", item)
+    config = load_config(
+        dict(input=[str(scenes["scene"])], model_item=str(path), output=str(tmp_path / "out")),
+        defaults_file=DEFAULTS,
+    )
+    by_item = check_job(config)
+    by_flags = checked(tmp_path, [scenes["scene"]], scenes["model"], ",".join(names))
+    assert by_item.config.assets == names
+    assert by_item.infos[0].item.vrt == by_flags.infos[0].item.vrt

@@ -23,6 +23,7 @@ from sparkinfer.config import TASKS_PER_SLOT
 from sparkinfer.devices import task_resources
 from sparkinfer.model import load_for_task
 from sparkinfer.prepare import Job, runtime_options
+from sparkinfer.provenance import describe
 from sparkinfer.raster_job import RasterJob
 from sparkinfer.runtimes import RuntimeOptions
 from sparkinfer.session import Shipment, run_stage, task_slots
@@ -42,6 +43,7 @@ def assembly_spec(job: Job) -> AssemblySpec:
         confidence=config.confidence,
         uncertain=config.uncertain,
         uncertain_size=config.uncertain_size,
+        provenance=describe(config, job.model, job.package, job.tiling, job.model_item),
     )
 
 
