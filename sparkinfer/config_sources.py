@@ -114,6 +114,8 @@ def load_config(
         under = len(layers) - 1 - (config_file is not None)  # under the file and the flags
         layers.insert(under, (item, read_model_item(item).config_layer()))
         merged, source_of = _merged(layers)
+    if merged.get("confidence") is True:  # the bare switch: a measure set under it, or maxprob
+        merged["confidence"] = _merged(layers[:-1])[0].get("confidence") or "maxprob"
     if isinstance(merged.get("input"), str):
         merged["input"] = [merged["input"]]
     try:

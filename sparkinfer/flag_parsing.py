@@ -16,7 +16,8 @@ class Parser(argparse.ArgumentParser):
 
 class UnlessGiven(argparse.Action):
     """A switch that sets its `const` unless a value was given already: `--confidence` after
-    `--confidence-measure margin` keeps margin."""
+    `--confidence-measure margin` keeps margin. With `const=True`, the layers under the
+    command line choose the value (`config_sources.load_config`)."""
 
     def __init__(self, option_strings, dest, const, **kwargs) -> None:
         super().__init__(option_strings, dest, nargs=0, const=const, **kwargs)

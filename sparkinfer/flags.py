@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Spark speculation: a straggling task is copied to another executor",
     )
     add("--scores", action="store_true", default=None, help="also write per-class scores")
-    add("--confidence", action=UnlessGiven, const="maxprob", help="also write NAME.confidence.tif")
+    add("--confidence", action=UnlessGiven, const=True, help="also write NAME.confidence.tif")
     add(
         "--confidence-measure",
         dest="confidence",
