@@ -36,6 +36,11 @@ class Transform:
             array = array.swapaxes(1, 2)
         return self._flipped(array)
 
+    def on(self, pixels: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """A batch's pixels and valid mask (or None) transformed, contiguous for the model."""
+        mask = None if valid is None else np.ascontiguousarray(self.forward(valid))
+        return np.ascontiguousarray(self.forward(pixels)), mask
+
     def inverse(self, array: np.ndarray) -> np.ndarray:
         if array.ndim == 2:  # a chip classifier's (batch, classes): nothing to map back
             return array
@@ -80,22 +85,34 @@ class Augmented(Runtime):
     def classify(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        scores = mean(self._members(pixels, valid))
+        scores = mean(self._transformed(pixels, valid))
         return classes_of(scores), (scores if with_scores else None)
 
     def classify_with_agreement(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> Agreed:
-        return agreed(list(self._members(pixels, valid)), with_scores)
+        return agreed(self._groups(pixels, valid), with_scores)
 
-    def _members(self, pixels: np.ndarray, valid: np.ndarray | None) -> Iterator[np.ndarray]:
+    def members(self, pixels: np.ndarray, valid: np.ndarray | None) -> list[np.ndarray]:
+        return [m for group in self._groups(pixels, valid) for m in group]
+
+    def _transformed(self, pixels: np.ndarray, valid: np.ndarray | None) -> Iterator[np.ndarray]:
         """Each transform's scores of the batch, mapped back."""
+        return (
+            t.inverse(np.asarray(self.runtime.classify(*t.on(pixels, valid), True)[1], np.float32))
+            for t in self.transforms
+        )
 
-        def call(t: Transform) -> np.ndarray:
-            mask = None if valid is None else np.ascontiguousarray(t.forward(valid))
-            return self.runtime.classify(np.ascontiguousarray(t.forward(pixels)), mask, True)[1]
-
-        return (t.inverse(np.asarray(call(t), np.float32)) for t in self.transforms)
+    def _groups(self, pixels: np.ndarray, valid: np.ndarray | None) -> list[list[np.ndarray]]:
+        """Each transform's members' scores (an ensemble's models, or the model alone), mapped
+        back."""
+        return [
+            [
+                t.inverse(np.asarray(m, np.float32))
+                for m in self.runtime.members(*t.on(pixels, valid))
+            ]
+            for t in self.transforms
+        ]
 
     def _mean(self, call: Callable[[Transform], np.ndarray]) -> np.ndarray:
         return mean(t.inverse(np.asarray(call(t), np.float32)) for t in self.transforms)
@@ -128,4 +145,7 @@ class Ensemble(Runtime):
     def classify_with_agreement(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> Agreed:
-        return agreed([r.classify(pixels, valid, True)[1] for r in self.runtimes], with_scores)
+        return agreed([r.members(pixels, valid) for r in self.runtimes], with_scores)
+
+    def members(self, pixels: np.ndarray, valid: np.ndarray | None) -> list[np.ndarray]:
+        return [m for r in self.runtimes for m in r.members(pixels, valid)]

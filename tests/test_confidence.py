@@ -74,15 +74,28 @@ def test_agreement_is_the_share_of_members_with_the_final_class():
         np.array([[0.3, 0.7], [0.2, 0.8]], np.float32).reshape(1, 2, 1, 2),
         np.array([[0.8, 0.2], [0.4, 0.6]], np.float32).reshape(1, 2, 1, 2),
     ]
-    classes, scores, agreement = agreed(members, with_scores=True)
+    classes, scores, agreement = agreed([members], with_scores=True)
     # Pixel 0: mean (0.567, 0.433), class 0, chosen by members 1 and 3; pixel 1: all say 1.
     assert classes.ravel().tolist() == [0, 1] and scores.shape == (1, 2, 1, 2)
     np.testing.assert_allclose(agreement.ravel(), [2 / 3, 1.0])
     assert as_bytes(agreement).ravel().tolist() == [170, 254]
     # One sigmoid channel: a member's class is score >= 0.5.
     sigmoid = [np.full((1, 1, 1, 1), p, np.float32) for p in (0.9, 0.4, 0.7, 0.2)]
-    classes, _, agreement = agreed(sigmoid, with_scores=False)
+    classes, _, agreement = agreed([sigmoid], with_scores=False)
     assert classes.item() == 1 and agreement.item() == 0.5  # mean 0.55
+
+
+def test_agreement_in_groups_weighs_groups_alike_and_counts_every_member():
+    """Groups are an ensemble's models under one transform: the class is that of the mean of
+    the groups' means, as the class map's, and every member counts once."""
+    a, b, c = (
+        np.array(p, np.float32).reshape(1, 1, 1, 2) for p in ([0.9, 0.1], [0.9, 0.1], [0, 1])
+    )
+    classes, scores, agreement = agreed([[a, b], [c]], with_scores=True)
+    # Means: (0.9, 0.1) and (0, 1), so (0.45, 0.55) and class 1, which c alone chose; the flat
+    # mean (0.6, 0.4) would have given class 0.
+    np.testing.assert_allclose(scores.ravel(), [0.45, 0.55])
+    assert classes.item() == 1 and agreement.item() == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize(
@@ -114,6 +127,21 @@ def test_agreement_without_members_or_with_blend_is_refused(options, refused):
 def test_the_flags_name_the_measure(flags, measure):
     argv = ["--input", "in.tif", "--model", "m.keras", "--output", "out", *flags]
     assert config_from_args(argv, ROOT / "conf" / "default.yaml").confidence == measure
+
+
+@pytest.mark.parametrize(
+    "flags, measure",
+    [
+        (["--confidence"], "entropy"),
+        (["--confidence-measure", "margin"], "margin"),
+        (["--confidence", "--confidence-measure", "margin"], "margin"),
+    ],
+)
+def test_the_switch_keeps_a_measure_from_the_config_file(tmp_path, flags, measure):
+    config = tmp_path / "job.yaml"
+    config.write_text("confidence: entropy\n")
+    argv = ["--input", "in.tif", "--model", "m.keras", "--output", "out", "--config", str(config)]
+    assert config_from_args([*argv, *flags], ROOT / "conf" / "default.yaml").confidence == measure
 
 
 @pytest.fixture(scope="class")
@@ -195,19 +223,25 @@ class TestWrittenByTheJob:
         assert near.max() <= 1 and (near == 0).mean() > 0.999
         assert not (tmp_path / "o" / "scene.scores.tif").exists()
 
-    def test_agreement_of_flips_and_of_an_ensemble_is_the_whole_image_s(
+    def test_agreement_of_flips_of_an_ensemble_and_of_both_is_the_whole_image_s(
         self, tmp_path, run, models, scene
     ):
         """Each member's class on the whole raster (each flip of it through the U-Net, mapped
-        back; each model of the ensemble), and the share that agrees with their mean's."""
+        back; each model of the ensemble; each model under each flip), and the share that
+        agrees with their mean's."""
         from test_averaging import REFERENCE
 
         raster, mask = scene
-        cases = {
-            "flips": (dict(model=str(models["unet"]), tta="flips"), REFERENCE["flips"]),
-            "ensemble": (dict(model=[str(models["conv"]), str(models["unet"])]), None),
+        ensemble = [str(models["conv"]), str(models["unet"])]
+        cases = {  # options, the members' models, their transforms
+            "flips": (dict(model=ensemble[1], tta="flips"), ["unet"], REFERENCE["flips"]),
+            "ensemble": (dict(model=ensemble), ["conv", "unet"], [None]),
+            "both": (dict(model=ensemble, tta="flips"), ["conv", "unet"], REFERENCE["flips"]),
         }
-        for name, (options, transforms) in cases.items():
+        # Shares of 4 flips; of 2 models (0 too: with 3 classes, the mean's class can be
+        # neither model's); of 8.
+        shares_of = {"flips": 4, "ensemble": 2, "both": 8}
+        for name, (options, names, transforms) in cases.items():
             output = tmp_path / name
             run(
                 input=[str(raster)],
@@ -218,21 +252,23 @@ class TestWrittenByTheJob:
             )
             written, profile, descriptions = read(output / "scene.confidence.tif")
             assert descriptions == ("confidence (agreement; 0 to 254 for 0 to 1)",)
-            if transforms:
-                members = [
-                    whole_image_outputs(models["unet"], raster, stride=4, transforms=[t])[1]
-                    for t in transforms
+            groups = [  # a group per transform, as the job averages them
+                [
+                    np.nan_to_num(
+                        whole_image_outputs(
+                            models[m], raster, stride=4, transforms=[t] if t else None
+                        )[1]
+                    )[None]
+                    for m in names
                 ]
-            else:
-                members = [
-                    whole_image_outputs(models[m], raster, stride=4)[1] for m in ("conv", "unet")
-                ]
-            _, _, shares = agreed([np.nan_to_num(m)[None] for m in members], with_scores=False)
+                for t in transforms
+            ]
+            _, _, shares = agreed(groups, with_scores=False)
             expected = as_bytes(shares[0])
             expected[mask] = 255
             assert (written[0] == expected).mean() > 0.999
-            # Shares of 4 flips; of 2 models (0 too: with 3 classes, the mean's class can be
-            # neither model's).
-            values = {0, 64, 128, 191, 254} if transforms else {0, 128, 254}
+            values = {
+                min(round(255 * i / shares_of[name]), 254) for i in range(shares_of[name] + 1)
+            }
             assert set(np.unique(written[0][~mask])) <= values
             assert len(set(np.unique(written[0][~mask]))) > 1, "members disagree somewhere"

@@ -132,10 +132,15 @@ class Runtime(ABC):
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> Agreed:
         """`classify`, and per pixel the share of the runtime's members (a test-time
-        augmentation's transforms, an ensemble's models) whose own class is the final one,
-        float32 (batch, height, width): 1 everywhere for one model alone."""
+        augmentation's transforms, an ensemble's models, or each model's transforms in an
+        ensemble of augmented models) whose own class is the final one, float32 (batch,
+        height, width): 1 everywhere for one model alone."""
         classes, scores = self.classify(pixels, valid, with_scores)
         return classes, scores, np.ones(classes.shape, np.float32)
+
+    def members(self, pixels: np.ndarray, valid: np.ndarray | None) -> list[np.ndarray]:
+        """Each member's own scores of the batch: for one model alone, its scores."""
+        return [self.classify(pixels, valid, True)[1]]
 
     @abstractmethod
     def classify(
@@ -189,11 +194,14 @@ def activated(scores, activation: Activation, ops=None):
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def agreed(members: list[np.ndarray], with_scores: bool) -> Agreed:
-    """What `classify_with_agreement` gives for the scores of a runtime's `members`: the class
-    of their mean, the mean, and the share of members whose own class is that class."""
-    scores = mean(members)
+def agreed(groups: list[list[np.ndarray]], with_scores: bool) -> Agreed:
+    """What `classify_with_agreement` gives for the scores of a runtime's members, in `groups`
+    (an ensemble's models, each with its transforms): the class of the mean of the groups'
+    means (as `classify`, so each model weighs the same), that mean, and the share of all
+    members whose own class is that class."""
+    scores = mean(mean(group) for group in groups)
     classes = classes_of(scores)
+    members = [m for group in groups for m in group]
     agreement = mean([(classes_of(m) == classes).astype(np.float32) for m in members])
     return classes, (scores if with_scores else None), agreement
 
