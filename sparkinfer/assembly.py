@@ -136,26 +136,40 @@ def assemble_raster(
 
 def _write_zarr_tile(raster: RasterJob, spec: AssemblySpec) -> None:
     """A grid tile into the map's Zarr store (`zarr_map.write_tile`) from its chunks, its tile
-    index beside, and last its marker: a tile with a marker is whole in the store."""
+    index and uncertain chips beside, and last its marker: a tile with a marker is whole in
+    the store."""
     model, chunks = spec.model, chunk_specs(raster)
+    arrays = {  # the store's arrays the tile has, and the chunk files of each
+        "classes": dict(scores=False),
+        "scores": dict(scores=True) if raster.scores_path else None,
+        "confidence": dict(scores=False, confidence=spec.confidence)
+        if raster.confidence_path
+        else None,
+    }
     with tempfile.TemporaryDirectory(prefix="sparkinfer-zarr-") as folder:
         vrts = {}
-        for name, scores in (("classes", False), ("scores", True)):
-            if scores and raster.scores_path is None:
+        for name, layer in arrays.items():
+            if layer is None:
                 continue
             vrts[name] = str(Path(folder) / f"{name}.vrt")
             write_chunks_vrt(
                 raster.info,
                 chunks,
                 Path(vrts[name]),
-                scores=scores,
                 classes=model.classes,
                 channels=model.channels,
                 metadata=spec.tags(raster),
                 class_names=model.class_names,
+                **layer,
             )
         with storage.gdal_env(**storage.NO_LISTING):
             write_tile(raster.zarr, vrts)
+            if raster.uncertain_path is not None:
+                size = spec.uncertain_size
+                chips = least_sure(
+                    vrts["confidence"], vrts["classes"], spec.uncertain, size, model.classes
+                )
+                write_uncertain(raster.info, chips, size, raster.uncertain_path, spec.class_names)
     write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path, model.classes)
     storage.write_text(raster.marker_path, tile_marker(raster.identity, raster.zarr))
 

@@ -40,7 +40,6 @@ def check_grid_run(options: GridOptions, config: JobConfig, tiling: Tiling | Chi
     for flag, used in (
         ("--merge blend", config.merge == "blend"),
         ("--quicklook with --format zarr", config.quicklook and options.format == "zarr"),
-        ("--confidence with --format zarr", config.confidence and options.format == "zarr"),
         ("--polygons", config.polygons),
         ("--verify", config.verify),
         ("--estimate", config.estimate),

@@ -138,6 +138,7 @@ def _create_store(job: Job, tile: RasterJob) -> None:
         None if names is None else tuple(names),
         model.class_names,
         job.config.overwrite,
+        job.config.confidence,
     )
 
 

@@ -2,9 +2,10 @@
 georeferences: `xarray.open_zarr(path).classes.rio.crs`.
 
 The driver creates the store from metadata (`create_map_store`): the arrays `classes` (y, x;
-uint8, 255 where no input is valid) and, with scores, `scores` (band, y, x; float32, NaN), over
-the map's block of grid tiles; the coordinates `x` and `y` (pixel centres) and `spatial_ref`
-(the CF grid mapping: the CRS as WKT and the GeoTransform). Each array is sharded by grid tile
+uint8, 255 where no input is valid), with scores `scores` (band, y, x; float32, NaN) and with a
+confidence `confidence` (y, x; uint8, 255, scaled by 1/255 for CF readers), over the map's
+block of grid tiles; the coordinates `x` and `y` (pixel centres) and `spatial_ref` (the CF
+grid mapping: the CRS as WKT and the GeoTransform). Each array is sharded by grid tile
 (a band at a time for the scores), so a grid tile is one object per array and band, written
 whole by the assembly task that makes that tile from its chunks (`write_tile`): no object is
 written in part, and a retried or speculated task writes the same bytes again. The driver
@@ -24,6 +25,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from sparkinfer import s3, storage
+from sparkinfer.cogs import BandLayout
 from sparkinfer.outputs import CLASS_NODATA, SCORE_NODATA
 from sparkinfer.raster import RasterInfo
 
@@ -69,16 +71,19 @@ def create_map_store(
     score_names: tuple[str, ...] | None,
     class_names: tuple[str, ...],
     overwrite: bool,
+    confidence: str | None = None,
 ) -> None:
     """Make the map's store over `extent` (the block of grid tiles), with a `scores` array of a
-    band per name in `score_names` (None: no scores); keep the one there if it was made for the
-    same layout (a re-run resumes into it), unless `overwrite`."""
+    band per name in `score_names` (None: no scores) and a `confidence` array by that measure
+    (None: none); keep the one there if it was made for the same layout (a re-run resumes into
+    it), unless `overwrite`."""
     layout = {
         "crs": extent.crs,
         "transform": list(extent.transform),
         "shape": [extent.height, extent.width],
         "tile_size": tile_size,
         "scores": list(score_names) if score_names is not None else None,
+        "confidence": confidence,
     }
     store = open_store(uri)
     if not overwrite:
@@ -91,17 +96,17 @@ def create_map_store(
     root = zarr.open_group(store, mode="w", zarr_format=3)
     side = inner_chunk(tile_size)
     grid = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-    root.create_array(
-        "classes",
+    bytes_per_pixel = dict(  # (y, x) uint8 arrays, CLASS_NODATA where no input is valid
         shape=(extent.height, extent.width),
         chunks=(side, side),
         shards=(tile_size, tile_size),
         dtype="uint8",
         fill_value=CLASS_NODATA,
         dimension_names=("y", "x"),
-        attributes=grid
-        | {"_FillValue": CLASS_NODATA, "long_name": "class", "flag_meanings": class_names},
     )
+    nodata = {"_FillValue": CLASS_NODATA}
+    classes = {"long_name": "class", "flag_meanings": class_names}
+    root.create_array("classes", attributes=grid | nodata | classes, **bytes_per_pixel)
     if score_names is not None:
         root.create_array(
             "scores",
@@ -113,6 +118,10 @@ def create_map_store(
             dimension_names=("band", "y", "x"),
             attributes=grid | {"long_name": "score", "band_names": score_names},
         )
+    if confidence is not None:
+        described = {"long_name": BandLayout.confidence(confidence).descriptions[0]}
+        scaled = described | {"scale_factor": 1 / 255}
+        root.create_array("confidence", attributes=grid | nodata | scaled, **bytes_per_pixel)
     a, _, c, _, e, f = extent.transform
     for name, size, start, step in (("x", extent.width, c, a), ("y", extent.height, f, e)):
         axis = root.create_array(

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 from affine import Affine
@@ -25,6 +26,8 @@ from sparkinfer.raster import read_info
 ROOT = Path(__file__).resolve().parent.parent
 OLINDA = ROOT / "data" / "L7_ETMs.tif"  # Landsat 7 ETM+, 6 bands, EPSG:31985 (UTM 25S)
 GRID = dict(crs="EPSG:3857", resolution=30.0, tile_size=128)
+# What the shared maps also write, in either format: a confidence and each tile's unsure chips.
+MEASURED = dict(confidence="margin", uncertain=2, uncertain_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +63,13 @@ def _map(spark, inputs, model, output, options=(), **grid) -> dict:
 @pytest.fixture(scope="module")
 def mapped(scenes, spark):
     folder, inputs, model = scenes
-    return folder / "out", _map(spark, inputs, model, folder / "out")
+    return folder / "out", _map(spark, inputs, model, folder / "out", MEASURED)
 
 
 @pytest.fixture(scope="module")
 def zarr_mapped(scenes, spark):
     folder, inputs, model = scenes
-    return folder / "zarr", _map(spark, inputs, model, folder / "zarr", format="zarr")
+    return folder / "zarr", _map(spark, inputs, model, folder / "zarr", MEASURED, format="zarr")
 
 
 def _reference(folder, inputs, model):
@@ -159,7 +162,7 @@ def test_a_rerun_skips_complete_tiles_and_remakes_a_lost_one_byte_for_byte(scene
     before = {p.name: p.read_bytes() for p in tiles}
     lost = tiles[len(tiles) // 2]
     lost.unlink()
-    again = _map(spark, inputs, model, out)
+    again = _map(spark, inputs, model, out, MEASURED)
     made = [r["input"] for r in again["rasters"] if r["status"] == "written"]
     col, row = lost.stem.split("_")[1:]
     assert made == [f"grid tile {col},{row}"]  # the lost tile alone, the others complete
@@ -174,7 +177,7 @@ def test_the_zarr_store_equals_the_cog_tiles_with_the_same_georeference(mapped, 
     out, report = zarr_mapped
     assert report["map"] == [str(out / "map.zarr"), str(out / "collection.json")]
     store = xarray.open_zarr(out / "map.zarr", mask_and_scale=False)
-    classes, scores = store["classes"], store["scores"]
+    classes, scores, confidence = store["classes"], store["scores"], store["confidence"]
     assert classes.rio.crs.to_epsg() == 3857 and classes.dtype == np.uint8
     assert classes.rio.nodata == 255 and scores.shape[0] == 4
     transform = classes.rio.transform()
@@ -188,9 +191,22 @@ def test_the_zarr_store_equals_the_cog_tiles_with_the_same_georeference(mapped, 
             np.testing.assert_array_equal(classes[rows, cols].values, tile.read(1))
         with rasterio.open(path.with_suffix(".scores.tif")) as tile:
             np.testing.assert_array_equal(scores[:, rows, cols].values, tile.read())
+        with rasterio.open(path.with_suffix(".confidence.tif")) as tile:
+            np.testing.assert_array_equal(confidence[rows, cols].values, tile.read(1))
+        # Each tile's unsure chips, picked from the store's tile as from its COGs.
+        chips = [
+            pq.read_table(f.with_name(f"{path.stem}.uncertain.parquet"))
+            for f in (path, out / "tiles" / path.name)
+        ]
+        assert chips[0].num_rows >= 1 and chips[0].equals(chips[1])
         made[rows, cols] = True
     # The store spans the map's block of grid tiles; tiles no input meets hold nodata.
-    assert (classes.values[~made] == 255).all()
+    assert (classes.values[~made] == 255).all() and (confidence.values[~made] == 255).all()
+    assert 0 < confidence.values[made].mean() < 254, "a confidence that varies"
+    measured = xarray.open_zarr(out / "map.zarr")["confidence"]  # as CF readers see it
+    valid = confidence.values != 255
+    np.testing.assert_allclose(measured.values[valid], confidence.values[valid] / 255, rtol=1e-6)
+    assert np.isnan(measured.values[~valid]).all()
     assert len(list((out / "tiles").glob("*.zarr.json"))) == len(tiles)
 
 
@@ -207,7 +223,7 @@ def test_a_rerun_remakes_a_zarr_tile_whose_marker_is_missing(scenes, zarr_mapped
     marker.unlink()
     shard = f"{region['row_off'] // GRID['tile_size']}/{region['col_off'] // GRID['tile_size']}"
     (out / "map.zarr" / "classes" / "c" / shard).unlink()  # as if its write was cut short
-    again = _map(spark, inputs, model, out, format="zarr")
+    again = _map(spark, inputs, model, out, MEASURED, format="zarr")
     made = [r["input"] for r in again["rasters"] if r["status"] == "written"]
     col, row = marker.name.removesuffix(".zarr.json").split("_")[1:]
     assert made == [f"grid tile {col},{row}"]
