@@ -31,9 +31,10 @@ from sparkinfer.inspection import ModelInfo
 from sparkinfer.polygon_merge import write_polygons
 from sparkinfer.provenance import stamped
 from sparkinfer.quicklook import write_quicklook
+from sparkinfer.raster import RasterInfo
 from sparkinfer.raster_job import IDENTITY_TAG, RasterJob
 from sparkinfer.runtimes import Runtime
-from sparkinfer.uncertain import least_sure, write_uncertain
+from sparkinfer.uncertain import chunk_tags, least_sure, write_uncertain
 from sparkinfer.verify import sample_window, verify
 from sparkinfer.writers import ChunkSpec
 from sparkinfer.zarr_map import tile_marker, write_tile
@@ -164,14 +165,20 @@ def _write_zarr_tile(raster: RasterJob, spec: AssemblySpec) -> None:
             )
         with storage.gdal_env(**storage.NO_LISTING):
             write_tile(raster.zarr, vrts)
-            if raster.uncertain_path is not None:
-                size = spec.uncertain_size
-                chips = least_sure(
-                    vrts["confidence"], vrts["classes"], spec.uncertain, size, model.classes
-                )
-                write_uncertain(raster.info, chips, size, raster.uncertain_path, spec.class_names)
     write_tile_index(raster.info, raster.plan, chunks, raster.tile_index_path, model.classes)
+    _write_uncertain(raster, raster.info, chunks, spec)
     storage.write_text(raster.marker_path, tile_marker(raster.identity, raster.zarr))
+
+
+def _write_uncertain(
+    raster: RasterJob, grid: RasterInfo, chunks: list[ChunkSpec], spec: AssemblySpec
+) -> None:
+    """With `--uncertain`, the raster's least sure chips, from its chunks' candidates."""
+    if raster.uncertain_path is None:
+        return
+    tags = chunk_tags(chunk.classes_path for chunk in chunks)
+    chips = least_sure(tags, spec.uncertain, spec.uncertain_size)
+    write_uncertain(grid, chips, spec.uncertain_size, raster.uncertain_path, spec.class_names)
 
 
 def _write_outputs(
@@ -219,10 +226,7 @@ def _write_outputs(
                 )
             for future in made:
                 future.result()
-        if raster.uncertain_path is not None:  # from the local COGs
-            size = spec.uncertain_size
-            chips = least_sure(str(confidence), str(classes), spec.uncertain, size, model.classes)
-            write_uncertain(grid, chips, size, raster.uncertain_path, spec.class_names)
+        _write_uncertain(raster, grid, chunks, spec)
         # From the local COG, before its commit: on S3 no download of what was just made.
         if raster.quicklook_path is not None:
             write_quicklook(

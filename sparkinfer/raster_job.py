@@ -119,4 +119,6 @@ def identity(
     }
     if labels is not None:
         parts["labels"] = labels
+    if config.uncertain:  # each chunk holds its candidates (`sparkinfer.uncertain`)
+        parts["uncertain"] = [config.uncertain, config.uncertain_size]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

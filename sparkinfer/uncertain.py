@@ -7,30 +7,37 @@ score is its pixels' mean confidence (`sparkinfer.confidence`). The K chips take
 lowest score first, skipping any chip that touches one already taken (8-neighbours on the
 chip grid), so that two chips are at least one chip's side apart and do not cluster.
 
-The assembly reads the raster's confidence and class COGs a strip of chips at a time and keeps
-only the `9 K` lowest chips: each chip taken rules out at most 8 others, so the K picks are
-always among them. Memory holds one strip and those candidates, whatever the raster's size.
+Each chunk, where its confidence and classes are in memory (the inference stage), sums its
+part of every chip it meets (`chunk_candidates`) into a tag of its class map, committed with it,
+so a resumed run finds them as it finds the chunk. Of the chips wholly inside, it keeps only
+the `9 K` lowest that count: each chip taken rules out at most 8 others, so the K picks are
+always among the map's `9 K` lowest. The assembly sums the parts of chips across chunk borders
+and picks (`least_sure`), a chunk at a time: memory holds `9 K` chips and the parts of those
+across borders, whatever the raster's size.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import rasterio
 from affine import Affine
-from rasterio.windows import Window
 
 from sparkinfer import storage
 from sparkinfer.catalog import geoparquet_metadata, grid_bbox, wkb_rectangles
 from sparkinfer.outputs import CLASS_NODATA
+from sparkinfer.plan import PixelWindow
 from sparkinfer.raster import RasterInfo
 
 MIN_VALID_SHARE = 0.5  # of a chip's pixels, for it to count
+# A chunk's chip sums, stored in its class map's metadata: {"whole": [...], "parts": [...]}, each
+# [chip row, chip column, confidence sum, valid pixels, class 0 pixels, ...].
+CANDIDATES_TAG = "SPARKINFER_UNSURE_CHIPS"
 
 
 @dataclass(frozen=True, order=True)
@@ -45,19 +52,114 @@ class Chip:
     class_pixels: tuple[int, ...]
 
 
-def strip_chips(confidence: np.ndarray, classes: np.ndarray, row: int, size: int, count: int):
-    """The chips that count in one strip of `size` rows (chip row `row`): the strip's
-    confidence and class map, uint8, 255 where nodata."""
-    columns = confidence.shape[1] // size
-    for col in range(columns):
-        cell = np.s_[:, col * size : (col + 1) * size]
-        valid = confidence[cell] != CLASS_NODATA
-        pixels = int(valid.sum())
-        if pixels < MIN_VALID_SHARE * size * size:
-            continue
-        mean = float(confidence[cell][valid].mean(dtype=np.float64)) / 255
-        histogram = np.bincount(classes[cell][valid].ravel(), minlength=count)[:count]
-        yield Chip(round(mean, 6), row, col, pixels, tuple(int(n) for n in histogram))
+def chip_of(row: int, col: int, total: int, valid: int, counts, size: int) -> Chip | None:
+    """The chip at `row`, `col` from its sums (of confidence bytes and valid pixels, and the
+    valid pixels of each class), or None if it does not count."""
+    if valid < MIN_VALID_SHARE * size * size:
+        return None
+    mean = round(total / valid / 255, 6)
+    return Chip(mean, row, col, valid, tuple(int(n) for n in counts))
+
+
+def chunk_candidates(
+    confidence: np.ndarray,
+    classes: np.ndarray,
+    core: PixelWindow,
+    grid: tuple[int, int],
+    size: int,
+    k: int,
+    count: int,
+) -> str:
+    """The `CANDIDATES_TAG` of a chunk: `confidence` and `classes` are its `core`'s, uint8, 255
+    where nodata, of a raster of `grid` (height, width); `count` classes. Sums per chip first,
+    then the class pixels of the chips kept only."""
+    spans = [
+        _chip_spans(start, length, limit // size, size)
+        for start, length, limit in (
+            (core.row_off, core.height, grid[0]),
+            (core.col_off, core.width, grid[1]),
+        )
+    ]
+    (first_row, row_cuts), (first_col, col_cuts) = spans
+    if not len(row_cuts) or not len(col_cuts):
+        return json.dumps({"whole": [], "parts": []})
+    valid = confidence != CLASS_NODATA
+    totals = _block_sums(np.where(valid, confidence, 0), row_cuts, col_cuts)
+    pixels = _block_sums(valid.view(np.uint8), row_cuts, col_cuts)
+    heights, widths = np.diff(row_cuts), np.diff(col_cuts)
+    inside = (heights[:, None] == size) & (widths[None, :] == size)
+    counting = inside & (pixels >= MIN_VALID_SHARE * size * size)
+    parts = np.argwhere(~inside & (pixels > 0))
+    whole = np.argwhere(counting)
+    # Scored as `chip_of` scores them, Python's round included (numpy's rounds otherwise).
+    scores = [
+        round(t / p / 255, 6)
+        for t, p in zip(totals[counting].tolist(), pixels[counting].tolist(), strict=True)
+    ]
+    # The 9 k lowest, by score then place: argwhere gives places in order, and the sort is stable.
+    whole = whole[np.argsort(np.array(scores), kind="stable")[: 9 * k]]
+
+    def entry(i: int, j: int) -> list[int]:
+        """[chip row, chip column, confidence sum, valid pixels, class 0 pixels, ...]"""
+        cell = np.s_[row_cuts[i] : row_cuts[i + 1], col_cuts[j] : col_cuts[j + 1]]
+        labels = classes[cell][valid[cell]]
+        counts = np.bincount(labels[labels < count], minlength=count).tolist()
+        return [
+            first_row + int(i),
+            first_col + int(j),
+            int(totals[i, j]),
+            int(pixels[i, j]),
+            *counts,
+        ]
+
+    candidates = {"whole": [entry(*e) for e in whole], "parts": [entry(*e) for e in parts]}
+    return json.dumps(candidates, separators=(",", ":"))
+
+
+def _chip_spans(start: int, length: int, chips: int, size: int) -> tuple[int, np.ndarray]:
+    """Along one axis of a chunk from `start`, `length` long, on a grid of `chips` whole chips:
+    the first chip it meets, and where each chip it meets starts in it, then where the last
+    ends (empty if it meets none)."""
+    first, stop = start // size, min(-(-(start + length) // size), chips)
+    if stop <= first:
+        return first, np.array([], np.int64)
+    cuts = np.arange(first, stop + 1) * size - start
+    return first, np.clip(cuts, 0, length)
+
+
+def _block_sums(values: np.ndarray, row_cuts: np.ndarray, col_cuts: np.ndarray) -> np.ndarray:
+    """int64 sums of `values` over the blocks between the cuts."""
+    inner = values[: row_cuts[-1], : col_cuts[-1]]
+    # A row of a chip fits 32 bits (255 x its side); uint32 sums several times faster.
+    by_col = np.add.reduceat(inner, col_cuts[:-1], axis=1, dtype=np.uint32)
+    return np.add.reduceat(by_col, row_cuts[:-1], axis=0, dtype=np.int64)
+
+
+def least_sure(tags: Iterable[str], k: int, size: int) -> list[Chip]:
+    """`pick` over the chips of a raster from its chunks' `CANDIDATES_TAG`s, a chunk at a
+    time: the chips wholly in a chunk as they come, those across chunk borders once summed."""
+    kept: list[tuple] = []  # a max-heap of the 9 k lowest, by (score, place), as negated keys
+    parts: dict[tuple[int, int], np.ndarray] = {}
+
+    def keep(chip: Chip | None) -> None:
+        if chip is None:
+            return
+        key = (-chip.mean_confidence, -chip.row, -chip.col)
+        if len(kept) < 9 * k:
+            heapq.heappush(kept, (key, chip))
+        elif key > kept[0][0]:
+            heapq.heapreplace(kept, (key, chip))
+
+    for tag in tags:
+        candidates = json.loads(tag)
+        for row, col, total, valid, *counts in candidates["whole"]:
+            keep(chip_of(row, col, total, valid, counts, size))
+        for row, col, *sums in candidates["parts"]:
+            here = np.array(sums, np.int64)
+            parts[row, col] = parts[row, col] + here if (row, col) in parts else here
+    for (row, col), (total, valid, *counts) in parts.items():
+        keep(chip_of(row, col, int(total), int(valid), counts, size))
+    return pick([chip for _, chip in kept], k)
 
 
 def pick(candidates: list[Chip], k: int) -> list[Chip]:
@@ -74,21 +176,14 @@ def pick(candidates: list[Chip], k: int) -> list[Chip]:
     return taken
 
 
-def least_sure(confidence_path: str, classes_path: str, k: int, size: int, count: int):
-    """`pick` over the chips of a raster's local confidence and class COGs, read a strip at a
-    time, keeping the `9 k` lowest chips."""
-    kept: list[tuple] = []  # a max-heap by (score, place), as negated keys
-    with rasterio.open(confidence_path) as conf, rasterio.open(classes_path) as cls:
-        for row in range(conf.height // size):
-            window = Window(0, row * size, conf.width, size)
-            confidence, classes = conf.read(1, window=window), cls.read(1, window=window)
-            for chip in strip_chips(confidence, classes, row, size, count):
-                key = (-chip.mean_confidence, -chip.row, -chip.col)
-                if len(kept) < 9 * k:
-                    heapq.heappush(kept, (key, chip))
-                elif key > kept[0][0]:
-                    heapq.heapreplace(kept, (key, chip))
-    return pick([chip for _, chip in kept], k)
+def chunk_tags(classes_paths: Iterable[str]) -> Iterable[str]:
+    """The `CANDIDATES_TAG` of each chunk's class map, read one at a time."""
+    for path in classes_paths:
+        with storage.open_own_raster(path) as src:
+            tag = src.tags().get(CANDIDATES_TAG)
+        if tag is None:
+            raise RuntimeError(f"{path}: the chunk has no uncertain chips; re-run with --overwrite")
+        yield tag
 
 
 UNCERTAIN_SCHEMA = pa.schema(

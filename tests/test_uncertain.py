@@ -1,6 +1,6 @@
 """`--uncertain K`: the chips where the model is least sure, spread apart (`sparkinfer.uncertain`):
-the pick on hand-made chips, the strip-by-strip pick against one over the whole map, and the
-job's GeoParquet."""
+the pick on hand-made chips, chunks' candidates merged against the pick over the whole map, and
+the job's GeoParquet."""
 
 import json
 
@@ -14,7 +14,8 @@ from rasterio.transform import Affine
 from shapely import wkb
 
 from sparkinfer.flags import config_from_args
-from sparkinfer.uncertain import Chip, least_sure, pick
+from sparkinfer.plan import PixelWindow
+from sparkinfer.uncertain import Chip, chunk_candidates, least_sure, pick
 
 
 @pytest.mark.parametrize(
@@ -67,23 +68,30 @@ def whole_map_pick(confidence, classes, k, size, count):
 
 
 @pytest.mark.parametrize("k", [1, 5, 12, 200])
-def test_a_strip_at_a_time_picks_as_the_whole_map_does(tmp_path, k):
+def test_chunks_candidates_merged_pick_as_the_whole_map_does(k):
     rng = np.random.default_rng(28)
     height, width, size = 200, 263, 16  # edge cells narrower than a chip are left out
     confidence = rng.integers(0, 255, (height, width), dtype=np.uint8)
     confidence[40:90, 60:140] = rng.integers(0, 20, (50, 80))  # a cluster of unsure chips
     confidence[150:, :100] = 255  # nodata: chips there do not count, half-valid ones do
     classes = np.where(confidence == 255, 255, rng.integers(0, 3, (height, width))).astype(np.uint8)
-    paths = []
-    for name, band in (("confidence", confidence), ("classes", classes)):
-        path = tmp_path / f"{name}.tif"
-        profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint8")
-        profile |= dict(crs="EPSG:32633", transform=Affine(10, 0, 0, 0, -10, 0))
-        with rasterio.open(path, "w", nodata=255, **profile) as dst:
-            dst.write(band, 1)
-        paths.append(str(path))
     counting, expected = whole_map_pick(confidence, classes, k, size, 3)
-    assert least_sure(*paths, k, size, 3) == expected
+    # Chunks whose borders cut chips (37, 91, 250) and follow them (128): each keeps its
+    # 9 k lowest whole chips (the middle one has 45) and every part.
+    tags = []
+    for top, bottom in ((0, 37), (37, 128), (128, 200)):
+        for left, right in ((0, 91), (91, 250), (250, 263)):
+            core = PixelWindow(top, left, bottom - top, right - left)
+            window = np.s_[top:bottom, left:right]
+            tags.append(
+                chunk_candidates(
+                    confidence[window], classes[window], core, (height, width), size, k, 3
+                )
+            )
+    assert least_sure(tags, k, size) == expected
+    assert least_sure(reversed(tags), k, size) == expected  # in any order
+    whole = [len(json.loads(t)["whole"]) for t in tags]
+    assert max(whole) == min(9 * k, 45), "a chunk keeps at most its 9 k lowest whole chips"
     taken = {(c.row, c.col) for c in expected}
     assert len(expected) == k if k < 200 else len(expected) < 200
     assert len(counting) > 9 * 12, "more chips than the pick keeps, at every k"

@@ -3,8 +3,9 @@
 Its class map (and scores) go into the chunk's GeoTIFFs (`writers.ChunkWriter`); each sink the
 task chose adds what it makes of the prediction beside them: a pixel model's tile counts (a tag
 of the class map, which the tile index is made of) and polygons, a chip classifier's chip
-table. Then every file is committed. The task does this on its writer thread: GDAL compresses
-with the GIL released, while the model runs on the next windows.
+table, the candidates of the least sure chips (a tag too). Then every file is committed. The
+task does this on its writer thread: GDAL compresses with the GIL released, while the model
+runs on the next windows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sparkinfer.executor.spec import StageSpec
 from sparkinfer.plan import Chunk, RasterPlan
 from sparkinfer.polygons import chunk_polygons, write_chunk_polygons
 from sparkinfer.raster import RasterInfo
+from sparkinfer.uncertain import CANDIDATES_TAG, chunk_candidates
 from sparkinfer.writers import ChunkSpec, ChunkWriter
 
 
@@ -45,6 +47,32 @@ class TileCounts:
     ) -> dict[str, str]:
         tiles = self.plans[raster_index].tiles_of_chunk(chunk.row, chunk.col)
         return {TILE_COUNTS_TAG: tile_counts(predicted.classes, chunk.core, tiles, self.classes)}
+
+
+@dataclass(frozen=True)
+class UncertainCandidates:
+    """The chunk's part of the chips where the model is least sure (`uncertain.chunk_candidates`),
+    a tag of its class map."""
+
+    grids: tuple[RasterInfo, ...]  # each raster's output grid
+    k: int
+    size: int
+    classes: int
+
+    def __call__(
+        self, writer: ChunkWriter, raster_index: int, chunk: Chunk, predicted: PredictedChunk
+    ) -> dict[str, str]:
+        grid = self.grids[raster_index]
+        candidates = chunk_candidates(
+            predicted.confidence,
+            predicted.classes,
+            chunk.core,
+            (grid.height, grid.width),
+            self.size,
+            self.k,
+            self.classes,
+        )
+        return {CANDIDATES_TAG: candidates}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,14 @@ import pyarrow as pa
 from sparkinfer import storage
 from sparkinfer.confidence import AGREEMENT, SCORE_MEASURES
 from sparkinfer.devices import TaskResources
-from sparkinfer.executor.commit import ChipTable, Polygons, Sink, TileCounts, commit_chunk
+from sparkinfer.executor.commit import (
+    ChipTable,
+    Polygons,
+    Sink,
+    TileCounts,
+    UncertainCandidates,
+    commit_chunk,
+)
 from sparkinfer.executor.merge import BlendChunk, ChipChunk, ChunkPrediction, CropChunk
 from sparkinfer.executor.predict import (
     PredictedWindow,
@@ -56,15 +63,19 @@ class Parts:
     def of(cls, spec: StageSpec) -> Parts:
         channels, scores, measure = spec.channels, spec.scores, spec.confidence
         confidence = measure is not None
+        unsure: tuple[Sink, ...] = ()
+        if spec.uncertain is not None:
+            grids = tuple(spec.grid(i) for i in range(len(spec.rasters)))
+            unsure = (UncertainCandidates(grids, *spec.uncertain, class_count(channels)),)
         if spec.chips:
             return cls(
                 kept_part=whole_window,
                 prediction_of=partial(chip_prediction, confidence=measure),
                 chunk=lambda chunk: ChipChunk(chunk.core, channels, scores, confidence),
-                sinks=(ChipTable(channels),),
+                sinks=(ChipTable(channels), *unsure),
                 with_scores=True,
             )
-        sinks: tuple[Sink, ...] = (TileCounts(spec.plans, class_count(channels)),)
+        sinks: tuple[Sink, ...] = (TileCounts(spec.plans, class_count(channels)), *unsure)
         if spec.polygons:
             sinks += (Polygons(spec.rasters),)
         if spec.blend:

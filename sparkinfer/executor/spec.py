@@ -31,6 +31,7 @@ class StageSpec:
     polygons: bool  # each chunk's polygons are written beside it (`sparkinfer.polygons`)
     mosaics: tuple[MosaicSource | None, ...] = ()  # per raster: a grid tile's inputs, or None
     confidence: str | None = None  # the measure of each chunk's confidence written; None: none
+    uncertain: tuple[int, int] | None = None  # K and the side of the least sure chips; or none
 
     @property
     def blend(self) -> bool:

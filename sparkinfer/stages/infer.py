@@ -39,6 +39,9 @@ def stage_spec(job: Job, rasters: list[RasterJob], gpu_share: float = 1) -> Stag
         channels=job.model.channels,
         scores=job.config.scores,
         confidence=job.config.confidence,
+        uncertain=(job.config.uncertain, job.config.uncertain_size)
+        if job.config.uncertain
+        else None,
         polygons=job.config.polygons,
         mosaics=tuple(r.mosaic for r in rasters),
     )
