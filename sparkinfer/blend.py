@@ -61,13 +61,19 @@ class BlendedChunk:
         self.sums[here] += scores * weight[..., None]
         self.weights[here] += weight
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """The chunk's classes (uint8, `CLASS_NODATA` where no valid window covers a pixel) and
-        its blended float32 scores (NaN there)."""
+    def mean(self) -> np.ndarray:
+        """The blended float32 scores, NaN where no valid window covers a pixel."""
         nodata = (self.weights == 0) | np.isnan(self.sums[..., 0])
         with np.errstate(invalid="ignore", divide="ignore"):
             scores = self.sums / self.weights[..., None]
         scores[nodata] = np.nan
+        return scores
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's classes (uint8, `CLASS_NODATA` where no valid window covers a pixel) and
+        its blended float32 scores (NaN there)."""
+        scores = self.mean()
+        nodata = np.isnan(scores[..., 0])
         classes = classes_of(np.where(nodata[..., None], 0, scores))
         classes[nodata] = CLASS_NODATA
         return classes, scores

@@ -11,7 +11,8 @@ one sigmoid channel p stands for the two classes 1 - p and p):
 From the members of a test-time augmentation or an ensemble (`Runtime.classify_with_agreement`):
 
 - `agreement`: the share of the transforms or models whose own class is the final class; with
-  both, of every model under every transform.
+  both, of every model under every transform. Blended (`--merge blend`), the members' votes
+  are blended as the scores are, and their share for the blended class taken.
 
 Each is in [0, 1] and scaled by 255, rounded, then held below 255, which is nodata: 254 stands
 for 254/255 and above. A function of one pixel's scores, it is seam-free where they are.

@@ -275,8 +275,6 @@ class JobConfig(StrictModel):
             raise ValueError("overlap applies to merge 'blend'; with 'crop' give a halo")
         if self.confidence == "agreement" and self.tta == "none" and len(self.model) == 1:
             raise ValueError("confidence 'agreement' needs tta or several models to agree")
-        if self.confidence == "agreement" and self.merge == "blend":
-            raise ValueError("confidence 'agreement' is not blended yet: use merge 'crop'")
         if self.min_area and not self.polygons:
             raise ValueError("min_area applies to polygons; add polygons (--polygons)")
         if self.bands is not None:

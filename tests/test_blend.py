@@ -14,6 +14,7 @@ from sparkinfer.cuts import Tiling
 from sparkinfer.plan import RasterPlan
 
 TILE, OVERLAP = 48, 16  # windows of 64 pixels
+BLENDED = dict(merge="blend", tile_size=TILE, overlap=OVERLAP, chunk_tiles=2, scores=True)
 
 
 def test_the_taper_sums_to_one_where_neighbours_overlap_and_is_never_zero():
@@ -37,10 +38,12 @@ def scene(tmp_path_factory):
     return raster, squeeze_excite(folder / "se.keras")
 
 
-def blended_by_hand(model_path, raster_path, plan: RasterPlan):
+def blended_by_hand(model_path, raster_path, plan: RasterPlan, transforms=None):
     """The reference: the model on every window of the plan's grid, each window's scores
     weighted by 0.5 - 0.5 cos over `overlap` pixels at its edges, summed over the whole
-    raster at once and divided by the weights' sum."""
+    raster at once and divided by the weights' sum. With `transforms` ((forward, inverse)
+    pairs), each window's scores are the mean of theirs, and its votes (each transform's
+    class, one-hot) are blended too: also returns the share of them for each pixel's class."""
     import keras
 
     model = keras.models.load_model(model_path, compile=False)
@@ -58,19 +61,26 @@ def blended_by_hand(model_path, raster_path, plan: RasterPlan):
         return w
 
     sums = np.zeros(pixels.shape[:2] + (3,))
+    votes = np.zeros(pixels.shape[:2] + (3,))
     weights = np.zeros(pixels.shape[:2])
     rows, cols = plan.rows, plan.cols
+    pairs = transforms or [(lambda x: x, lambda y: y)]
     for top, bottom in zip(rows.read_start, rows.read_stop, strict=True):
         for left, right in zip(cols.read_start, cols.read_stop, strict=True):
-            scores = np.array(model(pixels[None, top:bottom, left:right]))[0]
+            window = pixels[None, top:bottom, left:right]
+            members = [inverse(np.array(model(forward(window))))[0] for forward, inverse in pairs]
+            scores = np.mean(members, axis=0)
+            voted = np.mean([np.eye(3)[m.argmax(-1)] for m in members], axis=0)
             w = np.outer(weight(bottom - top), weight(right - left))
             sums[top:bottom, left:right] += scores * w[..., None]
+            votes[top:bottom, left:right] += voted * w[..., None]
             weights[top:bottom, left:right] += w
     scores = sums / weights[..., None]
     classes = scores.argmax(-1).astype(np.uint8)
+    agreement = np.take_along_axis(votes / weights[..., None], classes[..., None], -1)[..., 0]
     classes[~valid] = 255
     scores[~valid] = np.nan
-    return classes, scores
+    return (classes, scores, agreement) if transforms else (classes, scores)
 
 
 def _outputs(folder):
@@ -89,15 +99,7 @@ def report_tiling(report):
 def test_blend_is_the_windows_scores_averaged(tmp_path, run, scene):
     raster, model = scene
     report = run(
-        input=[str(raster)],
-        model=str(model),
-        output=str(tmp_path),
-        merge="blend",
-        tile_size=TILE,
-        overlap=OVERLAP,
-        chunk_tiles=2,
-        scores=True,
-        verify=True,
+        input=[str(raster)], model=str(model), output=str(tmp_path), verify=True, **BLENDED
     )
     tiling = report["tiling"]
     assert (tiling["merge"], tiling["tile_size"], tiling["halo"]) == ("blend", TILE, OVERLAP // 2)
@@ -119,6 +121,39 @@ def test_blend_is_the_windows_scores_averaged(tmp_path, run, scene):
     checked = report["rasters"][0]["verify"]
     print(json.dumps({"blend_verify_agreement": checked["agreement"]}))
     assert checked["compared_pixels"] > 0 and 0.5 < checked["agreement"] <= 1.0
+
+
+def test_blended_agreement_is_the_windows_votes_averaged(tmp_path, run, scene):
+    """With `--tta flips`, each window's 4 transforms vote for their own classes; the votes are
+    blended as the scores are, and the confidence is the blended votes' share for the blended
+    class."""
+    from test_averaging import REFERENCE
+
+    raster, model = scene
+    report = run(
+        input=[str(raster)],
+        model=str(model),
+        output=str(tmp_path),
+        tta="flips",
+        confidence="agreement",
+        **BLENDED,
+    )
+    plan = RasterPlan(300, 270, report_tiling(report))
+    classes, expected_scores, shares = blended_by_hand(model, raster, plan, REFERENCE["flips"])
+    written, scores = _outputs(tmp_path)
+    with rasterio.open(tmp_path / "scene.confidence.tif") as src:
+        confidence = src.read(1)
+        assert src.descriptions == ("confidence (agreement; 0 to 254 for 0 to 1)",)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    np.testing.assert_array_equal(confidence == 255, written == 255)
+    top_two = np.sort(expected_scores, axis=-1)[..., -2:]
+    decided = (top_two[..., 1] - top_two[..., 0] > 1e-5) & (written != 255)
+    expected = np.minimum(np.rint(shares * 255), 254)
+    near = np.abs(confidence[decided].astype(int) - expected[decided])
+    assert near.max() <= 1 and (near == 0).mean() > 0.999
+    # Shares of 4 votes where one window decides, and between them where windows overlap.
+    found = set(np.unique(confidence[decided]).tolist())
+    assert {128, 191} <= found and found - {0, 64, 128, 191, 254}, found
 
 
 def test_the_blend_does_not_depend_on_the_chunks(tmp_path, run, scene):

@@ -13,7 +13,7 @@ from conftest import ROOT
 from sparkinfer.confidence import as_bytes, confidence
 from sparkinfer.errors import ConfigError
 from sparkinfer.flags import config_from_args
-from sparkinfer.runtimes.base import agreed
+from sparkinfer.runtimes.base import agreed, voted_for
 
 NAN = float("nan")
 
@@ -74,14 +74,17 @@ def test_agreement_is_the_share_of_members_with_the_final_class():
         np.array([[0.3, 0.7], [0.2, 0.8]], np.float32).reshape(1, 2, 1, 2),
         np.array([[0.8, 0.2], [0.4, 0.6]], np.float32).reshape(1, 2, 1, 2),
     ]
-    classes, scores, agreement = agreed([members], with_scores=True)
+    classes, scores, votes = agreed([members], with_scores=True)
+    agreement = voted_for(votes, classes)
     # Pixel 0: mean (0.567, 0.433), class 0, chosen by members 1 and 3; pixel 1: all say 1.
     assert classes.ravel().tolist() == [0, 1] and scores.shape == (1, 2, 1, 2)
     np.testing.assert_allclose(agreement.ravel(), [2 / 3, 1.0])
     assert as_bytes(agreement).ravel().tolist() == [170, 254]
     # One sigmoid channel: a member's class is score >= 0.5.
     sigmoid = [np.full((1, 1, 1, 1), p, np.float32) for p in (0.9, 0.4, 0.7, 0.2)]
-    classes, _, agreement = agreed([sigmoid], with_scores=False)
+    classes, _, votes = agreed([sigmoid], with_scores=False)
+    agreement = voted_for(votes, classes)
+    assert votes.ravel().tolist() == [0.5, 0.5]  # of classes 0 and 1
     assert classes.item() == 1 and agreement.item() == 0.5  # mean 0.55
 
 
@@ -91,26 +94,20 @@ def test_agreement_in_groups_weighs_groups_alike_and_counts_every_member():
     a, b, c = (
         np.array(p, np.float32).reshape(1, 1, 1, 2) for p in ([0.9, 0.1], [0.9, 0.1], [0, 1])
     )
-    classes, scores, agreement = agreed([[a, b], [c]], with_scores=True)
+    classes, scores, votes = agreed([[a, b], [c]], with_scores=True)
+    agreement = voted_for(votes, classes)
     # Means: (0.9, 0.1) and (0, 1), so (0.45, 0.55) and class 1, which c alone chose; the flat
     # mean (0.6, 0.4) would have given class 0.
     np.testing.assert_allclose(scores.ravel(), [0.45, 0.55])
     assert classes.item() == 1 and agreement.item() == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize(
-    "options, refused",
-    [
-        (dict(), "confidence 'agreement' needs tta or several models to agree"),
-        (dict(tta="flips", merge="blend"), "confidence 'agreement' is not blended yet"),
-    ],
-)
-def test_agreement_without_members_or_with_blend_is_refused(options, refused):
+def test_agreement_without_members_is_refused():
     from sparkinfer.config_sources import load_config
 
     config = dict(input=["in.tif"], model=["m.keras"], output="out", confidence="agreement")
-    with pytest.raises(ConfigError, match=refused):
-        load_config(config | options, ROOT / "conf" / "default.yaml")
+    with pytest.raises(ConfigError, match="confidence 'agreement' needs tta or several models"):
+        load_config(config, ROOT / "conf" / "default.yaml")
 
 
 @pytest.mark.parametrize(
@@ -263,8 +260,8 @@ class TestWrittenByTheJob:
                 ]
                 for t in transforms
             ]
-            _, _, shares = agreed(groups, with_scores=False)
-            expected = as_bytes(shares[0])
+            classes, _, votes = agreed(groups, with_scores=False)
+            expected = as_bytes(voted_for(votes, classes)[0])
             expected[mask] = 255
             assert (written[0] == expected).mean() > 0.999
             values = {

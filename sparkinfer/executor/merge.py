@@ -17,10 +17,12 @@ import numpy as np
 
 from sparkinfer.blend import BlendedChunk
 from sparkinfer.chips import ChipResult
+from sparkinfer.confidence import AGREEMENT, as_bytes
 from sparkinfer.confidence import confidence as confidence_of
 from sparkinfer.executor.predict import Prediction
 from sparkinfer.outputs import CLASS_NODATA
 from sparkinfer.plan import PixelWindow, Tile
+from sparkinfer.runtimes.base import voted_for
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class ChipChunk(CropChunk):
 class BlendChunk:
     """Windows' scores blended where they overlap (`sparkinfer.blend`); the classes are the
     blended scores'. Windows must be added in the plan's row-major order (each pixel's sum is
-    then the same, to the bit, whichever chunk holds it)."""
+    then the same, to the bit, whichever chunk holds it). A confidence is the measure of the
+    blended scores, or with `agreement` the blended members' votes for the blended class."""
 
     def __init__(
         self,
@@ -119,13 +122,24 @@ class BlendChunk:
     ) -> None:
         self.blended = BlendedChunk(core, channels, overlap)
         self.keep_scores = scores
-        self.measure = confidence  # of the blended scores
+        self.measure = confidence
+        # A vote per class; one sigmoid channel stands for 2 classes.
+        agreement = confidence == AGREEMENT
+        self.votes = BlendedChunk(core, max(channels, 2), overlap) if agreement else None
 
     def add(self, window: Tile, prediction: Prediction | None) -> None:
-        if prediction is not None:  # a window whose part here is all nodata adds nothing
-            self.blended.add(window, prediction.scores)
+        if prediction is None:  # a window whose part here is all nodata adds nothing
+            return
+        self.blended.add(window, prediction.scores)
+        if self.votes is not None:
+            self.votes.add(window, prediction.votes)
 
     def result(self) -> PredictedChunk:
         classes, scores = self.blended.result()
-        confidence = None if self.measure is None else confidence_of(scores, self.measure)
+        if self.votes is not None:
+            confidence = as_bytes(voted_for(self.votes.mean(), classes))
+        elif self.measure is not None:
+            confidence = confidence_of(scores, self.measure)
+        else:
+            confidence = None
         return PredictedChunk(classes, scores if self.keep_scores else None, confidence=confidence)

@@ -27,7 +27,7 @@ Precision = Literal["float32", "bfloat16"]
 Activation = Literal["none", "softmax", "sigmoid"]
 Augmentation = Literal["none", "flips", "d4"]
 Output = Literal["scores", "classes"]  # what a model outputs: scores per class, or class indices
-# classify_with_agreement's: classes, scores (if asked for), the members' agreement
+# classify_with_agreement's: classes, scores (if asked for), the members' votes
 Agreed = tuple[np.ndarray, np.ndarray | None, np.ndarray]
 
 
@@ -131,12 +131,11 @@ class Runtime(ABC):
     def classify_with_agreement(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> Agreed:
-        """`classify`, and per pixel the share of the runtime's members (a test-time
+        """`classify`, and per pixel and class the share of the runtime's members (a test-time
         augmentation's transforms, an ensemble's models, or each model's transforms in an
-        ensemble of augmented models) whose own class is the final one, float32 (batch,
-        height, width): 1 everywhere for one model alone."""
-        classes, scores = self.classify(pixels, valid, with_scores)
-        return classes, scores, np.ones(classes.shape, np.float32)
+        ensemble of augmented models) whose own class it is: float32 (batch, height, width,
+        classes), `voted_for` gives the final class's. One model alone is one member."""
+        return agreed([self.members(pixels, valid)], with_scores)
 
     def members(self, pixels: np.ndarray, valid: np.ndarray | None) -> list[np.ndarray]:
         """Each member's own scores of the batch: for one model alone, its scores."""
@@ -197,13 +196,23 @@ def activated(scores, activation: Activation, ops=None):
 def agreed(groups: list[list[np.ndarray]], with_scores: bool) -> Agreed:
     """What `classify_with_agreement` gives for the scores of a runtime's members, in `groups`
     (an ensemble's models, each with its transforms): the class of the mean of the groups'
-    means (as `classify`, so each model weighs the same), that mean, and the share of all
-    members whose own class is that class."""
+    means (as `classify`, so each model weighs the same), that mean, and each class's share of
+    all members' votes (one sigmoid channel votes for 2 classes)."""
     scores = mean(mean(group) for group in groups)
     classes = classes_of(scores)
     members = [m for group in groups for m in group]
-    agreement = mean([(classes_of(m) == classes).astype(np.float32) for m in members])
-    return classes, (scores if with_scores else None), agreement
+    labels = np.arange(max(scores.shape[-1], 2), dtype=np.uint8)
+    votes = mean((classes_of(m)[..., None] == labels).astype(np.float32) for m in members)
+    return classes, (scores if with_scores else None), votes
+
+
+def voted_for(votes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The share of the votes for each pixel's class: float32 (...) of (..., classes) votes
+    and (...) classes, NaN where a class is CLASS_NODATA (255) or the votes are NaN."""
+    known = classes < votes.shape[-1]
+    index = np.where(known, classes, 0).astype(np.intp)[..., None]
+    share = np.take_along_axis(votes, index, axis=-1)[..., 0]
+    return np.where(known, share, np.float32(np.nan))
 
 
 def mean(arrays: Iterable[np.ndarray]) -> np.ndarray:
