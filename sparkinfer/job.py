@@ -24,7 +24,7 @@ from sparkinfer.estimate import ESTIMATE_FILE, compared, job_identity
 from sparkinfer.executor import CHUNK_RESULT_SCHEMA
 from sparkinfer.grid_rasters import map_extent
 from sparkinfer.inspection import ModelInfo, inspect_package
-from sparkinfer.lock import OutputLock
+from sparkinfer.lock import OutputLock, remove_leftovers
 from sparkinfer.map_index import write_map_index
 from sparkinfer.outputs import STAGING_FOLDER
 from sparkinfer.prepare import (
@@ -147,10 +147,13 @@ def run_job(spark, job: Job, started: float | None = None) -> RunOutcome:
     whose report (`RunOutcome.report`) is written as `_run.json`. Rasters already complete are
     skipped, unfinished ones resume. `started` (`time.perf_counter`): when the command started,
     for the report's `setup_s` and `wall_s`; by default when this run does."""
-    for folder in {job.output, *(storage.parent(r.classes_path) for r in job.rasters)}:
+    folders = {job.output, *(storage.parent(r.classes_path) for r in job.rasters)}
+    for folder in folders:
         storage.make_folders(folder)
     backend = worker_environment(spark, "KERAS_BACKEND", job.config.backend)
     with OutputLock(job.output).held(), backend:
+        for folder in folders:  # what a killed run was writing: no other run writes here now
+            remove_leftovers(folder)
         return _run(spark, job, started)
 
 

@@ -1,9 +1,10 @@
-"""The output folder's lock: one run at a time per output folder."""
+"""The output folder's lock: one run at a time per output folder; and what a dead run left."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -12,6 +13,9 @@ from sparkinfer import storage
 from sparkinfer.errors import OutputError
 
 LOCK_FILE = "_sparkinfer.lock"
+# What a killed run left of a staged file (`storage.staging_file`): the file, its VRT
+# (`cogs.assemble_cog`), and GDAL's own temporary files named after it.
+LEFTOVER = re.compile(rf"\..+\.[0-9a-f]{{{storage.UNIQUE_DIGITS}}}\.(tmp|vrt)(\..+)?")
 
 
 class OutputLock:
@@ -71,3 +75,14 @@ class OutputLock:
             yield
         finally:
             storage.remove(self.path)
+
+
+def remove_leftovers(folder: str) -> list[str]:
+    """Delete the hidden files (`LEFTOVER`) that a killed run left in a local folder; which it
+    deleted. Only under the folder's lock, which no other run writes beneath."""
+    if storage.is_s3(folder) or not os.path.isdir(folder):
+        return []  # on S3, files are staged on the writer's machine
+    left = [n for n in os.listdir(folder) if LEFTOVER.fullmatch(n)]
+    for leftover in left:
+        os.remove(os.path.join(folder, leftover))
+    return left

@@ -32,6 +32,7 @@ from sparkinfer import s3
 
 S3_SCHEME = "s3://"
 HTTP_SCHEMES = ("http://", "https://")
+UNIQUE_DIGITS = 12  # of a staged file's name (`staging_file`)
 REMOVE_ATTEMPTS = 6  # of a local folder that a lost task may still write into (`remove_tree`)
 HTTP_TIMEOUT_S = 60
 
@@ -252,7 +253,7 @@ def _scratch() -> Path:
 def staging_file(final: str) -> Path:
     """A local file to write `final` into before `commit`: a hidden sibling on local disks (the
     rename is atomic within a file system), a local temporary file for S3."""
-    unique = uuid.uuid4().hex[:12]
+    unique = uuid.uuid4().hex[:UNIQUE_DIGITS]
     if is_s3(final):
         return _scratch() / f"sparkinfer-{unique}-{name(final)}"
     final_path = Path(final)

@@ -160,6 +160,8 @@ def test_the_identity_covers_the_cog_layout_and_the_version(tmp_path, models, mo
     assert identity() == first
     assert identity(cog={"compression": "zstd"}) != first
     assert identity(cog={"blocksize": 256}) != first
+    # Chunks carry the candidates of `--uncertain`'s chips, of its K and chip side.
+    assert identity(uncertain=4) not in (first, identity(uncertain=4, uncertain_size=64))
     monkeypatch.setattr(sparkinfer.raster_job, "__version__", "0.0.0-other")
     assert identity() != first, "another version of the job writes other bytes"
 
@@ -173,8 +175,15 @@ def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
     stale = staging.parent / "scene-0123456789abcdef"  # another model's or config's chunks
     stale.mkdir(parents=True)
     (stale / "chunk_r0000_c0000.tif").write_bytes(b"old")
-    # A run that died after writing the first 5 of its 12 chunks:
+    # A run that died after writing the first 5 of its 12 chunks, while assembling another
+    # raster's COG (its staged file, VRT and GDAL's overviews) and its report:
     staging.mkdir(parents=True)
+    out = tmp_path / "out"
+    left = [".other.tif.0123456789ab.tmp", ".other.tif.0123456789ab.vrt"]
+    left += [".other.tif.0123456789ab.tmp.ovr.tmp", "._run.json.ba9876543210.tmp"]
+    kept = [".keep", ".other.tif.tmp", "notes.0123456789ab.tmp"]  # not the job's
+    for name in left + kept:
+        (out / name).write_bytes(b"part")
     chunks = only.plan.chunks()
     assert len(chunks) == 12
     first_five = plan_table([chunks.slice(0, 5)])
@@ -192,6 +201,8 @@ def test_an_unfinished_raster_resumes_from_its_chunks(tmp_path, spark, models):
     tiles_left = sum(chunks.slice(5)["tiles"].to_pylist())
     assert report["tiles"]["inferred"] == tiles_left
     assert not stale.exists(), "chunks of another identity never mix with this run's"
+    assert not [name for name in left if (out / name).exists()]
+    assert all((out / name).exists() for name in kept)
     assert not (tmp_path / "out" / STAGING_FOLDER).exists()
     expected, _, _ = whole_image_outputs(models["unet"], raster, stride=4)
     with rasterio.open(tmp_path / "out" / "scene.tif") as written:
