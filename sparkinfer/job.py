@@ -85,6 +85,19 @@ def is_complete(raster: RasterJob) -> bool:
         return False
 
 
+def remove_late_chunks(complete: list[RasterJob]) -> None:
+    """Drop the staging folders of complete rasters: chunks that a lost speculative copy wrote
+    after the assembly removed the folder. One listing per staging root."""
+    by_root: dict[str, list[RasterJob]] = {}
+    for raster in complete:
+        by_root.setdefault(storage.parent(raster.staging), []).append(raster)
+    for root, rasters in by_root.items():
+        there = storage.list_names(root)
+        for raster in rasters:
+            if storage.name(raster.staging) in there:
+                storage.remove_tree(raster.staging)
+
+
 def prepare_staging(raster: RasterJob, overwrite: bool) -> None:
     """Keep this raster's chunks of the same identity (resume); drop any other run's."""
     mine = storage.name(raster.staging)
@@ -164,6 +177,7 @@ def _run(spark, job: Job, command_started: float | None) -> RunOutcome:
     failed = list(job.failed)
     complete = [r for r in job.rasters if not job.config.overwrite and is_complete(r)]
     todo = [r for r in job.rasters if r not in complete]
+    remove_late_chunks(complete)
     for raster in todo:
         prepare_staging(raster, job.config.overwrite)
     if todo and todo[0].zarr is not None:

@@ -133,9 +133,15 @@ def test_complete_outputs_are_kept_until_the_input_or_config_changes(tmp_path, s
     output = tmp_path / "out" / "scene.tif"
     written_at = output.stat().st_mtime_ns
 
-    again = run_job(spark, prepare_job(config(**common, tile_size=64))).report
+    # A speculative copy that lost wrote a chunk after the assembly removed the staging folder.
+    job = prepare_job(config(**common, tile_size=64))
+    late = Path(job.rasters[0].staging)
+    late.mkdir(parents=True)
+    (late / "chunk_r0000_c0000.tif").write_bytes(b"late")
+    again = run_job(spark, job).report
     assert again["rasters"][0]["status"] == "complete" and again["tiles"]["inferred"] == 0
     assert output.stat().st_mtime_ns == written_at
+    assert not (tmp_path / "out" / STAGING_FOLDER).exists(), "the late chunk is dropped"
 
     scene_in(tmp_path, "scene.tif", 100, 90, seed=9)  # new imagery under the same name
     edited = run_job(spark, prepare_job(config(**common, tile_size=64))).report
