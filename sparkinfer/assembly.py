@@ -140,18 +140,14 @@ def _write_zarr_tile(raster: RasterJob, spec: AssemblySpec) -> None:
     index and uncertain chips beside, and last its marker: a tile with a marker is whole in
     the store."""
     model, chunks = spec.model, chunk_specs(raster)
-    arrays = {  # the store's arrays the tile has, and the chunk files of each
-        "classes": dict(scores=False),
-        "scores": dict(scores=True) if raster.scores_path else None,
-        "confidence": dict(scores=False, confidence=spec.confidence)
-        if raster.confidence_path
-        else None,
-    }
+    arrays = {"classes": dict(scores=False)}  # the tile's arrays, and their chunk files
+    if raster.scores_path:
+        arrays["scores"] = dict(scores=True)
+    if raster.confidence_path:
+        arrays["confidence"] = dict(scores=False, confidence=spec.confidence)
     with tempfile.TemporaryDirectory(prefix="sparkinfer-zarr-") as folder:
         vrts = {}
         for name, layer in arrays.items():
-            if layer is None:
-                continue
             vrts[name] = str(Path(folder) / f"{name}.vrt")
             write_chunks_vrt(
                 raster.info,

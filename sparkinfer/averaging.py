@@ -14,7 +14,7 @@ probabilities); its receptive field is the widest of theirs, its stride the coar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +85,7 @@ class Augmented(Runtime):
     def classify(
         self, pixels: np.ndarray, valid: np.ndarray | None, with_scores: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        scores = mean(self._transformed(pixels, valid))
+        scores = self._mean(lambda t: self.runtime.classify(*t.on(pixels, valid), True)[1])
         return classes_of(scores), (scores if with_scores else None)
 
     def classify_with_agreement(
@@ -95,13 +95,6 @@ class Augmented(Runtime):
 
     def members(self, pixels: np.ndarray, valid: np.ndarray | None) -> list[np.ndarray]:
         return [m for group in self._groups(pixels, valid) for m in group]
-
-    def _transformed(self, pixels: np.ndarray, valid: np.ndarray | None) -> Iterator[np.ndarray]:
-        """Each transform's scores of the batch, mapped back."""
-        return (
-            t.inverse(np.asarray(self.runtime.classify(*t.on(pixels, valid), True)[1], np.float32))
-            for t in self.transforms
-        )
 
     def _groups(self, pixels: np.ndarray, valid: np.ndarray | None) -> list[list[np.ndarray]]:
         """Each transform's members' scores (an ensemble's models, or the model alone), mapped

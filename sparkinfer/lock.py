@@ -77,12 +77,11 @@ class OutputLock:
             storage.remove(self.path)
 
 
-def remove_leftovers(folder: str) -> list[str]:
-    """Delete the hidden files (`LEFTOVER`) that a killed run left in a local folder; which it
-    deleted. Only under the folder's lock, which no other run writes beneath."""
+def remove_leftovers(folder: str) -> None:
+    """Delete the hidden files (`LEFTOVER`) that a killed run left in a local folder. Only
+    under the folder's lock, which no other run writes beneath."""
     if storage.is_s3(folder) or not os.path.isdir(folder):
-        return []  # on S3, files are staged on the writer's machine
-    left = [n for n in os.listdir(folder) if LEFTOVER.fullmatch(n)]
-    for leftover in left:
-        os.remove(os.path.join(folder, leftover))
-    return left
+        return  # on S3, files are staged on the writer's machine
+    for name in os.listdir(folder):
+        if LEFTOVER.fullmatch(name):
+            os.remove(os.path.join(folder, name))

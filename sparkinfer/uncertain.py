@@ -52,13 +52,18 @@ class Chip:
     class_pixels: tuple[int, ...]
 
 
+def mean_confidence(total: int, valid: int) -> float:
+    """A chip's score from the sum of its valid pixels' confidence bytes and their number:
+    rounded, so that chips equal to 6 digits are ordered by their place."""
+    return round(total / valid / 255, 6)
+
+
 def chip_of(row: int, col: int, total: int, valid: int, counts, size: int) -> Chip | None:
     """The chip at `row`, `col` from its sums (of confidence bytes and valid pixels, and the
     valid pixels of each class), or None if it does not count."""
     if valid < MIN_VALID_SHARE * size * size:
         return None
-    mean = round(total / valid / 255, 6)
-    return Chip(mean, row, col, valid, tuple(int(n) for n in counts))
+    return Chip(mean_confidence(total, valid), row, col, valid, tuple(int(n) for n in counts))
 
 
 def chunk_candidates(
@@ -73,14 +78,8 @@ def chunk_candidates(
     """The `CANDIDATES_TAG` of a chunk: `confidence` and `classes` are its `core`'s, uint8, 255
     where nodata, of a raster of `grid` (height, width); `count` classes. Sums per chip first,
     then the class pixels of the chips kept only."""
-    spans = [
-        _chip_spans(start, length, limit // size, size)
-        for start, length, limit in (
-            (core.row_off, core.height, grid[0]),
-            (core.col_off, core.width, grid[1]),
-        )
-    ]
-    (first_row, row_cuts), (first_col, col_cuts) = spans
+    first_row, row_cuts = _chip_spans(core.row_off, core.height, grid[0] // size, size)
+    first_col, col_cuts = _chip_spans(core.col_off, core.width, grid[1] // size, size)
     if not len(row_cuts) or not len(col_cuts):
         return json.dumps({"whole": [], "parts": []})
     valid = confidence != CLASS_NODATA
@@ -91,11 +90,9 @@ def chunk_candidates(
     counting = inside & (pixels >= MIN_VALID_SHARE * size * size)
     parts = np.argwhere(~inside & (pixels > 0))
     whole = np.argwhere(counting)
-    # Scored as `chip_of` scores them, Python's round included (numpy's rounds otherwise).
-    scores = [
-        round(t / p / 255, 6)
-        for t, p in zip(totals[counting].tolist(), pixels[counting].tolist(), strict=True)
-    ]
+    # Scored as `chip_of` scores them, with Python's round (numpy's rounds otherwise).
+    sums = zip(totals[counting].tolist(), pixels[counting].tolist(), strict=True)
+    scores = [mean_confidence(total, valid) for total, valid in sums]
     # The 9 k lowest, by score then place: argwhere gives places in order, and the sort is stable.
     whole = whole[np.argsort(np.array(scores), kind="stable")[: 9 * k]]
 
